@@ -1,0 +1,128 @@
+"""Types that describe a chardev ABI: devices, records, fields, constants.
+
+A device's definition (see ``defs/``) is the single source of truth for its
+records. ``bifrost.codegen`` renders it into the C uapi header the module
+includes and into the Python codec the daemons use; ``tests/unit`` compiles the
+header and compares every size and offset with the Python side.
+
+Rules (from Documentation/driver-api/ioctl.rst): fixed-size little-endian
+records, ``__u8``..``__u64`` (and ``__be32`` for IPv4 addresses) only, no
+pointers, no implicit padding: a layout that would need padding is an error
+here, so reserved fields are always explicit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# name -> (C type, struct format char, size); "ipv4" is an IPv4 address in
+# network byte order, the way the kernel keeps it in iphdr.
+SCALARS: dict[str, tuple[str, str, int]] = {
+    "u8": ("__u8", "B", 1),
+    "u16": ("__u16", "H", 2),
+    "u32": ("__u32", "I", 4),
+    "u64": ("__u64", "Q", 8),
+    "ipv4": ("__be32", "4s", 4),
+}
+
+
+class SpecError(ValueError):
+    """An ABI definition breaks the layout rules."""
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str
+    count: int = 1
+    doc: str = ""
+
+    @property
+    def size(self) -> int:
+        return SCALARS[self.type][2] * self.count
+
+    @property
+    def align(self) -> int:
+        return SCALARS[self.type][2]
+
+    @property
+    def is_bytes(self) -> bool:
+        """u8 arrays travel as Python bytes (names, payloads)."""
+        return self.type == "u8" and self.count > 1
+
+
+@dataclass(frozen=True)
+class Record:
+    """One message type. Every record starts with the device's header."""
+
+    name: str
+    type_id: int
+    doc: str
+    fields: tuple[Field, ...] = ()
+
+
+@dataclass(frozen=True)
+class Constant:
+    name: str
+    value: int
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str  # module and device node name, e.g. "fou_map"
+    prefix: str  # C identifier prefix, e.g. "fm"
+    magic: int
+    abi_version: int
+    doc: str
+    records: tuple[Record, ...]
+    constants: tuple[Constant, ...] = ()
+    # Counter names, in order: the C enum and the Python names come from here.
+    counters: tuple[str, ...] = ()
+    header: tuple[Field, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.header:
+            object.__setattr__(self, "header", HEADER_FIELDS)
+        ids = [r.type_id for r in self.records]
+        if len(set(ids)) != len(ids):
+            raise SpecError(f"{self.name}: duplicate record type ids {ids}")
+        for rec in self.records:
+            layout(self, rec)
+
+
+# Every record starts with this: magic and version catch a wrong or stale
+# reader/writer, type selects the record, length must equal the record's size.
+HEADER_FIELDS: tuple[Field, ...] = (
+    Field("magic", "u32", doc="the device's magic number"),
+    Field("version", "u16", doc="ABI version the writer was built for"),
+    Field("type", "u16", doc="record type"),
+    Field("length", "u32", doc="size of the whole record in bytes"),
+    Field("flags", "u32", doc="per-record flags; 0 unless the record says otherwise"),
+)
+
+
+def layout(dev: Device, rec: Record) -> list[tuple[Field, int]]:
+    """Field offsets of a record (header included); raise on implicit padding."""
+    out: list[tuple[Field, int]] = []
+    off = 0
+    for f in (*dev.header, *rec.fields):
+        if f.type not in SCALARS:
+            raise SpecError(f"{dev.name}.{rec.name}.{f.name}: unknown type {f.type!r}")
+        if f.count < 1:
+            raise SpecError(f"{dev.name}.{rec.name}.{f.name}: count must be >= 1")
+        if off % f.align:
+            raise SpecError(
+                f"{dev.name}.{rec.name}.{f.name}: at offset {off}, needs {f.align}-byte "
+                "alignment; add an explicit reserved field"
+            )
+        out.append((f, off))
+        off += f.size
+    if off % 8:
+        raise SpecError(f"{dev.name}.{rec.name}: size {off} is not a multiple of 8")
+    return out
+
+
+def record_size(dev: Device, rec: Record) -> int:
+    f, off = layout(dev, rec)[-1]
+    return off + f.size

@@ -1,0 +1,168 @@
+"""Code generation (Jinja2): uapi headers, Python codecs, dkms.conf, module_config.h."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from bifrost import __version__
+from bifrost.abi.spec import SCALARS, Device, Field, Record, layout, record_size
+from bifrost.paths import BUILD_DIR, KMOD_DIR, MODULES, PACKAGE_DIR, SOURCE_ROOT, TEMPLATES_DIR
+
+log = logging.getLogger(__name__)
+
+# Game modules the XDP program knows: config name -> compile-time define.
+GAME_MODULE_DEFINES = {"srcds": "SRCDS_HANDSHAKE"}
+
+
+def _env(path: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(path)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _ctype(f: Field) -> str:
+    return SCALARS[f.type][0]
+
+
+def _fmt(f: Field) -> str:
+    if f.is_bytes:
+        return f"{f.count}s"
+    ch = SCALARS[f.type][1]
+    return ch if f.count == 1 else f"{f.count}{ch}"
+
+
+def _pytype(f: Field) -> str:
+    if f.type == "ipv4":
+        return "ipaddress.IPv4Address"
+    if f.is_bytes:
+        return "bytes"
+    return "tuple[int, ...]" if f.count > 1 else "int"
+
+
+def _pydefault(f: Field) -> str:
+    if f.type == "ipv4":
+        return 'ipaddress.IPv4Address("0.0.0.0")'
+    if f.is_bytes:
+        return 'b""'
+    return "()" if f.count > 1 else "0"
+
+
+def _classname(r: Record) -> str:
+    return "".join(part.capitalize() for part in r.name.split("_"))
+
+
+def render_uapi(dev: Device) -> str:
+    env = _env(TEMPLATES_DIR)
+    env.globals["ctype"] = _ctype
+    return env.get_template("uapi.h.j2").render(dev=dev, p=dev.prefix, P=dev.prefix.upper())
+
+
+def render_codec(dev: Device) -> str:
+    env = _env(TEMPLATES_DIR)
+    env.globals.update(classname=_classname, pytype=_pytype, pydefault=_pydefault)
+    formats, sizes, offsets, specs = {}, {}, {}, {}
+    for r in dev.records:
+        lay = layout(dev, r)
+        formats[r.name] = "".join(_fmt(f) for f, _ in lay)
+        sizes[r.name] = record_size(dev, r)
+        offsets[r.name] = {f.name: off for f, off in lay[len(dev.header) :]}
+        specs[r.name] = tuple((f.name, f.type, f.count) for f in r.fields)
+    text = env.get_template("codec.py.j2").render(
+        dev=dev,
+        header_format="".join(_fmt(f) for f in dev.header),
+        formats=formats,
+        sizes=sizes,
+        offsets=offsets,
+        fieldspecs=specs,
+    )
+    return _ruff_format(text)
+
+
+def _ruff_format(text: str) -> str:
+    """Format generated Python with the pinned ruff, so it passes the same lint as the rest."""
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        raise RuntimeError("ruff is not installed: run ./setup.sh deps")
+    done = subprocess.run(
+        [ruff, "format", "--quiet", "--config", str(SOURCE_ROOT / "pyproject.toml"), "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout
+
+
+def render_dkms_conf(name: str, version: str = __version__) -> str:
+    return (
+        _env(SOURCE_ROOT / "dkms").get_template("dkms.conf.j2").render(name=name, version=version)
+    )
+
+
+def render_module_config(game_modules: list[str], source: str) -> str:
+    defines = [GAME_MODULE_DEFINES[m] for m in game_modules]
+    return (
+        _env(TEMPLATES_DIR)
+        .get_template("module_config.h.j2")
+        .render(modules=defines, source=source)
+    )
+
+
+def uapi_path(dev: Device) -> Path:
+    return KMOD_DIR / dev.name / "uapi" / f"{dev.name}.h"
+
+
+def codec_path(dev: Device) -> Path:
+    return PACKAGE_DIR / "abi" / f"{dev.name}.py"
+
+
+@dataclass(frozen=True)
+class Generated:
+    path: Path
+    text: str
+
+
+def abi_outputs() -> list[Generated]:
+    """The committed generated files: a unit test checks they are up to date."""
+    from bifrost.abi.defs import DEVICES
+
+    out = []
+    for dev in DEVICES:
+        out.append(Generated(uapi_path(dev), render_uapi(dev)))
+        out.append(Generated(codec_path(dev), render_codec(dev)))
+    return out
+
+
+def build_outputs(
+    game_modules: list[str], source: str, build_dir: Path = BUILD_DIR
+) -> list[Generated]:
+    """Per-host files under build/: dkms.conf per module and module_config.h."""
+    out = [Generated(build_dir / "dkms" / m / "dkms.conf", render_dkms_conf(m)) for m in MODULES]
+    out.append(
+        Generated(build_dir / "xdp" / "module_config.h", render_module_config(game_modules, source))
+    )
+    return out
+
+
+def write(files: list[Generated]) -> list[Path]:
+    """Write files whose content changed; return the paths written."""
+    written = []
+    for g in files:
+        if g.path.exists() and g.path.read_text() == g.text:
+            continue
+        g.path.parent.mkdir(parents=True, exist_ok=True)
+        g.path.write_text(g.text)
+        written.append(g.path)
+        log.info("generated %s", g.path.relative_to(SOURCE_ROOT))
+    return written

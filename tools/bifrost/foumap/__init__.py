@@ -1,0 +1,1 @@
+"""The game-server side: fou_map control, its daemon, FOU endpoint setup."""

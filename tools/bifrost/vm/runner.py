@@ -1,0 +1,173 @@
+"""Boot a Debian kernel under QEMU, run one script in it, return its exit status.
+
+The guest sees the host root read-only over 9p and the source tree read-write
+at the same path, so the project's venv, DKMS-installed modules in
+/lib/modules/$KVER, iproute2 and bpftool all work inside. An oops panics the
+guest (oops=panic) and any Oops/BUG/WARNING on the console fails the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import selectors
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from bifrost.paths import BUILD_DIR, SOURCE_ROOT
+from bifrost.vm import initramfs
+
+log = logging.getLogger(__name__)
+
+# Lines on the guest console that mean the kernel is unhealthy.
+BAD_CONSOLE = re.compile(
+    r"(Oops|BUG: |Kernel panic|WARNING: CPU|general protection fault|"
+    r"UBSAN:|KASAN:|kernel BUG at|RCU stall|refcount_t:|list_(add|del) corruption)"
+)
+
+
+class GuestFailure(RuntimeError):
+    """The guest timed out, or its kernel printed an oops, panic or warning."""
+
+
+@dataclass
+class VmResult:
+    kernel: str
+    rc: int
+    console: str
+    seconds: float
+    bad_lines: list[str]
+
+
+def accel_args() -> list[str]:
+    """KVM only with a real kvm_intel/kvm_amd: nested PVM cannot run stock kernels."""
+    kvm = Path("/sys/module/kvm_intel").exists() or Path("/sys/module/kvm_amd").exists()
+    if kvm and os.access("/dev/kvm", os.W_OK):
+        return ["-enable-kvm", "-cpu", "host"]
+    return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+
+
+def check_host(kver: str) -> None:
+    missing = []
+    if not Path(f"/boot/vmlinuz-{kver}").exists():
+        missing.append(f"kernel image /boot/vmlinuz-{kver} (apt-get install linux-image-{kver})")
+    if not Path(f"/lib/modules/{kver}").is_dir():
+        missing.append(f"/lib/modules/{kver} (apt-get install linux-image-{kver})")
+    if not any(Path(p, "qemu-system-x86_64").exists() for p in ("/usr/bin", "/usr/local/bin")):
+        missing.append("qemu-system-x86_64 (apt-get install qemu-system-x86)")
+    if missing:
+        raise RuntimeError("the test VM cannot start, missing: " + "; ".join(missing))
+
+
+def run(
+    kver: str,
+    script: str,
+    timeout: float = 1200,
+    memory: str = "2G",
+    cpus: int = 2,
+    echo: bool = True,
+) -> VmResult:
+    """Run shell `script` in a guest booted with kernel `kver`; raise GuestFailure on trouble."""
+    check_host(kver)
+    vm_dir = BUILD_DIR / "vm"
+    irfs = initramfs.build(kver, vm_dir)
+    run_dir = vm_dir / "runs"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    script_path = run_dir / f"{uuid.uuid4().hex[:10]}.sh"
+    script_path.write_text("set -u\n" + script + "\n")
+    rc_path = Path(f"{script_path}.rc")
+    cmdline = " ".join(
+        [
+            "console=ttyS0",
+            "panic=-1",
+            "oops=panic",
+            "loglevel=5",  # warnings reach the console, where they fail the run
+            "mitigations=off",
+            "net.ifnames=0",
+            f"bifrost.work={SOURCE_ROOT}",
+            f"bifrost.script={script_path}",
+        ]
+    )
+    argv = [
+        "qemu-system-x86_64",
+        *accel_args(),
+        "-m",
+        memory,
+        "-smp",
+        str(cpus),
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-kernel",
+        f"/boot/vmlinuz-{kver}",
+        "-initrd",
+        str(irfs),
+        "-append",
+        cmdline,
+        "-virtfs",
+        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs",
+        f"local,path={SOURCE_ROOT},mount_tag=work,security_model=none,multidevs=remap",
+    ]
+    log.info("vm: %s", shlex.join(argv))
+    start = time.monotonic()
+    lines: list[str] = []
+    bad: list[str] = []
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    buf = b""
+    timed_out = False
+    try:
+        while True:
+            left = timeout - (time.monotonic() - start)
+            if left <= 0:
+                timed_out = True
+                break
+            if not sel.select(timeout=min(left, 1.0)):
+                if proc.poll() is not None:
+                    break
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+            *complete, buf = buf.split(b"\n")
+            for raw in complete:
+                line = raw.decode(errors="replace").rstrip("\r")
+                lines.append(line)
+                if BAD_CONSOLE.search(line):
+                    bad.append(line)
+                if echo:
+                    print(line, file=sys.stdout, flush=True)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        sel.close()
+    if buf:
+        lines.append(buf.decode(errors="replace"))
+    console = "\n".join(lines)
+    seconds = time.monotonic() - start
+    rc = int(rc_path.read_text().strip()) if rc_path.exists() else 255
+    for p in (script_path, rc_path):
+        p.unlink(missing_ok=True)
+    result = VmResult(kver, rc, console, seconds, bad)
+    if timed_out or bad:
+        why = f"timed out after {timeout:.0f}s" if timed_out else f"kernel trouble: {bad[:3]}"
+        if not echo:
+            print(console, file=sys.stderr)
+        raise GuestFailure(f"guest {kver}: {why}")
+    log.info("vm: %s exited rc=%d after %.1fs", kver, rc, seconds)
+    return result

@@ -1,0 +1,1 @@
+"""The POP's XDP program: build, load, configure, observe."""
