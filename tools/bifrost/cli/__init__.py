@@ -1,0 +1,1 @@
+"""The `bifrost` command line."""

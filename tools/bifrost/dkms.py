@@ -1,0 +1,122 @@
+"""DKMS packaging: stage each module's source under /usr/src and build it per kernel."""
+
+from __future__ import annotations
+
+import filecmp
+import logging
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from bifrost import __version__, codegen
+from bifrost.paths import KMOD_DIR, MODULES
+
+log = logging.getLogger(__name__)
+
+SRC_ROOT = Path("/usr/src")
+# Kbuild artifacts never belong in the staged source.
+_IGNORE = shutil.ignore_patterns(
+    "*.o", "*.ko", "*.mod", "*.mod.c", "*.cmd", ".*.cmd", "modules.order", "Module.symvers"
+)
+
+
+class DkmsError(RuntimeError):
+    """dkms is missing or failed; the message says what to run."""
+
+
+def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    log.info("$ %s", shlex.join(argv))
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if check and done.returncode != 0:
+        raise DkmsError(
+            f"{shlex.join(argv)} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}"
+        )
+    return done
+
+
+def require_dkms() -> None:
+    if shutil.which("dkms") is None:
+        raise DkmsError("dkms is not installed: apt-get install dkms (or ./setup.sh deps)")
+
+
+def kernels_with_headers() -> list[str]:
+    """Installed kernels whose headers are installed too (what DKMS can build for)."""
+    out = []
+    for mod_dir in sorted(Path("/lib/modules").glob("*")):
+        if (mod_dir / "build" / "Makefile").exists():
+            out.append(mod_dir.name)
+    return out
+
+
+def require_headers(kver: str) -> None:
+    if not Path(f"/lib/modules/{kver}/build/Makefile").exists():
+        raise DkmsError(f"no kernel headers for {kver}: apt-get install linux-headers-{kver}")
+
+
+def source_dir(module: str, version: str = __version__) -> Path:
+    return SRC_ROOT / f"{module}-{version}"
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    cmp = filecmp.dircmp(a, b, ignore=["dkms.conf"])
+    if cmp.left_only or cmp.right_only or cmp.diff_files or cmp.funny_files:
+        return False
+    return all(_same_tree(a / d, b / d) for d in cmp.common_dirs)
+
+
+def stage(module: str) -> bool:
+    """Copy kmod/<module> and its dkms.conf to /usr/src; True when it changed."""
+    src = KMOD_DIR / module
+    dst = source_dir(module)
+    conf = codegen.render_dkms_conf(module)
+    if dst.is_dir() and _same_tree(src, dst) and (dst / "dkms.conf").read_text() == conf:
+        return False
+    if dst.exists():
+        # The source changed under the same version: DKMS must forget the old build.
+        _run(["dkms", "remove", f"{module}/{__version__}", "--all"], check=False)
+        shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, ignore=_IGNORE)
+    (dst / "dkms.conf").write_text(conf)
+    return True
+
+
+def status(module: str) -> dict[str, str]:
+    """kernel -> state ("added", "built", "installed") of module as dkms reports it."""
+    out = _run(["dkms", "status", module], check=False).stdout
+    states: dict[str, str] = {}
+    for line in out.splitlines():
+        # "fou_map/0.1.0, 6.1.0-56-amd64, x86_64: installed"
+        m = re.match(r"[^,]+, ([^,]+), [^:]+: (\w+)", line)
+        if m:
+            states[m.group(1)] = m.group(2)
+    return states
+
+
+def build(kernels: list[str], install: bool = False, modules: tuple[str, ...] = MODULES) -> None:
+    """dkms add + build (+ install) every module for every kernel."""
+    require_dkms()
+    for kver in kernels:
+        require_headers(kver)
+    for module in modules:
+        stage(module)
+        if not Path(f"/var/lib/dkms/{module}/{__version__}/source").exists():
+            _run(["dkms", "add", f"{module}/{__version__}"])
+        for kver in kernels:
+            state = status(module).get(kver, "added")
+            if state == "added":
+                done = _run(["dkms", "build", f"{module}/{__version__}", "-k", kver], check=False)
+                if done.returncode != 0:
+                    log_path = Path(f"/var/lib/dkms/{module}/{__version__}/build/make.log")
+                    detail = log_path.read_text()[-4000:] if log_path.exists() else done.stdout
+                    raise DkmsError(f"dkms build of {module} for {kver} failed:\n{detail}")
+            if install and status(module).get(kver) != "installed":
+                _run(["dkms", "install", f"{module}/{__version__}", "-k", kver, "--force"])
+
+
+def remove(modules: tuple[str, ...] = MODULES) -> None:
+    """dkms remove every version of every module and its staged source."""
+    for module in modules:
+        _run(["dkms", "remove", f"{module}/{__version__}", "--all"], check=False)
+        shutil.rmtree(source_dir(module), ignore_errors=True)
