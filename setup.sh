@@ -23,7 +23,7 @@ apt_packages=(
 	"linux-image-$KERNEL_612" "linux-headers-$KERNEL_612"
 	dkms qemu-system-x86 busybox-static clang llvm libbpf-dev bpftool
 	iproute2 nftables libkmod-dev python3-venv python3-dev gcc make cpio kmod
-	xz-utils zstd file shellcheck tcpdump udev systemd curl
+	xz-utils zstd file shellcheck tcpdump iputils-ping udev systemd curl
 )
 missing=()
 for p in "${apt_packages[@]}"; do
