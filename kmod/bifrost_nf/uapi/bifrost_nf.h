@@ -7,8 +7,12 @@
  *
  * Control device of the bifrost_nf module. Each open() is bound to the opener's
  * network namespace. write() takes exactly one record; a malformed one fails with
- * EINVAL (bad magic, type or length), EPROTO (other ABI version), E2BIG (longer
- * than any record) and changes nothing. Replies are read() back in order.
+ * EINVAL (bad magic, type, length or values), EPROTO (other ABI version), E2BIG
+ * (longer than any record), ENOSPC (table full), ENOENT (no such service) and
+ * changes nothing. Replies are read() back in order; when none is queued, read()
+ * returns pending refresh EVENT records (one per service and query type, however
+ * often it was asked for), and 0 when there is nothing. poll() reports POLLIN for
+ * either.
  *
  * Every record starts with struct bfnf_hdr: magic 0x42464e46, version
  * 1, the record type and the record's exact length. All fields are
@@ -21,14 +25,70 @@
 
 #define BFNF_MAGIC 0x42464e46U
 #define BFNF_ABI_VERSION 1
+/* bytes of one cached answer packet */
+#define BFNF_PAYLOAD_MAX 1400
+/* packets of one cached answer */
+#define BFNF_MAX_PACKETS 16
+/* services per netns */
+#define BFNF_MAX_SERVICES 64
+/* A2S_INFO */
+#define BFNF_QT_INFO 1
+/* A2S_PLAYER */
+#define BFNF_QT_PLAYER 2
+/* A2S_RULES */
+#define BFNF_QT_RULES 3
+/* answer A2S_INFO without a challenge */
+#define BFNF_SVC_F_NO_CHALLENGE 1
+/* missing/too stale: pass to the game server */
+#define BFNF_SVC_F_MISS_PASS 2
+/* answered from a stale entry */
+#define BFNF_EV_STALE 1
+/* no usable entry */
+#define BFNF_EV_MISSING 2
 
 enum bfnf_record_type {
 	BFNF_MSG_INFO_REQ = 1,
 	BFNF_MSG_INFO_REPLY = 2,
+	BFNF_MSG_SERVICE_SET = 3,
+	BFNF_MSG_SERVICE_DEL = 4,
+	BFNF_MSG_ENTRY_SET = 5,
+	BFNF_MSG_ENTRY_DEL = 6,
+	BFNF_MSG_FLUSH = 7,
+	BFNF_MSG_ROTATE = 8,
+	BFNF_MSG_CONFIG_SET = 9,
+	BFNF_MSG_DUMP_REQ = 10,
+	BFNF_MSG_SERVICE_INFO = 11,
+	BFNF_MSG_DUMP_END = 12,
+	BFNF_MSG_EVENT = 13,
 };
 
 enum bfnf_counter {
 	BFNF_CNT_BAD_WRITES,
+	BFNF_CNT_QUERIES,
+	BFNF_CNT_INFO_QUERIES,
+	BFNF_CNT_PLAYER_QUERIES,
+	BFNF_CNT_RULES_QUERIES,
+	BFNF_CNT_MALFORMED,
+	BFNF_CNT_PASSED_OTHER,
+	BFNF_CNT_RATE_LIMITED,
+	BFNF_CNT_CHALLENGES_SENT,
+	BFNF_CNT_BAD_CHALLENGE,
+	BFNF_CNT_ANSWERS,
+	BFNF_CNT_ANSWER_PACKETS,
+	BFNF_CNT_ANSWERS_NO_CHALLENGE,
+	BFNF_CNT_STALE_ANSWERS,
+	BFNF_CNT_MISS_DROP,
+	BFNF_CNT_MISS_PASS,
+	BFNF_CNT_EVENTS_RAISED,
+	BFNF_CNT_EVENTS_READ,
+	BFNF_CNT_BYTES_IN,
+	BFNF_CNT_BYTES_OUT,
+	BFNF_CNT_UNVERIFIED_BYTES_IN,
+	BFNF_CNT_UNVERIFIED_BYTES_OUT,
+	BFNF_CNT_TX_ERRORS,
+	BFNF_CNT_ENTRIES_SET,
+	BFNF_CNT_ENTRIES_DELETED,
+	BFNF_CNT_ROTATIONS,
 	BFNF_CNT_MAX,
 };
 
@@ -54,6 +114,101 @@ struct bfnf_info_reply {
 	__u32 reserved;
 	__u8 module_version[32];	/* NUL-terminated */
 	__u64 counters[64];	/* indexed by the counter enum */
+};
+
+/* Add or update a cached service (address:port) of the opener's netns. */
+struct bfnf_service_set {
+	struct bfnf_hdr hdr;
+	__be32 addr;	/* service address (the clients' destination) */
+	__u16 port;	/* service UDP port, host byte order */
+	__u16 svc_flags;	/* BFNF_SVC_F_* bits */
+};
+
+/* Delete a service and its cached entries. */
+struct bfnf_service_del {
+	struct bfnf_hdr hdr;
+	__be32 addr;
+	__u16 port;
+	__u16 reserved;
+};
+
+/* One packet of a cached answer. Packets of one answer are written in order, index 0..count-1; the answer replaces the old one when the last arrives. */
+struct bfnf_entry_set {
+	struct bfnf_hdr hdr;
+	__be32 addr;
+	__u16 port;
+	__u8 qtype;	/* BFNF_QT_INFO, _PLAYER or _RULES */
+	__u8 index;	/* packet number, 0-based */
+	__u8 count;	/* packets in this answer, 1..MAX_PACKETS */
+	__u8 reserved0;
+	__u16 length;	/* bytes used in payload[], 1..PAYLOAD_MAX */
+	__u32 ttl_ms;	/* fresh for this long after the last packet */
+	__u32 max_stale_ms;	/* then stale (answered + refresh) this long */
+	__u32 reserved1;
+	__u8 payload[1400];	/* the UDP payload sent to clients */
+};
+
+/* Delete one cached answer (qtype) or all of a service's answers (qtype 0). */
+struct bfnf_entry_del {
+	struct bfnf_hdr hdr;
+	__be32 addr;
+	__u16 port;
+	__u8 qtype;
+	__u8 reserved;
+};
+
+/* Delete every cached answer of the netns (services stay). */
+struct bfnf_flush {
+	struct bfnf_hdr hdr;
+};
+
+/* Rotate the challenge secret now (the previous one stays valid). */
+struct bfnf_rotate {
+	struct bfnf_hdr hdr;
+};
+
+/* Per-netns settings. */
+struct bfnf_config_set {
+	struct bfnf_hdr hdr;
+	__u32 rate_pps;	/* queries per second per source; 0 = no limit */
+	__u32 rate_burst;	/* queries a source may send at once */
+	__u32 rotate_s;	/* challenge secret lifetime in seconds (>= 1) */
+	__u32 reserved;
+};
+
+/* List services and entries: SERVICE_INFO records, DUMP_END. */
+struct bfnf_dump_req {
+	struct bfnf_hdr hdr;
+};
+
+/* One service and its cached answers; arrays are indexed by qtype - 1. */
+struct bfnf_service_info {
+	struct bfnf_hdr hdr;
+	__be32 addr;
+	__u16 port;
+	__u16 svc_flags;
+	__u32 bytes[3];	/* payload bytes of the answer; 0 = none cached */
+	__u32 packets[3];
+	__u32 ttl_ms[3];
+	__u32 max_stale_ms[3];
+	__u32 age_ms[3];	/* time since the answer was set (capped) */
+	__u32 reserved;
+};
+
+/* Ends a dump. */
+struct bfnf_dump_end {
+	struct bfnf_hdr hdr;
+	__u32 n_services;
+	__u32 reserved;
+};
+
+/* Refresh request: read() returns these when no reply is queued; poll() says when. */
+struct bfnf_event {
+	struct bfnf_hdr hdr;
+	__be32 addr;
+	__u16 port;
+	__u8 qtype;
+	__u8 reason;	/* BFNF_EV_STALE or BFNF_EV_MISSING */
 };
 
 #endif /* _UAPI_BFNF_H */

@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Per-source query rate limit: a token bucket in GCRA form (one timestamp per
+ * source) in a fixed, direct-mapped table, so memory stays bounded whatever
+ * the number of sources. A source that lands on a slot held by another takes
+ * it over (the newest wins: LRU-ish). Slots are updated without a lock; a race
+ * only makes the limit slightly loose, never unsafe.
+ */
+#include <linux/hash.h>
+#include <linux/jhash.h>
+#include <linux/random.h>
+#include <linux/slab.h>
+
+#include "bfnf.h"
+
+int bfnf_rl_init(struct bfnf_net *bn)
+{
+	struct bfnf_rl_slot *rl;
+
+	if (bn->rl)
+		return 0;
+	rl = kvcalloc(BFNF_RL_SLOTS, sizeof(*rl), GFP_KERNEL);
+	if (!rl)
+		return -ENOMEM;
+	bn->rl_seed = get_random_u32();
+	WRITE_ONCE(bn->rl, rl);
+	return 0;
+}
+
+void bfnf_rl_free(struct bfnf_net *bn)
+{
+	kvfree(bn->rl);
+	bn->rl = NULL;
+}
+
+bool bfnf_rl_allow(struct bfnf_net *bn, __be32 saddr, u64 now)
+{
+	u32 rate = READ_ONCE(bn->rate_pps);
+	u32 burst = max(READ_ONCE(bn->rate_burst), 1U);
+	struct bfnf_rl_slot *slot;
+	u64 interval, tat;
+
+	if (!rate || !bn->rl)
+		return true;
+	interval = div_u64(NSEC_PER_SEC, rate);
+	slot = &bn->rl[hash_32(jhash_1word((__force u32)saddr, bn->rl_seed), BFNF_RL_BITS)];
+	tat = READ_ONCE(slot->tat_ns);
+	if (READ_ONCE(slot->addr) != (__force u32)saddr) {
+		WRITE_ONCE(slot->addr, (__force u32)saddr);
+		tat = now;
+	}
+	if (tat < now)
+		tat = now;
+	if (tat - now >= (u64)burst * interval)
+		return false;
+	WRITE_ONCE(slot->tat_ns, tat + interval);
+	return true;
+}
