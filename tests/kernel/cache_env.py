@@ -1,0 +1,133 @@
+"""Shared by the bifrost_nf kernel tests: module loading, the client/POP/server topology."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bifrost import netns
+from bifrost.cache.nf import CacheDevice
+
+MODULE = "bifrost_nf"
+DEV = Path("/dev/bifrost_nf")
+PY = sys.executable
+
+# client 10.71.0.2 -- 10.71.0.1 pop 10.72.0.1 -- 10.72.0.2 gameserver
+CLIENT_IP = "10.71.0.2"
+POP_CLIENT_IP = "10.71.0.1"
+POP_SERVER_IP = "10.72.0.1"
+SERVER_IP = "10.72.0.2"
+GAME_PORT = 27015
+
+
+def load() -> None:
+    subprocess.run(["modprobe", MODULE], check=True)
+    for _ in range(100):
+        if DEV.exists():
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"{DEV} did not appear")
+
+
+def unload() -> None:
+    subprocess.run(["rmmod", MODULE], check=True)
+
+
+def dmesg() -> str:
+    return subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout
+
+
+def kernel_trouble(text: str) -> list[str]:
+    bad = ("WARNING:", "BUG:", "Oops", "general protection", "UBSAN", "KASAN")
+    return [line for line in text.splitlines() if any(b in line for b in bad)]
+
+
+def open_in(ns: netns.Namespace) -> CacheDevice:
+    """The device opened from inside ns, so it is bound to ns."""
+    with ns.entered():
+        return CacheDevice(DEV)
+
+
+@dataclass
+class Topo:
+    client: netns.Namespace
+    pop: netns.Namespace
+    server: netns.Namespace
+    procs: list[subprocess.Popen[bytes]]
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        for ns in (self.client, self.pop, self.server):
+            ns.close()
+
+    def client_socket(self, timeout: float = 1.0) -> socket.socket:
+        s = self.client.socket()
+        s.settimeout(timeout)
+        s.bind((CLIENT_IP, 0))
+        return s
+
+
+def make_topo(tag: str) -> Topo:
+    client = netns.Namespace(f"bfc-{tag}")
+    pop = netns.Namespace(f"bfp-{tag}")
+    server = netns.Namespace(f"bfs-{tag}")
+    netns.link(client, "eth0", f"{CLIENT_IP}/24", pop, "c0", f"{POP_CLIENT_IP}/24")
+    netns.link(pop, "s0", f"{POP_SERVER_IP}/24", server, "eth0", f"{SERVER_IP}/24")
+    client.route("default", gateway=POP_CLIENT_IP)
+    server.route("default", gateway=POP_SERVER_IP)
+    return Topo(client, pop, server, [])
+
+
+@contextlib.contextmanager
+def topo(tag: str) -> Iterator[Topo]:
+    t = make_topo(tag)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def start_refserver(t: Topo, control: Path, *extra: str) -> subprocess.Popen[bytes]:
+    argv = [
+        PY, "-m", "bifrost.cache.refserver",
+        "--bind", f"{SERVER_IP}:{GAME_PORT}",
+        "--control", str(control),
+        *extra,
+    ]  # fmt: skip
+    p = t.server.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t.procs.append(p)
+    for _ in range(200):
+        if control.exists():
+            return p
+        if p.poll() is not None:
+            raise RuntimeError(f"refserver exited: {p.stderr.read().decode() if p.stderr else ''}")
+        time.sleep(0.05)
+    raise RuntimeError("refserver did not start")
+
+
+def wait_for(pred: object, timeout: float, step: float = 0.1) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():  # type: ignore[operator]
+            return True
+        time.sleep(step)
+    return bool(pred())  # type: ignore[operator]
+
+
+def proc_env() -> dict[str, str]:
+    return dict(os.environ)
