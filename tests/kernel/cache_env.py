@@ -131,3 +131,48 @@ def wait_for(pred: object, timeout: float, step: float = 0.1) -> bool:
 
 def proc_env() -> dict[str, str]:
     return dict(os.environ)
+
+
+def daemon_config(path: Path, refresh_s: float = 1.0, ttl_s: float = 2.0,
+                  max_stale_s: float = 3.0, **extra: object) -> Path:  # fmt: skip
+    lines = [
+        "[cache]",
+        f"refresh_s = {refresh_s}",
+        f"ttl_s = {ttl_s}",
+        f"max_stale_s = {max_stale_s}",
+        "query_timeout_s = 0.5",
+        *(f"{k} = {v!r}".replace("'", '"').replace("True", "true").replace("False", "false")
+          for k, v in extra.items()),
+        "[[cache.service]]",
+        f'address = "{POP_CLIENT_IP}"',
+        f"port = {GAME_PORT}",
+        f'server = "{SERVER_IP}"',
+    ]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start_daemon(t: Topo, config: Path) -> subprocess.Popen[bytes]:
+    p = t.pop.popen(
+        [PY, "-m", "bifrost.cache.daemon", "-c", str(config), "-v"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    t.procs.append(p)
+    return p
+
+
+def answers_cached(t: Topo, n: int = 3) -> bool:
+    with open_in(t.pop) as dev:
+        return any(len(s.answers) >= n for s in dev.dump())
+
+
+def pop_counters(t: Topo) -> dict[str, int]:
+    with open_in(t.pop) as dev:
+        return dev.counters()
+
+
+def refserver_stats(control: Path) -> dict[str, object]:
+    from bifrost.cache import refserver
+
+    return refserver.control(control, "stats")
