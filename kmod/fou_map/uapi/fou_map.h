@@ -7,8 +7,11 @@
  *
  * Control device of the fou_map module. Each open() is bound to the opener's
  * network namespace. write() takes exactly one record; a malformed one fails with
- * EINVAL (bad magic, type or length), EPROTO (other ABI version), E2BIG (longer
- * than any record) and changes nothing. Replies are read() back in order.
+ * EINVAL (bad magic, type, length, flags, reserved or values), EPROTO (other ABI
+ * version), E2BIG (longer than any record), ENOSPC (table full of static entries),
+ * ENOENT (DEL of a missing client), ENOBUFS (too many unread replies) and changes
+ * nothing. Replies are read() back in order; read() returns whole records only and
+ * 0 when nothing is pending. A dump (DUMP_REQ) continues over several read()s.
  *
  * Every record starts with struct fm_hdr: magic 0x464f554d, version
  * 1, the record type and the record's exact length. All fields are
@@ -21,14 +24,66 @@
 
 #define FM_MAGIC 0x464f554dU
 #define FM_ABI_VERSION 1
+/* room in CONFIG.ports */
+#define FM_MAX_PORTS 8
+/* unmapped client: send unchanged to the tunnel's remote */
+#define FM_MISS_PASS 0
+/* unmapped client: drop the packet */
+#define FM_MISS_DROP 1
+/* entry flag: added by the operator, never expires */
+#define FM_ENTRY_STATIC 1
+/* flush scope: static entries too */
+#define FM_FLUSH_STATIC 1
+/* largest max_entries a netns may set */
+#define FM_MAX_ENTRIES_LIMIT 1048576
+/* smallest idle_timeout_ms */
+#define FM_MIN_IDLE_TIMEOUT_MS 100
+/* largest idle_timeout_ms */
+#define FM_MAX_IDLE_TIMEOUT_MS 604800000
+/* idle timeout until configured */
+#define FM_DEFAULT_IDLE_TIMEOUT_MS 300000
+/* max_entries until configured */
+#define FM_DEFAULT_MAX_ENTRIES 65536
 
 enum fm_record_type {
 	FM_MSG_INFO_REQ = 1,
 	FM_MSG_INFO_REPLY = 2,
+	FM_MSG_CONFIG = 3,
+	FM_MSG_CONFIG_GET = 4,
+	FM_MSG_STATS_REQ = 5,
+	FM_MSG_STATS_REPLY = 6,
+	FM_MSG_DUMP_REQ = 7,
+	FM_MSG_ENTRY = 8,
+	FM_MSG_DUMP_END = 9,
+	FM_MSG_ADD = 10,
+	FM_MSG_DEL = 11,
+	FM_MSG_FLUSH = 12,
 };
 
 enum fm_counter {
 	FM_CNT_BAD_WRITES,
+	FM_CNT_RX_FOU,
+	FM_CNT_RX_TRUNCATED,
+	FM_CNT_RX_BAD_INNER,
+	FM_CNT_RX_FRAGMENT,
+	FM_CNT_LEARNED,
+	FM_CNT_MOVED,
+	FM_CNT_REFRESHED,
+	FM_CNT_LEARN_STATIC,
+	FM_CNT_LEARN_FULL,
+	FM_CNT_LEARN_NOMEM,
+	FM_CNT_TX_FOU,
+	FM_CNT_TX_BAD,
+	FM_CNT_TX_REWRITTEN,
+	FM_CNT_TX_SAME_POP,
+	FM_CNT_TX_MISS_PASS,
+	FM_CNT_TX_MISS_DROP,
+	FM_CNT_TX_REROUTE_FAILED,
+	FM_CNT_EXPIRED,
+	FM_CNT_EVICTED,
+	FM_CNT_ADDED,
+	FM_CNT_DELETED,
+	FM_CNT_FLUSHED,
 	FM_CNT_MAX,
 };
 
@@ -54,6 +109,83 @@ struct fm_info_reply {
 	__u32 reserved;
 	__u8 module_version[32];	/* NUL-terminated */
 	__u64 counters[64];	/* indexed by the counter enum */
+};
+
+/* Set the netns's config (write), or the reply to CONFIG_GET. Entries are kept. */
+struct fm_config {
+	struct fm_hdr hdr;
+	__u32 n_ports;	/* how many entries of ports[] are used (0..8) */
+	__u32 idle_timeout_ms;	/* a learned entry expires after this idle time */
+	__u32 max_entries;	/* table size bound (1..MAX_ENTRIES_LIMIT) */
+	__u32 miss_policy;	/* FM_MISS_PASS or FM_MISS_DROP */
+	__u16 ports[8];	/* FOU UDP ports, host byte order */
+};
+
+/* Ask for the current CONFIG; it is read() back. */
+struct fm_config_get {
+	struct fm_hdr hdr;
+};
+
+/* Ask for STATS_REPLY (table gauges). */
+struct fm_stats_req {
+	struct fm_hdr hdr;
+};
+
+/* Table gauges of the opener's netns. */
+struct fm_stats_reply {
+	struct fm_hdr hdr;
+	__u32 entries;	/* all entries, static included */
+	__u32 static_entries;
+	__u32 max_entries;
+	__u32 buckets;	/* current hash table size */
+	__u32 entry_size;	/* bytes of one entry's slab object */
+	__u32 reserved;
+	__u64 created_ns;	/* CLOCK_REALTIME when this netns state was made */
+	__u64 table_bytes;	/* entry objects plus bucket array */
+};
+
+/* Start a dump: the next read()s return ENTRY records, then one DUMP_END, then 0. */
+struct fm_dump_req {
+	struct fm_hdr hdr;
+};
+
+/* One table entry (dump output). */
+struct fm_entry {
+	struct fm_hdr hdr;
+	__be32 client;	/* inner source address of the client */
+	__be32 pop;	/* outer source address of the POP it came through */
+	__u32 age_ms;	/* time since the last packet (or since added) */
+	__u32 entry_flags;	/* FM_ENTRY_STATIC */
+	__u64 packets;	/* packets learned from */
+};
+
+/* Ends a dump. A resize during the dump may repeat entries. */
+struct fm_dump_end {
+	struct fm_hdr hdr;
+	__u64 count;	/* ENTRY records returned by this dump */
+};
+
+/* Add or replace an entry: FM_ENTRY_STATIC never expires nor moves; without it the entry is learned-like (used to restore snapshots) and may expire. */
+struct fm_add {
+	struct fm_hdr hdr;
+	__be32 client;
+	__be32 pop;
+	__u32 entry_flags;	/* FM_ENTRY_STATIC or 0 */
+	__u32 age_ms;	/* for learned-like entries: age to restore */
+};
+
+/* Delete the client's entry (ENOENT when there is none). */
+struct fm_del {
+	struct fm_hdr hdr;
+	__be32 client;
+	__u32 reserved;
+};
+
+/* Delete every learned entry; with FM_FLUSH_STATIC static ones too. */
+struct fm_flush {
+	struct fm_hdr hdr;
+	__u32 scope;	/* 0 or FM_FLUSH_STATIC */
+	__u32 reserved;
 };
 
 #endif /* _UAPI_FM_H */

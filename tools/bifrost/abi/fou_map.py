@@ -18,8 +18,42 @@ MAGIC = 0x464F554D
 ABI_VERSION = 1
 HEADER_FORMAT = "<IHHII"
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
+MAX_PORTS = 8
+MISS_PASS = 0
+MISS_DROP = 1
+ENTRY_STATIC = 1
+FLUSH_STATIC = 1
+MAX_ENTRIES_LIMIT = 1048576
+MIN_IDLE_TIMEOUT_MS = 100
+MAX_IDLE_TIMEOUT_MS = 604800000
+DEFAULT_IDLE_TIMEOUT_MS = 300000
+DEFAULT_MAX_ENTRIES = 65536
 
-COUNTERS: tuple[str, ...] = ("bad_writes",)
+COUNTERS: tuple[str, ...] = (
+    "bad_writes",
+    "rx_fou",
+    "rx_truncated",
+    "rx_bad_inner",
+    "rx_fragment",
+    "learned",
+    "moved",
+    "refreshed",
+    "learn_static",
+    "learn_full",
+    "learn_nomem",
+    "tx_fou",
+    "tx_bad",
+    "tx_rewritten",
+    "tx_same_pop",
+    "tx_miss_pass",
+    "tx_miss_drop",
+    "tx_reroute_failed",
+    "expired",
+    "evicted",
+    "added",
+    "deleted",
+    "flushed",
+)
 
 
 @dataclass
@@ -64,9 +98,209 @@ class InfoReply(Record):
     counters: tuple[int, ...] = ()
 
 
+@dataclass
+class Config(Record):
+    """Set the netns's config (write), or the reply to CONFIG_GET. Entries are kept."""
+
+    TYPE: ClassVar[int] = 3
+    FORMAT: ClassVar[str] = "<IHHIIIIII8H"
+    SIZE: ClassVar[int] = 48
+    OFFSETS: ClassVar[dict[str, int]] = {
+        "n_ports": 16,
+        "idle_timeout_ms": 20,
+        "max_entries": 24,
+        "miss_policy": 28,
+        "ports": 32,
+    }
+    FIELDS: ClassVar[tuple[tuple[str, str, int], ...]] = (
+        ("n_ports", "u32", 1),
+        ("idle_timeout_ms", "u32", 1),
+        ("max_entries", "u32", 1),
+        ("miss_policy", "u32", 1),
+        ("ports", "u16", 8),
+    )
+    n_ports: int = 0
+    idle_timeout_ms: int = 0
+    max_entries: int = 0
+    miss_policy: int = 0
+    ports: tuple[int, ...] = ()
+
+
+@dataclass
+class ConfigGet(Record):
+    """Ask for the current CONFIG; it is read() back."""
+
+    TYPE: ClassVar[int] = 4
+    FORMAT: ClassVar[str] = "<IHHII"
+    SIZE: ClassVar[int] = 16
+    OFFSETS: ClassVar[dict[str, int]] = {}
+    FIELDS: ClassVar[tuple[tuple[str, str, int], ...]] = ()
+
+
+@dataclass
+class StatsReq(Record):
+    """Ask for STATS_REPLY (table gauges)."""
+
+    TYPE: ClassVar[int] = 5
+    FORMAT: ClassVar[str] = "<IHHII"
+    SIZE: ClassVar[int] = 16
+    OFFSETS: ClassVar[dict[str, int]] = {}
+    FIELDS: ClassVar[tuple[tuple[str, str, int], ...]] = ()
+
+
+@dataclass
+class StatsReply(Record):
+    """Table gauges of the opener's netns."""
+
+    TYPE: ClassVar[int] = 6
+    FORMAT: ClassVar[str] = "<IHHIIIIIIIIQQ"
+    SIZE: ClassVar[int] = 56
+    OFFSETS: ClassVar[dict[str, int]] = {
+        "entries": 16,
+        "static_entries": 20,
+        "max_entries": 24,
+        "buckets": 28,
+        "entry_size": 32,
+        "reserved": 36,
+        "created_ns": 40,
+        "table_bytes": 48,
+    }
+    FIELDS: ClassVar[tuple[tuple[str, str, int], ...]] = (
+        ("entries", "u32", 1),
+        ("static_entries", "u32", 1),
+        ("max_entries", "u32", 1),
+        ("buckets", "u32", 1),
+        ("entry_size", "u32", 1),
+        ("reserved", "u32", 1),
+        ("created_ns", "u64", 1),
+        ("table_bytes", "u64", 1),
+    )
+    entries: int = 0
+    static_entries: int = 0
+    max_entries: int = 0
+    buckets: int = 0
+    entry_size: int = 0
+    reserved: int = 0
+    created_ns: int = 0
+    table_bytes: int = 0
+
+
+@dataclass
+class DumpReq(Record):
+    """Start a dump: the next read()s return ENTRY records, then one DUMP_END, then 0."""
+
+    TYPE: ClassVar[int] = 7
+    FORMAT: ClassVar[str] = "<IHHII"
+    SIZE: ClassVar[int] = 16
+    OFFSETS: ClassVar[dict[str, int]] = {}
+    FIELDS: ClassVar[tuple[tuple[str, str, int], ...]] = ()
+
+
+@dataclass
+class Entry(Record):
+    """One table entry (dump output)."""
+
+    TYPE: ClassVar[int] = 8
+    FORMAT: ClassVar[str] = "<IHHII4s4sIIQ"
+    SIZE: ClassVar[int] = 40
+    OFFSETS: ClassVar[dict[str, int]] = {
+        "client": 16,
+        "pop": 20,
+        "age_ms": 24,
+        "entry_flags": 28,
+        "packets": 32,
+    }
+    FIELDS: ClassVar[tuple[tuple[str, str, int], ...]] = (
+        ("client", "ipv4", 1),
+        ("pop", "ipv4", 1),
+        ("age_ms", "u32", 1),
+        ("entry_flags", "u32", 1),
+        ("packets", "u64", 1),
+    )
+    client: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
+    pop: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
+    age_ms: int = 0
+    entry_flags: int = 0
+    packets: int = 0
+
+
+@dataclass
+class DumpEnd(Record):
+    """Ends a dump. A resize during the dump may repeat entries."""
+
+    TYPE: ClassVar[int] = 9
+    FORMAT: ClassVar[str] = "<IHHIIQ"
+    SIZE: ClassVar[int] = 24
+    OFFSETS: ClassVar[dict[str, int]] = {"count": 16}
+    FIELDS: ClassVar[tuple[tuple[str, str, int], ...]] = (("count", "u64", 1),)
+    count: int = 0
+
+
+@dataclass
+class Add(Record):
+    """Add or replace an entry: FM_ENTRY_STATIC never expires nor moves; without it the entry is learned-like (used to restore snapshots) and may expire."""
+
+    TYPE: ClassVar[int] = 10
+    FORMAT: ClassVar[str] = "<IHHII4s4sII"
+    SIZE: ClassVar[int] = 32
+    OFFSETS: ClassVar[dict[str, int]] = {"client": 16, "pop": 20, "entry_flags": 24, "age_ms": 28}
+    FIELDS: ClassVar[tuple[tuple[str, str, int], ...]] = (
+        ("client", "ipv4", 1),
+        ("pop", "ipv4", 1),
+        ("entry_flags", "u32", 1),
+        ("age_ms", "u32", 1),
+    )
+    client: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
+    pop: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
+    entry_flags: int = 0
+    age_ms: int = 0
+
+
+@dataclass
+class Del(Record):
+    """Delete the client's entry (ENOENT when there is none)."""
+
+    TYPE: ClassVar[int] = 11
+    FORMAT: ClassVar[str] = "<IHHII4sI"
+    SIZE: ClassVar[int] = 24
+    OFFSETS: ClassVar[dict[str, int]] = {"client": 16, "reserved": 20}
+    FIELDS: ClassVar[tuple[tuple[str, str, int], ...]] = (
+        ("client", "ipv4", 1),
+        ("reserved", "u32", 1),
+    )
+    client: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
+    reserved: int = 0
+
+
+@dataclass
+class Flush(Record):
+    """Delete every learned entry; with FM_FLUSH_STATIC static ones too."""
+
+    TYPE: ClassVar[int] = 12
+    FORMAT: ClassVar[str] = "<IHHIIII"
+    SIZE: ClassVar[int] = 24
+    OFFSETS: ClassVar[dict[str, int]] = {"scope": 16, "reserved": 20}
+    FIELDS: ClassVar[tuple[tuple[str, str, int], ...]] = (
+        ("scope", "u32", 1),
+        ("reserved", "u32", 1),
+    )
+    scope: int = 0
+    reserved: int = 0
+
+
 RECORDS: dict[int, type[Record]] = {
     1: InfoReq,
     2: InfoReply,
+    3: Config,
+    4: ConfigGet,
+    5: StatsReq,
+    6: StatsReply,
+    7: DumpReq,
+    8: Entry,
+    9: DumpEnd,
+    10: Add,
+    11: Del,
+    12: Flush,
 }
 
 

@@ -3,7 +3,86 @@
 from __future__ import annotations
 
 from bifrost.abi.defs import common
-from bifrost.abi.spec import Device
+from bifrost.abi.spec import Constant, Device, Field, Record
+
+MAX_PORTS = 8
+
+CONFIG = Record(
+    "config",
+    3,
+    "Set the netns's config (write), or the reply to CONFIG_GET. Entries are kept.",
+    (
+        Field("n_ports", "u32", doc="how many entries of ports[] are used (0..8)"),
+        Field("idle_timeout_ms", "u32", doc="a learned entry expires after this idle time"),
+        Field("max_entries", "u32", doc="table size bound (1..MAX_ENTRIES_LIMIT)"),
+        Field("miss_policy", "u32", doc="FM_MISS_PASS or FM_MISS_DROP"),
+        Field("ports", "u16", MAX_PORTS, doc="FOU UDP ports, host byte order"),
+    ),
+)
+CONFIG_GET = Record("config_get", 4, "Ask for the current CONFIG; it is read() back.")
+STATS_REQ = Record("stats_req", 5, "Ask for STATS_REPLY (table gauges).")
+STATS_REPLY = Record(
+    "stats_reply",
+    6,
+    "Table gauges of the opener's netns.",
+    (
+        Field("entries", "u32", doc="all entries, static included"),
+        Field("static_entries", "u32"),
+        Field("max_entries", "u32"),
+        Field("buckets", "u32", doc="current hash table size"),
+        Field("entry_size", "u32", doc="bytes of one entry's slab object"),
+        Field("reserved", "u32"),
+        Field("created_ns", "u64", doc="CLOCK_REALTIME when this netns state was made"),
+        Field("table_bytes", "u64", doc="entry objects plus bucket array"),
+    ),
+)
+DUMP_REQ = Record(
+    "dump_req",
+    7,
+    "Start a dump: the next read()s return ENTRY records, then one DUMP_END, then 0.",
+)
+ENTRY = Record(
+    "entry",
+    8,
+    "One table entry (dump output).",
+    (
+        Field("client", "ipv4", doc="inner source address of the client"),
+        Field("pop", "ipv4", doc="outer source address of the POP it came through"),
+        Field("age_ms", "u32", doc="time since the last packet (or since added)"),
+        Field("entry_flags", "u32", doc="FM_ENTRY_STATIC"),
+        Field("packets", "u64", doc="packets learned from"),
+    ),
+)
+DUMP_END = Record(
+    "dump_end",
+    9,
+    "Ends a dump. A resize during the dump may repeat entries.",
+    (Field("count", "u64", doc="ENTRY records returned by this dump"),),
+)
+ADD = Record(
+    "add",
+    10,
+    "Add or replace an entry: FM_ENTRY_STATIC never expires nor moves; without it"
+    " the entry is learned-like (used to restore snapshots) and may expire.",
+    (
+        Field("client", "ipv4"),
+        Field("pop", "ipv4"),
+        Field("entry_flags", "u32", doc="FM_ENTRY_STATIC or 0"),
+        Field("age_ms", "u32", doc="for learned-like entries: age to restore"),
+    ),
+)
+DEL = Record(
+    "del",
+    11,
+    "Delete the client's entry (ENOENT when there is none).",
+    (Field("client", "ipv4"), Field("reserved", "u32")),
+)
+FLUSH = Record(
+    "flush",
+    12,
+    "Delete every learned entry; with FM_FLUSH_STATIC static ones too.",
+    (Field("scope", "u32", doc="0 or FM_FLUSH_STATIC"), Field("reserved", "u32")),
+)
 
 DEVICE = Device(
     name="fou_map",
@@ -13,9 +92,61 @@ DEVICE = Device(
     doc="""
 Control device of the fou_map module. Each open() is bound to the opener's
 network namespace. write() takes exactly one record; a malformed one fails with
-EINVAL (bad magic, type or length), EPROTO (other ABI version), E2BIG (longer
-than any record) and changes nothing. Replies are read() back in order.
+EINVAL (bad magic, type, length, flags, reserved or values), EPROTO (other ABI
+version), E2BIG (longer than any record), ENOSPC (table full of static entries),
+ENOENT (DEL of a missing client), ENOBUFS (too many unread replies) and changes
+nothing. Replies are read() back in order; read() returns whole records only and
+0 when nothing is pending. A dump (DUMP_REQ) continues over several read()s.
 """,
-    records=(common.INFO_REQUEST, common.INFO_REPLY),
-    counters=("bad_writes",),
+    records=(
+        common.INFO_REQUEST,
+        common.INFO_REPLY,
+        CONFIG,
+        CONFIG_GET,
+        STATS_REQ,
+        STATS_REPLY,
+        DUMP_REQ,
+        ENTRY,
+        DUMP_END,
+        ADD,
+        DEL,
+        FLUSH,
+    ),
+    constants=(
+        Constant("MAX_PORTS", MAX_PORTS, "room in CONFIG.ports"),
+        Constant("MISS_PASS", 0, "unmapped client: send unchanged to the tunnel's remote"),
+        Constant("MISS_DROP", 1, "unmapped client: drop the packet"),
+        Constant("ENTRY_STATIC", 1, "entry flag: added by the operator, never expires"),
+        Constant("FLUSH_STATIC", 1, "flush scope: static entries too"),
+        Constant("MAX_ENTRIES_LIMIT", 1 << 20, "largest max_entries a netns may set"),
+        Constant("MIN_IDLE_TIMEOUT_MS", 100, "smallest idle_timeout_ms"),
+        Constant("MAX_IDLE_TIMEOUT_MS", 7 * 24 * 3600 * 1000, "largest idle_timeout_ms"),
+        Constant("DEFAULT_IDLE_TIMEOUT_MS", 300000, "idle timeout until configured"),
+        Constant("DEFAULT_MAX_ENTRIES", 65536, "max_entries until configured"),
+    ),
+    counters=(
+        "bad_writes",
+        "rx_fou",
+        "rx_truncated",
+        "rx_bad_inner",
+        "rx_fragment",
+        "learned",
+        "moved",
+        "refreshed",
+        "learn_static",
+        "learn_full",
+        "learn_nomem",
+        "tx_fou",
+        "tx_bad",
+        "tx_rewritten",
+        "tx_same_pop",
+        "tx_miss_pass",
+        "tx_miss_drop",
+        "tx_reroute_failed",
+        "expired",
+        "evicted",
+        "added",
+        "deleted",
+        "flushed",
+    ),
 )

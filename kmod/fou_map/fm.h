@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * fou_map internals shared by the table, the netfilter hooks and the chardev.
+ *
+ * One struct fm_net per network namespace (pernet_operations + net_generic).
+ * Readers on the packet path use RCU only; every writer (learning a new
+ * client, GC, the chardev) takes fm_net.lock. Learned entries sit on an LRU
+ * list ordered by the time they were last placed there; static entries on
+ * their own list, so neither GC nor eviction ever looks at them.
+ */
+#ifndef _FM_H
+#define _FM_H
+
+#include <linux/types.h>
+#include <linux/list.h>
+#include <linux/rhashtable.h>
+#include <linux/spinlock.h>
+#include <linux/workqueue.h>
+#include <linux/percpu.h>
+#include <net/net_namespace.h>
+#include <net/netns/generic.h>
+
+#include "fou_map.h"
+
+#define FM_MODULE_VERSION "0.1.0"
+
+/*
+ * The hash table never grows past this many buckets, so 2x that many
+ * entries (FM_MAX_ENTRIES_LIMIT) run at a load factor of up to 2: 4 bytes of
+ * bucket array per entry instead of 8-16 when rhashtable grows at 75%.
+ */
+#define FM_TABLE_MAX_BUCKETS (FM_MAX_ENTRIES_LIMIT / 2)
+
+struct fm_cfg {
+	u16 ports[FM_MAX_PORTS];
+	u32 n_ports;
+	u32 idle_timeout_ms;
+	u32 max_entries;
+	u32 miss_policy;
+	struct rcu_head rcu;
+};
+
+/*
+ * 56 bytes: the bench checks the <= 64 bytes per entry goal with the bucket
+ * array included. The LRU link is dead once the entry is unlinked, so the
+ * RCU head that frees it reuses its storage.
+ */
+struct fm_map_entry {
+	struct rhash_head node;
+	union {
+		struct list_head lru;
+		struct rcu_head rcu;
+	};
+	__be32 client;		/* key: inner source address */
+	__be32 pop;		/* outer source address; written without the lock */
+	u32 last_seen;		/* (u32)jiffies of the last packet */
+	u32 lru_stamp;		/* last_seen when placed at the LRU tail */
+	u64 packets;
+	u32 flags;		/* FM_ENTRY_STATIC */
+};
+
+struct fm_counters {
+	u64 cnt[FM_CNT_MAX];
+};
+
+struct fm_net {
+	struct net *net;
+	struct rhashtable table;
+	bool table_ready;
+	spinlock_t lock;		/* writers: table, lists, counts */
+	struct list_head lru;		/* learned entries, oldest first */
+	struct list_head statics;
+	u32 n_learned;
+	u32 n_static;
+	struct fm_cfg __rcu *cfg;
+	struct fm_counters __percpu *counters;
+	struct delayed_work gc_work;
+	u64 created_ns;
+};
+
+extern unsigned int fm_net_id;
+extern struct kmem_cache *fm_entry_cache;
+extern const struct rhashtable_params fm_table_params;
+
+static inline struct fm_net *fm_pernet(const struct net *net)
+{
+	return net_generic(net, fm_net_id);
+}
+
+static inline void fm_count(struct fm_net *fn, enum fm_counter c)
+{
+	this_cpu_inc(fn->counters->cnt[c]);
+}
+
+static inline u32 fm_now(void)
+{
+	return (u32)jiffies;
+}
+
+/* table.c */
+int fm_table_init(struct fm_net *fn);
+void fm_table_exit(struct fm_net *fn);
+void fm_learn(struct fm_net *fn, __be32 client, __be32 pop);
+int fm_add(struct fm_net *fn, __be32 client, __be32 pop, u32 flags, u32 age_ms);
+int fm_del(struct fm_net *fn, __be32 client);
+void fm_flush(struct fm_net *fn, bool statics);
+void fm_shrink_to(struct fm_net *fn, u32 max);
+void fm_gc_schedule(struct fm_net *fn, unsigned long delay);
+u32 fm_table_buckets(struct fm_net *fn);
+
+/* hooks.c */
+int fm_hooks_register(struct net *net);
+void fm_hooks_unregister(struct net *net);
+
+/* chardev.c */
+int fm_chardev_init(void);
+void fm_chardev_exit(void);
+
+/* main.c */
+int fm_config_set(struct fm_net *fn, const struct fm_cfg *newcfg);
+
+#endif /* _FM_H */

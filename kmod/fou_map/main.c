@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * fou_map: on a game-server machine, learn client -> POP from incoming FOU
+ * packets and send each reply back through the POP its client came in by.
+ *
+ * This file: module init/exit and the per-netns state.
+ */
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/ktime.h>
+#include <net/net_namespace.h>
+#include <net/netns/generic.h>
+
+#include "fm.h"
+
+unsigned int fm_net_id __read_mostly;
+struct kmem_cache *fm_entry_cache __read_mostly;
+
+/* Swap in a new config; entries stay, the table shrinks if max went down. */
+int fm_config_set(struct fm_net *fn, const struct fm_cfg *newcfg)
+{
+	struct fm_cfg *cfg, *old;
+
+	cfg = kmemdup(newcfg, sizeof(*cfg), GFP_KERNEL);
+	if (!cfg)
+		return -ENOMEM;
+	spin_lock_bh(&fn->lock);
+	old = rcu_dereference_protected(fn->cfg, lockdep_is_held(&fn->lock));
+	rcu_assign_pointer(fn->cfg, cfg);
+	spin_unlock_bh(&fn->lock);
+	if (old)
+		kfree_rcu(old, rcu);
+	fm_shrink_to(fn, cfg->max_entries);
+	/* A shorter timeout must take effect now, not after the old period. */
+	fm_gc_schedule(fn, 0);
+	return 0;
+}
+
+static int __net_init fm_net_init(struct net *net)
+{
+	struct fm_net *fn = fm_pernet(net);
+	struct fm_cfg *cfg;
+	int err;
+
+	fn->net = net;
+	spin_lock_init(&fn->lock);
+	INIT_LIST_HEAD(&fn->lru);
+	INIT_LIST_HEAD(&fn->statics);
+	fn->created_ns = ktime_get_real_ns();
+
+	fn->counters = alloc_percpu(struct fm_counters);
+	if (!fn->counters)
+		return -ENOMEM;
+
+	cfg = kzalloc(sizeof(*cfg), GFP_KERNEL);
+	if (!cfg) {
+		err = -ENOMEM;
+		goto err_free_counters;
+	}
+	cfg->idle_timeout_ms = FM_DEFAULT_IDLE_TIMEOUT_MS;
+	cfg->max_entries = FM_DEFAULT_MAX_ENTRIES;
+	cfg->miss_policy = FM_MISS_PASS;
+	RCU_INIT_POINTER(fn->cfg, cfg);
+
+	err = fm_table_init(fn);
+	if (err)
+		goto err_free_cfg;
+
+	err = fm_hooks_register(net);
+	if (err)
+		goto err_table_exit;
+	return 0;
+
+err_table_exit:
+	fm_table_exit(fn);
+err_free_cfg:
+	kfree(cfg);
+	RCU_INIT_POINTER(fn->cfg, NULL);
+err_free_counters:
+	free_percpu(fn->counters);
+	return err;
+}
+
+static void __net_exit fm_net_exit(struct net *net)
+{
+	struct fm_net *fn = fm_pernet(net);
+
+	/* nf_unregister_net_hooks() waits for packets still in the hooks. */
+	fm_hooks_unregister(net);
+	fm_table_exit(fn);
+	kfree(rcu_dereference_protected(fn->cfg, true));
+	free_percpu(fn->counters);
+}
+
+static struct pernet_operations fm_net_ops = {
+	.init = fm_net_init,
+	.exit = fm_net_exit,
+	.id = &fm_net_id,
+	.size = sizeof(struct fm_net),
+};
+
+static int __init fm_init(void)
+{
+	int err;
+
+	fm_entry_cache = kmem_cache_create("fou_map_entry", sizeof(struct fm_map_entry),
+					   0, 0, NULL);
+	if (!fm_entry_cache)
+		return -ENOMEM;
+
+	err = register_pernet_subsys(&fm_net_ops);
+	if (err)
+		goto err_destroy_cache;
+
+	err = fm_chardev_init();
+	if (err)
+		goto err_unregister_pernet;
+
+	pr_info("loaded, version %s, ABI %d, entry %u bytes\n", FM_MODULE_VERSION,
+		FM_ABI_VERSION, kmem_cache_size(fm_entry_cache));
+	return 0;
+
+err_unregister_pernet:
+	unregister_pernet_subsys(&fm_net_ops);
+err_destroy_cache:
+	kmem_cache_destroy(fm_entry_cache);
+	return err;
+}
+
+static void __exit fm_exit(void)
+{
+	fm_chardev_exit();
+	unregister_pernet_subsys(&fm_net_ops);
+	/* Entries freed by call_rcu() must be gone before their cache is. */
+	rcu_barrier();
+	kmem_cache_destroy(fm_entry_cache);
+	pr_info("unloaded\n");
+}
+
+module_init(fm_init);
+module_exit(fm_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("FOU return path: send replies back through the client's POP");
+MODULE_VERSION(FM_MODULE_VERSION);
