@@ -1,0 +1,289 @@
+"""The XDP program's map key/value layouts, defined once for C and Python.
+
+``render_header()`` turns these definitions into xdp/generated/bifrost_maps.h,
+which the BPF program includes; ``Struct.pack``/``unpack`` are the Python side
+the loader uses. tests/unit/test_xdp_maps_def.py compiles the header with gcc
+and compares every size and offset with the struct formats below.
+
+Byte order: ``ipv4`` fields are network order (as in iphdr); every other field
+is host order (little-endian), ports included: the program converts with
+bpf_ntohs, which costs one instruction.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+
+from bifrost.abi.spec import SCALARS, Field, SpecError
+from bifrost.paths import TEMPLATES_DIR, XDP_DIR
+
+HEADER_PATH = XDP_DIR / "generated" / "bifrost_maps.h"
+
+
+@dataclass(frozen=True)
+class Struct:
+    """One map key or value layout; no implicit padding allowed."""
+
+    name: str
+    doc: str
+    fields: tuple[Field, ...]
+
+    def layout(self) -> list[tuple[Field, int]]:
+        out, off, align = [], 0, 1
+        for f in self.fields:
+            if off % f.align:
+                raise SpecError(f"{self.name}.{f.name}: offset {off} needs {f.align}-alignment")
+            out.append((f, off))
+            off += f.size
+            align = max(align, f.align)
+        if off % align:
+            raise SpecError(f"{self.name}: size {off} leaves tail padding; add a reserved field")
+        return out
+
+    @property
+    def size(self) -> int:
+        f, off = self.layout()[-1]
+        return off + f.size
+
+    @property
+    def format(self) -> str:
+        parts = []
+        for f in self.fields:
+            if f.type == "ipv4":
+                parts.append("4s" * f.count)
+            elif f.is_bytes:
+                parts.append(f"{f.count}s")
+            else:
+                ch = SCALARS[f.type][1]
+                parts.append(ch if f.count == 1 else f"{f.count}{ch}")
+        return "=" + "".join(parts)
+
+    def offsets(self) -> dict[str, int]:
+        return {f.name: off for f, off in self.layout()}
+
+    def pack(self, **values: Any) -> bytes:
+        """Pack by field name; missing fields are zero, ipv4 takes str/IPv4Address/bytes."""
+        args: list[Any] = []
+        unknown = set(values) - {f.name for f in self.fields}
+        if unknown:
+            raise KeyError(f"{self.name}: no field {sorted(unknown)[0]}")
+        for f in self.fields:
+            v = values.get(f.name)
+            if f.type == "ipv4":
+                args.append(_ipv4_bytes(v))
+            elif f.is_bytes:
+                args.append(bytes(v or b""))
+            elif f.count > 1:
+                args.extend(v or [0] * f.count)
+            else:
+                args.append(int(v or 0))
+        data = struct.pack(self.format, *args)
+        assert len(data) == self.size
+        return data
+
+    def unpack(self, data: bytes) -> dict[str, Any]:
+        vals = list(struct.unpack(self.format, data[: self.size]))
+        out: dict[str, Any] = {}
+        for f in self.fields:
+            if f.count > 1 and not f.is_bytes and f.type != "ipv4":
+                out[f.name] = tuple(vals[: f.count])
+                del vals[: f.count]
+            else:
+                out[f.name] = vals.pop(0)
+        return out
+
+
+def _ipv4_bytes(v: Any) -> bytes:
+    import ipaddress
+
+    if v is None:
+        return b"\0\0\0\0"
+    if isinstance(v, bytes):
+        return v
+    return ipaddress.IPv4Address(v).packed
+
+
+# Why a packet ended where it did. Every packet the program sees increments
+# exactly one (rule, reason) counter, so the counters account for all traffic.
+REASONS: tuple[tuple[str, str], ...] = (
+    ("pass_non_ip", "not IPv4/IPv6 (ARP, LLDP...): the host's business"),
+    ("pass_host", "IPv4 not to an anycast service nor the FOU port: host traffic"),
+    ("pass_ipv6", "IPv6 with ipv6 = pass"),
+    ("drop_ipv6", "IPv6 with ipv6 = drop"),
+    ("drop_malformed", "truncated or inconsistent Ethernet/IPv4/UDP/TCP headers"),
+    ("drop_fragment", "IPv4 fragment to an anycast service"),
+    ("drop_no_rule", "anycast address, but no forward rule covers proto/port"),
+    ("drop_blocked", "source in the block list"),
+    ("drop_rate_limit", "source over the rule's packet rate"),
+    ("drop_module", "a game module rejected it (e.g. SRCDS client not validated)"),
+    ("pass_cache", "well-formed A2S query to a caching rule: bifrost_nf answers"),
+    ("tx_forward", "FOU-encapsulated to the game server and transmitted"),
+    ("pass_forward_neigh", "encapsulated, next hop not resolved yet: the stack sends it"),
+    ("drop_no_route", "no route / forwarding disabled for the next hop"),
+    ("drop_too_big", "encapsulated packet exceeds the egress MTU"),
+    ("drop_encap", "no headroom to encapsulate / decapsulate"),
+    ("tx_return", "decapsulated from a game server and transmitted to the client"),
+    ("pass_return_neigh", "decapsulated, client next hop not resolved: the stack sends it"),
+    ("drop_unknown_gs", "FOU to the POP port from an address not a game-server machine"),
+    ("drop_relay", "return path inner source is not a service forwarded to that machine"),
+)
+REASON_INDEX = {name: i for i, (name, _) in enumerate(REASONS)}
+
+# Forward rule flags.
+RULE_CACHE = 1  # well-formed A2S queries are passed up to bifrost_nf
+
+# Game module bits (rule_modules map); a bit only matters when compiled in.
+MODULE_BITS = {"srcds": 1 << 0, "rust": 1 << 1, "ue3": 1 << 2}
+
+# settings.flags
+SET_HAVE_BLOCK = 1  # skip the LPM lookups when the lists are empty
+SET_HAVE_ALLOW = 2
+
+IPV6_PASS = 0
+IPV6_DROP = 1
+
+# Capacities (max_entries). Rule ids are 1..MAX_RULES; 0 means "no rule".
+MAX_RULES = 256
+MAX_RULE_KEYS = 65536  # port ranges are expanded to one entry per port
+MAX_GAMESERVERS = 1024
+MAX_ANYCAST = 1024
+MAX_PREFIXES = 16384
+MAX_RATE_SOURCES = 131072
+MAX_NEXTHOPS = 65536
+MAX_SRCDS_CLIENTS = 131072
+
+CONSTANTS: tuple[tuple[str, int, str], ...] = (
+    ("NR_REASONS", len(REASONS), "counters per rule"),
+    ("RULE_CACHE", RULE_CACHE, "rule flag: pass well-formed A2S queries up"),
+    *((f"MOD_{k.upper()}", v, f"rule_modules bit: {k}") for k, v in MODULE_BITS.items()),
+    ("SET_HAVE_BLOCK", SET_HAVE_BLOCK, "settings flag: block list not empty"),
+    ("SET_HAVE_ALLOW", SET_HAVE_ALLOW, "settings flag: allow list not empty"),
+    ("IPV6_PASS", IPV6_PASS, "settings.ipv6_policy"),
+    ("IPV6_DROP", IPV6_DROP, "settings.ipv6_policy"),
+    ("MAX_RULES", MAX_RULES, "rule ids are 1..MAX_RULES"),
+    ("MAX_RULE_KEYS", MAX_RULE_KEYS, "forward_rules entries (one per port)"),
+    ("MAX_GAMESERVERS", MAX_GAMESERVERS, ""),
+    ("MAX_ANYCAST", MAX_ANYCAST, ""),
+    ("MAX_PREFIXES", MAX_PREFIXES, "per block/allow list"),
+    ("MAX_RATE_SOURCES", MAX_RATE_SOURCES, "LRU: (source, rule) buckets"),
+    ("MAX_NEXTHOPS", MAX_NEXTHOPS, "LRU: destination -> MACs cache"),
+    ("MAX_SRCDS_CLIENTS", MAX_SRCDS_CLIENTS, "LRU: validated SRCDS clients"),
+)
+
+F = Field
+STRUCTS: tuple[Struct, ...] = (
+    Struct(
+        "rule_key",
+        "forward_rules key: anycast address, destination port (0 = any), protocol",
+        (F("addr", "ipv4"), F("port", "u16"), F("proto", "u8"), F("reserved", "u8")),
+    ),
+    Struct(
+        "rule",
+        "forward_rules value: where a service goes and what applies to it",
+        (
+            F("id", "u32", doc="1..MAX_RULES: counters and rule_modules index"),
+            F("gs_addr", "ipv4", doc="game-server machine (outer destination)"),
+            F("fou_port", "u16", doc="FOU port on the game-server machine"),
+            F("flags", "u16", doc="RULE_*"),
+            F("rate_cost_ns", "u32", doc="credit one packet costs (1e9/pps); 0 = no limit"),
+            F("rate_burst_ns", "u64", doc="bucket size: burst * rate_cost_ns"),
+        ),
+    ),
+    Struct("rule_modules", "rule_modules value (index: rule id)", (F("bits", "u32"),)),
+    Struct(
+        "gameserver",
+        "gameservers value (key: __be32 address)",
+        (F("flags", "u32", doc="reserved, 0"),),
+    ),
+    Struct(
+        "anycast",
+        "anycast value (key: __be32 address): traffic to it no rule covers is dropped",
+        (F("flags", "u32", doc="reserved, 0"),),
+    ),
+    Struct(
+        "lpm_key",
+        "block/allow list key (BPF LPM trie layout)",
+        (F("prefixlen", "u32"), F("addr", "ipv4")),
+    ),
+    Struct(
+        "rate_key",
+        "rate_limit key: one token bucket per (source, rule)",
+        (F("src", "ipv4"), F("rule_id", "u32")),
+    ),
+    Struct(
+        "rate_state",
+        "rate_limit value",
+        (F("last_ns", "u64"), F("credit_ns", "u64")),
+    ),
+    Struct(
+        "nexthop",
+        "nexthops value (key: __be32 destination): filled by bpf_fib_lookup on a miss",
+        (
+            F("smac", "u8", 6),
+            F("dmac", "u8", 6),
+            F("ifindex", "u32"),
+            F("mtu", "u32", doc="egress MTU: larger encapsulated packets are dropped"),
+            F("reserved", "u32"),
+            F("expires_ns", "u64", doc="bpf_ktime_get_coarse_ns() after which to look up again"),
+        ),
+    ),
+    Struct(
+        "srcds_key",
+        "srcds_clients key: a client of one service",
+        (
+            F("client", "ipv4"),
+            F("service", "ipv4"),
+            F("client_port", "u16"),
+            F("service_port", "u16"),
+        ),
+    ),
+    Struct("srcds_state", "srcds_clients value", (F("expires_ns", "u64"),)),
+    Struct(
+        "settings",
+        "settings[0]: POP-wide parameters, changed without reloading",
+        (
+            F("pop_addr", "ipv4", doc="outer source of encapsulated packets"),
+            F("fou_port", "u16", doc="FOU port the POP receives the return path on"),
+            F("ipv6_policy", "u8", doc="IPV6_*"),
+            F("flags", "u8", doc="SET_*"),
+            F("nexthop_ttl_ns", "u64", doc="how long a next-hop entry is trusted"),
+            F("srcds_ttl_ns", "u64", doc="how long a validated SRCDS client stays valid"),
+        ),
+    ),
+    Struct("counter", "counters value (per CPU)", (F("packets", "u64"), F("bytes", "u64"))),
+)
+BY_NAME = {s.name: s for s in STRUCTS}
+
+
+def _ctype(f: Field) -> str:
+    return SCALARS[f.type][0]
+
+
+def render_header() -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.globals["ctype"] = _ctype
+    for s in STRUCTS:
+        s.layout()
+    return env.get_template("xdp_maps.h.j2").render(
+        structs=STRUCTS, reasons=REASONS, constants=CONSTANTS
+    )
+
+
+def write_header() -> bool:
+    """Write xdp/generated/bifrost_maps.h when it changed; True if written."""
+    text = render_header()
+    if HEADER_PATH.exists() and HEADER_PATH.read_text() == text:
+        return False
+    HEADER_PATH.parent.mkdir(parents=True, exist_ok=True)
+    HEADER_PATH.write_text(text)
+    return True

@@ -1,0 +1,191 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * FOU encapsulation and decapsulation, and the next-hop cache.
+ *
+ * FOU as the kernel does it (protocols.md): outer IPv4 (proto 17) | UDP |
+ * inner IPv4. No header of its own, so +28 bytes. UDP checksum 0, as the
+ * kernel's own `noencap-csum` default: legal for IPv4 and the inner packet
+ * keeps its own checksum.
+ */
+#ifndef BIFROST_XDP_ENCAP_H
+#define BIFROST_XDP_ENCAP_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "csum.h"
+#include "maps.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+#define BFX_FOU_OVERHEAD ((int)(sizeof(struct iphdr) + sizeof(struct udphdr)))
+#define BFX_IP_DF 0x4000
+#define BFX_OUTER_TTL 64
+
+/* Outcome of a next-hop resolution. */
+enum bfx_nh_result {
+	BFX_NH_OK,
+	BFX_NH_NEIGH,		/* route known, neighbour not: let the stack resolve it */
+	BFX_NH_NO_ROUTE,
+};
+
+/*
+ * Resolve dst through the cache, falling back to bpf_fib_lookup. On a miss it
+ * looks up twice: once for the MACs (tot_len 0 skips the MTU check) and once
+ * with an oversized length to learn the route MTU (mtu_result).
+ */
+static __always_inline struct bfx_nexthop *
+bfx_nexthop(struct xdp_md *ctx, __be32 src, __be32 dst, const struct bfx_settings *s,
+	    enum bfx_nh_result *res)
+{
+	struct bfx_nexthop *nh = bpf_map_lookup_elem(&nexthops, &dst);
+	struct bpf_fib_lookup fib = {};
+	struct bfx_nexthop fresh = {};
+	__u64 now = bpf_ktime_get_coarse_ns();
+	long rc;
+
+	if (nh && now < nh->expires_ns) {
+		*res = BFX_NH_OK;
+		return nh;
+	}
+	fib.family = AF_INET;
+	fib.l4_protocol = IPPROTO_UDP;
+	fib.ipv4_src = src;
+	fib.ipv4_dst = dst;
+	fib.ifindex = ctx->ingress_ifindex;
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		*res = BFX_NH_NEIGH;
+		return NULL;
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		*res = BFX_NH_NO_ROUTE;
+		return NULL;
+	}
+	__builtin_memcpy(fresh.smac, fib.smac, ETH_ALEN);
+	__builtin_memcpy(fresh.dmac, fib.dmac, ETH_ALEN);
+	fresh.ifindex = fib.ifindex;
+	fresh.mtu = 0xffff;
+	fresh.expires_ns = now + s->nexthop_ttl_ns;
+
+	__builtin_memset(&fib, 0, sizeof(fib));
+	fib.family = AF_INET;
+	fib.l4_protocol = IPPROTO_UDP;
+	fib.ipv4_src = src;
+	fib.ipv4_dst = dst;
+	fib.ifindex = ctx->ingress_ifindex;
+	fib.tot_len = 0xffff;
+	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		fresh.mtu = fib.mtu_result;
+
+	bpf_map_update_elem(&nexthops, &dst, &fresh, BPF_ANY);
+	nh = bpf_map_lookup_elem(&nexthops, &dst);
+	*res = nh ? BFX_NH_OK : BFX_NH_NO_ROUTE;
+	return nh;
+}
+
+/* Spread flows over the game server's RX queues: murmur3's finalizer over the 5-tuple. */
+static __always_inline __u16 bfx_flow_port(__be32 saddr, __be32 daddr, __u32 ports, __u8 proto)
+{
+	__u32 h = saddr ^ (daddr * 0x9e3779b1U) ^ ports ^ proto;
+
+	h ^= h >> 16;
+	h *= 0x85ebca6bU;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35U;
+	h ^= h >> 16;
+	/* 49152..65535, the IANA dynamic range. */
+	return 0xc000 | (h & 0x3fff);
+}
+
+/* What the encapsulation needs from the inner packet, read before adjust_head. */
+struct bfx_inner {
+	__be32 saddr;
+	__be32 daddr;
+	__u32 ports;		/* sport/dport as they lie in the packet */
+	__u16 tot_len;		/* host order */
+	__be16 frag_off;
+	__u8 tos;
+	__u8 proto;
+};
+
+/* Push outer Ethernet/IPv4/UDP in front of the IPv4 packet; 0 on success. */
+static __always_inline int bfx_fou_encap(struct xdp_md *ctx, const struct bfx_inner *in,
+					 const struct bfx_nexthop *nh, __be32 pop_addr,
+					 __be32 gs_addr, __u16 fou_port)
+{
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct udphdr *udp;
+	void *data, *data_end;
+
+	if (bpf_xdp_adjust_head(ctx, -BFX_FOU_OVERHEAD))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	ip = (void *)(eth + 1);
+	udp = (void *)(ip + 1);
+	if ((void *)(udp + 1) > data_end)
+		return -1;
+
+	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = in->tos;
+	ip->tot_len = bpf_htons(in->tot_len + BFX_FOU_OVERHEAD);
+	ip->id = 0;
+	/* Keep the client's DF choice so path MTU discovery still works end to end. */
+	ip->frag_off = in->frag_off & bpf_htons(BFX_IP_DF);
+	ip->ttl = BFX_OUTER_TTL;
+	ip->protocol = IPPROTO_UDP;
+	ip->check = 0;
+	ip->saddr = pop_addr;
+	ip->daddr = gs_addr;
+	ip->check = bfx_ipv4_csum(ip);
+
+	udp->source = bpf_htons(bfx_flow_port(in->saddr, in->daddr, in->ports, in->proto));
+	udp->dest = bpf_htons(fou_port);
+	udp->len = bpf_htons(in->tot_len + sizeof(*udp));
+	udp->check = 0;
+	return 0;
+}
+
+/* Strip outer IPv4 (20 bytes, no options) + UDP; write the new Ethernet header. */
+static __always_inline int bfx_fou_decap(struct xdp_md *ctx, const struct bfx_nexthop *nh)
+{
+	struct ethhdr *eth;
+	void *data, *data_end;
+
+	if (bpf_xdp_adjust_head(ctx, BFX_FOU_OVERHEAD))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	return 0;
+}
+
+/* Same device: XDP_TX; another: redirect. */
+static __always_inline int bfx_transmit(struct xdp_md *ctx, const struct bfx_nexthop *nh)
+{
+	if (nh->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(nh->ifindex, 0);
+}
+
+#endif /* BIFROST_XDP_ENCAP_H */

@@ -1,0 +1,144 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * GENERATED from tools/bifrost/xdp/maps_def.py; do not edit.
+ * Key/value layouts of the XDP program's maps, shared with the Python loader.
+ * __be32 fields are network order; every other field is host order.
+ */
+#ifndef BIFROST_MAPS_H
+#define BIFROST_MAPS_H
+
+#include <linux/types.h>
+
+#define BFX_NR_REASONS 20	/* counters per rule */
+#define BFX_RULE_CACHE 1	/* rule flag: pass well-formed A2S queries up */
+#define BFX_MOD_SRCDS 1	/* rule_modules bit: srcds */
+#define BFX_MOD_RUST 2	/* rule_modules bit: rust */
+#define BFX_MOD_UE3 4	/* rule_modules bit: ue3 */
+#define BFX_SET_HAVE_BLOCK 1	/* settings flag: block list not empty */
+#define BFX_SET_HAVE_ALLOW 2	/* settings flag: allow list not empty */
+#define BFX_IPV6_PASS 0	/* settings.ipv6_policy */
+#define BFX_IPV6_DROP 1	/* settings.ipv6_policy */
+#define BFX_MAX_RULES 256	/* rule ids are 1..MAX_RULES */
+#define BFX_MAX_RULE_KEYS 65536	/* forward_rules entries (one per port) */
+#define BFX_MAX_GAMESERVERS 1024
+#define BFX_MAX_ANYCAST 1024
+#define BFX_MAX_PREFIXES 16384	/* per block/allow list */
+#define BFX_MAX_RATE_SOURCES 131072	/* LRU: (source, rule) buckets */
+#define BFX_MAX_NEXTHOPS 65536	/* LRU: destination -> MACs cache */
+#define BFX_MAX_SRCDS_CLIENTS 131072	/* LRU: validated SRCDS clients */
+
+/* Why a packet ended where it did: one counter per (rule, reason). */
+enum bfx_reason {
+	BFX_PASS_NON_IP,	/* not IPv4/IPv6 (ARP, LLDP...): the host's business */
+	BFX_PASS_HOST,	/* IPv4 not to an anycast service nor the FOU port: host traffic */
+	BFX_PASS_IPV6,	/* IPv6 with ipv6 = pass */
+	BFX_DROP_IPV6,	/* IPv6 with ipv6 = drop */
+	BFX_DROP_MALFORMED,	/* truncated or inconsistent Ethernet/IPv4/UDP/TCP headers */
+	BFX_DROP_FRAGMENT,	/* IPv4 fragment to an anycast service */
+	BFX_DROP_NO_RULE,	/* anycast address, but no forward rule covers proto/port */
+	BFX_DROP_BLOCKED,	/* source in the block list */
+	BFX_DROP_RATE_LIMIT,	/* source over the rule's packet rate */
+	BFX_DROP_MODULE,	/* a game module rejected it (e.g. SRCDS client not validated) */
+	BFX_PASS_CACHE,	/* well-formed A2S query to a caching rule: bifrost_nf answers */
+	BFX_TX_FORWARD,	/* FOU-encapsulated to the game server and transmitted */
+	BFX_PASS_FORWARD_NEIGH,	/* encapsulated, next hop not resolved yet: the stack sends it */
+	BFX_DROP_NO_ROUTE,	/* no route / forwarding disabled for the next hop */
+	BFX_DROP_TOO_BIG,	/* encapsulated packet exceeds the egress MTU */
+	BFX_DROP_ENCAP,	/* no headroom to encapsulate / decapsulate */
+	BFX_TX_RETURN,	/* decapsulated from a game server and transmitted to the client */
+	BFX_PASS_RETURN_NEIGH,	/* decapsulated, client next hop not resolved: the stack sends it */
+	BFX_DROP_UNKNOWN_GS,	/* FOU to the POP port from an address not a game-server machine */
+	BFX_DROP_RELAY,	/* return path inner source is not a service forwarded to that machine */
+};
+
+/* forward_rules key: anycast address, destination port (0 = any), protocol */
+struct bfx_rule_key {
+	__be32 addr;
+	__u16 port;
+	__u8 proto;
+	__u8 reserved;
+};
+
+/* forward_rules value: where a service goes and what applies to it */
+struct bfx_rule {
+	__u32 id;	/* 1..MAX_RULES: counters and rule_modules index */
+	__be32 gs_addr;	/* game-server machine (outer destination) */
+	__u16 fou_port;	/* FOU port on the game-server machine */
+	__u16 flags;	/* RULE_* */
+	__u32 rate_cost_ns;	/* credit one packet costs (1e9/pps); 0 = no limit */
+	__u64 rate_burst_ns;	/* bucket size: burst * rate_cost_ns */
+};
+
+/* rule_modules value (index: rule id) */
+struct bfx_rule_modules {
+	__u32 bits;
+};
+
+/* gameservers value (key: __be32 address) */
+struct bfx_gameserver {
+	__u32 flags;	/* reserved, 0 */
+};
+
+/* anycast value (key: __be32 address): traffic to it no rule covers is dropped */
+struct bfx_anycast {
+	__u32 flags;	/* reserved, 0 */
+};
+
+/* block/allow list key (BPF LPM trie layout) */
+struct bfx_lpm_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+/* rate_limit key: one token bucket per (source, rule) */
+struct bfx_rate_key {
+	__be32 src;
+	__u32 rule_id;
+};
+
+/* rate_limit value */
+struct bfx_rate_state {
+	__u64 last_ns;
+	__u64 credit_ns;
+};
+
+/* nexthops value (key: __be32 destination): filled by bpf_fib_lookup on a miss */
+struct bfx_nexthop {
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u32 ifindex;
+	__u32 mtu;	/* egress MTU: larger encapsulated packets are dropped */
+	__u32 reserved;
+	__u64 expires_ns;	/* bpf_ktime_get_coarse_ns() after which to look up again */
+};
+
+/* srcds_clients key: a client of one service */
+struct bfx_srcds_key {
+	__be32 client;
+	__be32 service;
+	__u16 client_port;
+	__u16 service_port;
+};
+
+/* srcds_clients value */
+struct bfx_srcds_state {
+	__u64 expires_ns;
+};
+
+/* settings[0]: POP-wide parameters, changed without reloading */
+struct bfx_settings {
+	__be32 pop_addr;	/* outer source of encapsulated packets */
+	__u16 fou_port;	/* FOU port the POP receives the return path on */
+	__u8 ipv6_policy;	/* IPV6_* */
+	__u8 flags;	/* SET_* */
+	__u64 nexthop_ttl_ns;	/* how long a next-hop entry is trusted */
+	__u64 srcds_ttl_ns;	/* how long a validated SRCDS client stays valid */
+};
+
+/* counters value (per CPU) */
+struct bfx_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+#endif /* BIFROST_MAPS_H */

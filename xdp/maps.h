@@ -1,0 +1,112 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The program's maps. Layouts come from generated/bifrost_maps.h (rendered
+ * from tools/bifrost/xdp/maps_def.py, which the Python loader also uses); the
+ * loader pins every map under /sys/fs/bpf/bifrost/<iface>/ by the names below.
+ */
+#ifndef BIFROST_XDP_MAPS_H
+#define BIFROST_XDP_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "generated/bifrost_maps.h"
+
+/* settings[0]: POP address, FOU port, policies; an array so it is never missing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bfx_settings);
+} settings SEC(".maps");
+
+/* (anycast address, port or 0, proto) -> rule; port ranges are expanded by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BFX_MAX_RULE_KEYS);
+	__type(key, struct bfx_rule_key);
+	__type(value, struct bfx_rule);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} forward_rules SEC(".maps");
+
+/* Which game modules apply to a rule, by rule id (the per-rule module map). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BFX_MAX_RULES + 1);
+	__type(key, __u32);
+	__type(value, struct bfx_rule_modules);
+} rule_modules SEC(".maps");
+
+/* Anycast addresses this POP serves: uncovered traffic to them is dropped. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BFX_MAX_ANYCAST);
+	__type(key, __be32);
+	__type(value, struct bfx_anycast);
+} anycast SEC(".maps");
+
+/* Game-server machines allowed to send FOU return traffic to the POP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BFX_MAX_GAMESERVERS);
+	__type(key, __be32);
+	__type(value, struct bfx_gameserver);
+} gameservers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, BFX_MAX_PREFIXES);
+	__type(key, struct bfx_lpm_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} blocklist SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, BFX_MAX_PREFIXES);
+	__type(key, struct bfx_lpm_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} allowlist SEC(".maps");
+
+/* Token buckets; LRU so a spoofed-source flood evicts old buckets, not new ones. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, BFX_MAX_RATE_SOURCES);
+	__type(key, struct bfx_rate_key);
+	__type(value, struct bfx_rate_state);
+} rate_limit SEC(".maps");
+
+/*
+ * destination -> MACs and egress device. bpf_fib_lookup costs as much as the
+ * rest of the forward path (benchmarking.md), so it runs only on a miss or
+ * after expires_ns; the loader flushes the table when routes change.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, BFX_MAX_NEXTHOPS);
+	__type(key, __be32);
+	__type(value, struct bfx_nexthop);
+} nexthops SEC(".maps");
+
+/* Per-CPU packets/bytes, index rule_id * BFX_NR_REASONS + reason (rule 0: none). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, (BFX_MAX_RULES + 1) * BFX_NR_REASONS);
+	__type(key, __u32);
+	__type(value, struct bfx_counter);
+} counters SEC(".maps");
+
+static __always_inline int bfx_count(__u32 rule_id, __u32 reason, __u32 bytes, int action)
+{
+	__u32 idx = rule_id * BFX_NR_REASONS + reason;
+	struct bfx_counter *c = bpf_map_lookup_elem(&counters, &idx);
+
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+	return action;
+}
+
+#endif /* BIFROST_XDP_MAPS_H */

@@ -1,0 +1,260 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The POP's per-packet pipeline, as one inline function so the production
+ * program (bifrost_xdp.bpf.c) and the bench wrapper (bench/) run the same code.
+ *
+ *   IPv6               -> settings.ipv6_policy
+ *   not IPv4           -> PASS (ARP...)
+ *   to POP:fou_port    -> return path: known game server, inner source is a
+ *                         service forwarded to it -> decap -> TX to client
+ *   to an anycast addr -> fragments, malformed, no rule: DROP
+ *                         block/allow lists, rate limit, game modules
+ *                         A2S query to a caching rule -> PASS (bifrost_nf)
+ *                         else FOU encap -> TX to the game server
+ *   anything else      -> PASS (the host's own traffic)
+ *
+ * Every exit goes through bfx_count(), so the counters account for every packet.
+ */
+#ifndef BIFROST_XDP_PIPELINE_H
+#define BIFROST_XDP_PIPELINE_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "encap.h"
+#include "maps.h"
+#include "modules/modules.h"
+#include "parsing.h"
+
+static __always_inline struct bfx_rule *bfx_rule_lookup(__be32 addr, __u16 port, __u8 proto)
+{
+	struct bfx_rule_key key = { .addr = addr, .port = port, .proto = proto };
+	struct bfx_rule *rule = bpf_map_lookup_elem(&forward_rules, &key);
+
+	if (rule)
+		return rule;
+	/* A whole-address rule is stored with port 0. */
+	key.port = 0;
+	return bpf_map_lookup_elem(&forward_rules, &key);
+}
+
+static __always_inline int bfx_lpm_match(void *list, __be32 addr)
+{
+	struct bfx_lpm_key key = { .prefixlen = 32, .addr = addr };
+
+	return bpf_map_lookup_elem(list, &key) != NULL;
+}
+
+/*
+ * Token bucket per (source, rule), in nanoseconds of credit: a packet costs
+ * 1e9/pps, the bucket holds burst packets' worth. No multiplication on the
+ * packet path, so nothing overflows. Updates race between CPUs; a client's
+ * flow normally stays on one RX queue, and an approximate limit is fine.
+ */
+static __always_inline int bfx_rate_ok(__be32 src, const struct bfx_rule *rule)
+{
+	struct bfx_rate_key key = { .src = src, .rule_id = rule->id };
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct bfx_rate_state *st = bpf_map_lookup_elem(&rate_limit, &key);
+	__u64 credit;
+
+	if (!st) {
+		struct bfx_rate_state fresh = {
+			.last_ns = now,
+			.credit_ns = rule->rate_burst_ns - rule->rate_cost_ns,
+		};
+
+		bpf_map_update_elem(&rate_limit, &key, &fresh, BPF_ANY);
+		return 1;
+	}
+	credit = st->credit_ns + (now > st->last_ns ? now - st->last_ns : 0);
+	if (credit > rule->rate_burst_ns)
+		credit = rule->rate_burst_ns;
+	st->last_ns = now;
+	if (credit < rule->rate_cost_ns) {
+		st->credit_ns = credit;
+		return 0;
+	}
+	st->credit_ns = credit - rule->rate_cost_ns;
+	return 1;
+}
+
+static __always_inline void bfx_inner_from(struct bfx_inner *in, const struct iphdr *ip,
+					   const struct bfx_l4 *l4)
+{
+	in->saddr = ip->saddr;
+	in->daddr = ip->daddr;
+	in->ports = ((__u32)l4->dport << 16) | l4->sport;
+	in->tot_len = bpf_ntohs(ip->tot_len);
+	in->frag_off = ip->frag_off;
+	in->tos = ip->tos;
+	in->proto = ip->protocol;
+}
+
+/* FOU from a game-server machine to the POP's FOU port: decapsulate to the client. */
+static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *eth,
+					   struct iphdr *ip, struct udphdr *udp, void *data_end,
+					   const struct bfx_settings *s, __u32 bytes)
+{
+	enum bfx_nh_result res;
+	struct bfx_nexthop *nh, keep_macs = {};
+	struct bfx_rule *rule;
+	struct bfx_inner in;
+	struct bfx_l4 l4;
+	struct iphdr *inner = (void *)(udp + 1);
+	__u32 ihl;
+
+	if (!bpf_map_lookup_elem(&gameservers, &ip->saddr))
+		return bfx_count(0, BFX_DROP_UNKNOWN_GS, bytes, XDP_DROP);
+	/* The kernel's ipip/fou transmit path never writes outer options. */
+	if (ip->ihl != 5)
+		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
+	ihl = bfx_ipv4_check(inner, data_end);
+	if (!ihl || bpf_ntohs(inner->tot_len) > bpf_ntohs(udp->len) - sizeof(*udp))
+		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
+	if (inner->frag_off & bpf_htons(BFX_IP_FRAG_MASK))
+		return bfx_count(0, BFX_DROP_FRAGMENT, bytes, XDP_DROP);
+	if (inner->protocol != IPPROTO_UDP && inner->protocol != IPPROTO_TCP)
+		return bfx_count(0, BFX_DROP_RELAY, bytes, XDP_DROP);
+	if (!bfx_l4_parse(inner, ihl, data_end, &l4))
+		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
+
+	/* No open relay: the inner source must be a service forwarded to this machine. */
+	rule = bfx_rule_lookup(inner->saddr, bpf_ntohs(l4.sport), inner->protocol);
+	if (!rule || rule->gs_addr != ip->saddr)
+		return bfx_count(0, BFX_DROP_RELAY, bytes, XDP_DROP);
+
+	bfx_inner_from(&in, inner, &l4);
+	bfx_modules_return(bfx_rule_module_bits(rule->id), &in, &l4, data_end, s);
+
+	nh = bfx_nexthop(ctx, in.saddr, in.daddr, s, &res);
+	if (res == BFX_NH_NEIGH) {
+		/* Hand the decapsulated packet to the stack, still addressed to us. */
+		__builtin_memcpy(keep_macs.dmac, eth->h_dest, ETH_ALEN);
+		__builtin_memcpy(keep_macs.smac, eth->h_source, ETH_ALEN);
+		if (bfx_fou_decap(ctx, &keep_macs))
+			return bfx_count(rule->id, BFX_DROP_ENCAP, bytes, XDP_DROP);
+		return bfx_count(rule->id, BFX_PASS_RETURN_NEIGH, bytes, XDP_PASS);
+	}
+	if (!nh)
+		return bfx_count(rule->id, BFX_DROP_NO_ROUTE, bytes, XDP_DROP);
+	if (bfx_fou_decap(ctx, nh))
+		return bfx_count(rule->id, BFX_DROP_ENCAP, bytes, XDP_DROP);
+	return bfx_count(rule->id, BFX_TX_RETURN, bytes, bfx_transmit(ctx, nh));
+}
+
+/* Traffic to an anycast service covered by a rule. */
+static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *eth,
+					    struct iphdr *ip, const struct bfx_l4 *l4,
+					    const struct bfx_rule *rule, void *data_end,
+					    const struct bfx_settings *s, __u32 bytes)
+{
+	enum bfx_nh_result res;
+	struct bfx_nexthop *nh, keep_macs = {};
+	struct bfx_inner in;
+	__u32 id = rule->id;
+	__u32 bits;
+	int allowed = 0;
+
+	if (s->flags & BFX_SET_HAVE_ALLOW)
+		allowed = bfx_lpm_match(&allowlist, ip->saddr);
+	if (!allowed && (s->flags & BFX_SET_HAVE_BLOCK) && bfx_lpm_match(&blocklist, ip->saddr))
+		return bfx_count(id, BFX_DROP_BLOCKED, bytes, XDP_DROP);
+	if (!allowed && rule->rate_cost_ns && !bfx_rate_ok(ip->saddr, rule))
+		return bfx_count(id, BFX_DROP_RATE_LIMIT, bytes, XDP_DROP);
+
+	bits = bfx_rule_module_bits(id);
+	if (bits && !bfx_modules_forward(bits, ip, l4, data_end, s))
+		return bfx_count(id, BFX_DROP_MODULE, bytes, XDP_DROP);
+
+	if ((rule->flags & BFX_RULE_CACHE) && ip->protocol == IPPROTO_UDP &&
+	    bfx_is_a2s_query(l4->payload, l4->payload_len, data_end))
+		return bfx_count(id, BFX_PASS_CACHE, bytes, XDP_PASS);
+
+	bfx_inner_from(&in, ip, l4);
+	if (in.tot_len > 0xffff - BFX_FOU_OVERHEAD)
+		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
+
+	nh = bfx_nexthop(ctx, s->pop_addr, rule->gs_addr, s, &res);
+	if (res == BFX_NH_NEIGH) {
+		/* The stack forwards it and resolves the neighbour for the next packets. */
+		__builtin_memcpy(keep_macs.dmac, eth->h_dest, ETH_ALEN);
+		__builtin_memcpy(keep_macs.smac, eth->h_source, ETH_ALEN);
+		if (bfx_fou_encap(ctx, &in, &keep_macs, s->pop_addr, rule->gs_addr,
+				  rule->fou_port))
+			return bfx_count(id, BFX_DROP_ENCAP, bytes, XDP_DROP);
+		return bfx_count(id, BFX_PASS_FORWARD_NEIGH, bytes, XDP_PASS);
+	}
+	if (!nh)
+		return bfx_count(id, BFX_DROP_NO_ROUTE, bytes, XDP_DROP);
+	if (in.tot_len + BFX_FOU_OVERHEAD > nh->mtu)
+		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
+	if (bfx_fou_encap(ctx, &in, nh, s->pop_addr, rule->gs_addr, rule->fou_port))
+		return bfx_count(id, BFX_DROP_ENCAP, bytes, XDP_DROP);
+	return bfx_count(id, BFX_TX_FORWARD, bytes, bfx_transmit(ctx, nh));
+}
+
+static __always_inline int bfx_process(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 bytes = data_end - data;
+	struct ethhdr *eth = data;
+	const struct bfx_settings *s;
+	struct bfx_rule *rule;
+	struct bfx_l4 l4;
+	struct iphdr *ip;
+	__u32 zero = 0, ihl;
+	int is_anycast;
+
+	if ((void *)(eth + 1) > data_end)
+		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
+	s = bpf_map_lookup_elem(&settings, &zero);
+	if (!s)
+		return bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		if (s->ipv6_policy == BFX_IPV6_DROP)
+			return bfx_count(0, BFX_DROP_IPV6, bytes, XDP_DROP);
+		return bfx_count(0, BFX_PASS_IPV6, bytes, XDP_PASS);
+	}
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return bfx_count(0, BFX_PASS_NON_IP, bytes, XDP_PASS);
+
+	ip = (void *)(eth + 1);
+	ihl = bfx_ipv4_check(ip, data_end);
+	if (!ihl)
+		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
+
+	if (ip->daddr == s->pop_addr) {
+		struct udphdr *udp = (void *)ip + (ihl & 0x3c);
+
+		if (ip->protocol == IPPROTO_UDP && !(ip->frag_off & bpf_htons(BFX_IP_FRAG_MASK)) &&
+		    (void *)(udp + 1) <= data_end && udp->dest == bpf_htons(s->fou_port))
+			return bfx_return_path(ctx, eth, ip, udp, data_end, s, bytes);
+		return bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
+	}
+
+	/* Fast path first: a whole UDP/TCP datagram that a rule covers. */
+	if (!(ip->frag_off & bpf_htons(BFX_IP_FRAG_MASK)) && bfx_l4_parse(ip, ihl, data_end, &l4)) {
+		rule = bfx_rule_lookup(ip->daddr, bpf_ntohs(l4.dport), ip->protocol);
+		if (rule)
+			return bfx_forward_path(ctx, eth, ip, &l4, rule, data_end, s, bytes);
+		is_anycast = bpf_map_lookup_elem(&anycast, &ip->daddr) != NULL;
+		return is_anycast ? bfx_count(0, BFX_DROP_NO_RULE, bytes, XDP_DROP) :
+				    bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
+	}
+	if (!bpf_map_lookup_elem(&anycast, &ip->daddr))
+		return bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
+	if (ip->frag_off & bpf_htons(BFX_IP_FRAG_MASK))
+		return bfx_count(0, BFX_DROP_FRAGMENT, bytes, XDP_DROP);
+	if (ip->protocol == IPPROTO_UDP || ip->protocol == IPPROTO_TCP)
+		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
+	return bfx_count(0, BFX_DROP_NO_RULE, bytes, XDP_DROP);
+}
+
+#endif /* BIFROST_XDP_PIPELINE_H */
