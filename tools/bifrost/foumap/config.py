@@ -1,18 +1,116 @@
-"""Schema of the [fou_map] section: the fou_map module and bifrost-foumapd."""
+"""Schema of the [fou_map] section: the fou_map module, bifrost-foumapd, the endpoint."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 
-from bifrost.config import Reader
+from bifrost.abi import fou_map as abi
+from bifrost.config import ConfigError, Reader, port_of
+from bifrost.foumap.control import MISS_POLICIES, TableConfig
+
+DEFAULT_STATE = Path("/var/lib/bifrost/fou_map.snapshot")
+DEFAULT_METRICS_PORT = 9469
+
+
+@dataclass(frozen=True)
+class StaticEntry:
+    client: ipaddress.IPv4Address
+    pop: ipaddress.IPv4Address
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """Defaults for `bifrost endpoint up` (each can be overridden on the command line)."""
+
+    local: ipaddress.IPv4Address
+    gateway: ipaddress.IPv4Address
+    netns: str | None
+    ifname: str
+    addresses: tuple[str, ...]
+    routes: tuple[str, ...]
+    encap_csum: bool
 
 
 @dataclass(frozen=True)
 class FouMapConfig:
     device: str
+    table: TableConfig
+    static: tuple[StaticEntry, ...]
+    state_file: Path
+    snapshot_interval: float
+    metrics_address: str
+    metrics_port: int  # 0: no metrics listener
+    endpoint: EndpointConfig | None
+
+
+def _interface(value: object) -> str:
+    """A service address, "192.0.2.1" or "192.0.2.1/32"."""
+    if not isinstance(value, str):
+        raise ValueError("expected an IPv4 address like 198.51.100.10/32")
+    return ipaddress.IPv4Interface(value).with_prefixlen
+
+
+def _prefix(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected an IPv4 prefix like 0.0.0.0/0")
+    return str(ipaddress.IPv4Network(value, strict=False))
+
+
+def _endpoint(sec: Reader) -> EndpointConfig:
+    netns_name = sec.string("netns", "")
+    ifname = sec.string("ifname", "fm0")
+    if not 1 <= len(ifname) <= 15 or "/" in ifname or " " in ifname:
+        raise sec.fail("ifname", ifname, "expected an interface name of 1..15 characters")
+    cfg = EndpointConfig(
+        local=sec.ipv4("local"),
+        gateway=sec.ipv4("gateway"),
+        netns=netns_name or None,
+        ifname=ifname,
+        addresses=tuple(sec.items("addresses", _interface, [])),
+        routes=tuple(sec.items("routes", _prefix, ["0.0.0.0/0"])),
+        encap_csum=sec.boolean("encap_csum", False),
+    )
+    sec.done()
+    return cfg
 
 
 def parse(sec: Reader) -> FouMapConfig:
-    cfg = FouMapConfig(device=sec.string("device", "/dev/fou_map"))
+    ports = tuple(sec.items("ports", port_of, [5555]))
+    if len(ports) > abi.MAX_PORTS or len(set(ports)) != len(ports):
+        raise sec.fail("ports", list(ports), f"expected 1..{abi.MAX_PORTS} distinct ports")
+    idle = sec.number("idle_timeout", abi.DEFAULT_IDLE_TIMEOUT_MS / 1000, lo=0.1)
+    if idle * 1000 > abi.MAX_IDLE_TIMEOUT_MS:
+        raise sec.fail("idle_timeout", idle, f"must be <= {abi.MAX_IDLE_TIMEOUT_MS // 1000}")
+    table = TableConfig(
+        ports=ports,
+        idle_timeout_ms=int(idle * 1000),
+        max_entries=sec.integer(
+            "max_entries", abi.DEFAULT_MAX_ENTRIES, lo=1, hi=abi.MAX_ENTRIES_LIMIT
+        ),
+        miss_policy=sec.string("miss_policy", "pass", choices=MISS_POLICIES),
+    )
+    statics = []
+    for item in sec.tables("static"):
+        statics.append(StaticEntry(client=item.ipv4("client"), pop=item.ipv4("pop")))
+        item.done()
+    ep_sec = sec.section("endpoint", optional=True)
+    cfg = FouMapConfig(
+        device=sec.string("device", "/dev/fou_map"),
+        table=table,
+        static=tuple(statics),
+        state_file=Path(sec.string("state_file", str(DEFAULT_STATE))),
+        snapshot_interval=sec.number("snapshot_interval", 10.0, lo=0.1),
+        metrics_address=str(sec.ipv4("metrics_address", "127.0.0.1")),
+        metrics_port=sec.integer("metrics_port", DEFAULT_METRICS_PORT, lo=0, hi=65535),
+        endpoint=_endpoint(ep_sec) if ep_sec else None,
+    )
+    if len({s.client for s in cfg.static}) != len(cfg.static):
+        raise ConfigError(f"{sec.key('static')}: a client is listed twice")
     sec.done()
     return cfg
+
+
+def default() -> FouMapConfig:
+    return parse(Reader({}, "fou_map"))

@@ -1,0 +1,141 @@
+"""[fou_map] config schema, snapshot file, metrics text, sd_notify, table formatting."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from bifrost.config import ConfigError, Reader
+from bifrost.foumap import config as fmconfig
+from bifrost.foumap import daemon
+from bifrost.foumap.cli import format_table
+from bifrost.foumap.control import MapEntry, TableStats
+
+pytestmark = pytest.mark.unit
+
+
+def parse(data: dict) -> fmconfig.FouMapConfig:
+    return fmconfig.parse(Reader(data, "fou_map"))
+
+
+def test_defaults():
+    cfg = fmconfig.default()
+    assert cfg.table.ports == (5555,)
+    assert cfg.table.idle_timeout_ms == 300_000
+    assert cfg.table.miss_policy == "pass"
+    assert cfg.state_file == Path("/var/lib/bifrost/fou_map.snapshot")
+    assert cfg.metrics_address == "127.0.0.1" and cfg.endpoint is None
+
+
+def test_full_section():
+    cfg = parse(
+        {
+            "ports": [5555, 6080],
+            "idle_timeout": 30,
+            "max_entries": 1000,
+            "miss_policy": "drop",
+            "static": [{"client": "203.0.113.5", "pop": "192.0.2.1"}],
+            "endpoint": {
+                "netns": "gs1",
+                "local": "10.200.0.1",
+                "gateway": "10.41.1.1",
+                "addresses": ["198.51.100.10"],
+                "routes": ["0.0.0.0/0"],
+            },
+        }
+    )
+    assert cfg.table.ports == (5555, 6080) and cfg.table.idle_timeout_ms == 30_000
+    assert cfg.static[0].client == ipaddress.IPv4Address("203.0.113.5")
+    assert cfg.endpoint is not None and cfg.endpoint.addresses == ("198.51.100.10/32",)
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"ports": [0]}, "fou_map.ports[0] = 0"),
+        ({"ports": list(range(1, 10))}, "fou_map.ports"),
+        ({"ports": [5555, 5555]}, "distinct"),
+        ({"idle_timeout": 0.01}, "fou_map.idle_timeout = 0.01"),
+        ({"max_entries": 2_000_000}, "fou_map.max_entries = 2000000"),
+        ({"miss_policy": "reject"}, "fou_map.miss_policy = 'reject'"),
+        ({"static": [{"client": "x", "pop": "10.0.0.1"}]}, "fou_map.static[0].client = 'x'"),
+        ({"bogus": 1}, "fou_map.bogus: unknown key"),
+        ({"endpoint": {"local": "10.0.0.1"}}, "fou_map.endpoint.gateway"),
+        (
+            {"endpoint": {"local": "10.0.0.1", "gateway": "10.0.0.2", "addresses": ["1.2.3"]}},
+            "fou_map.endpoint.addresses[0] = '1.2.3'",
+        ),
+        (
+            {
+                "static": [
+                    {"client": "10.0.0.1", "pop": "10.0.0.2"},
+                    {"client": "10.0.0.1", "pop": "10.0.0.3"},
+                ]
+            },
+            "listed twice",
+        ),
+    ],
+)
+def test_errors_name_key_and_value(data, needle):
+    with pytest.raises(ConfigError) as e:
+        parse(data)
+    assert needle in str(e.value)
+
+
+def entry(client: str, pop: str, static: bool = False, age: int = 1500) -> MapEntry:
+    return MapEntry(
+        client=ipaddress.IPv4Address(client),
+        pop=ipaddress.IPv4Address(pop),
+        age_ms=age,
+        static=static,
+        packets=7,
+    )
+
+
+def test_snapshot_roundtrip(tmp_path):
+    path = tmp_path / "sub" / "fm.snapshot"
+    daemon.write_snapshot(path, [entry("10.0.0.1", "10.1.0.1", True)], 42)
+    snap = daemon.read_snapshot(path)
+    assert snap is not None and snap["created_ns"] == 42
+    assert snap["entries"] == [
+        {"client": "10.0.0.1", "pop": "10.1.0.1", "static": True, "age_ms": 1500}
+    ]
+    assert [p.name for p in path.parent.iterdir()] == ["fm.snapshot"], "no temp file left"
+    path.write_text(json.dumps({"version": 99}))
+    assert daemon.read_snapshot(path) is None
+    path.write_text("{not json")
+    assert daemon.read_snapshot(path) is None
+    assert daemon.read_snapshot(tmp_path / "missing") is None
+
+
+def test_metrics_text():
+    stats = TableStats(3, 1, 10, 4, 56, 1, 200)
+    text = daemon.metrics_text({"learned": 5, "moved": 2}, stats)
+    assert "# TYPE bifrost_fou_map_learned_total counter\nbifrost_fou_map_learned_total 5\n" in text
+    assert "bifrost_fou_map_entries 3\n" in text and "bifrost_fou_map_max_entries 10\n" in text
+
+
+def test_sd_notify(tmp_path, monkeypatch):
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        assert daemon.sd_notify("READY=1")
+        assert s.recv(100) == b"READY=1"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert not daemon.sd_notify("READY=1")
+
+
+def test_format_table():
+    text = format_table(
+        [entry("10.0.0.10", "10.1.0.1"), entry("10.0.0.9", "10.2.0.1", static=True, age=0)]
+    )
+    lines = text.splitlines()
+    assert lines[0].split() == ["CLIENT", "POP", "AGE", "PACKETS", "KIND"]
+    assert lines[1].split() == ["10.0.0.9", "10.2.0.1", "0.0s", "7", "static"]
+    assert lines[2].split() == ["10.0.0.10", "10.1.0.1", "1.5s", "7", "learned"]
+    assert lines[-1] == "2 entries"
