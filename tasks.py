@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from bifrost import codegen, dkms, vm
+from bifrost import bench as benchmod
+from bifrost import codegen, dkms, testrun, vm
 from bifrost import config as cfgmod
-from bifrost.paths import DEFAULT_CONFIG, SOURCE_ROOT
+from bifrost import install as installmod
+from bifrost import status as statusmod
+from bifrost.paths import BUILD_DIR, DEFAULT_CONFIG, SOURCE_ROOT
 
 EXAMPLE_CONFIG = SOURCE_ROOT / "etc" / "bifrost.example.toml"
 
@@ -28,6 +33,30 @@ def _config_path(path: str | None) -> Path:
 def _require_root(what: str) -> None:
     if os.geteuid() != 0:
         raise Exit(f"{what} needs root: sudo .venv/bin/invoke {what}")
+
+
+def _require_tools(*tools: str) -> None:
+    """Each missing tool ends the task with the apt command that installs it."""
+    packages = {"dkms": "dkms", "clang": "clang", "qemu-system-x86_64": "qemu-system-x86"}
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pkgs = " ".join(packages.get(t, t) for t in missing)
+        raise Exit(f"missing {', '.join(missing)}: apt-get install {pkgs} (or ./setup.sh deps)")
+
+
+def _require_kernel(kver: str, boot: bool = False) -> None:
+    """Headers to build for `kver`; with boot, its image to start the test VM too."""
+    try:
+        dkms.require_headers(kver)
+        if boot:
+            vm.runner.check_host(kver)
+    except (dkms.DkmsError, RuntimeError) as e:
+        raise Exit(str(e)) from None
+
+
+def kernel_lines() -> list[str]:
+    """The kernels the project tests on (packaging/kernels.env): 6.1 first, then 6.12."""
+    return testrun.kernel_lines()
 
 
 @task(help={"config": f"host config (default: {DEFAULT_CONFIG}, else {EXAMPLE_CONFIG.name})"})
@@ -50,14 +79,72 @@ def generate(c: Context, config: str | None = None) -> None:
 def build(c: Context, kernel: str | None = None) -> None:
     """Build both kernel modules through DKMS (warnings are errors) and the XDP program."""
     _require_root("build")
+    _require_tools("dkms")
     kernels = [kernel] if kernel else dkms.kernels_with_headers()
     if not kernels:
         raise Exit("no kernel headers installed: apt-get install linux-headers-$(uname -r)")
+    for k in kernels:
+        _require_kernel(k)
     try:
         dkms.build(kernels)
     except dkms.DkmsError as e:
         raise Exit(str(e)) from None
     print(f"build: {', '.join(dkms.MODULES)} built for {', '.join(kernels)}")
+    if importlib.util.find_spec("bifrost.xdp.build") is not None:
+        _require_tools("clang")
+        from bifrost.xdp import build as xdp_build
+
+        obj = xdp_build.compile_program(BUILD_DIR / "xdp" / "module_config.h", BUILD_DIR / "xdp")
+        print(f"build: XDP program {obj}")
+
+
+@task(
+    help={
+        "kernel": "kernel release (repeatable; default: every kernel with headers)",
+        "root": "place files under this prefix instead of / (no DKMS, no live system change)",
+        "config": f"config the units and modules-load.d follow (default {DEFAULT_CONFIG})",
+    },
+    iterable=["kernel"],
+)
+def install(
+    c: Context, kernel: list[str] | None = None, root: str = "/", config: str | None = None
+) -> None:
+    """Install: DKMS build+install, depmod, udev rule, modules-load.d, modprobe.d, units."""
+    prefix = Path(root)
+    if prefix == Path("/"):
+        _require_root("install")
+        _require_tools("dkms")
+    try:
+        manifest = installmod.install(
+            prefix, kernel or None, Path(config) if config else DEFAULT_CONFIG
+        )
+    except installmod.InstallError as e:
+        raise Exit(str(e)) from None
+    print(f"install: {len(manifest.files)} file(s) recorded in {installmod.MANIFEST}")
+    for f in sorted(manifest.files):
+        print(f"  {f}")
+    if manifest.dkms_modules:
+        print(f"  dkms: {', '.join(manifest.dkms_modules)} for {', '.join(manifest.kernels)}")
+
+
+@task(help={"root": "the prefix given to install --root (default /)"})
+def uninstall(c: Context, root: str = "/") -> None:
+    """Remove exactly what install created (its manifest) and dkms remove both modules."""
+    if Path(root) == Path("/"):
+        _require_root("uninstall")
+    try:
+        kept = installmod.uninstall(Path(root))
+    except installmod.InstallError as e:
+        raise Exit(str(e)) from None
+    for k in kept:
+        print(f"uninstall: {k}")
+    print("uninstall: done")
+
+
+@task
+def status(c: Context) -> None:
+    """Show DKMS state per kernel, loaded modules, device nodes and daemon states."""
+    print(statusmod.render(statusmod.collect()))
 
 
 @task(
@@ -72,6 +159,7 @@ def vm_run(c: Context, kernel: str | None = None, timeout: int = 600) -> None:
     if not c.remainder:
         raise Exit("nothing to run: invoke vm -- COMMAND")
     kver = kernel or kernel_lines()[0]
+    _require_kernel(kver, boot=True)
     try:
         result = vm.run(kver, c.remainder, timeout=timeout)
     except (RuntimeError, vm.GuestFailure) as e:
@@ -79,11 +167,65 @@ def vm_run(c: Context, kernel: str | None = None, timeout: int = 600) -> None:
     raise Exit(code=result.rc)
 
 
-def kernel_lines() -> list[str]:
-    """The kernels the project tests on (packaging/kernels.env): 6.1 first, then 6.12."""
-    env = SOURCE_ROOT / "packaging" / "kernels.env"
-    return [
-        line.split("=", 1)[1].strip()
-        for line in env.read_text().splitlines()
-        if line.startswith("KERNEL_")
-    ]
+@task(help={"kernel": "kernel release to boot (default: the 6.1 line)"})
+def lab(c: Context, kernel: str | None = None) -> None:
+    """Boot the guest, build the client/POP/game-server lab, load both modules, report."""
+    _require_root("lab")
+    _require_tools("dkms", "qemu-system-x86_64")
+    kver = kernel or kernel_lines()[0]
+    _require_kernel(kver, boot=True)
+    try:
+        dkms.build([kver], install=True)
+        result = vm.run(kver, "BIFROST_GUEST=1 .venv/bin/python -m bifrost.lab", timeout=900)
+    except (dkms.DkmsError, RuntimeError, vm.GuestFailure) as e:
+        raise Exit(f"lab FAILED on {kver}: {e}") from None
+    verdict = "OK" if result.rc == 0 else f"FAILED (rc {result.rc})"
+    print(
+        f"\nlab on {kver}: {verdict} in {result.seconds:.0f}s (steps above, '=== lab summary ===')"
+    )
+    raise Exit(code=result.rc)
+
+
+@task(
+    help={
+        "kernel": "test one kernel line only (default: both lines of packaging/kernels.env)",
+        "tier": f"one tier only: {', '.join(testrun.TIERS)} (default: all)",
+    }
+)
+def test(c: Context, kernel: str | None = None, tier: str | None = None) -> None:
+    """Run the whole suite: lint+unit, bpf, DKMS build, kernel tier per kernel, DKMS upgrade."""
+    tiers = (tier,) if tier else testrun.TIERS
+    if tier and tier not in testrun.TIERS:
+        raise Exit(f"unknown tier {tier!r}: choose from {', '.join(testrun.TIERS)}")
+    if kernel and kernel not in kernel_lines():
+        raise Exit(f"{kernel} is not a tested line ({', '.join(kernel_lines())})")
+    if tiers != ("unit",):
+        _require_root("test")
+    if {"kernel", "upgrade"} & set(tiers):
+        _require_tools("dkms", "qemu-system-x86_64")
+        for k in kernel_lines() if "upgrade" in tiers else [kernel or k for k in kernel_lines()]:
+            _require_kernel(k, boot=True)
+    if "upgrade" in tiers and kernel and not tier:
+        tiers = tuple(t for t in tiers if t != "upgrade")  # the upgrade needs both lines
+    raise Exit(code=testrun.run(tiers, [kernel] if kernel else None))
+
+
+@task(
+    help={
+        "kernel": "kernel to boot for guest benchmarks (default: the 6.1 line)",
+        "only": "run only benchmarks whose file name contains this",
+    }
+)
+def bench(c: Context, kernel: str | None = None, only: str | None = None) -> None:
+    """Run benchmarks/bench_*.py: host ones here, guest ones in ONE guest boot."""
+    kver = kernel or kernel_lines()[0]
+    guest = any(b.where == "guest" for b in benchmod.discover())
+    if guest:
+        _require_root("bench")
+        _require_tools("dkms", "qemu-system-x86_64")
+        _require_kernel(kver, boot=True)
+    try:
+        rc = benchmod.run(kver, only)
+    except (dkms.DkmsError, RuntimeError) as e:
+        raise Exit(str(e)) from None
+    raise Exit(code=rc)

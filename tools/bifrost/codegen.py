@@ -6,6 +6,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,10 +53,19 @@ def _pytype(f: Field) -> str:
 
 def _pydefault(f: Field) -> str:
     if f.type == "ipv4":
-        return 'ipaddress.IPv4Address("0.0.0.0")'
+        return "ANY_IPV4"
     if f.is_bytes:
         return 'b""'
     return "()" if f.count > 1 else "0"
+
+
+def _pydoc(text: str, indent: int = 4) -> str:
+    """A docstring literal that fits the line length (ruff format does not wrap them)."""
+    lines = textwrap.wrap(" ".join(text.split()), width=100 - indent - 3)
+    if len(lines) <= 1:
+        return '"""' + (lines[0] if lines else "") + '"""'
+    pad = " " * indent
+    return '"""' + lines[0] + "\n" + "".join(f"{pad}{ln}\n" for ln in lines[1:]) + pad + '"""'
 
 
 def _classname(r: Record) -> str:
@@ -70,7 +80,7 @@ def render_uapi(dev: Device) -> str:
 
 def render_codec(dev: Device) -> str:
     env = _env(TEMPLATES_DIR)
-    env.globals.update(classname=_classname, pytype=_pytype, pydefault=_pydefault)
+    env.globals.update(classname=_classname, pytype=_pytype, pydefault=_pydefault, pydoc=_pydoc)
     formats, sizes, offsets, specs = {}, {}, {}, {}
     for r in dev.records:
         lay = layout(dev, r)

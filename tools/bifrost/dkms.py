@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import filecmp
 import logging
 import re
 import shlex
@@ -18,7 +17,19 @@ log = logging.getLogger(__name__)
 SRC_ROOT = Path("/usr/src")
 # Kbuild artifacts never belong in the staged source.
 _IGNORE = shutil.ignore_patterns(
-    "*.o", "*.ko", "*.mod", "*.mod.c", "*.cmd", ".*.cmd", "modules.order", "Module.symvers"
+    "*.o",
+    "*.ko",
+    "*.ko.xz",
+    "*.mod",
+    "*.mod.c",
+    "*.cmd",
+    ".*.cmd",
+    "modules.order",
+    "Module.symvers",
+    ".tmp_versions",
+    ".cache.mk",
+    "*.dwo",
+    ".*.d",
 )
 
 
@@ -59,11 +70,27 @@ def source_dir(module: str, version: str = __version__) -> Path:
     return SRC_ROOT / f"{module}-{version}"
 
 
-def _same_tree(a: Path, b: Path) -> bool:
-    cmp = filecmp.dircmp(a, b, ignore=["dkms.conf"])
-    if cmp.left_only or cmp.right_only or cmp.diff_files or cmp.funny_files:
-        return False
-    return all(_same_tree(a / d, b / d) for d in cmp.common_dirs)
+def _source_files(root: Path) -> dict[str, bytes]:
+    """relative path -> content of every source file, Kbuild artifacts left out."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(_IGNORE(str(p.parent), [p.name]) for p in (root / part for part in _parts(rel))):
+            continue
+        if path.is_file():
+            out[rel.as_posix()] = path.read_bytes()
+    return out
+
+
+def _parts(rel: Path) -> list[Path]:
+    """a/b/c -> [a, a/b, a/b/c]: a file is ignored when any of its path parts is."""
+    return [Path(*rel.parts[: i + 1]) for i in range(len(rel.parts))]
+
+
+def _same_tree(src: Path, dst: Path) -> bool:
+    staged = _source_files(dst)
+    staged.pop("dkms.conf", None)
+    return _source_files(src) == staged
 
 
 def stage(module: str) -> bool:

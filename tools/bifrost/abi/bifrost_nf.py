@@ -18,6 +18,8 @@ MAGIC = 0x42464E46
 ABI_VERSION = 1
 HEADER_FORMAT = "<IHHII"
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
+# Default of IPv4 fields: one immutable instance shared by every record.
+ANY_IPV4 = ipaddress.IPv4Address("0.0.0.0")
 PAYLOAD_MAX = 1400
 MAX_PACKETS = 16
 MAX_SERVICES = 64
@@ -114,7 +116,7 @@ class ServiceSet(Record):
         ("port", "u16", 1),
         ("svc_flags", "u16", 1),
     )
-    addr: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
+    addr: ipaddress.IPv4Address = ANY_IPV4
     port: int = 0
     svc_flags: int = 0
 
@@ -132,14 +134,16 @@ class ServiceDel(Record):
         ("port", "u16", 1),
         ("reserved", "u16", 1),
     )
-    addr: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
+    addr: ipaddress.IPv4Address = ANY_IPV4
     port: int = 0
     reserved: int = 0
 
 
 @dataclass
 class EntrySet(Record):
-    """One packet of a cached answer. Packets of one answer are written in order, index 0..count-1; the answer replaces the old one when the last arrives."""
+    """One packet of a cached answer. Packets of one answer are written in order, index 0..count-1;
+    the answer replaces the old one when the last arrives.
+    """
 
     TYPE: ClassVar[int] = 5
     FORMAT: ClassVar[str] = "<IHHII4sHBBBBHIII1400s"
@@ -170,7 +174,7 @@ class EntrySet(Record):
         ("reserved1", "u32", 1),
         ("payload", "u8", 1400),
     )
-    addr: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
+    addr: ipaddress.IPv4Address = ANY_IPV4
     port: int = 0
     qtype: int = 0
     index: int = 0
@@ -197,7 +201,7 @@ class EntryDel(Record):
         ("qtype", "u8", 1),
         ("reserved", "u8", 1),
     )
-    addr: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
+    addr: ipaddress.IPv4Address = ANY_IPV4
     port: int = 0
     qtype: int = 0
     reserved: int = 0
@@ -290,7 +294,7 @@ class ServiceInfo(Record):
         ("age_ms", "u32", 3),
         ("reserved", "u32", 1),
     )
-    addr: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
+    addr: ipaddress.IPv4Address = ANY_IPV4
     port: int = 0
     svc_flags: int = 0
     bytes: tuple[int, ...] = ()
@@ -331,7 +335,7 @@ class Event(Record):
         ("qtype", "u8", 1),
         ("reason", "u8", 1),
     )
-    addr: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
+    addr: ipaddress.IPv4Address = ANY_IPV4
     port: int = 0
     qtype: int = 0
     reason: int = 0
@@ -386,4 +390,3 @@ for _cls in RECORDS.values():
     _cls.MAGIC = MAGIC
     _cls.ABI_VERSION = ABI_VERSION
     _cls.HEADER_FORMAT = HEADER_FORMAT
-_ = ipaddress  # used by records with IPv4 fields

@@ -18,6 +18,8 @@ MAGIC = 0x464F554D
 ABI_VERSION = 1
 HEADER_FORMAT = "<IHHII"
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
+# Default of IPv4 fields: one immutable instance shared by every record.
+ANY_IPV4 = ipaddress.IPv4Address("0.0.0.0")
 MAX_PORTS = 8
 MISS_PASS = 0
 MISS_DROP = 1
@@ -217,8 +219,8 @@ class Entry(Record):
         ("entry_flags", "u32", 1),
         ("packets", "u64", 1),
     )
-    client: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
-    pop: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
+    client: ipaddress.IPv4Address = ANY_IPV4
+    pop: ipaddress.IPv4Address = ANY_IPV4
     age_ms: int = 0
     entry_flags: int = 0
     packets: int = 0
@@ -238,7 +240,9 @@ class DumpEnd(Record):
 
 @dataclass
 class Add(Record):
-    """Add or replace an entry: FM_ENTRY_STATIC never expires nor moves; without it the entry is learned-like (used to restore snapshots) and may expire."""
+    """Add or replace an entry: FM_ENTRY_STATIC never expires nor moves; without it the entry is
+    learned-like (used to restore snapshots) and may expire.
+    """
 
     TYPE: ClassVar[int] = 10
     FORMAT: ClassVar[str] = "<IHHII4s4sII"
@@ -250,8 +254,8 @@ class Add(Record):
         ("entry_flags", "u32", 1),
         ("age_ms", "u32", 1),
     )
-    client: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
-    pop: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
+    client: ipaddress.IPv4Address = ANY_IPV4
+    pop: ipaddress.IPv4Address = ANY_IPV4
     entry_flags: int = 0
     age_ms: int = 0
 
@@ -268,7 +272,7 @@ class Del(Record):
         ("client", "ipv4", 1),
         ("reserved", "u32", 1),
     )
-    client: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
+    client: ipaddress.IPv4Address = ANY_IPV4
     reserved: int = 0
 
 
@@ -336,4 +340,3 @@ for _cls in RECORDS.values():
     _cls.MAGIC = MAGIC
     _cls.ABI_VERSION = ABI_VERSION
     _cls.HEADER_FORMAT = HEADER_FORMAT
-_ = ipaddress  # used by records with IPv4 fields

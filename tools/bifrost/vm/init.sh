@@ -1,13 +1,14 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the test VM's initramfs: mount the host root read-only over 9p, the
 # project's work tree read-write at the same path, then run the requested script.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in $(cat /lib/modules/load.order); do
+while read -r m; do
 	insmod "/lib/modules/$m" || echo "bifrost-vm: insmod $m failed"
-done
+done < /lib/modules/load.order
 arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 WORK=$(arg bifrost.work)
 SCRIPT=$(arg bifrost.script)

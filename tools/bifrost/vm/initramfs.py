@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import logging
 import lzma
+import os
 import shutil
 import subprocess
 import tempfile
@@ -78,7 +79,7 @@ def build(kver: str, out_dir: Path) -> Path:
             check=True,
             capture_output=True,
         ).stdout
-    tmp_out = out.with_suffix(".tmp")
+    tmp_out = out.with_suffix(f".{os.getpid()}.tmp")  # concurrent builders never collide
     tmp_out.write_bytes(gzip.compress(cpio, compresslevel=1))
     tmp_out.rename(out)
     log.info("built %s (early modules: %s)", out, " ".join(order))

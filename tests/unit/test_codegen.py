@@ -1,0 +1,151 @@
+"""Codegen: the C uapi header and the Python codec agree, round-trip, and are up to date."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bifrost import codegen
+from bifrost.abi.defs import DEVICES
+from bifrost.abi.spec import Device, layout, record_size
+
+pytestmark = pytest.mark.unit
+
+
+def _codec(dev: Device):
+    import importlib
+
+    return importlib.import_module(f"bifrost.abi.{dev.name}")
+
+
+def _c_layout(dev: Device, tmp_path: Path) -> dict[str, int]:
+    """Compile a program against the generated header; return name -> number it prints."""
+    p = dev.prefix
+    lines = [
+        "#include <stdio.h>",
+        "#include <stddef.h>",
+        f'#include "{dev.name}.h"',
+        "int main(void) {",
+        f'\tprintf("hdr.sizeof %zu\\n", sizeof(struct {p}_hdr));',
+    ]
+    for f in dev.header:
+        lines.append(f'\tprintf("hdr.{f.name} %zu\\n", offsetof(struct {p}_hdr, {f.name}));')
+    for r in dev.records:
+        s = f"struct {p}_{r.name}"
+        lines.append(f'\tprintf("{r.name}.sizeof %zu\\n", sizeof({s}));')
+        lines.append(f'\tprintf("{r.name}.type %d\\n", (int){p.upper()}_MSG_{r.name.upper()});')
+        for f in r.fields:
+            lines.append(f'\tprintf("{r.name}.{f.name} %zu\\n", offsetof({s}, {f.name}));')
+            lines.append(
+                f'\tprintf("{r.name}.{f.name}.size %zu\\n", sizeof((({s} *)0)->{f.name}));'
+            )
+    lines += [f'\tprintf("magic %u\\n", (unsigned){p.upper()}_MAGIC);', "\treturn 0;", "}"]
+    src = tmp_path / "layout.c"
+    src.write_text("\n".join(lines) + "\n")
+    exe = tmp_path / "layout"
+    # -Wpadded: the C compiler must see no padding either.
+    subprocess.run(
+        [
+            "gcc", "-std=c11", "-Wall", "-Wextra", "-Wpadded", "-Werror",
+            "-I", str(codegen.uapi_path(dev).parent), "-o", str(exe), str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
+
+
+@pytest.mark.parametrize("dev", DEVICES, ids=lambda d: d.name)
+def test_c_header_matches_python_codec(dev: Device, tmp_path: Path) -> None:
+    c = _c_layout(dev, tmp_path)
+    codec = _codec(dev)
+    assert c["magic"] == codec.MAGIC == dev.magic
+    assert c["hdr.sizeof"] == codec.HEADER_SIZE
+    for f, off in layout(dev, dev.records[0])[: len(dev.header)]:
+        assert c[f"hdr.{f.name}"] == off, f.name
+    classes = {cls.TYPE: cls for cls in codec.RECORDS.values()}
+    assert set(classes) == {r.type_id for r in dev.records}
+    for r in dev.records:
+        cls = classes[r.type_id]
+        assert c[f"{r.name}.type"] == r.type_id
+        assert c[f"{r.name}.sizeof"] == cls.SIZE == record_size(dev, r), r.name
+        assert set(cls.OFFSETS) == {f.name for f in r.fields}, r.name
+        for f in r.fields:
+            assert c[f"{r.name}.{f.name}"] == cls.OFFSETS[f.name], f"{r.name}.{f.name}"
+            assert c[f"{r.name}.{f.name}.size"] == f.size, f"{r.name}.{f.name}"
+
+
+def _sample(ftype: str, count: int, seed: int) -> object:
+    if ftype == "ipv4":
+        return ipaddress.IPv4Address(f"192.0.2.{seed % 250 + 1}")
+    bits = {"u8": 8, "u16": 16, "u32": 32, "u64": 64}[ftype]
+    if ftype == "u8" and count > 1:
+        return bytes((seed + i) % 256 for i in range(count))
+    vals = tuple(((seed + i) * 2654435761) % (1 << bits) for i in range(count))
+    return vals if count > 1 else vals[0]
+
+
+@pytest.mark.parametrize("dev", DEVICES, ids=lambda d: d.name)
+def test_every_record_round_trips(dev: Device) -> None:
+    codec = _codec(dev)
+    for seed, cls in enumerate(codec.RECORDS.values(), start=1):
+        kwargs = {name: _sample(t, n, seed + i) for i, (name, t, n) in enumerate(cls.FIELDS)}
+        rec = cls(**kwargs)
+        raw = rec.pack()
+        assert len(raw) == cls.SIZE
+        assert codec.decode(raw) == rec
+        # Two records back to back, as one read() returns them.
+        assert codec.decode_all(raw + raw) == [rec, rec]
+        for name, _t, _n in cls.FIELDS:
+            assert getattr(codec.decode(raw), name) == kwargs[name], f"{cls.__name__}.{name}"
+
+
+@pytest.mark.parametrize("dev", DEVICES, ids=lambda d: d.name)
+def test_decode_rejects_wrong_header(dev: Device) -> None:
+    from bifrost.abi.runtime import AbiError
+
+    codec = _codec(dev)
+    raw = bytearray(codec.InfoReq().pack())
+    with pytest.raises(AbiError):
+        codec.decode(bytes(raw[:-1] if len(raw) > codec.HEADER_SIZE else raw[:8]))
+    bad_magic = bytes([raw[0] ^ 0xFF]) + bytes(raw[1:])
+    with pytest.raises(AbiError):
+        codec.decode(bad_magic)
+
+
+def test_generated_files_are_up_to_date() -> None:
+    stale = [
+        str(g.path.relative_to(codegen.SOURCE_ROOT))
+        for g in codegen.abi_outputs()
+        if not g.path.exists() or g.path.read_text() != g.text
+    ]
+    assert not stale, f"run `invoke generate` and commit: {stale}"
+
+
+def test_module_config_defines_each_enabled_module() -> None:
+    text = codegen.render_module_config(["srcds"], "etc/x.toml")
+    assert "#define SRCDS_HANDSHAKE" in text
+    assert "etc/x.toml" in text
+    empty = codegen.render_module_config([], "etc/x.toml")
+    assert "#define SRCDS_HANDSHAKE" not in empty
+    assert "no game modules enabled" in empty
+
+
+def test_module_config_header_compiles(tmp_path: Path) -> None:
+    hdr = tmp_path / "module_config.h"
+    hdr.write_text(codegen.render_module_config(list(codegen.GAME_MODULE_DEFINES), "t"))
+    src = tmp_path / "t.c"
+    defines = "".join(
+        f"#ifndef {d}\n#error {d} missing\n#endif\n" for d in codegen.GAME_MODULE_DEFINES.values()
+    )
+    src.write_text(f'#include "module_config.h"\n{defines}int main(void) {{ return 0; }}\n')
+    subprocess.run(
+        ["gcc", "-Wall", "-Werror", "-I", str(tmp_path), "-o", str(tmp_path / "t"), str(src)],
+        check=True,
+        capture_output=True,
+    )

@@ -1,0 +1,107 @@
+"""DKMS packaging: the generated dkms.conf, and staging the source under /usr/src."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bifrost import __version__, codegen, dkms
+from bifrost.paths import MODULES
+
+pytestmark = pytest.mark.unit
+
+
+def _sourced(conf: str, var: str) -> str:
+    """What DKMS sees: dkms.conf is sourced by bash with these variables set."""
+    script = (
+        "kernel_source_dir=/lib/modules/K/build dkms_tree=/var/lib/dkms\n"
+        f"{conf}\nprintf '%s' \"${{{var}}}\""
+    )
+    return subprocess.run(["bash", "-c", script], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_dkms_conf_names_module_version_and_autoinstalls(module: str) -> None:
+    conf = codegen.render_dkms_conf(module)
+    assert 'AUTOINSTALL="yes"' in conf.splitlines()
+    assert _sourced(conf, "PACKAGE_NAME") == module
+    assert _sourced(conf, "PACKAGE_VERSION") == __version__
+    assert _sourced(conf, "BUILT_MODULE_NAME[0]") == module
+    assert _sourced(conf, "DEST_MODULE_LOCATION[0]") == "/updates/dkms"
+    assert _sourced(conf, "MAKE[0]") == (
+        f"make -C /lib/modules/K/build M=/var/lib/dkms/{module}/{__version__}/build modules"
+    )
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_kbuild_makes_warnings_errors(module: str) -> None:
+    kbuild = (dkms.KMOD_DIR / module / "Kbuild").read_text()
+    assert "-Werror" in kbuild
+
+
+def test_build_outputs_cover_every_module(tmp_path: Path) -> None:
+    outs = codegen.build_outputs(["srcds"], "cfg.toml", tmp_path)
+    paths = {g.path.relative_to(tmp_path).as_posix() for g in outs}
+    assert paths == {f"dkms/{m}/dkms.conf" for m in MODULES} | {"xdp/module_config.h"}
+
+
+@pytest.fixture
+def staged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fake kmod/ tree and /usr/src under tmp_path; dkms commands recorded, not run."""
+    kmod = tmp_path / "kmod"
+    (kmod / "fake" / "uapi").mkdir(parents=True)
+    (kmod / "fake" / "main.c").write_text("int x;\n")
+    (kmod / "fake" / "uapi" / "fake.h").write_text("/* h */\n")
+    (kmod / "fake" / "main.o").write_bytes(b"\x7fELF")
+    (kmod / "fake" / ".main.o.cmd").write_text("cmd\n")
+    (kmod / "fake" / "fake.ko").write_bytes(b"\x7fELF")
+    calls: list[list[str]] = []
+    monkeypatch.setattr(dkms, "KMOD_DIR", kmod)
+    monkeypatch.setattr(dkms, "SRC_ROOT", tmp_path / "usr-src")
+    monkeypatch.setattr(dkms, "_run", lambda argv, check=True: calls.append(argv))
+    (tmp_path / "usr-src").mkdir()
+    return kmod / "fake", tmp_path / "usr-src" / f"fake-{__version__}", calls
+
+
+def test_stage_copies_sources_without_build_artifacts(staged) -> None:
+    _src, dst, calls = staged
+    assert dkms.stage("fake") is True
+    staged_files = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file())
+    assert staged_files == ["dkms.conf", "main.c", "uapi/fake.h"]
+    assert 'PACKAGE_NAME="fake"' in (dst / "dkms.conf").read_text()
+    assert calls == []
+
+
+def test_stage_is_idempotent_and_restages_changed_sources(staged) -> None:
+    src, dst, calls = staged
+    dkms.stage("fake")
+    assert dkms.stage("fake") is False
+    (src / "main.c").write_text("int y;\n")
+    assert dkms.stage("fake") is True
+    assert (dst / "main.c").read_text() == "int y;\n"
+    # DKMS must forget the old build of the same version before the new source counts.
+    assert calls == [["dkms", "remove", f"fake/{__version__}", "--all"]]
+
+
+def test_status_parses_dkms_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = (
+        "fou_map/0.1.0, 6.1.0-56-amd64, x86_64: installed\n"
+        "fou_map/0.1.0, 6.12.117+deb12-amd64, x86_64: built\n"
+        "fou_map/0.1.0: added\n"
+    )
+
+    class Done:
+        stdout = out
+
+    monkeypatch.setattr(dkms, "_run", lambda argv, check=True: Done())
+    assert dkms.status("fou_map") == {
+        "6.1.0-56-amd64": "installed",
+        "6.12.117+deb12-amd64": "built",
+    }
+
+
+def test_missing_headers_names_the_package() -> None:
+    with pytest.raises(dkms.DkmsError, match=r"apt-get install linux-headers-9\.9\.9-nope"):
+        dkms.require_headers("9.9.9-nope")

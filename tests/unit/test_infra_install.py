@@ -1,0 +1,146 @@
+"""install/uninstall with --root: the right files, verifiable units, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bifrost import install
+from bifrost.paths import SOURCE_ROOT
+
+pytestmark = pytest.mark.unit
+
+EXPECTED = {
+    "/etc/bifrost/bifrost.toml",
+    "/etc/udev/rules.d/60-bifrost.rules",
+    "/etc/modules-load.d/bifrost.conf",
+    "/etc/modprobe.d/bifrost.conf",
+    "/etc/systemd/system/bifrost-foumapd.service",
+    "/etc/systemd/system/bifrost-cached.service",
+}
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_install_places_every_file_and_records_it(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    manifest = install.install(root)
+    assert set(manifest.files) == EXPECTED
+    for f in EXPECTED:
+        assert (root / f.lstrip("/")).is_file(), f
+    recorded = json.loads((root / "var/lib/bifrost/install-manifest").read_text())
+    assert set(recorded["files"]) == EXPECTED
+    assert recorded["dkms_modules"] == []  # --root never touches DKMS
+    assert "/etc/bifrost" in recorded["dirs"]
+
+
+def test_install_twice_then_uninstall_leaves_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    first = install.install(root)
+    second = install.install(root)
+    assert first.files == second.files
+    kept = install.uninstall(root)
+    assert kept == []
+    assert _tree(root) == []
+
+
+def test_uninstall_keeps_only_what_the_operator_changed(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    # Something of the operator's in a directory install would otherwise remove.
+    (root / "etc/modprobe.d").mkdir(parents=True)
+    (root / "etc/modprobe.d/other.conf").write_text("options x y=1\n")
+    install.install(root)
+    cfg = root / "etc/bifrost/bifrost.toml"
+    cfg.write_text(cfg.read_text() + "# edited\n")
+    kept = install.uninstall(root)
+    assert any("/etc/bifrost/bifrost.toml: changed" in k for k in kept)
+    assert _tree(root) == sorted(
+        [
+            "etc",
+            "etc/bifrost",
+            "etc/bifrost/bifrost.toml",
+            "etc/modprobe.d",
+            "etc/modprobe.d/other.conf",
+        ]
+    )
+
+
+def test_install_keeps_an_existing_config(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    cfg = root / "etc/bifrost/bifrost.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text('[fou_map]\ndevice = "/dev/fou_map"\n')
+    manifest = install.install(root)
+    assert "/etc/bifrost/bifrost.toml" not in manifest.files
+    # A game-server-only config loads only fou_map at boot.
+    mods = (root / "etc/modules-load.d/bifrost.conf").read_text().split("\n")
+    assert "fou_map" in mods
+    assert "bifrost_nf" not in mods
+    install.uninstall(root)
+    assert cfg.read_text() == '[fou_map]\ndevice = "/dev/fou_map"\n'
+
+
+def test_uninstall_without_manifest_says_so(tmp_path: Path) -> None:
+    with pytest.raises(install.InstallError, match="nothing to uninstall"):
+        install.uninstall(tmp_path)
+
+
+def test_bad_config_is_reported(tmp_path: Path) -> None:
+    cfg = tmp_path / "etc/bifrost/bifrost.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text("[xdp]\nmodulez = []\n")
+    with pytest.raises(install.InstallError, match=r"xdp\.modulez: unknown key"):
+        install.install(tmp_path)
+
+
+def test_udev_rule_and_module_files(tmp_path: Path) -> None:
+    install.install(tmp_path)
+    rule = (tmp_path / "etc/udev/rules.d/60-bifrost.rules").read_text()
+    active = [ln for ln in rule.splitlines() if ln and not ln.startswith("#")]
+    assert active == [
+        'KERNEL=="bifrost_nf|fou_map", SUBSYSTEM=="misc", OWNER="root", GROUP="root", MODE="0600"'
+    ]
+    loads = (tmp_path / "etc/modules-load.d/bifrost.conf").read_text()
+    assert [ln for ln in loads.splitlines() if not ln.startswith("#")] == ["bifrost_nf", "fou_map"]
+    probe = (tmp_path / "etc/modprobe.d/bifrost.conf").read_text()
+    assert "softdep fou_map pre: fou ipip" in probe
+
+
+def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    assert shutil.which("systemd-analyze"), "apt-get install systemd"
+    install.install(tmp_path)
+    units = sorted((tmp_path / "etc/systemd/system").glob("*.service"))
+    assert [u.name for u in units] == sorted(install.UNITS)
+    for u in units:
+        text = u.read_text()
+        assert "Type=notify" in text
+        assert "Restart=on-failure" in text
+        daemon = "bifrost-foumapd" if "foumapd" in u.name else "bifrost-cached"
+        assert f"ExecStart={install.venv_bin()}/{daemon} --config /etc/bifrost/bifrost.toml" in text
+        assert "\nPrivateDevices=yes" not in text  # it would hide the chardev
+    done = subprocess.run(
+        ["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "", done.stderr
+
+
+def test_units_fail_verify_when_broken(tmp_path: Path) -> None:
+    """The verify check above can fail: a unit with a bad ExecStart does."""
+    install.install(tmp_path)
+    unit = tmp_path / "etc/systemd/system/bifrost-cached.service"
+    unit.write_text(unit.read_text().replace(str(install.venv_bin()), "/nonexistent/bin"))
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "/nonexistent/bin/bifrost-cached is not executable" in done.stderr
+
+
+def test_venv_console_scripts_exist() -> None:
+    for script in ("bifrost-foumapd", "bifrost-cached", "bifrost"):
+        assert (install.venv_bin() / script).exists(), f"pip install -e {SOURCE_ROOT}"

@@ -1,0 +1,102 @@
+"""The test orchestrator's accounting: junit parsing and what makes a run fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bifrost import bench, testrun
+
+pytestmark = pytest.mark.unit
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" tests="5">
+<testcase classname="t.a" name="ok1"/>
+<testcase classname="t.a" name="ok2"><system-out>x</system-out></testcase>
+<testcase classname="t.a" name="bad"><failure message="boom">tb</failure></testcase>
+<testcase classname="t.a" name="err"><error message="fixture">tb</error></testcase>
+<testcase classname="t.a" name="skip"><skipped message="why"/></testcase>
+</testsuite></testsuites>
+"""
+
+
+def test_parse_junit_counts_each_outcome(tmp_path: Path) -> None:
+    p = tmp_path / "r.xml"
+    p.write_text(JUNIT)
+    r = testrun.parse_junit(p, "unit")
+    assert (r.passed, r.failed, r.errors, r.skipped) == (2, 1, 1, 1)
+    assert r.skipped_names == ["t.a::skip"]
+
+
+def test_missing_junit_is_an_error(tmp_path: Path) -> None:
+    r = testrun.parse_junit(tmp_path / "absent.xml", "kernel 6.1")
+    assert r.errors == 1
+    assert testrun.verdict([r])
+
+
+def test_verdict_rules() -> None:
+    ok = testrun.TierResult("unit", Path("u"), passed=3)
+    assert testrun.verdict([ok]) == []
+    empty = testrun.TierResult("bpf", Path("b"))
+    assert testrun.verdict([ok, empty]) == ["bpf: ran no test"]
+    failing = testrun.TierResult("unit", Path("u"), passed=3, failed=1)
+    assert "unit: 1 failed, 0 errors" in testrun.verdict([failing])
+    # A skip is tolerated on the host tiers but not in the kernel tier.
+    host_skip = testrun.TierResult("bpf", Path("b"), passed=1, skipped=1)
+    assert testrun.verdict([host_skip]) == []
+    guest_skip = testrun.TierResult(
+        "kernel 6.1.0-56-amd64", Path("k"), passed=1, skipped=1, skipped_names=["t::x"]
+    )
+    assert testrun.verdict([guest_skip]) == ["kernel 6.1.0-56-amd64: 1 skipped (t::x)"]
+
+
+def test_write_junit_round_trips(tmp_path: Path) -> None:
+    p = tmp_path / "dkms.xml"
+    testrun.write_junit(p, "dkms", [("fou_map 6.1", None), ("bifrost_nf 6.1", "warning: <x> & y")])
+    r = testrun.parse_junit(p, "dkms")
+    assert (r.passed, r.failed, r.errors, r.skipped) == (1, 1, 0, 0)
+
+
+def test_kernel_lines_come_from_kernels_env() -> None:
+    lines = testrun.kernel_lines()
+    assert len(lines) == 2
+    assert lines[0].startswith("6.1.")
+    assert lines[1].startswith("6.12.")
+
+
+def test_run_rejects_unknown_tier() -> None:
+    with pytest.raises(ValueError, match="unknown tier 'nope'"):
+        testrun.run(("nope",))
+
+
+def test_summary_lists_every_tier() -> None:
+    rs = [
+        testrun.TierResult("unit", Path("u"), passed=10, seconds=3),
+        testrun.TierResult("kernel 6.12.117+deb12-amd64", Path("k"), failed=2, notes=["rc=1"]),
+    ]
+    text = testrun.render_summary(rs)
+    assert "unit" in text
+    assert "kernel 6.12.117+deb12-amd64" in text
+    assert "rc=1" in text
+
+
+def test_bench_where_is_read_without_import(tmp_path: Path) -> None:
+    good = tmp_path / "bench_a.py"
+    good.write_text('"""doc"""\nimport not_installed_anywhere\nWHERE = "guest"\n')
+    assert bench.where_of(good) == "guest"
+    bad = tmp_path / "bench_b.py"
+    bad.write_text('WHERE = "moon"\n')
+    with pytest.raises(ValueError, match=r"bench_b\.py: needs a module constant WHERE"):
+        bench.where_of(bad)
+
+
+def test_bench_discover_sorts_and_classifies(tmp_path: Path) -> None:
+    (tmp_path / "bench_z.py").write_text('WHERE = "host"\n')
+    (tmp_path / "bench_a.py").write_text('WHERE = "guest"\n')
+    (tmp_path / "helper.py").write_text("x = 1\n")
+    found = bench.discover(tmp_path)
+    assert [(b.path.name, b.where) for b in found] == [
+        ("bench_a.py", "guest"),
+        ("bench_z.py", "host"),
+    ]

@@ -1,0 +1,264 @@
+"""`invoke test`: every tier on both kernel lines, junit XML per tier, one summary.
+
+Order: unit (lint included, as tests/unit/test_lint.py) and bpf on the host;
+DKMS build + install for each kernel (a warning fails it); per kernel ONE guest
+boot running the whole kernel tier; last the DKMS kernel-upgrade test
+(tests/host/test_dkms_upgrade.py), which drives DKMS's own hook on the host and
+boots the new kernel. The run fails when any test fails or errors, when a tier
+ran no test, or when a kernel-tier test was skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+from bifrost import __version__, dkms, vm
+from bifrost.paths import BUILD_DIR, MODULES, SOURCE_ROOT
+
+log = logging.getLogger(__name__)
+
+RESULTS_DIR = BUILD_DIR / "test-results"
+TIERS = ("unit", "bpf", "kernel", "upgrade")
+KERNEL_TIER_TIMEOUT = 1500  # seconds per guest boot; the tier aims at ~5 min per component
+
+
+def kernel_lines() -> list[str]:
+    """The kernels the project tests on (packaging/kernels.env): 6.1 first, then 6.12."""
+    env = SOURCE_ROOT / "packaging" / "kernels.env"
+    return [
+        line.split("=", 1)[1].strip()
+        for line in env.read_text().splitlines()
+        if line.startswith("KERNEL_")
+    ]
+
+
+@dataclass
+class TierResult:
+    name: str
+    junit: Path
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    skipped_names: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.passed + self.failed + self.errors + self.skipped
+
+    def problems(self, skips_fail: bool) -> list[str]:
+        out = []
+        if self.failed or self.errors:
+            out.append(f"{self.name}: {self.failed} failed, {self.errors} errors")
+        if self.total == 0:
+            out.append(f"{self.name}: ran no test")
+        if skips_fail and self.skipped:
+            out.append(f"{self.name}: {self.skipped} skipped ({', '.join(self.skipped_names[:5])})")
+        return out
+
+
+def parse_junit(path: Path, name: str) -> TierResult:
+    """Count a pytest junit file; a missing or unreadable file is one error."""
+    res = TierResult(name, path)
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as e:
+        res.errors = 1
+        res.notes.append(f"no junit results ({e})")
+        return res
+    for case in root.iter("testcase"):
+        tags = {child.tag for child in case}
+        if "failure" in tags:
+            res.failed += 1
+        elif "error" in tags:
+            res.errors += 1
+        elif "skipped" in tags:
+            res.skipped += 1
+            res.skipped_names.append(f"{case.get('classname')}::{case.get('name')}")
+        else:
+            res.passed += 1
+    return res
+
+
+def write_junit(path: Path, suite: str, cases: list[tuple[str, str | None]]) -> None:
+    """A junit file for a tier that is not pytest (DKMS builds): (name, failure or None)."""
+    failures = sum(1 for _, f in cases if f is not None)
+    body = []
+    for name, failure in cases:
+        inner = (
+            f"<failure message={quoteattr(failure[:200])}>{escape(failure)}</failure>"
+            if (failure is not None)
+            else ""
+        )
+        body.append(
+            f"<testcase classname={quoteattr(suite)} name={quoteattr(name)}>{inner}</testcase>"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        f'<testsuites><testsuite name={quoteattr(suite)} tests="{len(cases)}" '
+        f'failures="{failures}" errors="0" skipped="0">'
+        + "".join(body)
+        + "</testsuite></testsuites>\n"
+    )
+
+
+def _pytest(args: list[str], junit: Path, env: dict[str, str] | None = None) -> int:
+    argv = [
+        str(Path(sys.executable).parent / "pytest"),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        f"--junitxml={junit}",
+        *args,
+    ]
+    log.info("$ %s", shlex.join(argv))
+    return subprocess.run(
+        argv, cwd=SOURCE_ROOT, env={**os.environ, **(env or {})}, check=False
+    ).returncode
+
+
+def run_host_tier(marker: str) -> TierResult:
+    junit = RESULTS_DIR / f"{marker}.xml"
+    start = time.monotonic()
+    if marker == "bpf" and os.geteuid() != 0:
+        res = TierResult(marker, junit, errors=1, notes=["needs root: sudo .venv/bin/invoke test"])
+        return res
+    # tests/kernel only runs in the guest; tests/host holds the upgrade test.
+    _pytest(["-m", marker, "--ignore=tests/kernel", "tests"], junit)
+    res = parse_junit(junit, marker)
+    res.seconds = time.monotonic() - start
+    return res
+
+
+def _make_log(module: str, kver: str) -> Path:
+    return Path(f"/var/lib/dkms/{module}/{__version__}/{kver}/x86_64/log/make.log")
+
+
+def run_dkms_tier(kernels: list[str]) -> TierResult:
+    """dkms build + install of both modules per kernel; a compiler warning is a failure."""
+    junit = RESULTS_DIR / "dkms.xml"
+    start = time.monotonic()
+    cases: list[tuple[str, str | None]] = []
+    for kver in kernels:
+        try:
+            dkms.build([kver], install=True)
+        except dkms.DkmsError as e:
+            cases.extend((f"{m} {kver}", str(e)) for m in MODULES)
+            continue
+        states = {m: dkms.status(m).get(kver) for m in MODULES}
+        for m in MODULES:
+            failure = None
+            if states[m] != "installed":
+                failure = f"dkms status says {states[m]!r}, not installed"
+            elif _make_log(m, kver).exists():
+                warnings = [
+                    line
+                    for line in _make_log(m, kver).read_text().splitlines()
+                    if "warning:" in line
+                ]
+                if warnings:
+                    failure = "compiler warnings:\n" + "\n".join(warnings[:20])
+            cases.append((f"{m} {kver}", failure))
+    write_junit(junit, "dkms", cases)
+    res = parse_junit(junit, "dkms")
+    res.seconds = time.monotonic() - start
+    return res
+
+
+def run_kernel_tier(kver: str) -> TierResult:
+    """ONE guest boot running every test of tests/kernel; junit comes back over 9p."""
+    junit = RESULTS_DIR / f"kernel-{kver}.xml"
+    junit.unlink(missing_ok=True)
+    script = (
+        "BIFROST_GUEST=1 .venv/bin/pytest -p no:cacheprovider -q -m kernel tests/kernel "
+        f"--junitxml={shlex.quote(str(junit))}"
+    )
+    start = time.monotonic()
+    note = ""
+    try:
+        result = vm.run(kver, script, timeout=KERNEL_TIER_TIMEOUT)
+        note = f"guest rc={result.rc} in {result.seconds:.0f}s"
+    except (vm.GuestFailure, RuntimeError) as e:
+        note = str(e)
+    res = parse_junit(junit, f"kernel {kver}")
+    res.notes.append(note)
+    if "rc=" not in note:  # the guest failed: that is an error even if the junit looks fine
+        res.errors += 1
+    res.seconds = time.monotonic() - start
+    return res
+
+
+def run_upgrade_tier() -> TierResult:
+    junit = RESULTS_DIR / "upgrade.xml"
+    start = time.monotonic()
+    _pytest(["-m", "upgrade", "tests/host/test_dkms_upgrade.py"], junit)
+    res = parse_junit(junit, "dkms upgrade")
+    res.seconds = time.monotonic() - start
+    return res
+
+
+def render_summary(results: list[TierResult]) -> str:
+    lines = [
+        f"{'tier':<32} {'passed':>6} {'failed':>6} {'errors':>6} {'skipped':>7} {'secs':>6}",
+    ]
+    for r in results:
+        lines.append(
+            f"{r.name:<32} {r.passed:>6} {r.failed:>6} {r.errors:>6} {r.skipped:>7} "
+            f"{r.seconds:>6.0f}"
+        )
+        lines.extend(f"    {n}" for n in r.notes if n)
+    return "\n".join(lines)
+
+
+def verdict(results: list[TierResult]) -> list[str]:
+    """Why the run failed; empty when it passed."""
+    out = []
+    for r in results:
+        out.extend(r.problems(skips_fail=r.name.startswith(("kernel", "dkms upgrade"))))
+    return out
+
+
+def run(tiers: tuple[str, ...] = TIERS, kernels: list[str] | None = None) -> int:
+    """Run the chosen tiers; print a summary; return the exit status."""
+    for t in tiers:
+        if t not in TIERS:
+            raise ValueError(f"unknown tier {t!r}: choose from {', '.join(TIERS)}")
+    lines = kernel_lines()
+    kernels = kernels or lines
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in RESULTS_DIR.glob("*.xml"):
+        stale.unlink()
+    results: list[TierResult] = []
+    begin = time.monotonic()
+    if "unit" in tiers:
+        results.append(run_host_tier("unit"))
+    if "bpf" in tiers:
+        results.append(run_host_tier("bpf"))
+    if "kernel" in tiers or "upgrade" in tiers:
+        build_for = sorted(set(kernels) | (set(lines) if "upgrade" in tiers else set()))
+        results.append(run_dkms_tier(build_for))
+    if "kernel" in tiers:
+        results.extend(run_kernel_tier(k) for k in kernels)
+    if "upgrade" in tiers:
+        results.append(run_upgrade_tier())
+    print("\n=== bifrost test summary ===")
+    print(render_summary(results))
+    print(f"total {time.monotonic() - begin:.0f}s; junit files in {RESULTS_DIR}")
+    problems = verdict(results)
+    if problems:
+        print("FAILED:\n  " + "\n  ".join(problems))
+        return 1
+    print("PASSED")
+    return 0
