@@ -1,0 +1,180 @@
+"""Shared helpers of the XDP tests: a loaded program, a test config, expected packets."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from bifrost.codegen import render_module_config
+from bifrost.xdp import build, libbpf, maps, maps_def
+from bifrost.xdp.config import Rule, XdpConfig
+from bifrost.xdp.libbpf import BpfObject, TestRun
+
+POP = "198.51.100.1"
+VIP = "198.51.100.10"
+VIP2 = "198.51.100.11"
+VIP_NO_RULES = "198.51.100.12"
+GS = "10.0.0.2"
+GS_SRCDS = "10.0.0.3"
+GS_TCP = "10.0.0.4"
+GS_NO_RULES = "10.0.0.5"
+CLIENT = "192.0.2.50"
+BLOCKED = "203.0.113.5"
+ALLOWED = "203.0.113.7"  # inside the blocked /24 but allow-listed
+FOU = 5555
+
+# Fixture next hops (ifindex 1 = the loopback BPF_PROG_TEST_RUN runs on: XDP_TX).
+NH_SMAC = bytes.fromhex("020000000001")
+NH_DMAC = bytes.fromhex("020000000002")
+CLIENT_DMAC = bytes.fromhex("020000000003")
+IN_SMAC = "02:00:00:00:00:aa"
+IN_DMAC = "02:00:00:00:00:bb"
+
+A2S_INFO = b"\xff\xff\xff\xffTSource Engine Query\x00"
+
+
+def _ip(a: str) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(a)
+
+
+def _rule(rid: int, name: str, vip: str, ports: tuple[tuple[int, int], ...], gs: str, **kw):
+    base = dict(
+        id=rid,
+        name=name,
+        anycast=_ip(vip),
+        ports=ports,
+        proto="udp",
+        game_server=_ip(gs),
+        fou_port=FOU,
+        cache=False,
+        modules=(),
+        rate_limit_pps=0,
+        rate_limit_burst=0,
+    )
+    base.update(kw)
+    return Rule(**base)
+
+
+def make_config(**overrides) -> XdpConfig:
+    cfg = XdpConfig(
+        modules=("srcds",),
+        interface=None,
+        pop_address=_ip(POP),
+        fou_port=FOU,
+        ipv6="pass",
+        game_servers=(_ip(GS_NO_RULES),),
+        anycast=(_ip(VIP_NO_RULES),),
+        block=(ipaddress.IPv4Network("203.0.113.0/24"),),
+        allow=(ipaddress.IPv4Network(f"{ALLOWED}/32"),),
+        rules=(
+            _rule(1, "game", VIP, ((27015, 27016),), GS, cache=True),
+            _rule(2, "srcds", VIP, ((27020, 27020),), GS_SRCDS, modules=("srcds",)),
+            _rule(3, "limited", VIP2, ((7777, 7777),), GS, rate_limit_pps=1, rate_limit_burst=2),
+            _rule(4, "tcp", VIP2, (), GS_TCP, proto="tcp"),
+        ),
+    )
+    return replace(cfg, **overrides)
+
+
+_compiled: dict[tuple[str, ...], Path] = {}
+
+
+def compile_object(tmp: Path, modules: tuple[str, ...] = ("srcds",)) -> Path:
+    """Compile once per module set per session (clang takes about a second)."""
+    if modules not in _compiled:
+        hdr = tmp / "module_config.h"
+        hdr.write_text(render_module_config(list(modules), "tests"))
+        _compiled[modules] = build.compile_program(hdr, tmp)
+    return _compiled[modules]
+
+
+@dataclass
+class Xdp:
+    obj: BpfObject
+    prog: int
+    ms: maps.MapSet
+
+    def run(self, pkt: bytes, ingress_ifindex: int = 0) -> TestRun:
+        return libbpf.test_run(self.prog, pkt, ingress_ifindex=ingress_ifindex)
+
+    def apply(self, cfg: XdpConfig) -> None:
+        maps.apply(self.ms, cfg)
+
+    def set_nexthop(self, dst: str, smac: bytes, dmac: bytes, ifindex: int = 1) -> None:
+        value = maps_def.BY_NAME["nexthop"].pack(
+            smac=smac, dmac=dmac, ifindex=ifindex, mtu=1500, expires_ns=2**63
+        )
+        self.ms["nexthops"].update(_ip(dst).packed, value)
+
+    def counts(self) -> dict[tuple[int, str], int]:
+        return {k: v.packets for k, v in maps.counters(self.ms).items()}
+
+    def total(self) -> int:
+        return sum(self.counts().values())
+
+
+@contextmanager
+def loaded(tmp: Path, modules: tuple[str, ...] = ("srcds",)) -> Iterator[Xdp]:
+    obj = BpfObject(compile_object(tmp, modules))
+    try:
+        x = Xdp(obj, obj.prog_fd("bifrost_xdp"), maps.MapSet.from_fds(obj.map_fds()))
+        x.apply(make_config(modules=modules))
+        for dst in (GS, GS_SRCDS, GS_TCP):
+            x.set_nexthop(dst, NH_SMAC, NH_DMAC)
+        x.set_nexthop(CLIENT, NH_SMAC, CLIENT_DMAC)
+        yield x
+    finally:
+        obj.close()
+
+
+def need_root() -> str | None:
+    return None if os.geteuid() == 0 else "needs root (BPF)"
+
+
+# The program's flow hash, written out again so the tests check the C side.
+def flow_port(inner: bytes) -> int:
+    ihl = (inner[0] & 0xF) * 4
+    saddr, daddr = (struct.unpack("<I", inner[o : o + 4])[0] for o in (12, 16))
+    ports = struct.unpack("<I", inner[ihl : ihl + 4])[0]
+    h = saddr ^ ((daddr * 0x9E3779B1) & 0xFFFFFFFF) ^ ports ^ inner[9]
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    h ^= h >> 16
+    return 0xC000 | (h & 0x3FFF)
+
+
+def client_frame(inner) -> bytes:
+    return bytes(Ether(src=IN_SMAC, dst=IN_DMAC) / inner)
+
+
+def expected_encap(inner_bytes: bytes, gs: str, smac=NH_SMAC, dmac=NH_DMAC) -> bytes:
+    """What the kernel's fou+ipip accepts: outer IPv4/UDP to the FOU port, UDP csum 0."""
+    inner = IP(inner_bytes)
+    df = inner.flags & 0x2
+    outer = (
+        Ether(src=smac, dst=dmac)
+        / IP(src=POP, dst=gs, id=0, flags=df, ttl=64, tos=inner.tos, proto=17)
+        / UDP(sport=flow_port(inner_bytes), dport=FOU, chksum=0)
+        / inner_bytes
+    )
+    return bytes(outer)
+
+
+def fou_frame(outer_src: str, inner, outer_dst: str = POP, dport: int = FOU) -> bytes:
+    """A FOU packet as the kernel's ipip/fou transmit path emits it (UDP csum 0)."""
+    return bytes(
+        Ether(src=IN_SMAC, dst=IN_DMAC)
+        / IP(src=outer_src, dst=outer_dst, ttl=64, proto=17)
+        / UDP(sport=49999, dport=dport, chksum=0)
+        / bytes(inner)
+    )
