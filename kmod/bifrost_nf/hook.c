@@ -90,7 +90,7 @@ static unsigned int bfnf_hook(void *priv, struct sk_buff *skb, const struct nf_h
 	struct bfnf_net *bn = priv;
 	const struct iphdr *iph = ip_hdr(skb);
 	unsigned int ihl, plen, out = 0;
-	bool has_chal, verified, want_chal;
+	bool has_chal, verified, want_chal, stale = false;
 	const struct bfnf_entry *entry;
 	struct bfnf_service *svc;
 	struct udphdr _uh;
@@ -174,8 +174,9 @@ static unsigned int bfnf_hook(void *priv, struct sk_buff *skb, const struct nf_h
 		bfnf_count_add(bn, BFNF_CNT_UNVERIFIED_BYTES_IN, plen);
 		goto consumed;
 	case BFNF_STALE:
+		/* asked for by challenge requests too: the next answer will be fresh */
 		bfnf_event_raise(bn, svc, qtype, BFNF_EV_STALE);
-		bfnf_count(bn, BFNF_CNT_STALE_ANSWERS);
+		stale = true;
 		break;
 	case BFNF_FRESH:
 		break;
@@ -184,11 +185,15 @@ static unsigned int bfnf_hook(void *priv, struct sk_buff *skb, const struct nf_h
 	verified = has_chal && bfnf_challenge_check(bn, iph->saddr, uh->source, chal, now);
 	if (verified) {
 		out = bfnf_send_entry(bn, iph, uh, entry);
+		if (stale)
+			bfnf_count(bn, BFNF_CNT_STALE_ANSWERS);
 	} else if (qtype == BFNF_QT_INFO &&
 		   (READ_ONCE(svc->flags) & BFNF_SVC_F_NO_CHALLENGE)) {
 		/* the operator's explicit choice for games without challenges */
 		bfnf_count(bn, BFNF_CNT_ANSWERS_NO_CHALLENGE);
 		out = bfnf_send_entry(bn, iph, uh, entry);
+		if (stale)
+			bfnf_count(bn, BFNF_CNT_STALE_ANSWERS);
 		bfnf_count_add(bn, BFNF_CNT_UNVERIFIED_BYTES_IN, plen);
 		bfnf_count_add(bn, BFNF_CNT_UNVERIFIED_BYTES_OUT, out);
 	} else {

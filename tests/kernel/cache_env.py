@@ -29,7 +29,7 @@ GAME_PORT = 27015
 
 
 def load() -> None:
-    subprocess.run(["modprobe", MODULE], check=True)
+    subprocess.run(["modprobe", "-a", "veth", MODULE], check=True)
     for _ in range(100):
         if DEV.exists():
             return
