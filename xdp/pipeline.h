@@ -155,7 +155,7 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 					    const struct bfx_settings *s, __u32 bytes)
 {
 	enum bfx_nh_result res;
-	struct bfx_nexthop *nh, keep_macs = {};
+	struct bfx_nexthop *nh;
 	struct bfx_inner in;
 	__u32 id = rule->id;
 	__u32 bits;
@@ -181,15 +181,13 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
 
 	nh = bfx_nexthop(ctx, s->pop_addr, rule->gs_addr, s, &res);
-	if (res == BFX_NH_NEIGH) {
-		/* The stack forwards it and resolves the neighbour for the next packets. */
-		__builtin_memcpy(keep_macs.dmac, eth->h_dest, ETH_ALEN);
-		__builtin_memcpy(keep_macs.smac, eth->h_source, ETH_ALEN);
-		if (bfx_fou_encap(ctx, &in, &keep_macs, s->pop_addr, rule->gs_addr,
-				  rule->fou_port))
-			return bfx_count(id, BFX_DROP_ENCAP, bytes, XDP_DROP);
-		return bfx_count(id, BFX_PASS_FORWARD_NEIGH, bytes, XDP_PASS);
-	}
+	/*
+	 * The stack cannot take this one over: the outer source is the POP's own
+	 * address, which the stack drops as martian on input. The loader primes
+	 * the game servers' neighbour entries instead (loader.prime_neighbours).
+	 */
+	if (res == BFX_NH_NEIGH)
+		return bfx_count(id, BFX_DROP_NO_NEIGH, bytes, XDP_DROP);
 	if (!nh)
 		return bfx_count(id, BFX_DROP_NO_ROUTE, bytes, XDP_DROP);
 	if (in.tot_len + BFX_FOU_OVERHEAD > nh->mtu)

@@ -148,3 +148,22 @@ def status(iface: str, pin_base: str | Path) -> Status:
         libbpf.xdp_query_id(idx, XDP_FLAGS_SKB_MODE),
         pin_dir_for(pin_base, iface).is_dir(),
     )
+
+
+def prime_neighbours(cfg: XdpConfig) -> int:
+    """Make the kernel resolve each game server's next hop (ARP) for the fast path.
+
+    XDP never makes the kernel resolve a neighbour, and a forward packet cannot
+    be handed to the stack instead (its outer source is our own address), so
+    one datagram to the discard port of every game server does it. Call it from
+    the POP's netns after attach/apply and periodically.
+    """
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for gs in cfg.all_game_servers():
+            try:
+                s.sendto(b"", (str(gs), 9))
+                sent += 1
+            except OSError as e:
+                log.warning("cannot reach game server %s: %s", gs, e)
+    return sent

@@ -1,0 +1,183 @@
+"""The program on real devices in network namespaces on the host.
+
+::
+
+    [client] c0 10.0.1.2 ---- 10.0.1.1 p0 [pop] p1 10.9.1.1 ---- 10.9.1.2 g0 [gs]
+                                  XDP bifrost_xdp on p0 and p1 (native)
+    VIP 198.51.100.10:27015 -> FOU to 10.9.1.2:5555. The host has no fou module, so
+    the game server is a UDP socket on :5555: its payload IS the inner packet, and
+    sending an inner packet to the POP's :5555 is exactly FOU.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from xdp_harness import A2S_INFO, VIP, compile_object, make_config
+
+from bifrost.netns import Namespace, link
+from bifrost.xdp import libbpf, loader, maps, maps_def
+from bifrost.xdp.config import XdpConfig
+from bifrost.xdp.libbpf import XDP_FLAGS_DRV_MODE, BpfObject
+
+pytestmark = pytest.mark.bpf
+
+CLIENT_IP, POP_C_IP, POP_G_IP, GS_IP = "10.0.1.2", "10.0.1.1", "10.9.1.1", "10.9.1.2"
+
+
+def lab_config() -> XdpConfig:
+    cfg = make_config()
+    rule = replace(cfg.rules[0], game_server=ipaddress.IPv4Address(GS_IP))
+    return replace(
+        cfg,
+        pop_address=ipaddress.IPv4Address(POP_G_IP),
+        rules=(rule, *cfg.rules[1:]),
+        block=(),
+        allow=(),
+    )
+
+
+@dataclass
+class Net:
+    client: Namespace
+    pop: Namespace
+    gs: Namespace
+    obj: BpfObject
+    ms: maps.MapSet
+
+    def ifindex(self, ns: Namespace, name: str) -> int:
+        with ns.ipr() as ipr:
+            return ipr.link_lookup(ifname=name)[0]
+
+
+@pytest.fixture
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    obj_path = compile_object(tmp_path_factory.mktemp("netns"))
+    nss = [Namespace("bfx-c"), Namespace("bfx-p"), Namespace("bfx-g")]
+    client, pop, gs = nss
+    obj = None
+    try:
+        link(client, "c0", f"{CLIENT_IP}/24", pop, "p0", f"{POP_C_IP}/24")
+        link(pop, "p1", f"{POP_G_IP}/24", gs, "g0", f"{GS_IP}/24")
+        pop.sysctl("net.ipv4.ip_forward", "1")
+        client.route(f"{VIP}/32", gateway=POP_C_IP)
+        obj = BpfObject(obj_path)
+        ms = maps.MapSet.from_fds(obj.map_fds())
+        maps.apply(ms, lab_config())
+        yield Net(client, pop, gs, obj, ms)
+    finally:
+        if obj:
+            obj.close()
+        for ns in nss:
+            ns.close()
+
+
+def test_fib_lookup_fills_the_next_hop_cache(net: Net) -> None:
+    """On a miss: bpf_fib_lookup; unresolved neighbour -> the stack; then cached MACs."""
+    prog = net.obj.prog_fd("bifrost_xdp")
+    p0, p1 = net.ifindex(net.pop, "p0"), net.ifindex(net.pop, "p1")
+    frame = bytes(
+        Ether(src="02:00:00:00:01:02", dst="02:00:00:00:01:01")
+        / IP(src=CLIENT_IP, dst=VIP)
+        / UDP(sport=40000, dport=27015)
+        / b"hi"
+    )
+    with net.pop.entered():
+        res = libbpf.test_run(prog, frame, ingress_ifindex=p0)
+        assert res.verdict == "DROP", "no neighbour yet"
+        assert net.ms["nexthops"].lookup(ipaddress.IPv4Address(GS_IP).packed) is None
+        net.pop.run(["ip", "neigh", "replace", GS_IP, "lladdr", "02:00:00:00:09:02", "dev", "p1"])
+        res = libbpf.test_run(prog, frame, ingress_ifindex=p0)
+        assert res.verdict == "REDIRECT", "egress p1 != ingress p0"
+        out = Ether(res.data)
+        with net.pop.ipr() as ipr:
+            p1_mac = ipr.get_links(p1)[0].get_attr("IFLA_ADDRESS")
+        assert (out.dst, out.src) == ("02:00:00:00:09:02", p1_mac)
+        nh = net.ms["nexthops"].lookup(ipaddress.IPv4Address(GS_IP).packed)
+        assert nh is not None
+        entry = maps_def.BY_NAME["nexthop"].unpack(nh)
+        assert (entry["ifindex"], entry["mtu"]) == (p1, 1500)
+        # Next hop cached with the route MTU: an encapsulation over 1500 is dropped.
+        big = bytes(Ether() / IP(src=CLIENT_IP, dst=VIP) / UDP(sport=1, dport=27015) / bytes(1450))
+        assert libbpf.test_run(prog, big, ingress_ifindex=p0).verdict == "DROP"
+        counts = maps.counters(net.ms)
+        assert counts[(1, "drop_no_neigh")].packets == 1
+        assert counts[(1, "tx_forward")].packets == 1
+        assert counts[(1, "drop_too_big")].packets == 1
+        # No route at all to the game server: dropped and counted.
+        cfg = lab_config()
+        lost = replace(cfg.rules[0], game_server=ipaddress.IPv4Address("10.77.0.1"))
+        maps.apply(net.ms, replace(cfg, rules=(lost, *cfg.rules[1:])))
+        assert libbpf.test_run(prog, frame, ingress_ifindex=p0).verdict == "DROP"
+        assert maps.counters(net.ms)[(1, "drop_no_route")].packets == 1
+
+
+def _send_until_received(cl: socket.socket, gs: socket.socket, msg: bytes) -> tuple[bytes, str]:
+    """The neighbour may still be resolving right after priming: retry a few times."""
+    gs.settimeout(0.5)
+    for _ in range(6):
+        cl.sendto(msg, (VIP, 27015))
+        try:
+            inner, (src, _) = gs.recvfrom(2048)
+            return inner, src
+        except TimeoutError:
+            continue
+    raise TimeoutError(f"{msg!r} never reached the game server")
+
+
+def test_client_to_gameserver_and_back_native_xdp(net: Net) -> None:
+    """UDP through the POP both ways with native XDP on both POP interfaces."""
+    prog = net.obj.prog_fd("bifrost_xdp")
+    passp = net.obj.prog_fd("bifrost_pass")
+    with net.pop.entered():
+        for dev in ("p0", "p1"):
+            libbpf.xdp_attach(socket.if_nametoindex(dev), prog, XDP_FLAGS_DRV_MODE)
+    # veth delivers XDP_TX/REDIRECT frames only to a peer with NAPI: an XDP program does it.
+    with net.client.entered():
+        libbpf.xdp_attach(socket.if_nametoindex("c0"), passp, XDP_FLAGS_DRV_MODE)
+    with net.gs.entered():
+        libbpf.xdp_attach(socket.if_nametoindex("g0"), passp, XDP_FLAGS_DRV_MODE)
+
+    with net.pop.entered():
+        assert loader.prime_neighbours(lab_config()) >= 1
+    gs_sock = net.gs.socket()
+    gs_sock.bind((GS_IP, 5555))
+    gs_sock.settimeout(3)
+    cl = net.client.socket()
+    cl.bind((CLIENT_IP, 40000))
+    cl.settimeout(3)
+    try:
+        for n in range(3):
+            inner, src = _send_until_received(cl, gs_sock, b"ping%d" % n)
+            assert src == POP_G_IP
+            pkt = IP(inner)
+            assert (pkt.src, pkt.dst, pkt[UDP].dport, bytes(pkt[UDP].payload)) == (
+                CLIENT_IP,
+                VIP,
+                27015,
+                b"ping%d" % n,
+            )
+            answer = IP(src=VIP, dst=CLIENT_IP) / UDP(sport=27015, dport=40000) / (b"pong%d" % n)
+            gs_sock.sendto(bytes(answer), (POP_G_IP, 5555))
+            data, addr = cl.recvfrom(2048)
+            assert (data, addr) == (b"pong%d" % n, (VIP, 27015))
+        # An A2S query to the caching rule is passed up, not forwarded.
+        cl.sendto(A2S_INFO, (VIP, 27015))
+        with pytest.raises(TimeoutError):
+            gs_sock.settimeout(0.5)
+            gs_sock.recvfrom(2048)
+    finally:
+        gs_sock.close()
+        cl.close()
+    counts = maps.counters(net.ms)
+    ret = sum(counts[k].packets for k in counts if k[1] in ("tx_return", "pass_return_neigh"))
+    assert counts[(1, "tx_forward")].packets == 3, counts
+    assert ret == 3, counts
+    assert counts[(1, "tx_return")].packets >= 2, "once the client is resolved XDP transmits"
+    assert counts[(1, "pass_cache")].packets == 1
