@@ -1,0 +1,114 @@
+"""The [xdp] section: typed values, and errors that name the key and the value."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+
+import pytest
+
+from bifrost.config import ConfigError, parse
+from bifrost.xdp import maps, maps_def
+
+pytestmark = pytest.mark.unit
+
+GOOD = """
+[xdp]
+modules = ["srcds"]
+interface = "eth0"
+pop_address = "198.51.100.1"
+fou_port = 5555
+ipv6 = "drop"
+game_servers = ["10.0.0.9"]
+anycast = ["198.51.100.12"]
+block = ["203.0.113.0/24"]
+allow = ["203.0.113.7"]
+rate_limit_pps = 100
+
+[[xdp.rule]]
+name = "cs2"
+anycast = "198.51.100.10"
+ports = ["27015-27017", 27020]
+game_server = "10.0.0.2"
+cache = true
+modules = ["srcds"]
+
+[[xdp.rule]]
+name = "web"
+anycast = "198.51.100.11"
+proto = "tcp"
+game_server = "10.0.0.3"
+fou_port = 6000
+rate_limit_pps = 0
+"""
+
+
+def load(text: str):
+    return parse(tomllib.loads(text)).xdp
+
+
+def test_good_config() -> None:
+    x = load(GOOD)
+    assert x.interface == "eth0" and x.ipv6 == "drop"
+    assert [r.id for r in x.rules] == [1, 2]
+    cs2, web = x.rules
+    assert cs2.port_keys() == [27015, 27016, 27017, 27020]
+    assert web.port_keys() == [0], "no ports: every port"
+    assert cs2.rate_limit_pps == 100 and web.rate_limit_pps == 0
+    assert web.fou_port == 6000 and cs2.fou_port == 5555
+    assert [str(a) for a in x.all_game_servers()] == ["10.0.0.2", "10.0.0.3", "10.0.0.9"]
+    assert ipaddress.IPv4Address("198.51.100.12") in x.all_anycast()
+
+
+def test_desired_map_content() -> None:
+    want = maps.desired(load(GOOD))
+    assert len(want["forward_rules"]) == 5
+    key = maps_def.BY_NAME["rule_key"].pack(addr="198.51.100.10", port=27016, proto=17)
+    rule = maps_def.BY_NAME["rule"].unpack(want["forward_rules"][key])
+    assert rule["id"] == 1 and rule["flags"] == maps_def.RULE_CACHE
+    assert rule["rate_cost_ns"] == 10_000_000 and rule["rate_burst_ns"] == 1_000_000_000
+    bits = maps_def.BY_NAME["rule_modules"].unpack(want["rule_modules"][(1).to_bytes(4, "little")])
+    assert bits["bits"] == maps_def.MODULE_BITS["srcds"]
+    s = maps_def.BY_NAME["settings"].unpack(want["settings"][bytes(4)])
+    assert s["flags"] == maps_def.SET_HAVE_BLOCK | maps_def.SET_HAVE_ALLOW
+    assert s["ipv6_policy"] == maps_def.IPV6_DROP and s["fou_port"] == 5555
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (('ipv6 = "drop"', 'ipv6 = "maybe"'), "xdp.ipv6 = 'maybe'"),
+        (('pop_address = "198.51.100.1"', 'pop_address = "nope"'), "xdp.pop_address = 'nope'"),
+        (('ports = ["27015-27017", 27020]', 'ports = ["27020-27015"]'), "xdp.rule[0].ports[0]"),
+        (('block = ["203.0.113.0/24"]', 'block = ["300.1.1.0/24"]'), "xdp.block[0]"),
+        (('proto = "tcp"', 'proto = "sctp"'), "xdp.rule[1].proto = 'sctp'"),
+        (("cache = true", 'cache = true\ncolour = "red"'), "xdp.rule[0].colour: unknown key"),
+        (('modules = ["srcds"]\ninterface', "modules = []\ninterface"), "not in xdp.modules"),
+        (('name = "web"', 'name = "web"\nports = [27016]\ncache = true'), "UDP rules only"),
+    ],
+)
+def test_errors_name_key_and_value(edit: tuple[str, str], message: str) -> None:
+    text = GOOD.replace(*edit, 1)
+    assert text != GOOD
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(text)
+
+
+def test_overlapping_rules_rejected() -> None:
+    text = (
+        GOOD
+        + '\n[[xdp.rule]]\nanycast = "198.51.100.10"\nports = [27016]\ngame_server = "10.0.0.5"\n'
+    )
+    with pytest.raises(ConfigError, match="already covered by rule 'cs2'"):
+        load(text)
+
+
+def test_rules_need_pop_address() -> None:
+    with pytest.raises(ConfigError, match=r"xdp\.pop_address: required"):
+        load(GOOD.replace('pop_address = "198.51.100.1"\n', ""))
+
+
+def test_minimal_section_still_parses() -> None:
+    x = load('[xdp]\nmodules = ["srcds"]\n')
+    assert x.modules == ("srcds",) and x.rules == ()
