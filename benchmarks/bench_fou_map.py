@@ -1,0 +1,202 @@
+"""fou_map: echo throughput through the tunnel with vs without fou_map, 1,000,000 vs 10
+learned clients, and memory per table entry. Runs in the test guest (TCG): only the ratios
+mean anything; absolute rates are printed for reference.
+
+The client sends via POP 2 while the game server's tunnel defaults to POP 1, so with
+fou_map every reply is rewritten and re-routed to POP 2; without it (module unloaded)
+replies take the unchanged path via POP 1, which also reaches the client.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from bifrost.abi import fou_map as abi
+from bifrost.foumap import testbed as tb
+from bifrost.foumap.control import TableConfig
+
+WHERE = "guest"
+
+ROUNDS = 5
+SECONDS = 2.0
+WINDOW = 16  # requests in flight, so the rate is not bound by one round-trip
+BIG = 1_000_000
+SMALL = 10
+CFG = TableConfig(ports=(tb.FOU_PORT,), max_entries=1 << 20)
+
+ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(data, peer)
+"""
+
+
+def echo_process(t: tb.Topology) -> subprocess.Popen[bytes]:
+    """The echo server as its own process: it must not share our GIL."""
+    p = t.gs.popen([sys.executable, "-c", ECHO, tb.SERVICE_IP, str(tb.GAME_PORT)])
+    time.sleep(1.0)
+    return p
+
+
+def echo_rate(t: tb.Topology, client: int = 0, seconds: float = SECONDS) -> float:
+    """Round trips per second with WINDOW requests in flight."""
+    s = t.client_socket(client, timeout=0.5)
+    dst = (tb.SERVICE_IP, tb.GAME_PORT)
+    payload = b"x" * 64
+    for _ in range(WINDOW):
+        s.sendto(payload, dst)
+    done = 0
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < seconds:
+        try:
+            s.recvfrom(2048)
+            done += 1
+        except TimeoutError:
+            for _ in range(WINDOW):  # refill a window lost to drops
+                s.sendto(payload, dst)
+            continue
+        s.sendto(payload, dst)
+    s.close()
+    time.sleep(0.2)  # let stragglers drain
+    return done / elapsed
+
+
+def configure(t: tb.Topology) -> None:
+    with t.fou_map() as fm:
+        fm.configure(CFG)
+
+
+def fill(t: tb.Topology, n: int) -> float:
+    """n learned-like entries through the chardev; returns seconds taken."""
+    start = time.monotonic()
+    base = int(ipaddress.IPv4Address("100.64.0.0"))
+    pop = ipaddress.IPv4Address(tb.pop_ip(2))
+    with t.fou_map() as fm:
+        rec = abi.Add(pop=pop)
+        for i in range(n):
+            rec.client = ipaddress.IPv4Address(base + i)
+            os.write(fm.fd, rec.pack())
+    return time.monotonic() - start
+
+
+def meminfo() -> dict[str, int]:
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, v = line.split(":")
+            out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def row(name: str, value: float, goal: str, ok: bool | None, ref: str = "") -> str:
+    verdict = "-" if ok is None else ("PASS" if ok else "FAIL")
+    return f"| {name:<40} | {value:>10.3f} | {goal:<8} | {verdict:<4} | {ref}"
+
+
+def main() -> int:
+    tb.load()
+    lines = ["| metric | median | goal | | reference |", "|---|---|---|---|---|"]
+    ok_all = True
+
+    # 1. with vs without fou_map (module loaded + configured vs unloaded)
+    with tb.topology(echo=False) as t:
+        echo = echo_process(t)
+        try:
+            t.use_pop(2)
+            on, off = [], []
+            for _ in range(ROUNDS):
+                if not tb.loaded():
+                    tb.load()
+                configure(t)
+                echo_rate(t, seconds=0.3)  # learn the client, warm up
+                on.append(echo_rate(t))
+                tb.unload()
+                off.append(echo_rate(t))
+            tb.load()
+        finally:
+            echo.kill()
+            echo.wait()
+    ratio = statistics.median(on) / statistics.median(off)
+    ok_all &= ratio >= 0.9
+    lines.append(
+        row(
+            "echo rate, fou_map / none",
+            ratio,
+            ">= 0.9",
+            ratio >= 0.9,
+            f"{statistics.median(on):.0f} vs {statistics.median(off):.0f} round trips/s",
+        )
+    )
+
+    # 2. 1,000,000 vs 10 clients in the table (two game-server netns, one table each)
+    with tb.topology(echo=False) as small, tb.topology(echo=False) as big:
+        echos = [echo_process(small), echo_process(big)]
+        try:
+            for t in (small, big):
+                configure(t)
+                t.use_pop(2)
+            fill(small, SMALL - 1)
+            mem0 = meminfo()
+            fill_s = fill(big, BIG - 1)
+            mem1 = meminfo()
+            with big.fou_map() as fm:
+                st = fm.stats()
+            r_small, r_big = [], []
+            for _ in range(ROUNDS):
+                r_small.append(echo_rate(small))
+                r_big.append(echo_rate(big))
+            with small.fou_map() as fm:
+                n_small = fm.stats().entries
+        finally:
+            for e in echos:
+                e.kill()
+                e.wait()
+    ratio = statistics.median(r_big) / statistics.median(r_small)
+    ok_all &= ratio >= 0.9
+    lines.append(
+        row(
+            f"echo rate, {st.entries} / {n_small} entries",
+            ratio,
+            ">= 0.9",
+            ratio >= 0.9,
+            f"{statistics.median(r_big):.0f} vs {statistics.median(r_small):.0f} round trips/s",
+        )
+    )
+
+    # 3. memory per entry
+    per_entry = st.table_bytes / st.entries
+    ok_all &= per_entry <= 64
+    lines.append(
+        row(
+            "bytes per entry (slab object + buckets)",
+            per_entry,
+            "<= 64",
+            per_entry <= 64,
+            f"object {st.entry_size} B, {st.buckets} buckets for {st.entries} entries",
+        )
+    )
+    grown = (mem1["Slab"] - mem0["Slab"]) + (mem1["VmallocUsed"] - mem0["VmallocUsed"])
+    lines.append(
+        row(
+            "bytes per entry (meminfo Slab+Vmalloc delta)",
+            grown / (BIG - 1),
+            "ref",
+            None,
+            f"filled {BIG - 1} entries via chardev in {fill_s:.1f}s",
+        )
+    )
+    print("\n".join(lines))
+    tb.unload()
+    return 0 if ok_all else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
