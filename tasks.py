@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
@@ -18,6 +17,7 @@ from bifrost import config as cfgmod
 from bifrost import install as installmod
 from bifrost import status as statusmod
 from bifrost.paths import BUILD_DIR, DEFAULT_CONFIG, SOURCE_ROOT
+from bifrost.xdp import build as xdp_build
 
 EXAMPLE_CONFIG = SOURCE_ROOT / "etc" / "bifrost.example.toml"
 
@@ -90,12 +90,12 @@ def build(c: Context, kernel: str | None = None) -> None:
     except dkms.DkmsError as e:
         raise Exit(str(e)) from None
     print(f"build: {', '.join(dkms.MODULES)} built for {', '.join(kernels)}")
-    if importlib.util.find_spec("bifrost.xdp.build") is not None:
-        _require_tools("clang")
-        from bifrost.xdp import build as xdp_build
-
+    _require_tools("clang")
+    try:
         obj = xdp_build.compile_program(BUILD_DIR / "xdp" / "module_config.h", BUILD_DIR / "xdp")
-        print(f"build: XDP program {obj}")
+    except xdp_build.BuildError as e:
+        raise Exit(f"XDP build failed: {e}") from None
+    print(f"build: XDP program {obj}")
 
 
 @task(

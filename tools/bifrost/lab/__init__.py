@@ -85,11 +85,14 @@ def module_info(topo: Topology, name: str, ns_role: str) -> str:
         ns_info = dev.info()
     if ns_info["netns_inum"] == info["netns_inum"]:
         raise RuntimeError(f"/dev/{name} opened in {ns_role} reports the init netns")
-    counters = ", ".join(f"{k}={v}" for k, v in info["counters"].items()) or "none"
+    nonzero = {k: v for k, v in info["counters"].items() if v}
+    counters = f"{len(info['counters'])} counters" + (
+        ": " + ", ".join(f"{k}={v}" for k, v in nonzero.items()) if nonzero else ", all zero"
+    )
     return (
         f"module {info['module_version']} ABI {info['abi_version']}; "
         f"netns {info['netns_inum']} (init) / {ns_info['netns_inum']} ({ns_role}); "
-        f"counters: {counters}"
+        f"{counters}"
     )
 
 
