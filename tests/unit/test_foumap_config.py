@@ -139,3 +139,40 @@ def test_format_table():
     assert lines[1].split() == ["10.0.0.9", "10.2.0.1", "0.0s", "7", "static"]
     assert lines[2].split() == ["10.0.0.10", "10.1.0.1", "1.5s", "7", "learned"]
     assert lines[-1] == "2 entries"
+
+
+EXAMPLE = """
+[fou_map]
+device = "/dev/fou_map"
+ports = [5555]
+idle_timeout = 300
+max_entries = 65536
+miss_policy = "pass"
+state_file = "/var/lib/bifrost/fou_map.snapshot"
+snapshot_interval = 10
+metrics_address = "127.0.0.1"
+metrics_port = 9469
+
+[[fou_map.static]]
+client = "203.0.113.5"
+pop = "192.0.2.1"
+
+[fou_map.endpoint]
+netns = "gs1"
+local = "10.200.0.1"
+gateway = "192.0.2.1"
+addresses = ["198.51.100.10/32"]
+routes = ["0.0.0.0/0"]
+"""
+
+
+def test_example_section_parses_through_the_host_config():
+    import tomllib
+
+    from bifrost import config as cfgmod
+
+    cfg = cfgmod.parse(tomllib.loads(EXAMPLE))
+    fm = cfg.fou_map
+    assert fm.table.max_entries == 65536 and fm.metrics_port == 9469
+    assert fm.endpoint.netns == "gs1" and fm.endpoint.routes == ("0.0.0.0/0",)
+    assert fm.static[0].pop == ipaddress.IPv4Address("192.0.2.1")
