@@ -111,7 +111,7 @@ def start_refserver(t: Topo, control: Path, *extra: str) -> subprocess.Popen[byt
     ]  # fmt: skip
     p = t.server.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t.procs.append(p)
-    for _ in range(200):
+    for _ in range(1200):  # Python starts slowly under TCG on a busy host
         if control.exists():
             return p
         if p.poll() is not None:

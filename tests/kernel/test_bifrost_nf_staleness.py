@@ -67,6 +67,8 @@ def test_no_challenge_option_answers_info_directly():
         dev.set_service(POP_CLIENT_IP, GAME_PORT, no_challenge=True)
         info = a2s.build_info(a2s.Info("open", "cs_office", "csgo", "cs"))
         dev.set_answer(POP_CLIENT_IP, GAME_PORT, "info", [info], ttl_ms=60_000, max_stale_ms=0)
+        players = a2s.build_players([a2s.Player("p")])
+        dev.set_answer(POP_CLIENT_IP, GAME_PORT, "player", [players], ttl_ms=60_000, max_stale_ms=0)
         with t.client_socket() as s:
             s.sendto(a2s.request("info"), SERVICE)
             assert s.recv(4096) == info
