@@ -23,6 +23,19 @@ struct bfx_l4 {
 };
 
 /*
+ * A big-endian u16 that is added to a packet pointer. The 6.1 verifier does
+ * not bound the result of a byte swap (nor an OR, which clang turns byte
+ * loads into), so mask it where clang cannot see and drop the mask.
+ */
+static __always_inline __u32 bfx_load_be16(const __be16 *p)
+{
+	__u64 v = bpf_ntohs(*p);
+
+	asm volatile("%[v] &= 0xffff" : [v] "+r"(v));
+	return v;
+}
+
+/*
  * A sane IPv4 header: version 4, 20..60 bytes, total length covering the
  * header and within the frame (the frame may be longer: Ethernet padding).
  * Returns the header length in bytes, or 0 when malformed.
@@ -36,7 +49,7 @@ static __always_inline __u32 bfx_ipv4_check(struct iphdr *ip, void *data_end)
 	if (ip->version != 4 || ip->ihl < 5)
 		return 0;
 	ihl = ip->ihl * 4;
-	tot = bpf_ntohs(ip->tot_len);
+	tot = bfx_load_be16(&ip->tot_len);
 	if (tot < ihl || (void *)ip + tot > data_end)
 		return 0;
 	return ihl;

@@ -1,0 +1,161 @@
+"""The XDP program against the kernel's own fou + ipip on the game-server side.
+
+::
+
+    [client] c0 10.0.1.2 -- 10.0.1.1 p0 [pop] p1 10.9.1.1 -- 10.9.1.2 g0 [gs]
+                              bifrost_xdp on p0, p1 (native)     ip fou add port 5555 ipproto 4
+                                                                 tun0: ipip remote 10.9.1.1
+                                                                   encap fou encap-dport 5555
+                                                                 lo: 198.51.100.10 (service)
+
+client -> VIP:27015: XDP encapsulates, the kernel's fou/ipip receive path must
+deliver it to the service; the service's reply leaves through tun0 (the
+kernel's ipip/fou transmit path) and XDP must decapsulate it to the client.
+The object is the one built on the host (build/xdp/bifrost_xdp.o).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from bifrost.netns import Namespace, link
+from bifrost.xdp import libbpf, loader, maps
+from bifrost.xdp.build import OBJECT
+from bifrost.xdp.config import Rule, XdpConfig
+from bifrost.xdp.libbpf import XDP_FLAGS_DRV_MODE, BpfObject
+
+pytestmark = pytest.mark.kernel
+
+VIP, PORT = "198.51.100.10", 27015
+CLIENT_IP, POP_C_IP, POP_G_IP, GS_IP = "10.0.1.2", "10.0.1.1", "10.9.1.1", "10.9.1.2"
+FOU = 5555
+
+
+def config() -> XdpConfig:
+    a = ipaddress.IPv4Address
+    rule = Rule(1, "game", a(VIP), ((PORT, PORT),), "udp", a(GS_IP), FOU, False, (), 0, 0)
+    return XdpConfig(modules=("srcds",), pop_address=a(POP_G_IP), fou_port=FOU, rules=(rule,))
+
+
+@dataclass
+class Lab:
+    client: Namespace
+    pop: Namespace
+    gs: Namespace
+    ms: maps.MapSet
+
+    def gs_counter(self, dev: str, key: str) -> int:
+        out = self.gs.run(["cat", f"/sys/class/net/{dev}/statistics/{key}"]).stdout
+        return int(out)
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    if not OBJECT.exists():
+        pytest.fail(f"{OBJECT} missing: build it on the host first (invoke build)")
+    subprocess.run(["modprobe", "-a", "veth", "fou", "ipip"], check=True)
+    nss = [Namespace("bfx-ki-c"), Namespace("bfx-ki-p"), Namespace("bfx-ki-g")]
+    client, pop, gs = nss
+    obj = None
+    try:
+        link(client, "c0", f"{CLIENT_IP}/24", pop, "p0", f"{POP_C_IP}/24")
+        link(pop, "p1", f"{POP_G_IP}/24", gs, "g0", f"{GS_IP}/24")
+        pop.sysctl("net.ipv4.ip_forward", "1")
+        client.route(f"{VIP}/32", gateway=POP_C_IP)
+        for argv in (
+            ["ip", "fou", "add", "port", str(FOU), "ipproto", "4"],
+            ["ip", "link", "add", "tun0", "type", "ipip", "remote", POP_G_IP, "local", GS_IP,
+             "encap", "fou", "encap-sport", "auto", "encap-dport", str(FOU)],
+            ["ip", "link", "set", "tun0", "up"],
+            ["ip", "addr", "add", f"{VIP}/32", "dev", "lo"],
+            ["ip", "route", "add", "10.0.1.0/24", "dev", "tun0"],
+            ["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"],
+            ["sysctl", "-qw", "net.ipv4.conf.tun0.rp_filter=0"],
+        ):  # fmt: skip
+            gs.run(argv)
+        obj = BpfObject(OBJECT)
+        ms = maps.MapSet.from_fds(obj.map_fds())
+        maps.apply(ms, config())
+        prog, passp = obj.prog_fd("bifrost_xdp"), obj.prog_fd("bifrost_pass")
+        with pop.entered():
+            for dev in ("p0", "p1"):
+                libbpf.xdp_attach(socket.if_nametoindex(dev), prog, XDP_FLAGS_DRV_MODE)
+            loader.prime_neighbours(config())
+        # veth hands XDP_TX/REDIRECT frames only to a peer with NAPI on: XDP on the peers.
+        for ns, dev in ((client, "c0"), (gs, "g0")):
+            with ns.entered():
+                libbpf.xdp_attach(socket.if_nametoindex(dev), passp, XDP_FLAGS_DRV_MODE)
+        yield Lab(client, pop, gs, ms)
+    finally:
+        if obj:
+            obj.close()
+        for ns in nss:
+            ns.close()
+
+
+def _echo_server(sock: socket.socket, stop: threading.Event) -> None:
+    sock.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            data, addr = sock.recvfrom(2048)
+        except TimeoutError:
+            continue
+        sock.sendto(b"echo:" + data, addr)
+
+
+def test_kernel_fou_accepts_encap_and_xdp_decaps_kernel_fou(lab: Lab) -> None:
+    srv = lab.gs.socket()
+    srv.bind((VIP, PORT))
+    stop = threading.Event()
+    t = threading.Thread(target=_echo_server, args=(srv, stop), daemon=True)
+    t.start()
+    cl = lab.client.socket()
+    cl.bind((CLIENT_IP, 40000))
+    cl.settimeout(1)
+    got = []
+    try:
+        for n in range(10):
+            msg = b"ping%d" % n
+            for _ in range(5):  # the very first may meet an unresolved neighbour
+                cl.sendto(msg, (VIP, PORT))
+                try:
+                    data, addr = cl.recvfrom(2048)
+                except TimeoutError:
+                    continue
+                got.append((data, addr))
+                break
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
+        cl.close()
+    assert got == [(b"echo:ping%d" % n, (VIP, PORT)) for n in range(10)]
+    counts = maps.counters(lab.ms)
+    assert counts[(1, "tx_forward")].packets >= 10
+    ret = sum(counts[k].packets for k in counts if k[1] in ("tx_return", "pass_return_neigh"))
+    assert ret >= 10 and counts[(1, "tx_return")].packets >= 9
+    # It really went through the kernel's ipip device both ways.
+    assert lab.gs_counter("tun0", "rx_packets") >= 10
+    assert lab.gs_counter("tun0", "tx_packets") >= 10
+
+
+def test_unknown_source_fou_is_not_relayed(lab: Lab) -> None:
+    """A FOU packet whose inner source is not a service of the sender: dropped by XDP."""
+    relay = lab.gs.socket()
+    inner = bytes.fromhex("4500001c0001000040110000080808080a00010200359c4000080000")
+    relay.sendto(inner, (POP_G_IP, FOU))
+    relay.close()
+    import time
+
+    for _ in range(20):
+        if maps.counters(lab.ms).get((0, "drop_relay")):
+            break
+        time.sleep(0.1)
+    assert maps.counters(lab.ms)[(0, "drop_relay")].packets == 1
