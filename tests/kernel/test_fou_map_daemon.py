@@ -14,6 +14,8 @@ from pathlib import Path
 import foumap_topology as topo
 import pytest
 
+from bifrost.foumap.control import TableConfig
+
 pytestmark = pytest.mark.kernel
 
 METRICS_PORT = 9469
@@ -58,7 +60,7 @@ pop = "{topo.pop_ip(2)}"
         self.notify_path.unlink(missing_ok=True)
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(self.notify_path))
-        notify.settimeout(30)
+        notify.settimeout(180)  # imports over 9p under TCG are slow
         argv = [
             "env",
             f"NOTIFY_SOCKET={self.notify_path}",
@@ -88,14 +90,24 @@ pop = "{topo.pop_ip(2)}"
             self.kill(signal.SIGTERM)
 
 
-@pytest.fixture
-def setup(tmp_path):
+@pytest.fixture(scope="module")
+def shared():
     with topo.topology() as t:
-        d = Foumapd(t, tmp_path)
-        try:
-            yield t, d
-        finally:
-            d.stop()
+        yield t
+
+
+@pytest.fixture
+def setup(shared, tmp_path):
+    """The shared testbed with an empty, unconfigured table and a fresh daemon."""
+    with shared.fou_map() as fm:
+        fm.configure(TableConfig())
+        fm.flush(static=True)
+    shared.use_pop(1)
+    d = Foumapd(shared, tmp_path)
+    try:
+        yield shared, d
+    finally:
+        d.stop()
 
 
 def learn_two(t: topo.Topology) -> dict[str, str]:

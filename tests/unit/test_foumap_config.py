@@ -126,6 +126,7 @@ def test_sd_notify(tmp_path, monkeypatch):
         monkeypatch.setenv("NOTIFY_SOCKET", str(path))
         assert daemon.sd_notify("READY=1")
         assert s.recv(100) == b"READY=1"
+    assert not daemon.sd_notify("STOPPING=1"), "the manager's socket is gone: no crash"
     monkeypatch.delenv("NOTIFY_SOCKET")
     assert not daemon.sd_notify("READY=1")
 

@@ -39,9 +39,14 @@ def sd_notify(state: str) -> bool:
     if not path:
         return False
     addr = "\0" + path[1:] if path.startswith("@") else path
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        s.connect(addr)
-        s.sendall(state.encode())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+    except OSError as e:
+        # The manager went away: nothing to tell, and no reason to die for it.
+        log.warning("sd_notify %s: %s", state, e)
+        return False
     return True
 
 
