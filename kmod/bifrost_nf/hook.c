@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * The data path: a LOCAL_IN hook per netns (registered with the netns's first
- * service). UDP to a configured service carrying A2S_INFO / A2S_PLAYER /
+ * The data path: a PRE_ROUTING hook per netns (registered with the netns's
+ * first service), so a service address may be local to the POP or one it only
+ * forwards (the anycast address of game servers behind it). UDP to a configured service carrying A2S_INFO / A2S_PLAYER /
  * A2S_RULES is answered here and consumed; anything else is left untouched.
  *
  * Amplification rule: a source that has not echoed a valid challenge only
@@ -223,9 +224,12 @@ int bfnf_hook_register(struct bfnf_net *bn)
 	bn->ops.hook = bfnf_hook;
 	bn->ops.priv = bn;
 	bn->ops.pf = NFPROTO_IPV4;
-	bn->ops.hooknum = NF_INET_LOCAL_IN;
-	/* after the filter table, so an operator's input rules still apply */
-	bn->ops.priority = NF_IP_PRI_FILTER + 10;
+	bn->ops.hooknum = NF_INET_PRE_ROUTING;
+	/*
+	 * After the raw table (an operator's early drops still apply), before
+	 * conntrack: a query flood must not fill the conntrack table.
+	 */
+	bn->ops.priority = NF_IP_PRI_RAW + 10;
 	err = nf_register_net_hook(bn->net, &bn->ops);
 	if (err)
 		return err;

@@ -26,8 +26,13 @@ int bfnf_send(struct net *net, __be32 saddr, __be16 sport, __be32 daddr, __be16 
 	__wsum csum;
 	int err;
 
-	rt = ip_route_output_ports(net, &fl4, NULL, daddr, saddr, dport, sport, IPPROTO_UDP,
-				   0, 0);
+	/*
+	 * ANYSRC: the service address need not be local (an anycast address
+	 * the POP only forwards), like a transparent proxy's replies.
+	 */
+	flowi4_init_output(&fl4, 0, 0, 0, RT_SCOPE_UNIVERSE, IPPROTO_UDP, FLOWI_FLAG_ANYSRC,
+			   daddr, saddr, dport, sport, sock_net_uid(net, NULL));
+	rt = ip_route_output_key(net, &fl4);
 	if (IS_ERR(rt))
 		return PTR_ERR(rt);
 	hh_len = LL_RESERVED_SPACE(rt->dst.dev);
