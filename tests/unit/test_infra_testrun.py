@@ -100,3 +100,18 @@ def test_bench_discover_sorts_and_classifies(tmp_path: Path) -> None:
         ("bench_a.py", "guest"),
         ("bench_z.py", "host"),
     ]
+
+
+def test_bench_runs_host_benchmarks_and_reports_failures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "bench_ok.py").write_text(
+        '"""ok"""\nWHERE = "host"\nprint("| path | ratio |")\nprint("| a | 1.00 |")\n'
+    )
+    assert bench.run("unused-kernel", bench_dir=tmp_path) == 0
+    (tmp_path / "bench_broken.py").write_text('WHERE = "host"\nraise SystemExit(3)\n')
+    assert bench.run("unused-kernel", bench_dir=tmp_path) == 1
+    out = capsys.readouterr().out
+    assert "=== bench_ok.py (host) ===" in out
+    assert "FAILED bench_broken.py (rc 3)" in out
+    assert bench.run("unused-kernel", only="nothing-matches", bench_dir=tmp_path) == 1

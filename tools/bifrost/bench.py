@@ -46,14 +46,15 @@ def discover(bench_dir: Path = BENCH_DIR) -> list[Bench]:
 
 
 def _rel(path: Path) -> str:
-    return str(path.relative_to(SOURCE_ROOT))
+    """Relative to the source root (the guest's cwd) when inside it."""
+    return str(path.relative_to(SOURCE_ROOT)) if path.is_relative_to(SOURCE_ROOT) else str(path)
 
 
-def run(kernel: str, only: str | None = None) -> int:
+def run(kernel: str, only: str | None = None, bench_dir: Path = BENCH_DIR) -> int:
     """Run the benchmarks (those whose name contains `only`); return non-zero on failure."""
-    benches = [b for b in discover() if only is None or only in b.path.name]
+    benches = [b for b in discover(bench_dir) if only is None or only in b.path.name]
     if not benches:
-        print(f"no benchmarks in {BENCH_DIR}" + (f" matching {only!r}" if only else ""))
+        print(f"no benchmarks in {bench_dir}" + (f" matching {only!r}" if only else ""))
         return 1
     failed: list[str] = []
     for b in (b for b in benches if b.where == "host"):
