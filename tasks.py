@@ -203,7 +203,7 @@ def test(c: Context, kernel: str | None = None, tier: str | None = None) -> None
         _require_root("test")
     if {"kernel", "upgrade"} & set(tiers):
         _require_tools("dkms", "qemu-system-x86_64")
-        for k in kernel_lines() if "upgrade" in tiers else [kernel or k for k in kernel_lines()]:
+        for k in kernel_lines() if "upgrade" in tiers or not kernel else [kernel]:
             _require_kernel(k, boot=True)
     if "upgrade" in tiers and kernel and not tier:
         tiers = tuple(t for t in tiers if t != "upgrade")  # the upgrade needs both lines
