@@ -182,7 +182,8 @@ def run_kernel_tier(kver: str) -> TierResult:
     junit = RESULTS_DIR / f"kernel-{kver}.xml"
     junit.unlink(missing_ok=True)
     script = (
-        "BIFROST_GUEST=1 .venv/bin/pytest -p no:cacheprovider -v --tb=short --color=no -m kernel tests/kernel "
+        "BIFROST_GUEST=1 .venv/bin/pytest -p no:cacheprovider -v --tb=short --color=no "
+        "-m kernel tests/kernel "
         f"--junitxml={shlex.quote(str(junit))}"
     )
     start = time.monotonic()
