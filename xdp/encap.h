@@ -36,59 +36,94 @@ enum bfx_nh_result {
 	BFX_NH_NO_ROUTE,
 };
 
+static __always_inline void bfx_fib_init(struct bpf_fib_lookup *fib, struct xdp_md *ctx,
+					 __be32 src, __be32 dst)
+{
+	fib->family = AF_INET;
+	fib->l4_protocol = IPPROTO_UDP;
+	fib->ipv4_src = src;
+	fib->ipv4_dst = dst;
+	fib->ifindex = ctx->ingress_ifindex;
+}
+
 /*
- * Resolve dst through the cache, falling back to bpf_fib_lookup. On a miss it
- * looks up twice: once for the MACs (tot_len 0 skips the MTU check) and once
- * with an oversized length to learn the route MTU (mtu_result).
+ * bpf_fib_lookup into *nh. It looks up twice: once for the MACs (tot_len 0
+ * skips the MTU check) and once with an oversized length to learn the route
+ * MTU (mtu_result). Only on a cache miss or expiry.
  */
+static __always_inline enum bfx_nh_result
+bfx_fib_resolve(struct xdp_md *ctx, __be32 src, __be32 dst, __u64 expires,
+		struct bfx_nexthop *nh)
+{
+	struct bpf_fib_lookup fib = {};
+	long rc;
+
+	bfx_fib_init(&fib, ctx, src, dst);
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return BFX_NH_NEIGH;
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return BFX_NH_NO_ROUTE;
+	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
+	__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
+	nh->ifindex = fib.ifindex;
+	nh->mtu = 0xffff;
+	nh->dst = dst;
+
+	__builtin_memset(&fib, 0, sizeof(fib));
+	bfx_fib_init(&fib, ctx, src, dst);
+	fib.tot_len = 0xffff;
+	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		nh->mtu = fib.mtu_result;
+	nh->expires_ns = expires;
+	return BFX_NH_OK;
+}
+
+/* Next hop towards a client (return path): LRU hash by destination. */
 static __always_inline struct bfx_nexthop *
 bfx_nexthop(struct xdp_md *ctx, __be32 src, __be32 dst, const struct bfx_settings *s,
 	    enum bfx_nh_result *res)
 {
 	struct bfx_nexthop *nh = bpf_map_lookup_elem(&nexthops, &dst);
-	struct bpf_fib_lookup fib = {};
 	struct bfx_nexthop fresh = {};
 	__u64 now = bpf_ktime_get_coarse_ns();
-	long rc;
 
 	if (nh && now < nh->expires_ns) {
 		*res = BFX_NH_OK;
 		return nh;
 	}
-	fib.family = AF_INET;
-	fib.l4_protocol = IPPROTO_UDP;
-	fib.ipv4_src = src;
-	fib.ipv4_dst = dst;
-	fib.ifindex = ctx->ingress_ifindex;
-	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		*res = BFX_NH_NEIGH;
+	*res = bfx_fib_resolve(ctx, src, dst, now + s->nexthop_ttl_ns, &fresh);
+	if (*res != BFX_NH_OK)
 		return NULL;
-	}
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+	bpf_map_update_elem(&nexthops, &dst, &fresh, BPF_ANY);
+	nh = bpf_map_lookup_elem(&nexthops, &dst);
+	if (!nh)
+		*res = BFX_NH_NO_ROUTE;
+	return nh;
+}
+
+/*
+ * Next hop towards a game server (forward path): its array slot, refreshed in
+ * place. Two CPUs refreshing one slot write the same values; a reader racing
+ * a refresh can at worst use the previous MACs for a packet.
+ */
+static __always_inline struct bfx_nexthop *
+bfx_gs_nexthop(struct xdp_md *ctx, __u32 slot, __be32 src, __be32 dst,
+	       const struct bfx_settings *s, enum bfx_nh_result *res)
+{
+	struct bfx_nexthop *nh = bpf_map_lookup_elem(&gs_nexthops, &slot);
+	__u64 now = bpf_ktime_get_coarse_ns();
+
+	if (!nh) {
 		*res = BFX_NH_NO_ROUTE;
 		return NULL;
 	}
-	__builtin_memcpy(fresh.smac, fib.smac, ETH_ALEN);
-	__builtin_memcpy(fresh.dmac, fib.dmac, ETH_ALEN);
-	fresh.ifindex = fib.ifindex;
-	fresh.mtu = 0xffff;
-	fresh.expires_ns = now + s->nexthop_ttl_ns;
-
-	__builtin_memset(&fib, 0, sizeof(fib));
-	fib.family = AF_INET;
-	fib.l4_protocol = IPPROTO_UDP;
-	fib.ipv4_src = src;
-	fib.ipv4_dst = dst;
-	fib.ifindex = ctx->ingress_ifindex;
-	fib.tot_len = 0xffff;
-	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) == BPF_FIB_LKUP_RET_FRAG_NEEDED)
-		fresh.mtu = fib.mtu_result;
-
-	bpf_map_update_elem(&nexthops, &dst, &fresh, BPF_ANY);
-	nh = bpf_map_lookup_elem(&nexthops, &dst);
-	*res = nh ? BFX_NH_OK : BFX_NH_NO_ROUTE;
-	return nh;
+	if (nh->dst == dst && now < nh->expires_ns) {
+		*res = BFX_NH_OK;
+		return nh;
+	}
+	*res = bfx_fib_resolve(ctx, src, dst, now + s->nexthop_ttl_ns, nh);
+	return *res == BFX_NH_OK ? nh : NULL;
 }
 
 /* Spread flows over the game server's RX queues: murmur3's finalizer over the 5-tuple. */

@@ -89,6 +89,19 @@ struct {
 	__type(value, struct bfx_nexthop);
 } nexthops SEC(".maps");
 
+/*
+ * The forward path's next hops, one slot per game server (rule->gs_slot): an
+ * array lookup is inlined by the verifier, a hash lookup is not, and this is
+ * the hottest path. Entries carry their destination, so a slot the loader
+ * reassigned is simply looked up again.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BFX_MAX_GAMESERVERS);
+	__type(key, __u32);
+	__type(value, struct bfx_nexthop);
+} gs_nexthops SEC(".maps");
+
 /* Per-CPU packets/bytes, index rule_id * BFX_NR_REASONS + reason (rule 0: none). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

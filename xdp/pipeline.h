@@ -180,7 +180,7 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 	if (in.tot_len > 0xffff - BFX_FOU_OVERHEAD)
 		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
 
-	nh = bfx_nexthop(ctx, s->pop_addr, rule->gs_addr, s, &res);
+	nh = bfx_gs_nexthop(ctx, rule->gs_slot, s->pop_addr, rule->gs_addr, s, &res);
 	/*
 	 * The stack cannot take this one over: the outer source is the POP's own
 	 * address, which the stack drops as martian on input. The loader primes

@@ -91,7 +91,6 @@ def test_fib_lookup_fills_the_next_hop_cache(net: Net) -> None:
     with net.pop.entered():
         res = libbpf.test_run(prog, frame, ingress_ifindex=p0)
         assert res.verdict == "DROP", "no neighbour yet"
-        assert net.ms["nexthops"].lookup(ipaddress.IPv4Address(GS_IP).packed) is None
         net.pop.run(["ip", "neigh", "replace", GS_IP, "lladdr", "02:00:00:00:09:02", "dev", "p1"])
         res = libbpf.test_run(prog, frame, ingress_ifindex=p0)
         assert res.verdict == "REDIRECT", "egress p1 != ingress p0"
@@ -99,10 +98,12 @@ def test_fib_lookup_fills_the_next_hop_cache(net: Net) -> None:
         with net.pop.ipr() as ipr:
             p1_mac = ipr.get_links(p1)[0].get_attr("IFLA_ADDRESS")
         assert (out.dst, out.src) == ("02:00:00:00:09:02", p1_mac)
-        nh = net.ms["nexthops"].lookup(ipaddress.IPv4Address(GS_IP).packed)
+        slot = [str(g) for g in lab_config().all_game_servers()].index(GS_IP)
+        nh = net.ms["gs_nexthops"].lookup(slot.to_bytes(4, "little"))
         assert nh is not None
         entry = maps_def.BY_NAME["nexthop"].unpack(nh)
         assert (entry["ifindex"], entry["mtu"]) == (p1, 1500)
+        assert entry["dst"] == ipaddress.IPv4Address(GS_IP).packed
         # Next hop cached with the route MTU: an encapsulation over 1500 is dropped.
         big = bytes(Ether() / IP(src=CLIENT_IP, dst=VIP) / UDP(sport=1, dport=27015) / bytes(1450))
         assert libbpf.test_run(prog, big, ingress_ifindex=p0).verdict == "DROP"

@@ -360,8 +360,9 @@ def test_module_not_compiled_in(tmp_path_factory: pytest.TempPathFactory) -> Non
 def test_nexthop_expiry_falls_back_to_fib(xdp: Xdp) -> None:
     """An expired next hop is looked up again; no route in this netns -> drop, counted."""
     st = maps_def.BY_NAME["nexthop"]
-    xdp.ms["nexthops"].update(
-        bytes([10, 0, 0, 2]), st.pack(smac=NH_SMAC, dmac=NH_SMAC, ifindex=1, mtu=1500)
+    slot0 = bytes(4)  # GS is the lowest game-server address: slot 0
+    xdp.ms["gs_nexthops"].update(
+        slot0, st.pack(smac=NH_SMAC, dmac=NH_SMAC, ifindex=1, mtu=1500, dst=GS)
     )
     frame = client_frame(udp_in())
     res = xdp.run(frame)

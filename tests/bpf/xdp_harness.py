@@ -109,10 +109,15 @@ class Xdp:
         maps.apply(self.ms, cfg)
 
     def set_nexthop(self, dst: str, smac: bytes, dmac: bytes, ifindex: int = 1) -> None:
+        """A next hop that never expires: game servers by slot, clients by address."""
         value = maps_def.BY_NAME["nexthop"].pack(
-            smac=smac, dmac=dmac, ifindex=ifindex, mtu=1500, expires_ns=2**63
+            smac=smac, dmac=dmac, ifindex=ifindex, mtu=1500, dst=dst, expires_ns=2**63
         )
-        self.ms["nexthops"].update(_ip(dst).packed, value)
+        slots = [str(g) for g in make_config().all_game_servers()]
+        if dst in slots:
+            self.ms["gs_nexthops"].update(struct.pack("=I", slots.index(dst)), value)
+        else:
+            self.ms["nexthops"].update(_ip(dst).packed, value)
 
     def counts(self) -> dict[tuple[int, str], int]:
         return {k: v.packets for k, v in maps.counters(self.ms).items()}

@@ -49,7 +49,7 @@ def test_c_layout_matches_python(tmp_path: Path) -> None:
 def test_pack_unpack_roundtrip() -> None:
     st = maps_def.BY_NAME["rule"]
     data = st.pack(id=3, gs_addr="10.0.0.2", fou_port=5555, flags=1, rate_burst_ns=7)
-    assert len(data) == st.size == 24
+    assert len(data) == st.size == 32
     assert data[4:8] == bytes([10, 0, 0, 2]), "ipv4 fields are network order"
     back = st.unpack(data)
     assert (back["id"], back["fou_port"], back["rate_burst_ns"]) == (3, 5555, 7)

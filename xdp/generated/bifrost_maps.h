@@ -66,6 +66,8 @@ struct bfx_rule {
 	__u16 fou_port;	/* FOU port on the game-server machine */
 	__u16 flags;	/* RULE_* */
 	__u32 rate_cost_ns;	/* credit one packet costs (1e9/pps); 0 = no limit */
+	__u32 gs_slot;	/* index of the game server's next hop in gs_nexthops */
+	__u32 reserved;
 	__u64 rate_burst_ns;	/* bucket size: burst * rate_cost_ns */
 };
 
@@ -102,13 +104,13 @@ struct bfx_rate_state {
 	__u64 credit_ns;
 };
 
-/* nexthops value (key: __be32 destination): filled by bpf_fib_lookup on a miss */
+/* nexthops / gs_nexthops value: filled by bpf_fib_lookup on a miss or expiry */
 struct bfx_nexthop {
 	__u8 smac[6];
 	__u8 dmac[6];
 	__u32 ifindex;
 	__u32 mtu;	/* egress MTU: larger encapsulated packets are dropped */
-	__u32 reserved;
+	__be32 dst;	/* the destination this entry is for */
 	__u64 expires_ns;	/* bpf_ktime_get_coarse_ns() after which to look up again */
 };
 

@@ -167,3 +167,14 @@ def prime_neighbours(cfg: XdpConfig) -> int:
             except OSError as e:
                 log.warning("cannot reach game server %s: %s", gs, e)
     return sent
+
+
+def attach_also(iface: str, first_iface: str, pin_base: str | Path, mode: str = "auto") -> str:
+    """Attach the program already attached on first_iface (same maps) to one more interface.
+
+    A POP with separate client- and game-server-facing interfaces needs one
+    program with one set of maps on both, so SRCDS validation learned on the
+    return path applies on the forward path. `detach(iface, ...)` undoes it.
+    """
+    prog = libbpf.get_pinned(str(pin_dir_for(pin_base, first_iface) / PROG_PIN))
+    return _attach_fd(ifindex(iface), prog, mode, iface)

@@ -24,6 +24,7 @@ MAP_SPECS: dict[str, tuple[int, int, bool]] = {
     "allowlist": (S["lpm_key"].size, 4, False),
     "rate_limit": (S["rate_key"].size, S["rate_state"].size, False),
     "nexthops": (4, S["nexthop"].size, False),
+    "gs_nexthops": (4, S["nexthop"].size, False),
     "srcds_clients": (S["srcds_key"].size, S["srcds_state"].size, False),
     "counters": (4, S["counter"].size, True),
 }
@@ -87,6 +88,7 @@ def rate_params(pps: int, burst: int) -> tuple[int, int]:
 def desired(cfg: XdpConfig) -> dict[str, dict[bytes, bytes]]:
     """Every config-owned map's wanted content."""
     out: dict[str, dict[bytes, bytes]] = {name: {} for name in CONFIG_MAPS}
+    slots = {g: i for i, g in enumerate(cfg.all_game_servers())}
     for r in cfg.rules:
         cost, burst = rate_params(r.rate_limit_pps, r.rate_limit_burst)
         value = S["rule"].pack(
@@ -95,6 +97,7 @@ def desired(cfg: XdpConfig) -> dict[str, dict[bytes, bytes]]:
             fou_port=r.fou_port,
             flags=maps_def.RULE_CACHE if r.cache else 0,
             rate_cost_ns=cost,
+            gs_slot=slots[r.game_server],
             rate_burst_ns=burst,
         )
         for port in r.port_keys():
