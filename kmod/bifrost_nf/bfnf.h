@@ -94,7 +94,6 @@ struct bfnf_net {
 	struct bfnf_rl_slot *rl;
 	struct bfnf_counters __percpu *cnt;
 	wait_queue_head_t event_wq;
-	atomic_t n_events;
 };
 
 extern unsigned int bfnf_net_id;
@@ -128,6 +127,7 @@ void bfnf_entries_flush(struct bfnf_net *bn);
 void bfnf_services_free_all(struct bfnf_net *bn);
 void bfnf_event_raise(struct bfnf_net *bn, struct bfnf_service *svc, u8 qtype, u8 reason);
 size_t bfnf_events_take(struct bfnf_net *bn, struct bfnf_event *out, size_t max);
+bool bfnf_events_pending(struct bfnf_net *bn);
 
 /* challenge.c */
 int bfnf_secret_init(struct bfnf_net *bn);

@@ -101,15 +101,6 @@ static void bfnf_service_free_rcu(struct rcu_head *head)
 	bfnf_service_free(container_of(head, struct bfnf_service, rcu));
 }
 
-static void bfnf_service_drop_events(struct bfnf_net *bn, struct bfnf_service *svc)
-{
-	int bit;
-
-	for (bit = 0; bit < 2 * BFNF_N_QTYPES; bit++)
-		if (test_and_clear_bit(bit, &svc->events))
-			atomic_dec(&bn->n_events);
-}
-
 int bfnf_service_del(struct bfnf_net *bn, __be32 addr, __be16 port)
 {
 	struct bfnf_service *svc;
@@ -121,7 +112,6 @@ int bfnf_service_del(struct bfnf_net *bn, __be32 addr, __be16 port)
 		if (svc && svc->addr == addr && svc->port == port) {
 			RCU_INIT_POINTER(bn->svc[i], NULL);
 			bfnf_bloom_update(bn);
-			bfnf_service_drop_events(bn, svc);
 			call_rcu(&svc->rcu, bfnf_service_free_rcu);
 			return 0;
 		}
@@ -208,9 +198,27 @@ void bfnf_event_raise(struct bfnf_net *bn, struct bfnf_service *svc, u8 qtype, u
 
 	if (test_bit(bit, &svc->events) || test_and_set_bit(bit, &svc->events))
 		return;
-	atomic_inc(&bn->n_events);
 	bfnf_count(bn, BFNF_CNT_EVENTS_RAISED);
 	wake_up_interruptible(&bn->event_wq);
+}
+
+/*
+ * For poll(): scanning the table (not a counter) means a service deleted
+ * while the hook flagged it can never leave a phantom event behind.
+ */
+bool bfnf_events_pending(struct bfnf_net *bn)
+{
+	struct bfnf_service *svc;
+	bool pending = false;
+	int i;
+
+	rcu_read_lock();
+	for (i = 0; i < BFNF_MAX_SERVICES && !pending; i++) {
+		svc = rcu_dereference(bn->svc[i]);
+		pending = svc && READ_ONCE(svc->events);
+	}
+	rcu_read_unlock();
+	return pending;
 }
 
 /* Take up to max pending events (caller holds bn->lock). */
@@ -228,7 +236,6 @@ size_t bfnf_events_take(struct bfnf_net *bn, struct bfnf_event *out, size_t max)
 		for (bit = 0; bit < 2 * BFNF_N_QTYPES && n < max; bit++) {
 			if (!test_and_clear_bit(bit, &svc->events))
 				continue;
-			atomic_dec(&bn->n_events);
 			memset(&out[n], 0, sizeof(out[n]));
 			out[n].hdr.magic = BFNF_MAGIC;
 			out[n].hdr.version = BFNF_ABI_VERSION;

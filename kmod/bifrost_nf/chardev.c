@@ -377,7 +377,7 @@ static ssize_t bfnf_read(struct file *file, char __user *ubuf, size_t count, lof
 
 	n = min_t(size_t, count / sizeof(*ev), BFNF_EVENTS_PER_READ);
 	if (!n)
-		return atomic_read(&f->bn->n_events) ? -EINVAL : 0;
+		return bfnf_events_pending(f->bn) ? -EINVAL : 0;
 	ev = kcalloc(n, sizeof(*ev), GFP_KERNEL);
 	if (!ev)
 		return -ENOMEM;
@@ -397,7 +397,7 @@ static __poll_t bfnf_poll(struct file *file, poll_table *wait)
 	__poll_t mask = EPOLLOUT | EPOLLWRNORM;
 
 	poll_wait(file, &f->bn->event_wq, wait);
-	if (READ_ONCE(f->n_replies) || atomic_read(&f->bn->n_events))
+	if (READ_ONCE(f->n_replies) || bfnf_events_pending(f->bn))
 		mask |= EPOLLIN | EPOLLRDNORM;
 	return mask;
 }

@@ -35,7 +35,6 @@ static int __net_init bfnf_net_init(struct net *net)
 	mutex_init(&bn->lock);
 	spin_lock_init(&bn->secret_lock);
 	init_waitqueue_head(&bn->event_wq);
-	atomic_set(&bn->n_events, 0);
 	bn->rate_pps = BFNF_DEFAULT_RATE_PPS;
 	bn->rate_burst = BFNF_DEFAULT_RATE_BURST;
 	bn->rotate_s = BFNF_DEFAULT_ROTATE_S;
