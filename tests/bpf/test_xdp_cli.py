@@ -75,3 +75,34 @@ def libbpf_ifindex(name: str) -> int:
     import socket
 
     return socket.if_nametoindex(name)
+
+
+def test_auto_mode_falls_back_to_generic_with_a_warning(
+    tmp_path_factory: pytest.TempPathFactory, caplog
+) -> None:
+    """A bridge has no native XDP: `auto` attaches generic and says so; detach cleans up."""
+    from xdp_harness import make_config
+
+    from bifrost.xdp import loader
+
+    obj = compile_object(tmp_path_factory.mktemp("generic"))
+    pins = Path(f"/sys/fs/bpf/bfx-test-gen-{os.getpid()}")
+    ns = Namespace("bfx-gen")
+    try:
+        ns.run(["ip", "link", "add", "br0", "type", "bridge"])
+        ns.run(["ip", "link", "set", "br0", "up"])
+        with ns.entered():
+            with caplog.at_level("WARNING"):
+                res = loader.attach(make_config(), "br0", obj=obj, mode="auto", pin_base=pins)
+            assert res.mode == "generic"
+            assert "falling back to generic" in caplog.text
+            st = loader.status("br0", pins)
+            assert st.generic_prog_id and not st.native_prog_id
+            with pytest.raises(libbpf.BpfError):
+                loader.attach_also("br0", "br0", pins, mode="native")
+            loader.detach("br0", pins)
+            assert not loader.status("br0", pins).attached
+            assert not (pins / "br0").exists()
+    finally:
+        ns.close()
+        shutil.rmtree(pins, ignore_errors=True)

@@ -131,7 +131,7 @@ def run(topo: Any) -> str:
         return (
             f"3/3 echoes via XDP encap -> kernel fou -> XDP decap "
             f"(forward {fwd.packets}, return {ret.packets}); A2S_INFO passed up "
-            f"({cache.packets}) and {who}"
+            f"to the POP stack ({cache.packets}) and {who}"
         )
     finally:
         with topo.pop1.entered():
