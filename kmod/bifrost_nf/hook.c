@@ -137,9 +137,10 @@ static unsigned int bfnf_hook(void *priv, struct sk_buff *skb, const struct nf_h
 		    memcmp(p + 5, a2s_info_body, sizeof(a2s_info_body)))
 			goto malformed;
 		qtype = BFNF_QT_INFO;
-		has_chal = plen >= A2S_PEEK;
-		if (has_chal)
+		if (plen >= A2S_PEEK)
 			chal = get_unaligned_le32(p + A2S_INFO_LEN);
+		/* some clients ask for the INFO challenge with FF FF FF FF appended */
+		has_chal = plen >= A2S_PEEK && chal != 0 && chal != U32_MAX;
 		want_chal = false;
 		bfnf_count(bn, BFNF_CNT_INFO_QUERIES);
 		break;
