@@ -90,10 +90,14 @@ def test_raw_info_without_challenge_gets_exactly_9_bytes(lab):
         for ask in (0xFFFFFFFF, 0):
             [r] = raw_query(lab, a2s.request(kind, ask))
             assert len(r) == 9 and r[4] == 0x41
+    # INFO asking for the challenge with FF FF FF FF appended (29 bytes)
+    [r] = raw_query(lab, a2s.request("info", 0xFFFFFFFF))
+    assert len(r) == 9 and r[4] == 0x41
     after = cache_env.pop_counters(lab)
     d_in = after["unverified_bytes_in"] - before["unverified_bytes_in"]
     d_out = after["unverified_bytes_out"] - before["unverified_bytes_out"]
-    assert d_in == 25 + 4 * 9 and d_out == 5 * 9
+    assert d_in == 25 + 29 + 4 * 9 and d_out == 6 * 9
+    assert after["bad_challenge"] == before["bad_challenge"]
     assert after["unverified_bytes_out"] <= after["unverified_bytes_in"]
 
 
