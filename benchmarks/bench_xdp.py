@@ -77,7 +77,7 @@ def main() -> int:
     hdr.write_text(render_module_config(["srcds"], "bench"))
     obj = libbpf.BpfObject(build.compile_bench(hdr, tmp))
     ms = maps.MapSet.from_fds(obj.map_fds())
-    maps.apply(ms, _config())
+    maps.apply(ms, _config(), maps.calibrate_clock(obj.prog_fd("bifrost_clock")))
     # Resolved next hops that never expire (ifindex 1: the loopback test runs use -> XDP_TX).
     nh = maps_def.BY_NAME["nexthop"]
     for m, key, dst in (("gs_nexthops", bytes(4), GS), ("nexthops", _packed(CLIENT), CLIENT)):

@@ -86,7 +86,7 @@ bfx_nexthop(struct xdp_md *ctx, __be32 src, __be32 dst, const struct bfx_setting
 {
 	struct bfx_nexthop *nh = bpf_map_lookup_elem(&nexthops, &dst);
 	struct bfx_nexthop fresh = {};
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = bfx_now(s);
 
 	if (nh && now < nh->expires_ns) {
 		*res = BFX_NH_OK;
@@ -112,7 +112,7 @@ bfx_gs_nexthop(struct xdp_md *ctx, __u32 slot, __be32 src, __be32 dst,
 	       const struct bfx_settings *s, enum bfx_nh_result *res)
 {
 	struct bfx_nexthop *nh = bpf_map_lookup_elem(&gs_nexthops, &slot);
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = bfx_now(s);
 
 	if (!nh) {
 		*res = BFX_NH_NO_ROUTE;

@@ -110,6 +110,18 @@ struct {
 	__type(value, struct bfx_counter);
 } counters SEC(".maps");
 
+/*
+ * The clock of every expiry: jiffies (bpf_jiffies64 is inlined by the verifier
+ * into a load) scaled by the loader's calibration; the ktime helper is a real
+ * call, measurable on the forward path. Both tick at HZ resolution.
+ */
+static __always_inline __u64 bfx_now(const struct bfx_settings *s)
+{
+	if (s->ns_per_jiffy)
+		return bpf_jiffies64() * s->ns_per_jiffy;
+	return bpf_ktime_get_coarse_ns();
+}
+
 static __always_inline int bfx_count(__u32 rule_id, __u32 reason, __u32 bytes, int action)
 {
 	__u32 idx = rule_id * BFX_NR_REASONS + reason;

@@ -56,10 +56,11 @@ static __always_inline int bfx_lpm_match(void *list, __be32 addr)
  * packet path, so nothing overflows. Updates race between CPUs; a client's
  * flow normally stays on one RX queue, and an approximate limit is fine.
  */
-static __always_inline int bfx_rate_ok(__be32 src, const struct bfx_rule *rule)
+static __always_inline int bfx_rate_ok(__be32 src, const struct bfx_rule *rule,
+				       const struct bfx_settings *s)
 {
 	struct bfx_rate_key key = { .src = src, .rule_id = rule->id };
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = bfx_now(s);
 	struct bfx_rate_state *st = bpf_map_lookup_elem(&rate_limit, &key);
 	__u64 credit;
 
@@ -165,7 +166,7 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 		allowed = bfx_lpm_match(&allowlist, ip->saddr);
 	if (!allowed && (s->flags & BFX_SET_HAVE_BLOCK) && bfx_lpm_match(&blocklist, ip->saddr))
 		return bfx_count(id, BFX_DROP_BLOCKED, bytes, XDP_DROP);
-	if (!allowed && rule->rate_cost_ns && !bfx_rate_ok(ip->saddr, rule))
+	if (!allowed && rule->rate_cost_ns && !bfx_rate_ok(ip->saddr, rule, s))
 		return bfx_count(id, BFX_DROP_RATE_LIMIT, bytes, XDP_DROP);
 
 	bits = bfx_rule_module_bits(id);

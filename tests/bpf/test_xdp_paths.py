@@ -379,3 +379,23 @@ def test_mtu_too_big(xdp: Xdp) -> None:
     assert xdp.counts()[(1, "drop_too_big")] == 1
     ok = udp_in(b"m" * (1500 - 28 - 28))
     assert xdp.run(client_frame(ok)).verdict == "TX"
+
+
+def test_clock_calibrated_to_a_kernel_hz(xdp: Xdp) -> None:
+    """Expiry runs on jiffies (inlined) scaled by the loader's calibration."""
+    assert xdp.ns_per_jiffy in {10**9 // hz for hz in (100, 250, 300, 1000)}
+    s = maps_def.BY_NAME["settings"].unpack(xdp.ms["settings"].lookup(bytes(4)) or b"")
+    assert s["ns_per_jiffy"] == xdp.ns_per_jiffy
+
+
+def test_ktime_fallback_when_uncalibrated(xdp: Xdp) -> None:
+    """ns_per_jiffy 0: the same expiries on bpf_ktime_get_coarse_ns()."""
+    xdp.ns_per_jiffy = 0
+    xdp.apply(make_config())
+    frame = client_frame(udp_in(dport=7777, dst=VIP2))
+    assert [xdp.run(frame).verdict for _ in range(3)] == ["TX", "TX", "DROP"]
+    netchan = client_frame(udp_in(b"\x01\x02netchannel", dport=27020))
+    accept = reply(b"\xff\xff\xff\xffB", sport=27020)
+    assert xdp.run(netchan).verdict == "DROP"
+    assert xdp.run(fou_frame(GS_SRCDS, accept)).verdict == "TX"
+    assert xdp.run(netchan).verdict == "TX"

@@ -105,8 +105,10 @@ class Xdp:
     def run(self, pkt: bytes, ingress_ifindex: int = 0) -> TestRun:
         return libbpf.test_run(self.prog, pkt, ingress_ifindex=ingress_ifindex)
 
+    ns_per_jiffy: int = 0
+
     def apply(self, cfg: XdpConfig) -> None:
-        maps.apply(self.ms, cfg)
+        maps.apply(self.ms, cfg, self.ns_per_jiffy)
 
     def set_nexthop(self, dst: str, smac: bytes, dmac: bytes, ifindex: int = 1) -> None:
         """A next hop that never expires: game servers by slot, clients by address."""
@@ -131,6 +133,7 @@ def loaded(tmp: Path, modules: tuple[str, ...] = ("srcds",)) -> Iterator[Xdp]:
     obj = BpfObject(compile_object(tmp, modules))
     try:
         x = Xdp(obj, obj.prog_fd("bifrost_xdp"), maps.MapSet.from_fds(obj.map_fds()))
+        x.ns_per_jiffy = maps.calibrate_clock(obj.prog_fd("bifrost_clock"), 0.05)
         x.apply(make_config(modules=modules))
         for dst in (GS, GS_SRCDS, GS_TCP):
             x.set_nexthop(dst, NH_SMAC, NH_DMAC)

@@ -10,6 +10,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#include "../clock.h"
 #include "../pipeline.h"
 
 #define BENCH_SAVE 64

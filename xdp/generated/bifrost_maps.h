@@ -111,7 +111,7 @@ struct bfx_nexthop {
 	__u32 ifindex;
 	__u32 mtu;	/* egress MTU: larger encapsulated packets are dropped */
 	__be32 dst;	/* the destination this entry is for */
-	__u64 expires_ns;	/* bpf_ktime_get_coarse_ns() after which to look up again */
+	__u64 expires_ns;	/* bfx_now() after which to look up again */
 };
 
 /* srcds_clients key: a client of one service */
@@ -135,6 +135,8 @@ struct bfx_settings {
 	__u8 flags;	/* SET_* */
 	__u64 nexthop_ttl_ns;	/* how long a next-hop entry is trusted */
 	__u64 srcds_ttl_ns;	/* how long a validated SRCDS client stays valid */
+	__u32 ns_per_jiffy;	/* 1e9/HZ, calibrated by the loader; 0: use ktime */
+	__u32 reserved;
 };
 
 /* counters value (per CPU) */

@@ -42,7 +42,7 @@ static __always_inline int bfx_srcds_forward(const struct iphdr *ip, const struc
 	st = bpf_map_lookup_elem(&srcds_clients, &key);
 	if (!st)
 		return 0;
-	now = bpf_ktime_get_coarse_ns();
+	now = bfx_now(s);
 	if (now >= st->expires_ns)
 		return 0;
 	/* Slide the expiry with traffic, but write only once per half TTL. */
@@ -67,7 +67,7 @@ static __always_inline void bfx_srcds_return(const struct bfx_inner *in, const s
 	key.service = in->saddr;
 	key.client_port = bpf_ntohs(l4->dport);
 	key.service_port = bpf_ntohs(l4->sport);
-	st.expires_ns = bpf_ktime_get_coarse_ns() + s->srcds_ttl_ns;
+	st.expires_ns = bfx_now(s) + s->srcds_ttl_ns;
 	bpf_map_update_elem(&srcds_clients, &key, &st, BPF_ANY);
 }
 

@@ -64,7 +64,7 @@ def attach(
         fds = bo.map_fds()
         prog = bo.prog_fd("bifrost_xdp")
         ms = maps.MapSet.from_fds(fds)
-        report = maps.apply(ms, cfg)
+        report = maps.apply(ms, cfg, maps.calibrate_clock(bo.prog_fd("bifrost_clock")))
         pdir.mkdir(parents=True)
         try:
             for name, fd in fds.items():

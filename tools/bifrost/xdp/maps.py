@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,8 +86,8 @@ def rate_params(pps: int, burst: int) -> tuple[int, int]:
     return cost, cost * (burst if burst > 0 else pps)
 
 
-def desired(cfg: XdpConfig) -> dict[str, dict[bytes, bytes]]:
-    """Every config-owned map's wanted content."""
+def desired(cfg: XdpConfig, ns_per_jiffy: int = 0) -> dict[str, dict[bytes, bytes]]:
+    """Every config-owned map's wanted content (ns_per_jiffy: see calibrate_clock)."""
     out: dict[str, dict[bytes, bytes]] = {name: {} for name in CONFIG_MAPS}
     slots = {g: i for i, g in enumerate(cfg.all_game_servers())}
     for r in cfg.rules:
@@ -125,6 +126,7 @@ def desired(cfg: XdpConfig) -> dict[str, dict[bytes, bytes]]:
         flags=flags,
         nexthop_ttl_ns=cfg.nexthop_ttl_ms * 1_000_000,
         srcds_ttl_ns=cfg.srcds_ttl_s * 1_000_000_000,
+        ns_per_jiffy=ns_per_jiffy,
     )
     return out
 
@@ -142,7 +144,7 @@ class ApplyReport:
         return ", ".join(parts)
 
 
-def apply(ms: MapSet, cfg: XdpConfig) -> ApplyReport:
+def apply(ms: MapSet, cfg: XdpConfig, ns_per_jiffy: int | None = None) -> ApplyReport:
     """Make the config-owned maps equal to cfg, in place, without reloading.
 
     New and changed entries are written before stale ones are removed, and the
@@ -150,7 +152,10 @@ def apply(ms: MapSet, cfg: XdpConfig) -> ApplyReport:
     half-applied in the unsafe direction (a list flag on with the list empty).
     """
     rep = ApplyReport()
-    want = desired(cfg)
+    if ns_per_jiffy is None:  # keep the running program's calibration
+        current = ms["settings"].lookup(_u32(0)) or bytes(S["settings"].size)
+        ns_per_jiffy = S["settings"].unpack(current)["ns_per_jiffy"]
+    want = desired(cfg, ns_per_jiffy)
     for name in CONFIG_MAPS:
         m = ms[name]
         written = 0
@@ -173,6 +178,30 @@ def apply(ms: MapSet, cfg: XdpConfig) -> ApplyReport:
         rep.written[name] = written
         rep.removed[name] = removed
     return rep
+
+
+KNOWN_HZ = (100, 250, 300, 1000)
+
+
+def calibrate_clock(clock_prog_fd: int, seconds: float = 0.2) -> int:
+    """ns per jiffy, measured with the object's bifrost_clock program; 0 if unsure.
+
+    The program's expiry clock is bpf_jiffies64() (a load, inlined) scaled by
+    this; 0 makes it fall back to the bpf_ktime_get_coarse_ns() helper.
+    """
+
+    def sample() -> tuple[int, float]:
+        out = libbpf.test_run(clock_prog_fd, bytes(64)).data
+        return struct.unpack("=Q", out[:8])[0], time.monotonic()
+
+    j0, t0 = sample()
+    time.sleep(seconds)
+    j1, t1 = sample()
+    hz = (j1 - j0) / (t1 - t0)
+    best = min(KNOWN_HZ, key=lambda k: abs(k - hz))
+    if abs(best - hz) > 0.15 * best:
+        return 0
+    return 1_000_000_000 // best
 
 
 def flush(m: Map) -> int:

@@ -230,7 +230,7 @@ STRUCTS: tuple[Struct, ...] = (
             F("ifindex", "u32"),
             F("mtu", "u32", doc="egress MTU: larger encapsulated packets are dropped"),
             F("dst", "ipv4", doc="the destination this entry is for"),
-            F("expires_ns", "u64", doc="bpf_ktime_get_coarse_ns() after which to look up again"),
+            F("expires_ns", "u64", doc="bfx_now() after which to look up again"),
         ),
     ),
     Struct(
@@ -254,6 +254,8 @@ STRUCTS: tuple[Struct, ...] = (
             F("flags", "u8", doc="SET_*"),
             F("nexthop_ttl_ns", "u64", doc="how long a next-hop entry is trusted"),
             F("srcds_ttl_ns", "u64", doc="how long a validated SRCDS client stays valid"),
+            F("ns_per_jiffy", "u32", doc="1e9/HZ, calibrated by the loader; 0: use ktime"),
+            F("reserved", "u32"),
         ),
     ),
     Struct("counter", "counters value (per CPU)", (F("packets", "u64"), F("bytes", "u64"))),
