@@ -108,15 +108,16 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 	struct bfx_inner in;
 	struct bfx_l4 l4;
 	struct iphdr *inner = (void *)(udp + 1);
-	__u32 ihl;
+	__u32 ihl, udp_len = bpf_ntohs(udp->len);
 
 	if (!bpf_map_lookup_elem(&gameservers, &ip->saddr))
 		return bfx_count(0, BFX_DROP_UNKNOWN_GS, bytes, XDP_DROP);
 	/* The kernel's ipip/fou transmit path never writes outer options. */
-	if (ip->ihl != 5)
+	if (ip->ihl != 5 || udp_len < sizeof(*udp) + sizeof(*inner) ||
+	    udp_len > bpf_ntohs(ip->tot_len) - sizeof(*ip))
 		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
 	ihl = bfx_ipv4_check(inner, data_end);
-	if (!ihl || bpf_ntohs(inner->tot_len) > bpf_ntohs(udp->len) - sizeof(*udp))
+	if (!ihl || bpf_ntohs(inner->tot_len) > udp_len - sizeof(*udp))
 		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
 	if (inner->frag_off & bpf_htons(BFX_IP_FRAG_MASK))
 		return bfx_count(0, BFX_DROP_FRAGMENT, bytes, XDP_DROP);
