@@ -24,7 +24,7 @@ from bifrost.foumap.control import TableConfig
 
 WHERE = "guest"
 
-ROUNDS = 5
+ROUNDS = 6
 SECONDS = 2.0
 WINDOW = 16  # requests in flight, so the rate is not bound by one round-trip
 BIG = 1_000_000
@@ -122,15 +122,25 @@ def main() -> int:
         try:
             t.use_pop(2)
             on, off = [], []
-            for _ in range(ROUNDS):
+
+            def measure_on() -> None:
                 if not tb.loaded():
                     tb.load()
                 configure(t)
                 echo_rate(t, seconds=0.3)  # learn the client, warm up
                 on.append(echo_rate(t))
-                tb.unload()
+
+            def measure_off() -> None:
+                if tb.loaded():
+                    tb.unload()
+                echo_rate(t, seconds=0.3)
                 off.append(echo_rate(t))
-            tb.load()
+
+            for i in range(ROUNDS):  # A B, then B A: neither side always goes first
+                for step in (measure_on, measure_off) if i % 2 == 0 else (measure_off, measure_on):
+                    step()
+            if not tb.loaded():
+                tb.load()
         finally:
             echo.kill()
             echo.wait()
@@ -160,9 +170,11 @@ def main() -> int:
             with big.fou_map() as fm:
                 st = fm.stats()
             r_small, r_big = [], []
-            for _ in range(ROUNDS):
-                r_small.append(echo_rate(small))
-                r_big.append(echo_rate(big))
+            for i in range(ROUNDS):
+                pair = ((small, r_small), (big, r_big))
+                for t, out in pair if i % 2 == 0 else pair[::-1]:
+                    echo_rate(t, seconds=0.3)
+                    out.append(echo_rate(t))
             with small.fou_map() as fm:
                 n_small = fm.stats().entries
         finally:

@@ -15,6 +15,7 @@
 #include <linux/list.h>
 #include <linux/rhashtable.h>
 #include <linux/spinlock.h>
+#include <linux/mutex.h>
 #include <linux/workqueue.h>
 #include <linux/percpu.h>
 #include <net/net_namespace.h>
@@ -73,6 +74,8 @@ struct fm_net {
 	u32 n_learned;
 	u32 n_static;
 	struct fm_cfg __rcu *cfg;
+	struct mutex cfg_lock;		/* config changes, hook (un)registration */
+	bool hooks_on;			/* registered: only while ports are configured */
 	struct fm_counters __percpu *counters;
 	struct delayed_work gc_work;
 	u64 created_ns;

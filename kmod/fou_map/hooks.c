@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Netfilter hooks, registered in every network namespace:
+ * Netfilter hooks, registered in a network namespace while it has FOU ports
+ * configured:
  *
  * - ingress (PRE_ROUTING, before defragmentation): an outer FOU packet to a
  *   configured port, seen before the kernel's fou socket strips it, teaches
@@ -163,8 +164,11 @@ static unsigned int fm_egress(void *priv, struct sk_buff *skb,
 		if (!uh->check)
 			uh->check = CSUM_MANGLED_0;
 	}
-	/* The tunnel routed towards its own remote: route to the POP instead. */
-	if (ip_route_me_harder(state->net, state->sk, skb, RTN_UNSPEC)) {
+	/*
+	 * The tunnel routed towards its own remote: route to the POP instead.
+	 * The source is the tunnel's local address (RTN_LOCAL spares a lookup).
+	 */
+	if (ip_route_me_harder(state->net, state->sk, skb, RTN_LOCAL)) {
 		fm_count(fn, FM_CNT_TX_REROUTE_FAILED);
 		return NF_DROP;
 	}

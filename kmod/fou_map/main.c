@@ -16,18 +16,40 @@
 unsigned int fm_net_id __read_mostly;
 struct kmem_cache *fm_entry_cache __read_mostly;
 
-/* Swap in a new config; entries stay, the table shrinks if max went down. */
+/*
+ * Swap in a new config; entries stay, the table shrinks if max went down.
+ * The hooks are registered only while FOU ports are configured, so a netns
+ * that does not use fou_map (the POPs, every container without a game
+ * server) pays nothing for it on its packet path.
+ */
 int fm_config_set(struct fm_net *fn, const struct fm_cfg *newcfg)
 {
 	struct fm_cfg *cfg, *old;
+	int err = 0;
 
 	cfg = kmemdup(newcfg, sizeof(*cfg), GFP_KERNEL);
 	if (!cfg)
 		return -ENOMEM;
+	mutex_lock(&fn->cfg_lock);
+	if (cfg->n_ports && !fn->hooks_on) {
+		err = fm_hooks_register(fn->net);
+		if (err) {
+			mutex_unlock(&fn->cfg_lock);
+			kfree(cfg);
+			return err;
+		}
+		fn->hooks_on = true;
+	}
 	spin_lock_bh(&fn->lock);
 	old = rcu_dereference_protected(fn->cfg, lockdep_is_held(&fn->lock));
 	rcu_assign_pointer(fn->cfg, cfg);
 	spin_unlock_bh(&fn->lock);
+	if (!cfg->n_ports && fn->hooks_on) {
+		/* Waits for packets still in the hooks. */
+		fm_hooks_unregister(fn->net);
+		fn->hooks_on = false;
+	}
+	mutex_unlock(&fn->cfg_lock);
 	if (old)
 		kfree_rcu(old, rcu);
 	fm_shrink_to(fn, cfg->max_entries);
@@ -44,6 +66,7 @@ static int __net_init fm_net_init(struct net *net)
 
 	fn->net = net;
 	spin_lock_init(&fn->lock);
+	mutex_init(&fn->cfg_lock);
 	INIT_LIST_HEAD(&fn->lru);
 	INIT_LIST_HEAD(&fn->statics);
 	fn->created_ns = ktime_get_real_ns();
@@ -65,14 +88,8 @@ static int __net_init fm_net_init(struct net *net)
 	err = fm_table_init(fn);
 	if (err)
 		goto err_free_cfg;
-
-	err = fm_hooks_register(net);
-	if (err)
-		goto err_table_exit;
 	return 0;
 
-err_table_exit:
-	fm_table_exit(fn);
 err_free_cfg:
 	kfree(cfg);
 	RCU_INIT_POINTER(fn->cfg, NULL);
@@ -86,7 +103,9 @@ static void __net_exit fm_net_exit(struct net *net)
 	struct fm_net *fn = fm_pernet(net);
 
 	/* nf_unregister_net_hooks() waits for packets still in the hooks. */
-	fm_hooks_unregister(net);
+	if (fn->hooks_on)
+		fm_hooks_unregister(net);
+	fn->hooks_on = false;
 	fm_table_exit(fn);
 	kfree(rcu_dereference_protected(fn->cfg, true));
 	free_percpu(fn->counters);

@@ -25,7 +25,8 @@ def ns():
 
 def bifrost(*args: str) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "bifrost.cli.main", "-c", "/nonexistent.toml", *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    # Generous: the CLI imports every component, slow over 9p under TCG.
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300)
 
 
 def endpoint(ns: netns.Namespace, action: str) -> subprocess.CompletedProcess[str]:
