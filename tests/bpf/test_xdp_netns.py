@@ -182,3 +182,16 @@ def test_client_to_gameserver_and_back_native_xdp(net: Net) -> None:
     assert ret == 3, counts
     assert counts[(1, "tx_return")].packets >= 2, "once the client is resolved XDP transmits"
     assert counts[(1, "pass_cache")].packets == 1
+
+
+def test_tx_checksum_off_helper() -> None:
+    """The lab helper really turns veth TX checksum offload off."""
+    from bifrost.xdp.lab import tx_checksum_off
+
+    a, b = Namespace("bfx-csum-a"), Namespace("bfx-csum-b")
+    try:
+        link(a, "v0", "10.7.0.1/24", b, "v1", "10.7.0.2/24")
+        assert tx_checksum_off(a, "v0") is True
+    finally:
+        a.close()
+        b.close()

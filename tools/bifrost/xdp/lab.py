@@ -38,6 +38,36 @@ def lab_config(topo: Any) -> XdpConfig:
     )
 
 
+def tx_checksum_off(ns: Any, ifname: str) -> bool:
+    """Turn TX checksum offload off on a veth end; True if it is off afterwards.
+
+    A veth leaves UDP/TCP checksums CHECKSUM_PARTIAL (the "hardware" never fills
+    them in), and a packet that goes through native XDP loses that state: after
+    XDP_PASS/TX/REDIRECT or FOU encapsulation the receiver sees a bad checksum
+    (UdpInCsumErrors). On a NIC the hardware fills them in. Labs whose senders
+    sit behind a veth the XDP program runs on call this on the sender's end (or
+    send with SO_NO_CHECK, as run() does).
+    """
+    from pyroute2.ethtool import Ethtool
+
+    with ns.entered():
+        et = Ethtool()
+        try:
+            feats = et.get_features(ifname)
+            for name in ("tx-checksum-ip-generic", "tx-checksum-ipv4"):
+                if name in feats.features:
+                    feats.features[name].enable = False
+            et.set_features(ifname, feats)
+            after = et.get_features(ifname).features
+            return not any(
+                after[n].enable
+                for n in ("tx-checksum-ip-generic", "tx-checksum-ipv4")
+                if n in after
+            )
+        finally:
+            et.close()
+
+
 def _no_check(sock: Any) -> Any:
     """UDP checksum 0 (legal over IPv4): veth leaves checksums to an offload that XDP
     frames do not carry, so the receiver would drop them; a NIC fills them in."""
