@@ -84,7 +84,7 @@ def test_stopped_server_disappears_after_max_staleness():
         cfg = cache_env.daemon_config(Path(f"/tmp/bfnf-{tag}.toml"), refresh_s=0.5, ttl_s=1.0,
                                       max_stale_s=2.0, metrics_port=0)  # fmt: skip
         cache_env.start_daemon(t, cfg)
-        assert cache_env.wait_for(lambda: cache_env.answers_cached(t), 20)
+        assert cache_env.wait_for(lambda: cache_env.answers_cached(t), 90)
         with t.client.entered():
             assert pya2s.info(SERVICE, timeout=2).map_name == "de_dust2"
         refserver.control(ctl, "stop")
@@ -100,7 +100,7 @@ def test_stopped_server_disappears_after_max_staleness():
 
         assert cache_env.wait_for(offline, 10, step=0.2)
         # ttl 1 s + max staleness 2 s, plus the poll step and query timeout
-        assert time.monotonic() - stopped < 5.0
+        assert time.monotonic() - stopped < 6.0
         assert time.monotonic() - stopped > 1.0
         assert cache_env.wait_for(lambda: not cache_env.answers_cached(t, 1), 5)
         with CacheDevice() as dev:  # the initial netns never saw any of this
