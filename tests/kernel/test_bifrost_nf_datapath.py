@@ -263,3 +263,19 @@ def test_game_traffic_passes_untouched(lab):
     assert replies == []
     assert after["passed_other"] - before["passed_other"] == 2
     assert after["queries"] == before["queries"]
+
+
+def test_daemon_prometheus_counters(lab):
+    import urllib.request
+
+    with lab.pop.entered():
+        body = urllib.request.urlopen("http://127.0.0.1:9117/metrics", timeout=10).read().decode()
+    values = {
+        line.split()[0]: int(line.split()[1])
+        for line in body.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["bifrost_cached_answers_stored_total"] >= 3
+    assert values["bifrost_cached_scheduled_refreshes_total"] >= 1
+    assert values["bifrost_nf_answers_total"] >= 3
+    assert values["bifrost_cached_services"] == 1
