@@ -105,3 +105,24 @@ def test_stopped_server_disappears_after_max_staleness():
         assert cache_env.wait_for(lambda: not cache_env.answers_cached(t, 1), 5)
         with CacheDevice() as dev:  # the initial netns never saw any of this
             assert dev.dump() == []
+
+
+def test_cli_show_stats_flush():
+    import json
+    import sys
+
+    with cache_env.topo(f"cli{os.getpid() % 10000}") as t, cache_env.open_in(t.pop) as dev:
+        dev.set_service(POP_CLIENT_IP, GAME_PORT, miss_pass=True)
+        info = a2s.build_info(a2s.Info("cli", "de_vertigo", "csgo", "cs"))
+        dev.set_answer(POP_CLIENT_IP, GAME_PORT, "info", [info], ttl_ms=60_000, max_stale_ms=1000)
+        cli = [sys.executable, "-m", "bifrost.cli.main", "-c", "/nonexistent.toml", "cache"]
+        show = t.pop.run([*cli, "show"]).stdout
+        assert f"{POP_CLIENT_IP}:{GAME_PORT}  [miss-pass]" in show
+        assert f"info    {len(info):>6} B in 1 pkt" in show and "fresh" in show
+        stats = json.loads(t.pop.run([*cli, "stats", "--json"]).stdout)
+        assert stats["counters"]["entries_set"] == 1
+        assert stats["netns_inum"] == dev.info()["netns_inum"]
+        t.pop.run([*cli, "flush"])
+        [svc] = dev.dump()
+        assert svc.answers == ()
+        assert dev.counters()["entries_deleted"] == 1
