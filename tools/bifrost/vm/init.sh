@@ -29,6 +29,8 @@ mount -t tmpfs shm $R/dev/shm
 mount -t debugfs none $R/sys/kernel/debug 2>/dev/null
 mount -t bpf bpf $R/sys/fs/bpf 2>/dev/null
 mount -t cgroup2 none $R/sys/fs/cgroup 2>/dev/null
+# A tree under a path that is tmpfs in the guest (/tmp/...) needs its mount point.
+mkdir -p "$R$WORK" 2>/dev/null
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 work "$R$WORK"; then
 	echo "bifrost-vm: work share mount failed"
 	poweroff -f
