@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
-from bifrost import __version__, dkms, vm
+from bifrost import __version__, codegen, dkms, vm
+from bifrost.codegen import GAME_MODULE_DEFINES
 from bifrost.paths import BUILD_DIR, MODULES, SOURCE_ROOT
+from bifrost.xdp import build as xdp_build
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +148,36 @@ def _make_log(module: str, kver: str) -> Path:
     return Path(f"/var/lib/dkms/{module}/{__version__}/{kver}/x86_64/log/make.log")
 
 
+def _build_xdp() -> str | None:
+    """Compile build/xdp/bifrost_xdp.o, which the kernel tier's XDP tests and lab load.
+
+    Every game module is compiled in, whatever the host config says: the tests
+    exercise them all. Returns the failure, or None.
+    """
+    header = BUILD_DIR / "xdp" / "module_config.h"
+    codegen.write(
+        [
+            codegen.Generated(
+                header, codegen.render_module_config(list(GAME_MODULE_DEFINES), "tests")
+            )
+        ]
+    )
+    try:
+        xdp_build.compile_program(header, header.parent)
+    except (xdp_build.BuildError, OSError) as e:
+        return f"XDP build failed: {e}"
+    return None
+
+
 def run_dkms_tier(kernels: list[str]) -> TierResult:
-    """dkms build + install of both modules per kernel; a compiler warning is a failure."""
+    """The XDP object, then dkms build + install of both modules per kernel.
+
+    A compiler warning is a failure.
+    """
     junit = RESULTS_DIR / "dkms.xml"
     start = time.monotonic()
     cases: list[tuple[str, str | None]] = []
+    cases.append(("xdp program", _build_xdp()))
     for kver in kernels:
         try:
             dkms.build([kver], install=True)
