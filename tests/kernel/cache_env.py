@@ -41,15 +41,6 @@ def unload() -> None:
     subprocess.run(["rmmod", MODULE], check=True)
 
 
-def dmesg() -> str:
-    return subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout
-
-
-def kernel_trouble(text: str) -> list[str]:
-    bad = ("WARNING:", "BUG:", "Oops", "general protection", "UBSAN", "KASAN")
-    return [line for line in text.splitlines() if any(b in line for b in bad)]
-
-
 def open_in(ns: netns.Namespace) -> CacheDevice:
     """The device opened from inside ns, so it is bound to ns."""
     with ns.entered():

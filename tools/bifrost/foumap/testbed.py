@@ -53,15 +53,6 @@ def loaded() -> bool:
     return Path(f"/sys/module/{MODULE}").exists()
 
 
-def dmesg() -> str:
-    return subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout
-
-
-def kernel_trouble(text: str) -> list[str]:
-    bad = ("WARNING:", "BUG:", "Oops", "general protection", "UBSAN", "KASAN")
-    return [line for line in text.splitlines() if any(b in line for b in bad)]
-
-
 def open_in(ns: netns.Namespace) -> FouMap:
     """The device opened from inside ns, so the kernel binds it to ns."""
     with ns.entered():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import selectors
 import shlex
 import subprocess
@@ -21,15 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bifrost.paths import BUILD_DIR, SOURCE_ROOT
-from bifrost.vm import initramfs
+from bifrost.vm import initramfs, kernlog
 
 log = logging.getLogger(__name__)
-
-# Lines on the guest console that mean the kernel is unhealthy.
-BAD_CONSOLE = re.compile(
-    r"(Oops|BUG: |Kernel panic|WARNING: CPU|general protection fault|"
-    r"UBSAN:|KASAN:|kernel BUG at|RCU stall|refcount_t:|list_(add|del) corruption)"
-)
 
 
 class GuestFailure(RuntimeError):
@@ -147,7 +140,7 @@ def run(
             for raw in complete:
                 line = raw.decode(errors="replace").rstrip("\r")
                 lines.append(line)
-                if BAD_CONSOLE.search(line):
+                if kernlog.TROUBLE.search(line):
                     bad.append(line)
                 if echo:
                     print(line, file=sys.stdout, flush=True)
