@@ -6,7 +6,7 @@
  client  |                                                      |  gameserver
  10.99.0.x (lo)                                                 |  10.200.0.1 (lo, tunnel local)
          +---- c2 ---- pop2 (fou 5555, ipip -> GS) ---- g2 ----+  fm0: 198.51.100.10 (service)
-            10.31.2.0/24             10.41.2.0/24                  default via pop1 onlink
+            10.31.2.0/24             10.41.2.0/24                  10.99.0.0/24 via pop1 onlink
 ```
 Client traffic to the service goes client -> popN -> (kernel FOU) -> gameserver; the
 game server's echo replies leave by fm0 (kernel ipip/fou) and fou_map picks the POP.
