@@ -15,6 +15,8 @@ from pathlib import Path
 
 from bifrost import netns
 from bifrost.cache.nf import CacheDevice
+from bifrost.vm.kernlog import dmesg as dmesg
+from bifrost.vm.kernlog import kernel_trouble as kernel_trouble
 
 MODULE = "bifrost_nf"
 DEV = Path("/dev/bifrost_nf")

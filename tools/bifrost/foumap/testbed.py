@@ -26,6 +26,8 @@ from pathlib import Path
 from bifrost import netns
 from bifrost.foumap import endpoint
 from bifrost.foumap.control import FouMap, TableConfig
+from bifrost.vm.kernlog import dmesg as dmesg
+from bifrost.vm.kernlog import kernel_trouble as kernel_trouble
 
 MODULE = "fou_map"
 DEV = Path("/dev/fou_map")
