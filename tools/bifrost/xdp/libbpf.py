@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ def _load() -> ctypes.CDLL:
         "bpf_map_lookup_elem": (i, [i, vp, vp]),
         "bpf_map_delete_elem": (i, [i, vp]),
         "bpf_map_get_next_key": (i, [i, vp, vp]),
+        "bpf_map_lookup_batch": (i, [i, vp, vp, vp, vp, ctypes.POINTER(u32), vp]),
         "bpf_prog_test_run_opts": (i, [i, ctypes.POINTER(_TestRunOpts)]),
         "bpf_xdp_attach": (i, [i, i, u32, vp]),
         "bpf_xdp_detach": (i, [i, u32, vp]),
@@ -206,6 +208,37 @@ class Map:
             key = nxt.raw
             yield key
             prev = ctypes.create_string_buffer(key, self.key_size)
+
+    def dump(self, chunk: int = 8192) -> dict[bytes, bytes]:
+        """Every entry, a chunk per syscall (BPF_MAP_LOOKUP_BATCH; arrays and hashes).
+
+        An array of 131072 slots read one key at a time is two syscalls per slot;
+        a batch reads them in a few.
+        """
+        assert not self.percpu
+        out: dict[bytes, bytes] = {}
+        keys = ctypes.create_string_buffer(chunk * self.key_size)
+        values = ctypes.create_string_buffer(chunk * self.value_size)
+        # The batch cursor is opaque; the kernel's array and hash maps use 4 bytes.
+        token, cursor = ctypes.create_string_buffer(8), ctypes.create_string_buffer(8)
+        first = True
+        while True:
+            count = ctypes.c_uint32(chunk)
+            rc = lib().bpf_map_lookup_batch(
+                self.fd, None if first else token, cursor, keys, values, ctypes.byref(count), None
+            )
+            err = 0 if rc >= 0 else (ctypes.get_errno() if rc == -1 else -rc)
+            if err and err != errno.ENOENT:
+                _check(-err, "map batch lookup")
+            k, v = keys.raw, values.raw
+            for i in range(count.value):
+                out[k[i * self.key_size : (i + 1) * self.key_size]] = v[
+                    i * self.value_size : (i + 1) * self.value_size
+                ]
+            if err == errno.ENOENT or count.value == 0:
+                return out
+            ctypes.memmove(token, cursor, 8)
+            first = False
 
 
 @dataclass(frozen=True)
