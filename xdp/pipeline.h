@@ -30,24 +30,15 @@
 #include "maps.h"
 #include "modules/modules.h"
 #include "parsing.h"
+#include "rules.h"
 
-static __always_inline struct bfx_rule *bfx_rule_lookup(__be32 addr, __u16 port, __u8 proto)
-{
-	struct bfx_rule_key key = { .addr = addr, .port = port, .proto = proto };
-	struct bfx_rule *rule = bpf_map_lookup_elem(&forward_rules, &key);
-
-	if (rule)
-		return rule;
-	/* A whole-address rule is stored with port 0. */
-	key.port = 0;
-	return bpf_map_lookup_elem(&forward_rules, &key);
-}
-
-static __always_inline int bfx_lpm_match(void *list, __be32 addr)
+/* The firewall's verdict for a source: BFX_FW_ALLOW, BFX_FW_BLOCK or 0. */
+static __always_inline __u32 bfx_firewall(__be32 addr)
 {
 	struct bfx_lpm_key key = { .prefixlen = 32, .addr = addr };
+	__u32 *verdict = bpf_map_lookup_elem(&firewall, &key);
 
-	return bpf_map_lookup_elem(list, &key) != NULL;
+	return verdict ? *verdict : 0;
 }
 
 /*
@@ -160,14 +151,13 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 	struct bfx_nexthop *nh;
 	struct bfx_inner in;
 	__u32 id = rule->id;
-	__u32 bits;
-	int allowed = 0;
+	__u32 bits, fw = 0;
 
-	if (s->flags & BFX_SET_HAVE_ALLOW)
-		allowed = bfx_lpm_match(&allowlist, ip->saddr);
-	if (!allowed && (s->flags & BFX_SET_HAVE_BLOCK) && bfx_lpm_match(&blocklist, ip->saddr))
+	if (s->flags & BFX_SET_HAVE_FIREWALL)
+		fw = bfx_firewall(ip->saddr);
+	if (fw == BFX_FW_BLOCK)
 		return bfx_count(id, BFX_DROP_BLOCKED, bytes, XDP_DROP);
-	if (!allowed && rule->rate_cost_ns && !bfx_rate_ok(ip->saddr, rule, s))
+	if (fw != BFX_FW_ALLOW && rule->rate_cost_ns && !bfx_rate_ok(ip->saddr, rule, s))
 		return bfx_count(id, BFX_DROP_RATE_LIMIT, bytes, XDP_DROP);
 
 	bits = bfx_rule_module_bits(id);

@@ -46,7 +46,7 @@ def test_cli_lifecycle(tmp_path_factory: pytest.TempPathFactory, capsys) -> None
             assert "attached (native)" in capsys.readouterr().out
             assert main(["-c", str(cfg), "xdp", "status"]) == 0
             assert "native, prog id" in capsys.readouterr().out
-            assert (pins / "x0" / "forward_rules").exists()
+            assert (pins / "x0" / "rule_slots").exists()
             # A second attach refuses instead of stacking programs.
             assert main(["-c", str(cfg), "xdp", "attach", "--obj", str(obj)]) == 1
             # Re-apply a change without reloading: the settings map follows the file.

@@ -335,7 +335,10 @@ def test_reapply_changes_rules_without_reload(xdp: Xdp) -> None:
     assert xdp.run(client_frame(udp_in(src=BLOCKED))).verdict == "DROP"
     xdp.apply(replace(cfg, rules=(), block=(), anycast=(*cfg.anycast, ipaddress.IPv4Address(VIP))))
     assert xdp.run(frame).verdict == "DROP", "rules removed: anycast traffic dropped"
-    assert len(list(xdp.ms["forward_rules"].keys())) == 0
+    for name in ("rules", "rule_slots"):
+        zero = bytes(xdp.ms[name].value_size)
+        assert all(v == zero for v in xdp.ms[name].dump().values()), f"{name} emptied"
+    assert len(list(xdp.ms["rule_overflow"].keys())) == 0
     assert xdp.run(client_frame(udp_in(src=BLOCKED))).verdict == "DROP", "still anycast"
     xdp.apply(replace(cfg, rules=(), block=()))
     assert xdp.run(frame).verdict == "PASS", "no longer anycast: the host's traffic"

@@ -63,15 +63,17 @@ def test_good_config() -> None:
 
 def test_desired_map_content() -> None:
     want = maps.desired(load(GOOD))
-    assert len(want["forward_rules"]) == 5
-    key = maps_def.BY_NAME["rule_key"].pack(addr="198.51.100.10", port=27016, proto=17)
-    rule = maps_def.BY_NAME["rule"].unpack(want["forward_rules"][key])
+    assert len(want["rule_slots"]) + len(want["rule_overflow"]) == 5, "one per port key"
+    idx = maps_def.rule_slot_index(ipaddress.IPv4Address("198.51.100.10").packed, 27016, 17)
+    slot = maps_def.BY_NAME["rule_slot"].unpack(want["rule_slots"][idx.to_bytes(4, "little")])
+    assert slot["port"] == 27016 and slot["proto"] == 17 and slot["rule_id"] == 1
+    rule = maps_def.BY_NAME["rule"].unpack(want["rules"][(1).to_bytes(4, "little")])
     assert rule["id"] == 1 and rule["flags"] == maps_def.RULE_CACHE
     assert rule["rate_cost_ns"] == 10_000_000 and rule["rate_burst_ns"] == 1_000_000_000
     bits = maps_def.BY_NAME["rule_modules"].unpack(want["rule_modules"][(1).to_bytes(4, "little")])
     assert bits["bits"] == maps_def.MODULE_BITS["srcds"]
     s = maps_def.BY_NAME["settings"].unpack(want["settings"][bytes(4)])
-    assert s["flags"] == maps_def.SET_HAVE_BLOCK | maps_def.SET_HAVE_ALLOW
+    assert s["flags"] == maps_def.SET_HAVE_FIREWALL
     assert s["ipv6_policy"] == maps_def.IPV6_DROP and s["fou_port"] == 5555
 
 

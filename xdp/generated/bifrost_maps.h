@@ -14,12 +14,15 @@
 #define BFX_MOD_SRCDS 1	/* rule_modules bit: srcds */
 #define BFX_MOD_RUST 2	/* rule_modules bit: rust */
 #define BFX_MOD_UE3 4	/* rule_modules bit: ue3 */
-#define BFX_SET_HAVE_BLOCK 1	/* settings flag: block list not empty */
-#define BFX_SET_HAVE_ALLOW 2	/* settings flag: allow list not empty */
+#define BFX_SET_HAVE_FIREWALL 1	/* settings flag: firewall trie not empty */
+#define BFX_FW_ALLOW 1	/* firewall value: allow-listed source */
+#define BFX_FW_BLOCK 2	/* firewall value: block-listed source */
 #define BFX_IPV6_PASS 0	/* settings.ipv6_policy */
 #define BFX_IPV6_DROP 1	/* settings.ipv6_policy */
 #define BFX_MAX_RULES 256	/* rule ids are 1..MAX_RULES */
-#define BFX_MAX_RULE_KEYS 65536	/* forward_rules entries (one per port) */
+#define BFX_SLOT_OVERFLOW 1	/* rule_slots flag: a colliding key is in rule_overflow */
+#define BFX_MAX_RULE_KEYS 65536	/* rule keys (one per port) and rule_overflow entries */
+#define BFX_RULE_SLOTS 131072	/* rule_slots entries (power of two) */
 #define BFX_MAX_GAMESERVERS 1024
 #define BFX_MAX_ANYCAST 1024
 #define BFX_MAX_PREFIXES 16384	/* per block/allow list */
@@ -51,7 +54,7 @@ enum bfx_reason {
 	BFX_DROP_RELAY,	/* return path inner source is not a service forwarded to that machine */
 };
 
-/* forward_rules key: anycast address, destination port (0 = any), protocol */
+/* rule_overflow key: anycast address, destination port (0 = any), protocol */
 struct bfx_rule_key {
 	__be32 addr;
 	__u16 port;
@@ -59,9 +62,23 @@ struct bfx_rule_key {
 	__u8 reserved;
 };
 
-/* forward_rules value: where a service goes and what applies to it */
+/* rule_slots value (index: rule_slot_index of the key); proto 0 = empty */
+struct bfx_rule_slot {
+	__be32 addr;
+	__u16 port;	/* destination port, 0 = any */
+	__u8 proto;
+	__u8 flags;	/* SLOT_* */
+	__u32 rule_id;	/* index into rules */
+};
+
+/* rule_overflow value */
+struct bfx_rule_ref {
+	__u32 rule_id;
+};
+
+/* rules value (index: rule id): where a service goes and what applies to it */
 struct bfx_rule {
-	__u32 id;	/* 1..MAX_RULES: counters and rule_modules index */
+	__u32 id;	/* 1..MAX_RULES (0: no rule): counters, rule_modules index */
 	__be32 gs_addr;	/* game-server machine (outer destination) */
 	__u16 fou_port;	/* FOU port on the game-server machine */
 	__u16 flags;	/* RULE_* */
@@ -86,7 +103,7 @@ struct bfx_anycast {
 	__u32 flags;	/* reserved, 0 */
 };
 
-/* block/allow list key (BPF LPM trie layout) */
+/* firewall key (BPF LPM trie layout) */
 struct bfx_lpm_key {
 	__u32 prefixlen;
 	__be32 addr;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,27 +18,32 @@ S = maps_def.BY_NAME
 # name -> (key size, value size, per CPU). Sizes come from maps_def, like the C side.
 MAP_SPECS: dict[str, tuple[int, int, bool]] = {
     "settings": (4, S["settings"].size, False),
-    "forward_rules": (S["rule_key"].size, S["rule"].size, False),
+    "rules": (4, S["rule"].size, False),
+    "rule_slots": (4, S["rule_slot"].size, False),
+    "rule_overflow": (S["rule_key"].size, S["rule_ref"].size, False),
     "rule_modules": (4, S["rule_modules"].size, False),
     "anycast": (4, S["anycast"].size, False),
     "gameservers": (4, S["gameserver"].size, False),
-    "blocklist": (S["lpm_key"].size, 4, False),
-    "allowlist": (S["lpm_key"].size, 4, False),
+    "firewall": (S["lpm_key"].size, 4, False),
     "rate_limit": (S["rate_key"].size, S["rate_state"].size, False),
     "nexthops": (4, S["nexthop"].size, False),
     "gs_nexthops": (4, S["nexthop"].size, False),
     "srcds_clients": (S["srcds_key"].size, S["srcds_state"].size, False),
     "counters": (4, S["counter"].size, True),
 }
-# Maps whose content is the config (apply() makes them equal to it).
+# Maps whose content is the config (apply() makes them equal to it), in the
+# order apply() writes them: settings first (its firewall flag on with the trie
+# still empty costs a lookup, never a miss), then what a lookup reaches last
+# first, so a packet never follows a slot to a rule that is not there yet.
 CONFIG_MAPS = (
-    "forward_rules",
+    "settings",
     "rule_modules",
+    "rules",
+    "rule_overflow",
+    "rule_slots",
     "anycast",
     "gameservers",
-    "blocklist",
-    "allowlist",
-    "settings",
+    "firewall",
 )
 
 
@@ -90,9 +96,10 @@ def desired(cfg: XdpConfig, ns_per_jiffy: int = 0) -> dict[str, dict[bytes, byte
     """Every config-owned map's wanted content (ns_per_jiffy: see calibrate_clock)."""
     out: dict[str, dict[bytes, bytes]] = {name: {} for name in CONFIG_MAPS}
     slots = {g: i for i, g in enumerate(cfg.all_game_servers())}
+    keys: dict[bytes, int] = {}  # rule key -> rule id
     for r in cfg.rules:
         cost, burst = rate_params(r.rate_limit_pps, r.rate_limit_burst)
-        value = S["rule"].pack(
+        out["rules"][_u32(r.id)] = S["rule"].pack(
             id=r.id,
             gs_addr=r.game_server,
             fou_port=r.fou_port,
@@ -102,23 +109,20 @@ def desired(cfg: XdpConfig, ns_per_jiffy: int = 0) -> dict[str, dict[bytes, byte
             rate_burst_ns=burst,
         )
         for port in r.port_keys():
-            key = S["rule_key"].pack(addr=r.anycast, port=port, proto=PROTOS[r.proto])
-            out["forward_rules"][key] = value
+            keys[S["rule_key"].pack(addr=r.anycast, port=port, proto=PROTOS[r.proto])] = r.id
         bits = 0
         for m in r.modules:
             bits |= maps_def.MODULE_BITS[m]
         out["rule_modules"][_u32(r.id)] = S["rule_modules"].pack(bits=bits)
+    out["rule_slots"], out["rule_overflow"] = place_rule_keys(keys)
     for a in cfg.all_anycast():
         out["anycast"][_ip(a)] = S["anycast"].pack()
     for g in cfg.all_game_servers():
         out["gameservers"][_ip(g)] = S["gameserver"].pack()
-    for name, nets in (("blocklist", cfg.block), ("allowlist", cfg.allow)):
-        for n in nets:
-            key = S["lpm_key"].pack(prefixlen=n.prefixlen, addr=n.network_address)
-            out[name][key] = _u32(1)
-    flags = (maps_def.SET_HAVE_BLOCK if cfg.block else 0) | (
-        maps_def.SET_HAVE_ALLOW if cfg.allow else 0
-    )
+    for net, verdict in firewall_prefixes(cfg.block, cfg.allow):
+        key = S["lpm_key"].pack(prefixlen=net.prefixlen, addr=net.network_address)
+        out["firewall"][key] = _u32(verdict)
+    flags = maps_def.SET_HAVE_FIREWALL if out["firewall"] else 0
     out["settings"][_u32(0)] = S["settings"].pack(
         pop_addr=cfg.pop_address,
         fou_port=cfg.fou_port,
@@ -131,7 +135,54 @@ def desired(cfg: XdpConfig, ns_per_jiffy: int = 0) -> dict[str, dict[bytes, byte
     return out
 
 
-ARRAY_MAPS = ("settings", "rule_modules")
+def firewall_prefixes(
+    block: Iterable[ipaddress.IPv4Network], allow: Iterable[ipaddress.IPv4Network]
+) -> list[tuple[ipaddress.IPv4Network, int]]:
+    """The firewall trie's (prefix, FW_*) entries for the block and allow lists.
+
+    An allowed source is exempt from the block list whatever the prefix
+    lengths, but the trie answers with the longest match; so a block prefix
+    inside (or equal to) an allow prefix is left out, and then the longest
+    match means the same as "allowed, else blocked, else neither".
+    """
+    allowed = set(allow)
+    out = [(n, maps_def.FW_ALLOW) for n in sorted(allowed)]
+    for n in sorted(set(block)):
+        if not any(n.supernet(new_prefix=p) in allowed for p in range(n.prefixlen + 1)):
+            out.append((n, maps_def.FW_BLOCK))
+    return out
+
+
+def place_rule_keys(keys: dict[bytes, int]) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """(rule_slots, rule_overflow) contents for rule keys -> rule ids.
+
+    Each key belongs at rule_slot_index(key); where several do, the smallest key
+    (bytewise, so placement depends only on the config) takes the slot, which
+    gets SLOT_OVERFLOW, and the others go to the overflow hash.
+    """
+    by_slot: dict[int, list[bytes]] = {}
+    for key in sorted(keys):
+        k = S["rule_key"].unpack(key)
+        by_slot.setdefault(maps_def.rule_slot_index(k["addr"], k["port"], k["proto"]), []).append(
+            key
+        )
+    slots: dict[bytes, bytes] = {}
+    overflow: dict[bytes, bytes] = {}
+    for idx, group in by_slot.items():
+        k = S["rule_key"].unpack(group[0])
+        slots[_u32(idx)] = S["rule_slot"].pack(
+            addr=k["addr"],
+            port=k["port"],
+            proto=k["proto"],
+            flags=maps_def.SLOT_OVERFLOW if len(group) > 1 else 0,
+            rule_id=keys[group[0]],
+        )
+        for key in group[1:]:
+            overflow[key] = S["rule_ref"].pack(rule_id=keys[key])
+    return slots, overflow
+
+
+ARRAY_MAPS = ("settings", "rule_modules", "rules", "rule_slots")
 
 
 @dataclass
@@ -144,39 +195,63 @@ class ApplyReport:
         return ", ".join(parts)
 
 
+def _current(m: Map, is_array: bool) -> dict[bytes, bytes]:
+    """A map's entries; for arrays only the non-zero ones (zero is "empty")."""
+    if is_array:
+        zero = bytes(m.value_size)
+        return {k: v for k, v in m.dump().items() if v != zero}
+    out = {}
+    for key in list(m.keys()):
+        value = m.lookup(key)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _same_slot_key(a: bytes, b: bytes) -> bool:
+    """rule_slot values for the same key (address, port, proto: the first 7 bytes)."""
+    return a[:7] == b[:7]
+
+
 def apply(ms: MapSet, cfg: XdpConfig, ns_per_jiffy: int | None = None) -> ApplyReport:
     """Make the config-owned maps equal to cfg, in place, without reloading.
 
-    New and changed entries are written before stale ones are removed, and the
-    block/allow flags in settings go last, so a packet never sees a rule
-    half-applied in the unsafe direction (a list flag on with the list empty).
+    All new and changed entries are written first, in CONFIG_MAPS order, then
+    stale entries are removed in the reverse order. So a packet never sees a
+    config half-applied in the unsafe direction: the firewall flag off while
+    the trie has entries to enforce, or a slot naming a rule id whose rule is
+    not written yet. A slot that changes key is emptied before it is refilled, so a packet racing
+    the rewrite cannot pair one key with the other's rule id. (A rule changed
+    in place, e.g. a new game-server address, can be read half-written by a
+    packet in flight, as with any BPF array: that one packet may be lost.)
     """
     rep = ApplyReport()
     if ns_per_jiffy is None:  # keep the running program's calibration
         current = ms["settings"].lookup(_u32(0)) or bytes(S["settings"].size)
         ns_per_jiffy = S["settings"].unpack(current)["ns_per_jiffy"]
     want = desired(cfg, ns_per_jiffy)
+    have = {name: _current(ms[name], name in ARRAY_MAPS) for name in CONFIG_MAPS}
     for name in CONFIG_MAPS:
         m = ms[name]
         written = 0
         for key, value in want[name].items():
-            if m.lookup(key) != value:
-                m.update(key, value)
-                written += 1
-        removed = 0
-        if name in ARRAY_MAPS:
-            zero = bytes(m.value_size)
-            for key in list(m.keys()):
-                if key not in want[name] and m.lookup(key) != zero:
-                    m.update(key, zero)
-                    removed += 1
-        else:
-            for key in list(m.keys()):
-                if key not in want[name]:
-                    m.delete(key)
-                    removed += 1
+            old = have[name].get(key)
+            if old == value:
+                continue
+            if name == "rule_slots" and old is not None and not _same_slot_key(old, value):
+                m.update(key, bytes(m.value_size))
+            m.update(key, value)
+            written += 1
         rep.written[name] = written
-        rep.removed[name] = removed
+    for name in reversed(CONFIG_MAPS):
+        m = ms[name]
+        stale = [key for key in have[name] if key not in want[name]]
+        for key in stale:
+            if name in ARRAY_MAPS:
+                m.update(key, bytes(m.value_size))
+            else:
+                m.delete(key)
+        rep.removed[name] = len(stale)
     return rep
 
 

@@ -97,6 +97,22 @@ class Struct:
         return out
 
 
+def rule_slot_index(addr: bytes, port: int, proto: int) -> int:
+    """The rule_slots index of a rule key; the same function as bfx_rule_hash() in xdp/rules.h.
+
+    addr is the address as it lies in the packet: the program loads it into a
+    little-endian register, so the hash sees it byte-swapped, and so must we.
+    """
+    m = 0xFFFFFFFF
+    h = int.from_bytes(addr, "little") ^ ((((port << 8) | proto) * 0x9E3779B1) & m)
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & m
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & m
+    h ^= h >> 16
+    return h & (RULE_SLOTS - 1)
+
+
 def _ipv4_bytes(v: Any) -> bytes:
     import ipaddress
 
@@ -136,12 +152,18 @@ REASON_INDEX = {name: i for i, (name, _) in enumerate(REASONS)}
 # Forward rule flags.
 RULE_CACHE = 1  # well-formed A2S queries are passed up to bifrost_nf
 
+# rule_slots flags: another key hashes to this slot and lives in rule_overflow.
+SLOT_OVERFLOW = 1
+
 # Game module bits (rule_modules map); a bit only matters when compiled in.
 MODULE_BITS = {"srcds": 1 << 0, "rust": 1 << 1, "ue3": 1 << 2}
 
 # settings.flags
-SET_HAVE_BLOCK = 1  # skip the LPM lookups when the lists are empty
-SET_HAVE_ALLOW = 2
+SET_HAVE_FIREWALL = 1  # skip the LPM lookup when the block and allow lists are empty
+
+# firewall (LPM trie) values: what the longest matching prefix says.
+FW_ALLOW = 1  # exempt from rate limits (and from any block prefix it is inside)
+FW_BLOCK = 2
 
 IPV6_PASS = 0
 IPV6_DROP = 1
@@ -149,9 +171,10 @@ IPV6_DROP = 1
 # Capacities (max_entries). Rule ids are 1..MAX_RULES; 0 means "no rule".
 MAX_RULES = 256
 MAX_RULE_KEYS = 65536  # port ranges are expanded to one entry per port
+RULE_SLOTS = 1 << 17  # rule_slots size: a power of two, twice MAX_RULE_KEYS
 MAX_GAMESERVERS = 1024
 MAX_ANYCAST = 1024
-MAX_PREFIXES = 16384
+MAX_PREFIXES = 16384  # per list; the firewall trie holds both
 MAX_RATE_SOURCES = 131072
 MAX_NEXTHOPS = 65536
 MAX_SRCDS_CLIENTS = 131072
@@ -160,12 +183,15 @@ CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("NR_REASONS", len(REASONS), "counters per rule"),
     ("RULE_CACHE", RULE_CACHE, "rule flag: pass well-formed A2S queries up"),
     *((f"MOD_{k.upper()}", v, f"rule_modules bit: {k}") for k, v in MODULE_BITS.items()),
-    ("SET_HAVE_BLOCK", SET_HAVE_BLOCK, "settings flag: block list not empty"),
-    ("SET_HAVE_ALLOW", SET_HAVE_ALLOW, "settings flag: allow list not empty"),
+    ("SET_HAVE_FIREWALL", SET_HAVE_FIREWALL, "settings flag: firewall trie not empty"),
+    ("FW_ALLOW", FW_ALLOW, "firewall value: allow-listed source"),
+    ("FW_BLOCK", FW_BLOCK, "firewall value: block-listed source"),
     ("IPV6_PASS", IPV6_PASS, "settings.ipv6_policy"),
     ("IPV6_DROP", IPV6_DROP, "settings.ipv6_policy"),
     ("MAX_RULES", MAX_RULES, "rule ids are 1..MAX_RULES"),
-    ("MAX_RULE_KEYS", MAX_RULE_KEYS, "forward_rules entries (one per port)"),
+    ("SLOT_OVERFLOW", SLOT_OVERFLOW, "rule_slots flag: a colliding key is in rule_overflow"),
+    ("MAX_RULE_KEYS", MAX_RULE_KEYS, "rule keys (one per port) and rule_overflow entries"),
+    ("RULE_SLOTS", RULE_SLOTS, "rule_slots entries (power of two)"),
     ("MAX_GAMESERVERS", MAX_GAMESERVERS, ""),
     ("MAX_ANYCAST", MAX_ANYCAST, ""),
     ("MAX_PREFIXES", MAX_PREFIXES, "per block/allow list"),
@@ -178,14 +204,26 @@ F = Field
 STRUCTS: tuple[Struct, ...] = (
     Struct(
         "rule_key",
-        "forward_rules key: anycast address, destination port (0 = any), protocol",
+        "rule_overflow key: anycast address, destination port (0 = any), protocol",
         (F("addr", "ipv4"), F("port", "u16"), F("proto", "u8"), F("reserved", "u8")),
     ),
     Struct(
-        "rule",
-        "forward_rules value: where a service goes and what applies to it",
+        "rule_slot",
+        "rule_slots value (index: rule_slot_index of the key); proto 0 = empty",
         (
-            F("id", "u32", doc="1..MAX_RULES: counters and rule_modules index"),
+            F("addr", "ipv4"),
+            F("port", "u16", doc="destination port, 0 = any"),
+            F("proto", "u8"),
+            F("flags", "u8", doc="SLOT_*"),
+            F("rule_id", "u32", doc="index into rules"),
+        ),
+    ),
+    Struct("rule_ref", "rule_overflow value", (F("rule_id", "u32"),)),
+    Struct(
+        "rule",
+        "rules value (index: rule id): where a service goes and what applies to it",
+        (
+            F("id", "u32", doc="1..MAX_RULES (0: no rule): counters, rule_modules index"),
             F("gs_addr", "ipv4", doc="game-server machine (outer destination)"),
             F("fou_port", "u16", doc="FOU port on the game-server machine"),
             F("flags", "u16", doc="RULE_*"),
@@ -208,7 +246,7 @@ STRUCTS: tuple[Struct, ...] = (
     ),
     Struct(
         "lpm_key",
-        "block/allow list key (BPF LPM trie layout)",
+        "firewall key (BPF LPM trie layout)",
         (F("prefixlen", "u32"), F("addr", "ipv4")),
     ),
     Struct(

@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Forward-rule lookup: (anycast address, port, proto) -> rule, through the
+ * direct-mapped rule_slots table (see maps.h). Used by the forward path with
+ * the packet's destination and by the return path with the inner source.
+ */
+#ifndef BIFROST_XDP_RULES_H
+#define BIFROST_XDP_RULES_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "maps.h"
+
+/*
+ * murmur3's finalizer over the key; maps_def.rule_slot_index() is the same
+ * function in Python and the two must not drift (tests/bpf places colliding
+ * keys with it and checks the program finds them). addr is network order as
+ * loaded from the packet.
+ */
+static __always_inline __u32 bfx_rule_hash(__be32 addr, __u16 port, __u8 proto)
+{
+	__u32 h = addr ^ ((((__u32)port << 8) | proto) * 0x9e3779b1U);
+
+	h ^= h >> 16;
+	h *= 0x85ebca6bU;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35U;
+	h ^= h >> 16;
+	return h & (BFX_RULE_SLOTS - 1);
+}
+
+static __always_inline struct bfx_rule *bfx_rule_find(__be32 addr, __u16 port, __u8 proto)
+{
+	__u32 idx = bfx_rule_hash(addr, port, proto);
+	struct bfx_rule_slot *slot = bpf_map_lookup_elem(&rule_slots, &idx);
+	struct bfx_rule *rule;
+	__u32 id;
+
+	if (!slot)
+		return NULL;
+	if (slot->addr == addr && slot->port == port && slot->proto == proto) {
+		id = slot->rule_id;
+	} else if (slot->flags & BFX_SLOT_OVERFLOW) {
+		struct bfx_rule_key key = { .addr = addr, .port = port, .proto = proto };
+		struct bfx_rule_ref *ref = bpf_map_lookup_elem(&rule_overflow, &key);
+
+		if (!ref)
+			return NULL;
+		id = ref->rule_id;
+	} else {
+		return NULL;
+	}
+	rule = bpf_map_lookup_elem(&rules, &id);
+	/* id 0 or a rule the loader is removing: no rule. */
+	return rule && rule->id ? rule : NULL;
+}
+
+static __always_inline struct bfx_rule *bfx_rule_lookup(__be32 addr, __u16 port, __u8 proto)
+{
+	struct bfx_rule *rule = bfx_rule_find(addr, port, proto);
+
+	if (rule)
+		return rule;
+	/* A whole-address rule is stored with port 0. */
+	return bfx_rule_find(addr, 0, proto);
+}
+
+#endif /* BIFROST_XDP_RULES_H */
