@@ -1,4 +1,4 @@
-"""The program on real devices in network namespaces on the host.
+"""The program on real devices in network namespaces on the host (bifrost.xdp.topology).
 
 ::
 
@@ -14,7 +14,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -24,11 +25,10 @@ from xdp_harness import A2S_INFO, VIP, compile_object, make_config
 from bifrost.netns import Namespace, link
 from bifrost.xdp import libbpf, loader, maps, maps_def
 from bifrost.xdp.config import XdpConfig
-from bifrost.xdp.libbpf import XDP_FLAGS_DRV_MODE, BpfObject
+from bifrost.xdp.libbpf import XDP_FLAGS_DRV_MODE
+from bifrost.xdp.topology import CLIENT_IP, GS_IP, POP_G_IP, XdpTopology, xdp_topology
 
 pytestmark = pytest.mark.bpf
-
-CLIENT_IP, POP_C_IP, POP_G_IP, GS_IP = "10.0.1.2", "10.0.1.1", "10.9.1.1", "10.9.1.2"
 
 
 def lab_config() -> XdpConfig:
@@ -43,42 +43,14 @@ def lab_config() -> XdpConfig:
     )
 
 
-@dataclass
-class Net:
-    client: Namespace
-    pop: Namespace
-    gs: Namespace
-    obj: BpfObject
-    ms: maps.MapSet
-
-    def ifindex(self, ns: Namespace, name: str) -> int:
-        with ns.ipr() as ipr:
-            return ipr.link_lookup(ifname=name)[0]
-
-
 @pytest.fixture
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XdpTopology]:
     obj_path = compile_object(tmp_path_factory.mktemp("netns"))
-    nss = [Namespace("bfx-c"), Namespace("bfx-p"), Namespace("bfx-g")]
-    client, pop, gs = nss
-    obj = None
-    try:
-        link(client, "c0", f"{CLIENT_IP}/24", pop, "p0", f"{POP_C_IP}/24")
-        link(pop, "p1", f"{POP_G_IP}/24", gs, "g0", f"{GS_IP}/24")
-        pop.sysctl("net.ipv4.ip_forward", "1")
-        client.route(f"{VIP}/32", gateway=POP_C_IP)
-        obj = BpfObject(obj_path)
-        ms = maps.MapSet.from_fds(obj.map_fds())
-        maps.apply(ms, lab_config())
-        yield Net(client, pop, gs, obj, ms)
-    finally:
-        if obj:
-            obj.close()
-        for ns in nss:
-            ns.close()
+    with xdp_topology("bfx", obj_path, lab_config(), VIP) as topo:
+        yield topo
 
 
-def test_fib_lookup_fills_the_next_hop_cache(net: Net) -> None:
+def test_fib_lookup_fills_the_next_hop_cache(net: XdpTopology) -> None:
     """On a miss: bpf_fib_lookup; unresolved neighbour -> the stack; then cached MACs."""
     prog = net.obj.prog_fd("bifrost_xdp")
     p0, p1 = net.ifindex(net.pop, "p0"), net.ifindex(net.pop, "p1")
@@ -132,18 +104,9 @@ def _send_until_received(cl: socket.socket, gs: socket.socket, msg: bytes) -> tu
     raise TimeoutError(f"{msg!r} never reached the game server")
 
 
-def test_client_to_gameserver_and_back_native_xdp(net: Net) -> None:
+def test_client_to_gameserver_and_back_native_xdp(net: XdpTopology) -> None:
     """UDP through the POP both ways with native XDP on both POP interfaces."""
-    prog = net.obj.prog_fd("bifrost_xdp")
-    passp = net.obj.prog_fd("bifrost_pass")
-    with net.pop.entered():
-        for dev in ("p0", "p1"):
-            libbpf.xdp_attach(socket.if_nametoindex(dev), prog, XDP_FLAGS_DRV_MODE)
-    # veth delivers XDP_TX/REDIRECT frames only to a peer with NAPI: an XDP program does it.
-    with net.client.entered():
-        libbpf.xdp_attach(socket.if_nametoindex("c0"), passp, XDP_FLAGS_DRV_MODE)
-    with net.gs.entered():
-        libbpf.xdp_attach(socket.if_nametoindex("g0"), passp, XDP_FLAGS_DRV_MODE)
+    net.attach()
 
     with net.pop.entered():
         assert loader.prime_neighbours(lab_config()) >= 1
@@ -182,6 +145,32 @@ def test_client_to_gameserver_and_back_native_xdp(net: Net) -> None:
     assert ret == 3, counts
     assert counts[(1, "tx_return")].packets >= 2, "once the client is resolved XDP transmits"
     assert counts[(1, "pass_cache")].packets == 1
+
+
+def test_topology_attaches_both_programs_and_removes_everything(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """attach() puts one bifrost_xdp on both POP ends and bifrost_pass on both peers;
+    leaving the context (here by an error) removes every namespace it made."""
+    obj_path = compile_object(tmp_path_factory.mktemp("topo"))
+    ids: dict[str, int] = {}
+    with (
+        pytest.raises(RuntimeError, match="leave early"),
+        xdp_topology("bfx-t", obj_path, lab_config(), VIP) as topo,
+    ):
+        names = [ns.name for ns in (topo.client, topo.pop, topo.gs)]
+        topo.attach()
+        for ns, dev in ((topo.pop, "p0"), (topo.pop, "p1"), (topo.client, "c0"), (topo.gs, "g0")):
+            with ns.entered():
+                ids[dev] = libbpf.xdp_query_id(socket.if_nametoindex(dev), XDP_FLAGS_DRV_MODE)
+        with topo.client.ipr() as ipr:
+            dsts = [r.get_attr("RTA_DST") for r in ipr.get_routes()]
+        assert VIP in dsts, "the client routes the VIP through the POP"
+        raise RuntimeError("leave early")
+    assert ids["p0"] == ids["p1"] != 0, ids
+    assert ids["c0"] == ids["g0"] != 0, ids
+    assert ids["c0"] != ids["p0"], "the peers run bifrost_pass, not bifrost_xdp"
+    assert [n for n in names if Path("/run/netns", n).exists()] == []
 
 
 def test_tx_checksum_off_helper() -> None:

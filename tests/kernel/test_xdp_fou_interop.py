@@ -22,20 +22,17 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from bifrost.netns import Namespace, link
-from bifrost.xdp import libbpf, loader, maps
+from bifrost.xdp import loader, maps
 from bifrost.xdp.build import OBJECT
 from bifrost.xdp.config import Rule, XdpConfig
-from bifrost.xdp.libbpf import XDP_FLAGS_DRV_MODE, BpfObject
+from bifrost.xdp.topology import CLIENT_IP, GS_IP, POP_G_IP, XdpTopology, xdp_topology
 
 pytestmark = pytest.mark.kernel
 
 VIP, PORT = "198.51.100.10", 27015
-CLIENT_IP, POP_C_IP, POP_G_IP, GS_IP = "10.0.1.2", "10.0.1.1", "10.9.1.1", "10.9.1.2"
 FOU = 5555
 
 
@@ -45,32 +42,19 @@ def config() -> XdpConfig:
     return XdpConfig(modules=("srcds",), pop_address=a(POP_G_IP), fou_port=FOU, rules=(rule,))
 
 
-@dataclass
-class Lab:
-    client: Namespace
-    pop: Namespace
-    gs: Namespace
-    ms: maps.MapSet
-
-    def gs_counter(self, dev: str, key: str) -> int:
-        out = self.gs.run(["cat", f"/sys/class/net/{dev}/statistics/{key}"]).stdout
-        return int(out)
+def gs_counter(lab: XdpTopology, dev: str, key: str) -> int:
+    out = lab.gs.run(["cat", f"/sys/class/net/{dev}/statistics/{key}"]).stdout
+    return int(out)
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def lab() -> Iterator[XdpTopology]:
     """One topology for the module: namespaces are slow to make under TCG."""
     if not OBJECT.exists():
         pytest.fail(f"{OBJECT} missing: build it on the host first (invoke build)")
     subprocess.run(["modprobe", "-a", "veth", "fou", "ipip"], check=True)
-    nss = [Namespace("bfx-ki-c"), Namespace("bfx-ki-p"), Namespace("bfx-ki-g")]
-    client, pop, gs = nss
-    obj = None
-    try:
-        link(client, "c0", f"{CLIENT_IP}/24", pop, "p0", f"{POP_C_IP}/24")
-        link(pop, "p1", f"{POP_G_IP}/24", gs, "g0", f"{GS_IP}/24")
-        pop.sysctl("net.ipv4.ip_forward", "1")
-        client.route(f"{VIP}/32", gateway=POP_C_IP)
+    with xdp_topology("bfx-ki", OBJECT, config(), VIP) as topo:
+        # The game server's side is the kernel's own: fou receive port, ipip/fou tunnel back.
         for argv in (
             ["ip", "fou", "add", "port", str(FOU), "ipproto", "4"],
             ["ip", "link", "add", "tun0", "type", "ipip", "remote", POP_G_IP, "local", GS_IP,
@@ -81,25 +65,11 @@ def lab() -> Iterator[Lab]:
             ["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"],
             ["sysctl", "-qw", "net.ipv4.conf.tun0.rp_filter=0"],
         ):  # fmt: skip
-            gs.run(argv)
-        obj = BpfObject(OBJECT)
-        ms = maps.MapSet.from_fds(obj.map_fds())
-        maps.apply(ms, config())
-        prog, passp = obj.prog_fd("bifrost_xdp"), obj.prog_fd("bifrost_pass")
-        with pop.entered():
-            for dev in ("p0", "p1"):
-                libbpf.xdp_attach(socket.if_nametoindex(dev), prog, XDP_FLAGS_DRV_MODE)
+            topo.gs.run(argv)
+        topo.attach()
+        with topo.pop.entered():
             loader.prime_neighbours(config())
-        # veth hands XDP_TX/REDIRECT frames only to a peer with NAPI on: XDP on the peers.
-        for ns, dev in ((client, "c0"), (gs, "g0")):
-            with ns.entered():
-                libbpf.xdp_attach(socket.if_nametoindex(dev), passp, XDP_FLAGS_DRV_MODE)
-        yield Lab(client, pop, gs, ms)
-    finally:
-        if obj:
-            obj.close()
-        for ns in nss:
-            ns.close()
+        yield topo
 
 
 SO_NO_CHECK = 11
@@ -123,7 +93,7 @@ def _echo_server(sock: socket.socket, stop: threading.Event) -> None:
         sock.sendto(b"echo:" + data, addr)
 
 
-def _diag(lab: Lab) -> str:
+def _diag(lab: XdpTopology) -> str:
     """What each hop saw, for the failure message."""
     out = [f"xdp counters: {maps.counters(lab.ms)}"]
     for ns, what in ((lab.gs, ["ip", "-s", "link"]), (lab.pop, ["ip", "-s", "link"])):
@@ -133,7 +103,7 @@ def _diag(lab: Lab) -> str:
     return "\n".join(out)
 
 
-def test_kernel_fou_accepts_encap_and_xdp_decaps_kernel_fou(lab: Lab) -> None:
+def test_kernel_fou_accepts_encap_and_xdp_decaps_kernel_fou(lab: XdpTopology) -> None:
     srv = no_check(lab.gs.socket())
     srv.bind((VIP, PORT))
     stop = threading.Event()
@@ -165,11 +135,11 @@ def test_kernel_fou_accepts_encap_and_xdp_decaps_kernel_fou(lab: Lab) -> None:
     ret = sum(counts[k].packets for k in counts if k[1] in ("tx_return", "pass_return_neigh"))
     assert ret >= 10 and counts[(1, "tx_return")].packets >= 9
     # It really went through the kernel's ipip device both ways.
-    assert lab.gs_counter("tun0", "rx_packets") >= 10
-    assert lab.gs_counter("tun0", "tx_packets") >= 10
+    assert gs_counter(lab, "tun0", "rx_packets") >= 10
+    assert gs_counter(lab, "tun0", "tx_packets") >= 10
 
 
-def test_unknown_source_fou_is_not_relayed(lab: Lab) -> None:
+def test_unknown_source_fou_is_not_relayed(lab: XdpTopology) -> None:
     """A FOU packet whose inner source is not a service of the sender: dropped by XDP."""
     before = maps.counters(lab.ms).get((0, "drop_relay"))
     base = before.packets if before else 0
