@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from bifrost import config as cfgmod
@@ -25,13 +26,21 @@ def _iface(args: argparse.Namespace, cfg: XdpConfig) -> str:
     return str(iface)
 
 
+def _neighbours(rep: loader.NeighbourReport) -> int:
+    """Print what was managed; errors (a game server without a route) go to stderr and
+    make the exit status 2: the program runs, but that server's traffic is dropped."""
+    for line in rep.lines():
+        print(line)
+    for err in rep.errors:
+        print(f"error: {err}", file=sys.stderr)
+    return 2 if rep.errors else 0
+
+
 def cmd_attach(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     res = loader.attach(cfg, _iface(args, cfg), obj=Path(args.obj), mode=args.mode)
-    primed = loader.prime_neighbours(cfg)
     print(f"{res.iface}: attached ({res.mode}); maps in {res.pin_dir}; {res.report}")
-    print(f"primed {primed} game-server neighbour(s)")
-    return 0
+    return _neighbours(res.neighbours)
 
 
 def cmd_detach(args: argparse.Namespace) -> int:
@@ -44,9 +53,9 @@ def cmd_detach(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
-    print(loader.apply(cfg, _iface(args, cfg)))
-    loader.prime_neighbours(cfg)
-    return 0
+    res = loader.apply(cfg, _iface(args, cfg))
+    print(res.report)
+    return _neighbours(res.neighbours)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -77,16 +86,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     xs = p.add_subparsers(dest="xdp_command", required=True, metavar="ACTION")
 
     def add(name: str, fn: object, help: str) -> argparse.ArgumentParser:
-        sp = xs.add_parser(name, help=help)
+        sp = xs.add_parser(name, help=help, description=help)
         sp.add_argument("--iface", help="interface (default: xdp.interface)")
         sp.set_defaults(func=fn)
         return sp
 
-    a = add("attach", cmd_attach, "load, pin maps, apply the config, attach")
+    a = add(
+        "attach",
+        cmd_attach,
+        "load, pin maps, apply the config, attach, and have the kernel keep every game "
+        "server's next hop resolved (managed neighbour entries); exit 2 if a game server "
+        "has no route",
+    )
     a.add_argument("--mode", choices=("auto", "native", "generic"), help="default: xdp.mode")
     a.add_argument("--obj", default=str(OBJECT), help=f"object file (default: {OBJECT})")
-    add("detach", cmd_detach, "detach and remove the pinned maps")
-    add("apply", cmd_apply, "re-apply the config to the running program (no reload)")
+    add("detach", cmd_detach, "detach, delete the neighbour entries attach/apply made, unpin")
+    add(
+        "apply",
+        cmd_apply,
+        "re-apply the config to the running program (no reload) and its managed neighbour "
+        "entries (re-creates flushed ones, deletes unneeded ones); exit 2 if a game server "
+        "has no route",
+    )
     add("status", cmd_status, "attached or not, in which mode")
     s = add("stats", cmd_stats, "per-rule, per-reason packet counters")
     s.add_argument("--reset", action="store_true", help="zero the counters after printing")

@@ -3,15 +3,45 @@
 Maps and the program are pinned under <pin_dir>/<iface>/ so that `bifrost xdp
 apply|stats|status` in a later process find them; the XDP attachment itself
 is held by the interface (netlink), not by this process.
+
+Game servers' neighbours. The forward path takes each game server's next hop
+(gateway, or the server itself on a connected subnet) from bpf_fib_lookup,
+which only reads the kernel's neighbour table: XDP cannot make the kernel
+resolve (ARP) a neighbour, and a forward packet cannot be handed to the stack
+instead (its outer source is our own address, a martian on input). An entry
+that is missing, INCOMPLETE or FAILED therefore drops the forward traffic
+(`drop_no_neigh`) until something else talks to that host, which on a POP
+nothing does. So attach/apply install a *managed* neighbour entry
+(NTF_EXT_MANAGED, Linux 5.16+, `ip neigh replace ADDR dev DEV managed`) for
+every next hop: the kernel resolves it at once and then re-probes it by
+itself (every net.ipv4.neigh.default.interval_probe_time_ms, 5 s), so it
+stays valid (REACHABLE/STALE) and follows a MAC change with no traffic at all.
+The entries carry NDA_PROTOCOL RTPROT_BIFROST (`proto 191` in `ip neigh`) and
+are recorded under <pin_dir>/<iface>/neighbours/; detach deletes exactly those
+that are still ours. A PERMANENT entry an operator set is left alone.
+
+What the kernel does NOT do for us: a carrier loss on the device flushes the
+managed entries with every other dynamic one (measured on 6.18), and under
+ARP-table pressure (more than gc_thresh1 entries) its GC may drop one that is
+FAILED. `bifrost xdp apply` re-creates them (it is idempotent and does not
+disturb a valid entry).
 """
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import logging
+import os
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import ndmsg
 
 from bifrost.xdp import libbpf, maps
 from bifrost.xdp.build import OBJECT
@@ -21,6 +51,15 @@ from bifrost.xdp.libbpf import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, BpfError
 log = logging.getLogger(__name__)
 
 PROG_PIN = "prog"
+NEIGHBOURS_RECORD = "neighbours"  # one directory per entry made, in the pin dir
+
+# include/uapi/linux/neighbour.h. pyroute2 (0.9) knows the NDA_FLAGS_EXT
+# attribute (`flags_ext=`) but has no name for its bits.
+NTF_EXT_MANAGED = 0x01
+# Our mark in NDA_PROTOCOL (u8; unassigned in iproute2's rt_protos), so detach
+# can tell an entry it made from one an operator has since replaced.
+RTPROT_BIFROST = 0xBF
+RTN_UNICAST = 1
 
 
 def pin_dir_for(base: str | Path, iface: str) -> Path:
@@ -35,11 +74,40 @@ def ifindex(iface: str) -> int:
 
 
 @dataclass(frozen=True)
+class NextHop:
+    """The neighbour the kernel's FIB picks for one or more game servers."""
+
+    address: ipaddress.IPv4Address
+    ifname: str
+    servers: tuple[ipaddress.IPv4Address, ...]
+
+    def __str__(self) -> str:
+        behind = [str(s) for s in self.servers if s != self.address]
+        via = f" (gateway for {', '.join(behind)})" if behind else ""
+        return f"{self.address} dev {self.ifname}{via}"
+
+
+@dataclass(frozen=True)
+class NeighbourReport:
+    managed: tuple[NextHop, ...] = ()
+    kept: tuple[str, ...] = ()  # next hops left as someone else set them, and why
+    errors: tuple[str, ...] = ()  # game servers without a usable route, kernel refusals
+    released: tuple[str, ...] = ()  # our entries deleted because no server needs them now
+
+    def lines(self) -> list[str]:
+        out = [f"managed neighbour {nh}" for nh in self.managed]
+        out += [f"left alone: {k}" for k in self.kept]
+        out += [f"released neighbour {r}" for r in self.released]
+        return out
+
+
+@dataclass(frozen=True)
 class Attached:
     iface: str
     mode: str  # "native" or "generic"
     pin_dir: Path
     report: maps.ApplyReport
+    neighbours: NeighbourReport = field(default_factory=NeighbourReport)
 
 
 def attach(
@@ -49,7 +117,8 @@ def attach(
     mode: str | None = None,
     pin_base: str | Path | None = None,
 ) -> Attached:
-    """Load the object, pin its maps, apply cfg, attach (native, else generic with a warning)."""
+    """Load the object, pin its maps, apply cfg, attach (native, else generic with a warning),
+    then install managed neighbour entries for the game servers' next hops."""
     iface = iface or cfg.interface
     if not iface:
         raise ValueError("no interface: set xdp.interface or pass one")
@@ -75,7 +144,10 @@ def attach(
             shutil.rmtree(pdir, ignore_errors=True)
             raise
     log.info("attached bifrost_xdp on %s (%s), maps pinned in %s", iface, used, pdir)
-    return Attached(iface, used, pdir, report)
+    # After the attach: a game server without a route is reported, not fatal
+    # (its traffic is counted as drop_no_route), and the program stays attached.
+    neigh = manage_neighbours(cfg, record=pdir / NEIGHBOURS_RECORD)
+    return Attached(iface, used, pdir, report, neigh)
 
 
 def _attach_fd(idx: int, prog_fd: int, mode: str, iface: str) -> str:
@@ -97,17 +169,27 @@ def attach_pass(iface: str, obj: Path = OBJECT) -> None:
         libbpf.xdp_attach(ifindex(iface), bo.prog_fd("bifrost_pass"), XDP_FLAGS_DRV_MODE)
 
 
-def apply(cfg: XdpConfig, iface: str | None = None, pin_base: str | Path | None = None) -> str:
-    """Re-apply cfg to the pinned maps of a running program (no reload)."""
+@dataclass(frozen=True)
+class Applied:
+    report: str
+    neighbours: NeighbourReport
+
+
+def apply(cfg: XdpConfig, iface: str | None = None, pin_base: str | Path | None = None) -> Applied:
+    """Re-apply cfg to the pinned maps of a running program (no reload) and bring the
+    managed neighbours in line with its game servers (re-creating any the kernel flushed)."""
     iface = iface or cfg.interface
     if not iface:
         raise ValueError("no interface: set xdp.interface or pass one")
-    ms = maps.MapSet.from_pins(pin_dir_for(pin_base or cfg.pin_dir, iface))
-    return str(maps.apply(ms, cfg))
+    pdir = pin_dir_for(pin_base or cfg.pin_dir, iface)
+    ms = maps.MapSet.from_pins(pdir)
+    report = str(maps.apply(ms, cfg))
+    return Applied(report, manage_neighbours(cfg, record=pdir / NEIGHBOURS_RECORD))
 
 
 def detach(iface: str, pin_base: str | Path) -> None:
-    """Detach in whichever mode it is attached and remove the pins."""
+    """Detach in whichever mode it is attached, delete the neighbour entries attach/apply
+    made (only those still ours), and remove the pins."""
     try:
         idx = ifindex(iface)
     except ValueError:
@@ -116,7 +198,9 @@ def detach(iface: str, pin_base: str | Path) -> None:
         for flags in (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE):
             if libbpf.xdp_query_id(idx, flags):
                 libbpf.xdp_detach(idx, flags)
-    shutil.rmtree(pin_dir_for(pin_base, iface), ignore_errors=True)
+    pdir = pin_dir_for(pin_base, iface)
+    release_neighbours(pdir / NEIGHBOURS_RECORD)
+    shutil.rmtree(pdir, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -150,25 +234,6 @@ def status(iface: str, pin_base: str | Path) -> Status:
     )
 
 
-def prime_neighbours(cfg: XdpConfig) -> int:
-    """Make the kernel resolve each game server's next hop (ARP) for the fast path.
-
-    XDP never makes the kernel resolve a neighbour, and a forward packet cannot
-    be handed to the stack instead (its outer source is our own address), so
-    one datagram to the discard port of every game server does it. Call it from
-    the POP's netns after attach/apply and periodically.
-    """
-    sent = 0
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for gs in cfg.all_game_servers():
-            try:
-                s.sendto(b"", (str(gs), 9))
-                sent += 1
-            except OSError as e:
-                log.warning("cannot reach game server %s: %s", gs, e)
-    return sent
-
-
 def attach_also(iface: str, first_iface: str, pin_base: str | Path, mode: str = "auto") -> str:
     """Attach the program already attached on first_iface (same maps) to one more interface.
 
@@ -178,3 +243,186 @@ def attach_also(iface: str, first_iface: str, pin_base: str | Path, mode: str = 
     """
     prog = libbpf.get_pinned(str(pin_dir_for(pin_base, first_iface) / PROG_PIN))
     return _attach_fd(ifindex(iface), prog, mode, iface)
+
+
+# -- game servers' neighbours (see the module docstring) -----------------------
+
+
+class NoRoute(ValueError):
+    pass
+
+
+def next_hop(ipr: IPRoute, server: ipaddress.IPv4Address) -> NextHop:
+    """The next hop of the kernel's route to server (as `ip route get`), in this netns.
+
+    Only the destination is looked up: bpf_fib_lookup also passes the POP
+    address as source and the ingress device, which matters only with policy
+    routing by source or interface.
+    """
+    try:
+        route = ipr.route("get", dst=str(server))[0]
+    except NetlinkError as e:
+        why = "blackhole or prohibit route" if e.code == errno.EINVAL else os.strerror(e.code)
+        raise NoRoute(
+            f"game server {server}: no route in this netns ({why}); "
+            "the XDP program drops its traffic as drop_no_route"
+        ) from None
+    if route["type"] != RTN_UNICAST:
+        raise NoRoute(f"game server {server}: is an address of this host, not a remote server")
+    gateway = route.get_attr("RTA_GATEWAY")
+    address = ipaddress.IPv4Address(gateway) if gateway else server
+    return NextHop(address, socket.if_indextoname(route.get_attr("RTA_OIF")), (server,))
+
+
+def _neighbour(ipr: IPRoute, address: ipaddress.IPv4Address, ifname: str) -> Any | None:
+    try:
+        return ipr.neigh("get", dst=str(address), ifindex=socket.if_nametoindex(ifname))[0]
+    except NetlinkError as e:
+        if e.code == errno.ENOENT:
+            return None
+        raise
+
+
+def _is_managed(entry: Any) -> bool:
+    return bool((entry.get_attr("NDA_FLAGS_EXT") or 0) & NTF_EXT_MANAGED)
+
+
+def _is_ours(entry: Any) -> bool:
+    return _is_managed(entry) and entry.get_attr("NDA_PROTOCOL") == RTPROT_BIFROST
+
+
+def _next_hops(ipr: IPRoute, cfg: XdpConfig) -> tuple[list[NextHop], list[str]]:
+    """One NextHop per (address, device): servers behind one gateway share its entry."""
+    hops: dict[tuple[ipaddress.IPv4Address, str], NextHop] = {}
+    errors = []
+    for server in cfg.all_game_servers():
+        try:
+            nh = next_hop(ipr, server)
+        except NoRoute as e:
+            errors.append(str(e))
+            continue
+        key = (nh.address, nh.ifname)
+        if key in hops:
+            nh = NextHop(nh.address, nh.ifname, (*hops[key].servers, server))
+        hops[key] = nh
+    return list(hops.values()), errors
+
+
+def manage_neighbours(cfg: XdpConfig, record: Path | None = None) -> NeighbourReport:
+    """Install a managed neighbour entry for every game server's next hop, in this netns.
+
+    Idempotent: replacing an entry with NTF_EXT_MANAGED keeps its state and
+    MAC (the kernel ignores the given state when the managed flag is set), so
+    a valid entry is never disturbed; the kernel starts resolving a new one at
+    once. Left alone: PERMANENT/NOARP entries (making them managed would drop
+    their permanence) and managed entries someone else made. With record (a
+    directory in the pin dir), the entries made are listed there, and ones listed
+    earlier that no game server needs any more are deleted.
+    """
+    managed: list[NextHop] = []
+    kept: list[str] = []
+    with IPRoute() as ipr:
+        hops, errors = _next_hops(ipr, cfg)
+        for nh in hops:
+            entry = _neighbour(ipr, nh.address, nh.ifname)
+            if entry is not None and entry["state"] & (ndmsg.NUD_PERMANENT | ndmsg.NUD_NOARP):
+                kept.append(f"{nh}: a permanent entry (set by an operator)")
+                continue
+            if entry is not None and _is_managed(entry) and not _is_ours(entry):
+                kept.append(f"{nh}: already managed by someone else")
+                continue
+            try:
+                ipr.neigh(
+                    "replace",
+                    dst=str(nh.address),
+                    ifindex=socket.if_nametoindex(nh.ifname),
+                    state=ndmsg.NUD_NONE,  # PERMANENT (pyroute2's default) + managed is EINVAL
+                    flags_ext=NTF_EXT_MANAGED,
+                    protocol=RTPROT_BIFROST,
+                )
+            except NetlinkError as e:
+                errors.append(f"{nh}: the kernel refused a managed neighbour entry: {e}")
+                continue
+            after = _neighbour(ipr, nh.address, nh.ifname)
+            if after is None or not _is_ours(after):
+                # A kernel older than 5.16 ignores NDA_FLAGS_EXT: resolve once the
+                # old way and say that nothing will keep it resolved.
+                _nudge(nh.servers)
+                errors.append(f"{nh}: the kernel has no managed neighbours (Linux < 5.16)")
+                continue
+            managed.append(nh)
+        released = _reconcile(ipr, record, managed) if record is not None else []
+    for msg in errors:
+        log.error("%s", msg)
+    for nh in managed:
+        log.info("managed neighbour %s", nh)
+    return NeighbourReport(tuple(managed), tuple(kept), tuple(errors), tuple(released))
+
+
+def _nudge(servers: tuple[ipaddress.IPv4Address, ...]) -> None:
+    """One datagram to the discard port makes the kernel resolve the next hop once."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for server in servers:
+            try:
+                s.sendto(b"", (str(server), 9))
+            except OSError as e:
+                log.warning("cannot reach game server %s: %s", server, e)
+
+
+def _record_name(address: str, ifname: str) -> str:
+    # bpffs holds only pins and directories, and refuses a '.' in a name: ':'
+    # stands for it (no interface name or IPv4 address contains one).
+    return f"{address}@{ifname}".replace(".", ":")
+
+
+def _read_record(record: Path) -> list[tuple[str, str]]:
+    if not record.is_dir():
+        return []
+    entries = [d.name.replace(":", ".").split("@", 1) for d in record.iterdir()]
+    return [(addr, dev) for addr, dev in entries]
+
+
+def _reconcile(ipr: IPRoute, record: Path, managed: list[NextHop]) -> list[str]:
+    now = [(str(nh.address), nh.ifname) for nh in managed]
+    released = []
+    for addr, dev in _read_record(record):
+        if (addr, dev) not in now:
+            released.append(_delete_if_ours(ipr, addr, dev))
+            (record / _record_name(addr, dev)).rmdir()
+    for addr, dev in now:
+        (record / _record_name(addr, dev)).mkdir(parents=True, exist_ok=True)
+    return [r for r in released if r]
+
+
+def _delete_if_ours(ipr: IPRoute, address: str, ifname: str) -> str:
+    """Delete the entry if it is still the managed one we made; its description, else ''."""
+    try:
+        entry = _neighbour(ipr, ipaddress.IPv4Address(address), ifname)
+    except OSError:  # the device is gone, and its entries with it
+        return ""
+    if entry is None or not _is_ours(entry):
+        return ""
+    ipr.neigh("del", dst=address, ifindex=socket.if_nametoindex(ifname))
+    return f"{address} dev {ifname}"
+
+
+def release_neighbours(record: Path) -> list[str]:
+    """Delete the neighbour entries listed in record that are still ours (in this netns)."""
+    entries = _read_record(record)
+    if not entries:
+        return []
+    with IPRoute() as ipr:
+        done = [_delete_if_ours(ipr, addr, dev) for addr, dev in entries]
+    shutil.rmtree(record, ignore_errors=True)
+    return [d for d in done if d]
+
+
+def prime_neighbours(cfg: XdpConfig) -> int:
+    """Install managed neighbour entries for cfg's game servers' next hops, in this netns;
+    returns how many next hops the kernel now keeps resolved.
+
+    For callers that attach the program themselves (labs, tests): nothing is
+    recorded, so `detach` leaves these entries; `attach`/`apply` do the same
+    and record them.
+    """
+    return len(manage_neighbours(cfg).managed)
