@@ -63,7 +63,8 @@ def _frame(dport: int, payload: bytes) -> bytes:
     return bytes(Ether() / IP(src=CLIENT, dst=VIP) / UDP(sport=40000, dport=dport) / payload)
 
 
-FIREWALL_PATHS = ("forward + firewall",)
+FLOOD = "fwd + fw, spoofed flood"
+FIREWALL_PATHS = ("forward + firewall", FLOOD)
 
 
 def _paths() -> dict[str, tuple[bytes, str]]:
@@ -107,6 +108,9 @@ def main() -> int:
         name: (pipe_fd, frame, verdict) for name, (frame, verdict) in _paths().items()
     }
     base_frame = rows["forward (encap)"][1]
+    # A new source address every packet: the rate limiter inserts (and, once its
+    # LRU is full, evicts) on every packet, as under a spoofed-source flood.
+    rows[FLOOD] = (obj.prog_fd("bench_pipeline_flood"), rows["forward + firewall"][1], "TX")
     rows[FLOOR] = (floor_fd, base_frame, "TX")
     # One CPU: the two cores of these machines run at visibly different speeds
     # at times, and a pair measured on different cores gives a meaningless ratio.

@@ -89,12 +89,20 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } firewall SEC(".maps");
 
-/* Token buckets; LRU so a spoofed-source flood evicts old buckets, not new ones. */
+/*
+ * Token buckets; LRU so a spoofed-source flood evicts old buckets, not new
+ * ones. Such a flood inserts on every packet, so each CPU gets its own LRU
+ * list (BPF_F_NO_COMMON_LRU: made for "external traffic facing machines
+ * under attack"): RSS spreads a flood over every queue, and one common list
+ * would serialize them on its lock. The price: a CPU evicts from its own
+ * share (max_entries / CPUs); a client's flow stays on one queue anyway.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, BFX_MAX_RATE_SOURCES);
 	__type(key, struct bfx_rate_key);
 	__type(value, struct bfx_rate_state);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 } rate_limit SEC(".maps");
 
 /*
