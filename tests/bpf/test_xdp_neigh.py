@@ -86,6 +86,13 @@ def entry(ns: Namespace, address: str, dev: str) -> Entry | None:
     )
 
 
+def updated_ticks(ns: Namespace, address: str, dev: str) -> int:
+    """NDA_CACHEINFO ndm_updated: clock ticks (USER_HZ) since the entry last changed."""
+    with ns.ipr() as ipr:
+        msg = ipr.neigh("get", dst=address, ifindex=ipr.link_lookup(ifname=dev)[0])[0]
+    return int(msg.get_attr("NDA_CACHEINFO")["ndm_updated"])
+
+
 def wait_for(what: Callable[[], bool], timeout: float) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -169,6 +176,12 @@ def test_attach_makes_the_next_hop_managed_and_reachable_without_traffic(net: Ne
     # The kernel resolved it by ARP alone: no datagram (no old-style nudge) reached the server.
     assert ip_in_receives(net.gs) == 0
     assert net.forward_verdict() == ("REDIRECT", mac(net.gs, "g0"))
+    # Re-applying does not disturb a valid entry: the kernel's "last updated" stays old.
+    time.sleep(0.5)
+    with net.pop.entered():
+        assert loader.prime_neighbours(config()) == 1
+    assert entry(net.pop, GS_IP, "p1") == got
+    assert updated_ticks(net.pop, GS_IP, "p1") >= 30  # USER_HZ ticks: at least 0.3 s ago
     # Recorded in the pin dir (bpffs: a directory per entry, ':' for '.').
     assert [d.name for d in (net.pins / "p0" / "neighbours").iterdir()] == ["10:9:1:2@p1"]
 

@@ -27,8 +27,9 @@ def _iface(args: argparse.Namespace, cfg: XdpConfig) -> str:
 
 
 def _neighbours(rep: loader.NeighbourReport) -> int:
-    """Print what was managed; errors (a game server without a route) go to stderr and
-    make the exit status 2: the program runs, but that server's traffic is dropped."""
+    """Print what was managed; errors (a game server without a route, an entry the
+    kernel would not manage) go to stderr and make the exit status 2: the program
+    runs, but that server's forward traffic is or may be dropped."""
     for line in rep.lines():
         print(line)
     for err in rep.errors:
@@ -95,8 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "attach",
         cmd_attach,
         "load, pin maps, apply the config, attach, and have the kernel keep every game "
-        "server's next hop resolved (managed neighbour entries); exit 2 if a game server "
-        "has no route",
+        "server's next hop resolved (managed neighbour entries); exit 2 if one cannot be "
+        "(a game server without a route)",
     )
     a.add_argument("--mode", choices=("auto", "native", "generic"), help="default: xdp.mode")
     a.add_argument("--obj", default=str(OBJECT), help=f"object file (default: {OBJECT})")
@@ -105,8 +106,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "apply",
         cmd_apply,
         "re-apply the config to the running program (no reload) and its managed neighbour "
-        "entries (re-creates flushed ones, deletes unneeded ones); exit 2 if a game server "
-        "has no route",
+        "entries (re-creates flushed ones, deletes unneeded ones); exit 2 if one "
+        "cannot be managed (a game server without a route)",
     )
     add("status", cmd_status, "attached or not, in which mode")
     s = add("stats", cmd_stats, "per-rule, per-reason packet counters")

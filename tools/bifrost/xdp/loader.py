@@ -13,18 +13,20 @@ that is missing, INCOMPLETE or FAILED therefore drops the forward traffic
 (`drop_no_neigh`) until something else talks to that host, which on a POP
 nothing does. So attach/apply install a *managed* neighbour entry
 (NTF_EXT_MANAGED, Linux 5.16+, `ip neigh replace ADDR dev DEV managed`) for
-every next hop: the kernel resolves it at once and then re-probes it by
-itself (every net.ipv4.neigh.default.interval_probe_time_ms, 5 s), so it
-stays valid (REACHABLE/STALE) and follows a MAC change with no traffic at all.
-The entries carry NDA_PROTOCOL RTPROT_BIFROST (`proto 191` in `ip neigh`) and
-are recorded under <pin_dir>/<iface>/neighbours/; detach deletes exactly those
-that are still ours. A PERMANENT entry an operator set is left alone.
+every next hop: the kernel resolves it at once and then, every
+interval_probe_time_ms (5 s; the initial netns's net.ipv4.neigh.default value
+serves the whole host), starts resolving again any of them that is no longer
+REACHABLE, FAILED included. So it stays valid and follows a MAC change with
+no traffic at all. The entries carry NDA_PROTOCOL RTPROT_BIFROST (`proto 191`
+in `ip neigh`) and are recorded under <pin_dir>/<iface>/neighbours/; detach
+deletes exactly those that are still ours. A PERMANENT entry an operator set
+is left alone.
 
 What the kernel does NOT do for us: a carrier loss on the device flushes the
-managed entries with every other dynamic one (measured on 6.18), and under
-ARP-table pressure (more than gc_thresh1 entries) its GC may drop one that is
-FAILED. `bifrost xdp apply` re-creates them (it is idempotent and does not
-disturb a valid entry).
+managed entries with every other dynamic one (measured on 6.1, 6.12 and
+6.18), and under ARP-table pressure (more than gc_thresh1 entries) its GC
+may drop one that is FAILED. `bifrost xdp apply` re-creates them (it is
+idempotent and does not disturb a valid entry).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ NTF_EXT_MANAGED = 0x01
 # Our mark in NDA_PROTOCOL (u8; unassigned in iproute2's rt_protos), so detach
 # can tell an entry it made from one an operator has since replaced.
 RTPROT_BIFROST = 0xBF
-RTN_UNICAST = 1
+RTN_UNICAST, RTN_LOCAL = 1, 2  # include/uapi/linux/rtnetlink.h
 
 
 def pin_dir_for(base: str | Path, iface: str) -> Path:
@@ -257,7 +259,8 @@ def next_hop(ipr: IPRoute, server: ipaddress.IPv4Address) -> NextHop:
 
     Only the destination is looked up: bpf_fib_lookup also passes the POP
     address as source and the ingress device, which matters only with policy
-    routing by source or interface.
+    routing by source or interface. Of a multipath route only the leg this
+    lookup hashes to is returned (bpf_fib_lookup may pick another per flow).
     """
     try:
         route = ipr.route("get", dst=str(server))[0]
@@ -267,8 +270,10 @@ def next_hop(ipr: IPRoute, server: ipaddress.IPv4Address) -> NextHop:
             f"game server {server}: no route in this netns ({why}); "
             "the XDP program drops its traffic as drop_no_route"
         ) from None
-    if route["type"] != RTN_UNICAST:
+    if route["type"] == RTN_LOCAL:
         raise NoRoute(f"game server {server}: is an address of this host, not a remote server")
+    if route["type"] != RTN_UNICAST:
+        raise NoRoute(f"game server {server}: not a unicast route (type {route['type']})")
     gateway = route.get_attr("RTA_GATEWAY")
     address = ipaddress.IPv4Address(gateway) if gateway else server
     return NextHop(address, socket.if_indextoname(route.get_attr("RTA_OIF")), (server,))
@@ -314,10 +319,13 @@ def manage_neighbours(cfg: XdpConfig, record: Path | None = None) -> NeighbourRe
     Idempotent: replacing an entry with NTF_EXT_MANAGED keeps its state and
     MAC (the kernel ignores the given state when the managed flag is set), so
     a valid entry is never disturbed; the kernel starts resolving a new one at
-    once. Left alone: PERMANENT/NOARP entries (making them managed would drop
-    their permanence) and managed entries someone else made. With record (a
-    directory in the pin dir), the entries made are listed there, and ones listed
-    earlier that no game server needs any more are deleted.
+    once (measured: REACHABLE within a millisecond on veth), so the datagram
+    nudge this used to send is gone.
+
+    Left alone: PERMANENT/NOARP entries (making them managed would drop their
+    permanence) and managed entries someone else made. With record (a
+    directory in the pin dir), the entries made are listed there, and ones
+    listed earlier that no game server needs any more are deleted.
     """
     managed: list[NextHop] = []
     kept: list[str] = []
@@ -345,10 +353,8 @@ def manage_neighbours(cfg: XdpConfig, record: Path | None = None) -> NeighbourRe
                 continue
             after = _neighbour(ipr, nh.address, nh.ifname)
             if after is None or not _is_ours(after):
-                # A kernel older than 5.16 ignores NDA_FLAGS_EXT: resolve once the
-                # old way and say that nothing will keep it resolved.
-                _nudge(nh.servers)
-                errors.append(f"{nh}: the kernel has no managed neighbours (Linux < 5.16)")
+                # A kernel older than 5.16 ignores NDA_FLAGS_EXT without an error.
+                errors.append(f"{nh}: the kernel did not keep it managed (Linux < 5.16?)")
                 continue
             managed.append(nh)
         released = _reconcile(ipr, record, managed) if record is not None else []
@@ -357,16 +363,6 @@ def manage_neighbours(cfg: XdpConfig, record: Path | None = None) -> NeighbourRe
     for nh in managed:
         log.info("managed neighbour %s", nh)
     return NeighbourReport(tuple(managed), tuple(kept), tuple(errors), tuple(released))
-
-
-def _nudge(servers: tuple[ipaddress.IPv4Address, ...]) -> None:
-    """One datagram to the discard port makes the kernel resolve the next hop once."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for server in servers:
-            try:
-                s.sendto(b"", (str(server), 9))
-            except OSError as e:
-                log.warning("cannot reach game server %s: %s", server, e)
 
 
 def _record_name(address: str, ifname: str) -> str:
