@@ -32,12 +32,12 @@ from xdp_harness import VIP, compile_object
 
 from bifrost.cli.main import main
 from bifrost.netns import Namespace, link
-from bifrost.xdp import libbpf, loader
+from bifrost.xdp import libbpf, loader, topology
 from bifrost.xdp.config import Rule, XdpConfig
 
 pytestmark = pytest.mark.bpf
 
-CLIENT_IP, POP_C_IP, POP_G_IP, GS_IP = "10.0.1.2", "10.0.1.1", "10.9.1.1", "10.9.1.2"
+CLIENT_IP, POP_G_IP, GS_IP = topology.CLIENT_IP, topology.POP_G_IP, topology.GS_IP
 FOU = 5555
 # The kernel's managed-entry work runs every interval_probe_time_ms (5 s, one
 # value for the whole host), so a re-resolution can take two rounds of it.
@@ -150,16 +150,10 @@ class Net:
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     obj = compile_object(tmp_path_factory.mktemp("neigh"))
     pins = Path(f"/sys/fs/bpf/bfx-test-neigh-{os.getpid()}")
-    nss = [Namespace("bfx-nc"), Namespace("bfx-np"), Namespace("bfx-ng")]
-    client, pop, gs = nss
     try:
-        link(client, "c0", f"{CLIENT_IP}/24", pop, "p0", f"{POP_C_IP}/24")
-        link(pop, "p1", f"{POP_G_IP}/24", gs, "g0", f"{GS_IP}/24")
-        pop.sysctl("net.ipv4.ip_forward", "1")  # else bpf_fib_lookup says FWD_DISABLED
-        yield Net(client, pop, gs, pins, obj)
+        with topology.hosts("bfx-n") as h:
+            yield Net(h.client, h.pop, h.gs, pins, obj)
     finally:
-        for ns in nss:
-            ns.close()
         shutil.rmtree(pins, ignore_errors=True)
 
 

@@ -125,11 +125,12 @@ def run(topo: Any) -> str:
         with topo.pop1.entered():
             res = loader.attach(cfg, "to-client", mode="native", pin_base=PIN_BASE)
             loader.attach_also("to-gs", "to-client", PIN_BASE, mode="native")
-            loader.prime_neighbours(cfg)
         for ns, dev in ((topo.client, "to-pop1"), (topo.gameserver, "to-pop1")):
             with ns.entered():
                 loader.attach_pass(dev)
         print(f"bifrost_xdp on pop1 to-client+to-gs ({res.mode}), maps in {res.pin_dir}")
+        for nh in res.neighbours.managed:
+            print(f"managed neighbour {nh} (the kernel keeps it resolved)")
         srv = _no_check(topo.gameserver.socket())
         srv.bind((str(topo.service_ip), topo.service_port))
         stop = threading.Event()
