@@ -21,3 +21,15 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "upgrade: root on the host: DKMS's own kernel hook rebuilds the modules, then a guest",
     )
+
+
+TIERS = ("unit", "bpf", "kernel", "upgrade")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test belongs to exactly one tier: `invoke test` selects tiers by
+    marker, so a test without one would be deselected everywhere and never run."""
+    for item in items:
+        tiers = [m.name for m in item.iter_markers() if m.name in TIERS]
+        if len(tiers) != 1:
+            raise pytest.UsageError(f"{item.nodeid}: needs exactly one tier marker, has {tiers}")

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
 from bifrost.xdp import maps, maps_def
+
+pytestmark = pytest.mark.unit
 
 S = maps_def.BY_NAME
 VIP = ipaddress.IPv4Address("198.51.100.10").packed
