@@ -26,7 +26,8 @@ What the kernel does NOT do for us: a carrier loss on the device flushes the
 managed entries with every other dynamic one (measured on 6.1, 6.12 and
 6.18), and under ARP-table pressure (more than gc_thresh1 entries) its GC
 may drop one that is FAILED. `bifrost xdp apply` re-creates them (it is
-idempotent and does not disturb a valid entry).
+idempotent and does not disturb a valid entry), and `bifrost xdp run`
+(bifrost.xdp.service) does so by itself when it sees one deleted.
 """
 
 from __future__ import annotations
@@ -183,10 +184,24 @@ def apply(cfg: XdpConfig, iface: str | None = None, pin_base: str | Path | None 
     iface = iface or cfg.interface
     if not iface:
         raise ValueError("no interface: set xdp.interface or pass one")
-    pdir = pin_dir_for(pin_base or cfg.pin_dir, iface)
-    ms = maps.MapSet.from_pins(pdir)
+    ms = maps.MapSet.from_pins(pin_dir_for(pin_base or cfg.pin_dir, iface))
     report = str(maps.apply(ms, cfg))
-    return Applied(report, manage_neighbours(cfg, record=pdir / NEIGHBOURS_RECORD))
+    return Applied(report, ensure_neighbours(cfg, iface, pin_base))
+
+
+def ensure_neighbours(
+    cfg: XdpConfig, iface: str, pin_base: str | Path | None = None
+) -> NeighbourReport:
+    """apply()'s neighbour half alone, maps untouched: re-install (and record) the managed
+    entries for cfg's next hops. Idempotent; for a process that re-creates the entries
+    a carrier loss flushed as soon as it sees that happen (`bifrost xdp run`)."""
+    record = pin_dir_for(pin_base or cfg.pin_dir, iface) / NEIGHBOURS_RECORD
+    return manage_neighbours(cfg, record=record)
+
+
+def recorded_neighbours(iface: str, pin_base: str | Path) -> list[tuple[str, str]]:
+    """(address, device) of each neighbour entry attach/apply made for iface's program."""
+    return _read_record(pin_dir_for(pin_base, iface) / NEIGHBOURS_RECORD)
 
 
 def detach(iface: str, pin_base: str | Path) -> None:
