@@ -1,13 +1,14 @@
-"""`bifrost xdp attach|detach|apply|status|stats`."""
+"""`bifrost xdp attach|detach|apply|status|stats|run`."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from bifrost import config as cfgmod
-from bifrost.xdp import loader, maps
+from bifrost.xdp import loader, maps, service
 from bifrost.xdp.build import OBJECT
 from bifrost.xdp.config import XdpConfig
 
@@ -81,6 +82,26 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    # A service logs what it does (journald keeps stderr); `-v` adds the quiet re-checks.
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s: %(message)s",
+        force=True,
+    )
+    # The service logs the loader's outcomes itself, once per change; the loader's own
+    # per-call info lines would repeat on every re-check. Its warnings and errors stay.
+    logging.getLogger(loader.__name__).setLevel(logging.WARNING)
+    svc = service.Service(
+        Path(args.config),
+        args.iface,
+        obj=Path(args.obj),
+        mode=args.mode,
+        recheck_s=args.recheck,
+    )
+    return svc.run()
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add this component's subcommands to `bifrost`."""
     p = sub.add_parser("xdp", help="the POP's XDP program")
@@ -108,6 +129,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "re-apply the config to the running program (no reload) and its managed neighbour "
         "entries (re-creates flushed ones, deletes unneeded ones); exit 2 if one "
         "cannot be managed (a game server without a route)",
+    )
+    r = add(
+        "run",
+        cmd_run,
+        "attach (or adopt the attached program and apply the config) and stay up: "
+        "re-install the game servers' managed neighbour entries as soon as one is deleted "
+        "(a carrier loss flushes them) or a link comes back up, re-check them every "
+        "--recheck seconds, re-apply the config on SIGHUP. Stopping it (SIGTERM/SIGINT) "
+        "takes the POP's XDP program off the interface. Runs as bifrost-xdp.service",
+    )
+    # The daemons' convention (`bifrost-cached --config X`), here after the subcommand
+    # too; SUPPRESS keeps `bifrost -c X xdp run` working as well.
+    r.add_argument("-c", "--config", default=argparse.SUPPRESS, help="host config file")
+    r.add_argument("--mode", choices=("auto", "native", "generic"), help="default: xdp.mode")
+    r.add_argument("--obj", default=str(OBJECT), help=f"object file (default: {OBJECT})")
+    r.add_argument(
+        "--recheck",
+        type=float,
+        default=service.RECHECK_S,
+        metavar="SECONDS",
+        help=f"neighbour re-check period besides the events (default: {service.RECHECK_S:g})",
     )
     add("status", cmd_status, "attached or not, in which mode")
     s = add("stats", cmd_stats, "per-rule, per-reason packet counters")

@@ -1,0 +1,284 @@
+"""`bifrost xdp run`: the POP's XDP program as a long-running service (bifrost-xdp.service).
+
+The attachment and the maps outlive any process (the interface and bpffs hold
+them), so why a process: the managed neighbour entries of the game servers'
+next hops do not survive a carrier loss on their device (the kernel flushes
+them with every other dynamic entry), and while one is missing every packet
+forwarded to its game server is dropped (drop_no_neigh). This process watches
+rtnetlink and re-installs them through the loader as soon as one it recorded
+is deleted or a link comes back up, and re-checks every `recheck` seconds as
+a safety net (lost netlink events, a route that moved to a new gateway).
+
+SIGHUP re-reads the config and re-applies it; SIGTERM/SIGINT detach (program
+off the interface, pins and recorded neighbour entries removed). A crash
+leaves the program attached (traffic keeps flowing) and a restart adopts it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import select
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_NEIGH
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+from bifrost import config as cfgmod
+from bifrost.foumap.daemon import sd_notify
+from bifrost.xdp import loader
+from bifrost.xdp.config import XdpConfig
+
+log = logging.getLogger("bifrost-xdp")
+
+IFF_UP, IFF_LOWER_UP = 0x1, 0x10000  # include/uapi/linux/if.h
+RECHECK_S = 30.0
+# After a re-install that left a game server without a usable next hop (its
+# route is gone while the link is down), try again soon, backing off to RECHECK_S.
+FIRST_RETRY_S = 1.0
+# Changing these moves the attachment itself: a reload cannot do that safely.
+NEEDS_RESTART = ("interface", "pin_dir", "mode")
+
+
+def load_config(path: Path) -> XdpConfig:
+    cfg = cfgmod.load(path).xdp
+    if cfg is None:
+        raise cfgmod.ConfigError(f"{path}: no [xdp] section")
+    result: XdpConfig = cfg
+    return result
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return str(value)
+
+
+def config_changes(old: XdpConfig, new: XdpConfig) -> list[str]:
+    """What a reload changes, one line per setting or rule, for the log."""
+    out = []
+    for f in dataclasses.fields(XdpConfig):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if f.name != "rules" and a != b:
+            out.append(f"xdp.{f.name}: {_show(a)} -> {_show(b)}")
+    before = {r.name: r for r in old.rules}
+    after = {r.name: r for r in new.rules}
+    out += [f"rule {n!r} added" for n in after if n not in before]
+    out += [f"rule {n!r} removed" for n in before if n not in after]
+    out += [f"rule {n!r} changed" for n in after if n in before and after[n] != before[n]]
+    return out
+
+
+def _open_watch() -> socket.socket:
+    """An rtnetlink socket subscribed to link and neighbour changes (non-blocking).
+
+    A raw socket read until EAGAIN, with pyroute2 only parsing: pyroute2's own
+    socket queues datagrams inside its asyncio loop, where select() on its fd
+    would not see them.
+    """
+    sock = socket.socket(
+        socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+    )
+    sock.bind((0, RTMGRP_LINK | RTMGRP_NEIGH))
+    return sock
+
+
+def _running(flags: int) -> bool:
+    return bool(flags & IFF_UP and flags & IFF_LOWER_UP)
+
+
+@dataclass
+class Service:
+    config_path: Path
+    iface_arg: str | None = None
+    obj: Path = loader.OBJECT
+    mode: str | None = None
+    recheck_s: float = RECHECK_S
+
+    def __post_init__(self) -> None:
+        self.cfg = load_config(self.config_path)
+        iface = self.iface_arg or self.cfg.interface
+        if not iface:
+            raise ValueError("no interface: pass --iface or set xdp.interface")
+        self.iface: str = iface
+        self.pin_base = self.cfg.pin_dir
+        self.link_running: dict[int, bool] = {}
+        self.last_neighbours: tuple[list[str], tuple[str, ...]] | None = None
+        self.retry_s = FIRST_RETRY_S
+        self.next_check = 0.0
+
+    # -- start, stop ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Attach per the config, or adopt a program attached with its pins (after a
+        crash or by `bifrost xdp attach`) and apply the config to it."""
+        st = loader.status(self.iface, self.pin_base)
+        if st.pinned and st.attached:
+            res = loader.apply(self.cfg, self.iface, self.pin_base)
+            how = "native" if st.native_prog_id else "generic"
+            log.info(
+                "%s: adopted the attached program (%s, prog id %d) and its maps in %s; %s",
+                self.iface,
+                how,
+                st.native_prog_id or st.generic_prog_id,
+                loader.pin_dir_for(self.pin_base, self.iface),
+                res.report,
+            )
+            neighbours = res.neighbours
+        else:
+            if st.pinned:
+                log.warning("%s: pins without an attached program (stale): removing", self.iface)
+                loader.detach(self.iface, self.pin_base)
+            att = loader.attach(self.cfg, self.iface, self.obj, self.mode, self.pin_base)
+            log.info(
+                "%s: attached (%s); maps in %s; %s", att.iface, att.mode, att.pin_dir, att.report
+            )
+            neighbours = att.neighbours
+        self._neighbours_done(neighbours, "start")
+
+    def stop(self) -> None:
+        loader.detach(self.iface, self.pin_base)
+        log.info(
+            "%s: detached: program off the interface, pins and managed neighbour entries removed",
+            self.iface,
+        )
+
+    # -- neighbours ----------------------------------------------------------
+
+    def ensure(self, why: str) -> None:
+        self._neighbours_done(loader.ensure_neighbours(self.cfg, self.iface, self.pin_base), why)
+
+    def _neighbours_done(self, rep: loader.NeighbourReport, why: str) -> None:
+        """Log the outcome when it differs from the last one (a periodic re-check that
+        changes nothing stays quiet) and schedule the next check."""
+        now = (rep.lines(), rep.errors)
+        level = logging.INFO if now != self.last_neighbours or why != "re-check" else logging.DEBUG
+        log.log(level, "neighbours (%s): %s", why, "; ".join(rep.lines()) or "none managed")
+        self.last_neighbours = now
+        # The loader has logged each error already.
+        if rep.errors:
+            self.next_check = time.monotonic() + self.retry_s
+            self.retry_s = min(self.retry_s * 2, self.recheck_s)
+        else:
+            self.next_check = time.monotonic() + self.recheck_s
+            self.retry_s = FIRST_RETRY_S
+
+    def _seed_links(self) -> None:
+        with IPRoute() as ipr:
+            for link in ipr.get_links():
+                self.link_running[link["index"]] = _running(link["flags"])
+
+    def read_events(self, sock: socket.socket, marshal: MarshalRtnl) -> list[str]:
+        """Drain the watch socket; why a re-install is due (empty: not due)."""
+        recorded = set(loader.recorded_neighbours(self.iface, self.pin_base))
+        reasons = []
+        while True:
+            try:
+                data = sock.recv(1 << 16)
+            except BlockingIOError:
+                return reasons
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                reasons.append("netlink overrun, events lost")
+                continue
+            for msg in marshal.parse(data):
+                event = msg.get("event")
+                if event == "RTM_DELNEIGH":
+                    try:
+                        dev = socket.if_indextoname(msg["ifindex"])
+                    except OSError:
+                        continue  # the device is gone, and its entries with it
+                    if (msg.get_attr("NDA_DST"), dev) in recorded:
+                        reasons.append(f"neighbour {msg.get_attr('NDA_DST')} dev {dev} deleted")
+                elif event == "RTM_NEWLINK":
+                    running = _running(msg["flags"])
+                    was = self.link_running.get(msg["index"])
+                    self.link_running[msg["index"]] = running
+                    if running and not was:
+                        reasons.append(f"link {msg.get_attr('IFLA_IFNAME')} up")
+
+    # -- reload --------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config, apply it to the maps and the neighbours, log what
+        changed. A bad file is reported and the running config kept."""
+        try:
+            new = load_config(self.config_path)
+        except cfgmod.ConfigError as e:
+            log.error("reload: %s; keeping the running config", e)
+            return
+        fixed = [k for k in NEEDS_RESTART if getattr(new, k) != getattr(self.cfg, k)]
+        if self.iface_arg and "interface" in fixed:
+            fixed.remove("interface")  # --iface overrides the file
+        if fixed:
+            for k in fixed:
+                log.error(
+                    "reload: xdp.%s changed (%s -> %s): that needs a restart "
+                    "(systemctl restart bifrost-xdp); keeping the running config",
+                    k,
+                    getattr(self.cfg, k),
+                    getattr(new, k),
+                )
+            return
+        changes = config_changes(self.cfg, new)
+        try:
+            res = loader.apply(new, self.iface, self.pin_base)
+        except (OSError, ValueError) as e:
+            log.error("reload: applying %s failed: %s", self.config_path, e)
+            return
+        self.cfg = new
+        for line in changes or ["nothing"]:
+            log.info("reload: changed %s", line)
+        log.info("reload: maps %s", res.report)
+        self._neighbours_done(res.neighbours, "reload")
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start, then serve until SIGTERM/SIGINT; 0 after a clean detach."""
+        # Signals arrive through a wakeup socket so select() sees them; each byte
+        # read is a signal number. Set up before attaching: a SIGTERM during the
+        # attach is then served (detached) right after it, not lost.
+        wake_r, wake_w = socket.socketpair()
+        for s in (wake_r, wake_w):
+            s.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno())
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda *_: None)
+        # Watching starts before the attach so no deletion in between goes unseen.
+        watch = _open_watch()
+        marshal = MarshalRtnl()
+        try:
+            self._seed_links()
+            self.start()
+            sd_notify("READY=1")
+            while True:
+                timeout = max(0.0, self.next_check - time.monotonic())
+                ready, _, _ = select.select([wake_r, watch], [], [], timeout)
+                sigs = wake_r.recv(64) if wake_r in ready else b""
+                if signal.SIGTERM in sigs or signal.SIGINT in sigs:
+                    break
+                if signal.SIGHUP in sigs:
+                    sd_notify("RELOADING=1")
+                    self.reload()
+                    sd_notify("READY=1")
+                reasons = self.read_events(watch, marshal) if watch in ready else []
+                if reasons:
+                    log.info("%s: re-installing the managed neighbours", "; ".join(reasons))
+                    self.ensure("event")
+                elif time.monotonic() >= self.next_check:
+                    self.ensure("re-check")
+        finally:
+            signal.set_wakeup_fd(-1)
+            for s in (wake_r, wake_w, watch):
+                s.close()
+        sd_notify("STOPPING=1")
+        self.stop()
+        return 0
