@@ -1,0 +1,293 @@
+"""`bifrost xdp run` as a process in the POP netns: attach, managed neighbour kept through a
+link flap, SIGHUP re-applies the config, SIGTERM detaches.
+
+::
+
+    [client] c0 10.0.1.2 -- 10.0.1.1 p0 [pop] p1 10.9.1.1 -- 10.9.1.2 g0 [gs]
+                      `bifrost xdp run` attaches on p0; the game server's next hop is on p1
+
+The process reports READY=1/STOPPING=1 to a notify socket of the test's, as it
+would to systemd (Type=notify).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import ndmsg
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from xdp_harness import VIP, compile_object
+
+from bifrost.netns import Namespace
+from bifrost.xdp import libbpf, loader, topology
+from bifrost.xdp.service import load_config
+
+pytestmark = pytest.mark.bpf
+
+CLIENT_IP, POP_G_IP, GS_IP = topology.CLIENT_IP, topology.POP_G_IP, topology.GS_IP
+BIFROST = Path(sys.executable).parent / "bifrost"
+# Well under both the service's 30 s re-check and the kernel's 5 s managed-entry
+# interval, so a recovery this fast can only be the service reacting to the events.
+EVENT_RECOVERY_S = 4.0
+
+CONFIG = """
+[xdp]
+modules = ["srcds"]
+interface = "p0"
+pin_dir = "{pins}"
+pop_address = "{pop}"
+
+[[xdp.rule]]
+name = "game"
+anycast = "{vip}"
+ports = [{ports}]
+game_server = "{gs}"
+"""
+
+
+def wait_for(what: Callable[[], bool], timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if what():
+            return True
+        time.sleep(0.05)
+    return what()
+
+
+def neigh(ns: Namespace, address: str, dev: str = "p1") -> tuple[int, bool, int | None] | None:
+    """(NUD state, managed, NDA_PROTOCOL) of an entry, None when there is none."""
+    with ns.ipr() as ipr:
+        try:
+            msg = ipr.neigh("get", dst=address, ifindex=ipr.link_lookup(ifname=dev)[0])[0]
+        except NetlinkError:
+            return None
+    managed = bool((msg.get_attr("NDA_FLAGS_EXT") or 0) & loader.NTF_EXT_MANAGED)
+    return msg["state"], managed, msg.get_attr("NDA_PROTOCOL")
+
+
+OURS_REACHABLE = (ndmsg.NUD_REACHABLE, True, loader.RTPROT_BIFROST)
+
+
+@dataclass
+class Pop:
+    hosts: topology.Hosts
+    pins: Path
+    obj: Path
+    toml: Path
+    tmp: Path
+
+    def write_config(self, ports: str = "27015") -> None:
+        self.toml.write_text(
+            CONFIG.format(pins=self.pins, pop=POP_G_IP, vip=VIP, ports=ports, gs=GS_IP)
+        )
+
+    def xdp_prog_id(self) -> int:
+        with self.hosts.pop.entered():
+            return libbpf.xdp_query_id(socket.if_nametoindex("p0"))
+
+    def verdict(self, dport: int = 27015) -> str:
+        """A client frame through the pinned program (BPF_PROG_TEST_RUN)."""
+        frame = bytes(
+            Ether(src="02:00:00:00:01:02", dst="02:00:00:00:01:01")
+            / IP(src=CLIENT_IP, dst=VIP)
+            / UDP(sport=40000, dport=dport)
+            / b"hi"
+        )
+        with self.hosts.pop.entered():
+            prog = libbpf.get_pinned(str(self.pins / "p0" / loader.PROG_PIN))
+            try:
+                res = libbpf.test_run(prog, frame, ingress_ifindex=socket.if_nametoindex("p0"))
+            finally:
+                os.close(prog)
+        return res.verdict
+
+
+@dataclass
+class Service:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    notify: socket.socket
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def notified(self, state: str, timeout: float) -> bool:
+        self.notify.settimeout(timeout)
+        try:
+            while True:
+                if state in self.notify.recv(4096).decode().split("\n"):
+                    return True
+        except TimeoutError:
+            return False
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+
+def start(pop: Pop, *extra: str) -> Service:
+    """`bifrost xdp run` in the POP netns. Entered with nsenter, not `ip netns exec`: that
+    remounts /sys for the netns without the bpffs at /sys/fs/bpf, so pins would fail."""
+    path = pop.tmp / "notify"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(path))
+    log = pop.tmp / "service.log"
+    argv = [BIFROST, "xdp", "run", "--config", pop.toml, "--obj", pop.obj, *extra]
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{pop.hosts.pop.name}", *map(str, argv)],
+            stdout=err,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "NOTIFY_SOCKET": str(path)},
+        )
+    return Service(proc, log, notify)
+
+
+@pytest.fixture
+def pop(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Iterator[Pop]:
+    obj = compile_object(tmp_path_factory.mktemp("svc"))
+    pins = Path(f"/sys/fs/bpf/bfx-test-svc-{os.getpid()}")
+    try:
+        with topology.hosts("bfx-s") as h:
+            p = Pop(h, pins, obj, tmp_path / "bifrost.toml", tmp_path)
+            p.write_config()
+            yield p
+    finally:
+        shutil.rmtree(pins, ignore_errors=True)
+
+
+@pytest.fixture
+def svc(pop: Pop) -> Iterator[Service]:
+    s = start(pop)
+    try:
+        assert s.notified("READY=1", 20), s.text()
+        yield s
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait()
+        s.notify.close()
+
+
+def test_attaches_and_recreates_the_flushed_neighbour_after_a_link_flap(
+    pop: Pop, svc: Service
+) -> None:
+    assert pop.xdp_prog_id() != 0
+    assert (pop.pins / "p0" / loader.PROG_PIN).exists()
+    assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE, 3), svc.text()
+    assert pop.verdict() == "REDIRECT"
+    # The control: an operator's managed entry, which no one re-creates after a flush.
+    pop.hosts.gs.run(["ip", "addr", "add", "10.9.1.3/24", "dev", "g0"])
+    pop.hosts.pop.run(["ip", "neigh", "add", "10.9.1.3", "dev", "p1", "managed"])
+    operators = (ndmsg.NUD_REACHABLE, True, None)
+    assert wait_for(lambda: neigh(pop.hosts.pop, "10.9.1.3") == operators, 3)
+
+    pop.hosts.pop.run(["ip", "link", "set", "p1", "down"])
+    # Down flushes both (and the route to the server goes, so nothing can be re-made yet).
+    assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) is None, 3)
+    assert neigh(pop.hosts.pop, "10.9.1.3") is None
+    # Once the program's next-hop cache expires (nexthop_ttl_ms, 1 s): drop_no_route.
+    assert wait_for(lambda: pop.verdict() == "DROP", 3)
+    pop.hosts.pop.run(["ip", "link", "set", "p1", "up"])
+    t0 = time.monotonic()
+    assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE, EVENT_RECOVERY_S), (
+        svc.text()
+    )
+    took = time.monotonic() - t0
+    assert pop.verdict() == "REDIRECT"
+    assert "link p1 up" in svc.text()
+    # Without the service the flushed entry stays gone: the operator's never came back.
+    time.sleep(max(0.0, EVENT_RECOVERY_S - took))
+    assert neigh(pop.hosts.pop, "10.9.1.3") is None
+    assert svc.proc.poll() is None
+
+
+def test_recreates_the_neighbour_a_carrier_loss_flushed(pop: Pop, svc: Service) -> None:
+    """The game server's side goes down (p1 loses carrier, stays up): the kernel flushes
+    the managed entry; the service re-makes it at once (the route is still there) and
+    it resolves as soon as the carrier is back."""
+    assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE, 3), svc.text()
+    pop.hosts.gs.run(["ip", "link", "set", "g0", "down"])
+    assert wait_for(lambda: f"neighbour {GS_IP} dev p1 deleted" in svc.text(), 3), svc.text()
+    # Re-made while the carrier is down: managed, ours, not resolved yet.
+    assert wait_for(lambda: (neigh(pop.hosts.pop, GS_IP) or (0,))[1:] == OURS_REACHABLE[1:], 3)
+    pop.hosts.gs.run(["ip", "link", "set", "g0", "up"])
+    assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE, EVENT_RECOVERY_S), (
+        svc.text()
+    )
+    assert pop.verdict() == "REDIRECT"
+
+
+def test_sighup_applies_the_changed_config_and_keeps_it_on_a_bad_file(
+    pop: Pop, svc: Service
+) -> None:
+    assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE, 3), svc.text()
+    assert pop.verdict(27016) == "DROP"  # an anycast address without a rule for the port
+
+    pop.write_config(ports='"27015-27016"')
+    svc.signal(signal.SIGHUP)
+    assert wait_for(lambda: pop.verdict(27016) == "REDIRECT", 5), svc.text()
+    assert "reload: changed rule 'game' changed" in svc.text()
+    assert svc.notified("READY=1", 5)  # RELOADING=1 ... READY=1 around it
+
+    pop.toml.write_text(pop.toml.read_text().replace(GS_IP, "10.9.1.300"))
+    svc.signal(signal.SIGHUP)
+    assert wait_for(lambda: "keeping the running config" in svc.text(), 5), svc.text()
+    assert "xdp.rule[0].game_server = '10.9.1.300': expected an IPv4 address" in svc.text()
+    assert svc.proc.poll() is None
+    assert pop.verdict(27016) == "REDIRECT"
+
+
+def test_sigterm_detaches_and_exits_0(pop: Pop, svc: Service) -> None:
+    assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE, 3), svc.text()
+    assert pop.xdp_prog_id() != 0
+    svc.signal(signal.SIGTERM)
+    assert svc.proc.wait(10) == 0, svc.text()
+    assert svc.notified("STOPPING=1", 1)
+    assert pop.xdp_prog_id() == 0
+    assert not (pop.pins / "p0").exists()
+    assert neigh(pop.hosts.pop, GS_IP) is None
+    assert "p0: detached" in svc.text()
+
+
+def test_adopts_an_attached_program_and_sigint_detaches(pop: Pop) -> None:
+    """After a crash (or a manual `bifrost xdp attach`) the program is attached with its
+    pins: the service takes it over instead of failing, and applies the config."""
+    with pop.hosts.pop.entered():
+        loader.attach(load_config(pop.toml), "p0", obj=pop.obj)
+    prog_id = pop.xdp_prog_id()
+    s = start(pop)
+    try:
+        assert s.notified("READY=1", 20), s.text()
+        assert f"p0: adopted the attached program (native, prog id {prog_id})" in s.text()
+        assert pop.xdp_prog_id() == prog_id
+        s.signal(signal.SIGINT)
+        assert s.proc.wait(10) == 0, s.text()
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+        s.notify.close()
+    assert pop.xdp_prog_id() == 0
+    assert not (pop.pins / "p0").exists()
+
+
+def test_attach_failure_exits_non_zero_and_names_the_problem(pop: Pop) -> None:
+    s = start(pop, "--iface", "nosuch0")
+    try:
+        assert s.proc.wait(20) == 1
+        assert "interface 'nosuch0' does not exist" in s.text()
+        assert not s.notified("READY=1", 0.1)
+    finally:
+        s.notify.close()
+    assert not (pop.pins / "nosuch0").exists()
