@@ -21,6 +21,18 @@ EXPECTED = {
     "/etc/modprobe.d/bifrost.conf",
     "/etc/systemd/system/bifrost-foumapd.service",
     "/etc/systemd/system/bifrost-cached.service",
+    "/etc/systemd/system/bifrost-xdp.service",
+}
+# unit -> its ExecStart (after the venv's bin directory)
+EXEC = {
+    "bifrost-foumapd.service": "bifrost-foumapd --config /etc/bifrost/bifrost.toml",
+    "bifrost-cached.service": "bifrost-cached --config /etc/bifrost/bifrost.toml",
+    "bifrost-xdp.service": "bifrost xdp run --config /etc/bifrost/bifrost.toml",
+}
+# The daemons that open their module's device, which PrivateDevices= would hide.
+CHARDEV_DAEMONS = {
+    "bifrost-foumapd.service": "/dev/fou_map",
+    "bifrost-cached.service": "/dev/bifrost_nf",
 }
 
 
@@ -121,14 +133,29 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         text = u.read_text()
         assert "Type=notify" in text
         assert "Restart=on-failure" in text
-        daemon = "bifrost-foumapd" if "foumapd" in u.name else "bifrost-cached"
-        assert f"ExecStart={install.venv_bin()}/{daemon} --config /etc/bifrost/bifrost.toml" in text
+        assert f"\nExecStart={install.venv_bin()}/{EXEC[u.name]}\n" in text
         assert "\nPrivateDevices=yes" not in text  # it would hide the chardev
+        if u.name in CHARDEV_DAEMONS:
+            assert f"\nDeviceAllow={CHARDEV_DAEMONS[u.name]} rw\n" in text
     done = subprocess.run(
         ["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "", done.stderr
+
+
+def test_xdp_unit_reloads_with_sighup_and_keeps_the_bpffs_writable(tmp_path: Path) -> None:
+    """systemctl reload = SIGHUP (re-apply the config); the pins live in the bpffs,
+    which ProtectSystem=strict alone would leave writable but says nothing about."""
+    install.install(tmp_path)
+    text = (tmp_path / "etc/systemd/system/bifrost-xdp.service").read_text()
+    lines = set(text.splitlines())
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in lines
+    assert "After=network-online.target" in lines
+    assert "ReadWritePaths=/sys/fs/bpf" in lines
+    assert "CapabilityBoundingSet=CAP_NET_ADMIN CAP_BPF CAP_PERFMON" in lines
+    # Stopping detaches: the unit says so where an operator reads it.
+    assert "Stopping the service detaches the program" in text
 
 
 def test_units_fail_verify_when_broken(tmp_path: Path) -> None:

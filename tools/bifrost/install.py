@@ -2,10 +2,11 @@
 
 `install()` builds and installs both modules through DKMS for every kernel that
 has headers, runs depmod, and writes the udev rule, modules-load.d and
-modprobe.d files, the example config (only when none exists) and the two
-daemons' systemd units. Every file and directory it creates is recorded in a
-manifest (``/var/lib/bifrost/install-manifest``, JSON) so `uninstall()` removes
-exactly those. With ``root`` other than ``/`` only the files are placed, under
+modprobe.d files, the example config (only when none exists) and the systemd
+units (the two daemons' and the POP's XDP service, `bifrost xdp run`). Every
+file and directory it creates is recorded in a manifest
+(``/var/lib/bifrost/install-manifest``, JSON) so `uninstall()` removes exactly
+those. With ``root`` other than ``/`` only the files are placed, under
 that prefix, and nothing on the live system (DKMS, depmod, udev, systemd) is
 touched: that is how the unit tests exercise both.
 """
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = Path("/var/lib/bifrost/install-manifest")
 EXAMPLE_CONFIG = SOURCE_ROOT / "etc" / "bifrost.example.toml"
-UNITS = ("bifrost-foumapd.service", "bifrost-cached.service")
+UNITS = ("bifrost-foumapd.service", "bifrost-cached.service", "bifrost-xdp.service")
 
 # template (under templates/) -> installed path
 SYSTEM_FILES: dict[str, Path] = {
