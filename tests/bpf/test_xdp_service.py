@@ -30,6 +30,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from xdp_harness import VIP, compile_object
 
+from bifrost import install
+from bifrost.config import load
 from bifrost.netns import Namespace
 from bifrost.xdp import libbpf, loader, topology
 from bifrost.xdp.service import load_config
@@ -136,17 +138,19 @@ class Service:
         self.proc.send_signal(sig)
 
 
-def start(pop: Pop, *extra: str) -> Service:
-    """`bifrost xdp run` in the POP netns. Entered with nsenter, not `ip netns exec`: that
-    remounts /sys for the netns without the bpffs at /sys/fs/bpf, so pins would fail."""
+def start(pop: Pop, *extra: str, wrap: tuple[str, ...] = ()) -> Service:
+    """`bifrost xdp run` in the POP netns (under wrap, a command prefix). Entered with
+    nsenter, not `ip netns exec`: that remounts /sys for the netns without the bpffs
+    at /sys/fs/bpf, so pins would fail."""
     path = pop.tmp / "notify"
+    path.unlink(missing_ok=True)  # a previous start's
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(path))
     log = pop.tmp / "service.log"
     argv = [BIFROST, "xdp", "run", "--config", pop.toml, "--obj", pop.obj, *extra]
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{pop.hosts.pop.name}", *map(str, argv)],
+            ["nsenter", f"--net=/run/netns/{pop.hosts.pop.name}", *wrap, *map(str, argv)],
             stdout=err,
             stderr=subprocess.STDOUT,
             env={**os.environ, "NOTIFY_SOCKET": str(path)},
@@ -291,3 +295,62 @@ def test_attach_failure_exits_non_zero_and_names_the_problem(pop: Pop) -> None:
     finally:
         s.notify.close()
     assert not (pop.pins / "nosuch0").exists()
+
+
+# prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN) then exec: the kernel's own form of the
+# unit's MemoryDenyWriteExecute=yes (no W+X mapping, nothing made executable later),
+# kept across execve.
+MDWE_EXEC = (
+    "import ctypes, os, sys\n"
+    "if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0):\n"
+    "    sys.exit(f'PR_SET_MDWE: {os.strerror(ctypes.get_errno())}')\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n"
+)
+
+
+def unit_capabilities() -> list[str]:
+    """The CapabilityBoundingSet of the unit install writes, as setpriv names them."""
+    example = load(install.EXAMPLE_CONFIG)
+    unit = install.render_files(example)[Path("/etc/systemd/system/bifrost-xdp.service")]
+    lines = unit.splitlines()
+    assert "NoNewPrivileges=yes" in lines
+    assert "MemoryDenyWriteExecute=yes" in lines
+    (caps,) = [ln.split("=", 1)[1] for ln in lines if ln.startswith("CapabilityBoundingSet=")]
+    return [c.removeprefix("CAP_").lower() for c in caps.split()]
+
+
+def confined(caps: list[str]) -> tuple[str, ...]:
+    """Root with only caps, no new privileges, no W+X memory: what the unit gives it."""
+    bounding = ",".join(["-all", *(f"+{c}" for c in caps)])
+    return (
+        "setpriv",
+        f"--bounding-set={bounding}",
+        "--inh-caps=-all",
+        "--no-new-privs",
+        sys.executable,
+        "-c",
+        MDWE_EXEC,
+    )
+
+
+def test_runs_confined_as_the_unit_confines_it(pop: Pop) -> None:
+    caps = unit_capabilities()
+    s = start(pop, wrap=confined(caps))
+    try:
+        assert s.notified("READY=1", 20), s.text()
+        assert pop.xdp_prog_id() != 0
+        assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE, 3), s.text()
+        s.signal(signal.SIGTERM)
+        assert s.proc.wait(10) == 0, s.text()
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+        s.notify.close()
+    assert pop.xdp_prog_id() == 0
+    # Each capability is needed: without CAP_PERFMON the verifier refuses the program.
+    s = start(pop, wrap=confined([c for c in caps if c != "perfmon"]))
+    try:
+        assert s.proc.wait(20) == 1
+        assert "Permission denied" in s.text()
+    finally:
+        s.notify.close()
