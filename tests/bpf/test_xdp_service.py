@@ -242,7 +242,8 @@ def test_sighup_applies_the_changed_config_and_keeps_it_on_a_bad_file(
     pop.write_config(ports='"27015-27016"')
     svc.signal(signal.SIGHUP)
     assert wait_for(lambda: pop.verdict(27016) == "REDIRECT", 5), svc.text()
-    assert "reload: changed rule 'game' changed" in svc.text()
+    # Logged after the maps are written, so possibly after the verdict changed.
+    assert wait_for(lambda: "reload: changed rule 'game' changed" in svc.text(), 5), svc.text()
     assert svc.notified("READY=1", 5)  # RELOADING=1 ... READY=1 around it
 
     pop.toml.write_text(pop.toml.read_text().replace(GS_IP, "10.9.1.300"))
@@ -295,6 +296,15 @@ def test_attach_failure_exits_non_zero_and_names_the_problem(pop: Pop) -> None:
     finally:
         s.notify.close()
     assert not (pop.pins / "nosuch0").exists()
+    # A bad config: the key and the value, before anything is attached.
+    pop.toml.write_text(pop.toml.read_text().replace('"p0"', "0"))
+    s = start(pop)
+    try:
+        assert s.proc.wait(20) == 1
+        assert "xdp.interface = 0: " in s.text()
+    finally:
+        s.notify.close()
+    assert pop.xdp_prog_id() == 0
 
 
 # prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN) then exec: the kernel's own form of the

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_NEIGH
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
@@ -152,7 +153,14 @@ class Service:
     # -- neighbours ----------------------------------------------------------
 
     def ensure(self, why: str) -> None:
-        self._neighbours_done(loader.ensure_neighbours(self.cfg, self.iface, self.pin_base), why)
+        try:
+            rep = loader.ensure_neighbours(self.cfg, self.iface, self.pin_base)
+        except (OSError, NetlinkError) as e:
+            # Transient (a device renamed or gone mid-call, netlink busy): dying would
+            # only restart into the same state, so retry on the error schedule.
+            log.error("re-installing the managed neighbours (%s) failed: %s", why, e)
+            rep = loader.NeighbourReport(errors=(str(e),))
+        self._neighbours_done(rep, why)
 
     def _neighbours_done(self, rep: loader.NeighbourReport, why: str) -> None:
         """Log the outcome when it differs from the last one (a periodic re-check that
@@ -230,7 +238,7 @@ class Service:
         changes = config_changes(self.cfg, new)
         try:
             res = loader.apply(new, self.iface, self.pin_base)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, NetlinkError) as e:
             log.error("reload: applying %s failed: %s", self.config_path, e)
             return
         self.cfg = new
