@@ -19,16 +19,15 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
-from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
-from xdp_harness import VIP, compile_object
+from xdp_harness import VIP, compile_object, topology_frame, wait_for
 
 from bifrost.cli.main import main
 from bifrost.netns import Namespace, link
@@ -93,15 +92,6 @@ def updated_ticks(ns: Namespace, address: str, dev: str) -> int:
     return int(msg.get_attr("NDA_CACHEINFO")["ndm_updated"])
 
 
-def wait_for(what: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if what():
-            return True
-        time.sleep(0.1)
-    return what()
-
-
 def mac(ns: Namespace, dev: str) -> str:
     with ns.ipr() as ipr:
         return str(ipr.get_links(ipr.link_lookup(ifname=dev)[0])[0].get_attr("IFLA_ADDRESS"))
@@ -134,12 +124,7 @@ class Net:
 
     def forward_verdict(self) -> tuple[str, str]:
         """A client frame through the attached program (BPF_PROG_TEST_RUN): verdict, dst MAC."""
-        frame = bytes(
-            Ether(src="02:00:00:00:01:02", dst="02:00:00:00:01:01")
-            / IP(src=CLIENT_IP, dst=VIP)
-            / UDP(sport=40000, dport=27015)
-            / b"hi"
-        )
+        frame = topology_frame()
         with self.pop.entered():
             prog = libbpf.get_pinned(str(self.pins / "p0" / loader.PROG_PIN))
             res = libbpf.test_run(prog, frame, ingress_ifindex=socket.if_nametoindex("p0"))

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
-from xdp_harness import A2S_INFO, VIP, compile_object, make_config
+from xdp_harness import A2S_INFO, VIP, compile_object, make_config, topology_frame
 
 from bifrost.netns import Namespace, link
 from bifrost.xdp import libbpf, loader, maps, maps_def
@@ -54,12 +54,7 @@ def test_fib_lookup_fills_the_next_hop_cache(net: XdpTopology) -> None:
     """On a miss: bpf_fib_lookup; unresolved neighbour -> the stack; then cached MACs."""
     prog = net.obj.prog_fd("bifrost_xdp")
     p0, p1 = net.ifindex(net.pop, "p0"), net.ifindex(net.pop, "p1")
-    frame = bytes(
-        Ether(src="02:00:00:00:01:02", dst="02:00:00:00:01:01")
-        / IP(src=CLIENT_IP, dst=VIP)
-        / UDP(sport=40000, dport=27015)
-        / b"hi"
-    )
+    frame = topology_frame()
     with net.pop.entered():
         res = libbpf.test_run(prog, frame, ingress_ifindex=p0)
         assert res.verdict == "DROP", "no neighbour yet"

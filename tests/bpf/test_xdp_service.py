@@ -20,16 +20,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
-from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
-from xdp_harness import VIP, compile_object
+from xdp_harness import VIP, compile_object, topology_frame, wait_for
 
 from bifrost import install
 from bifrost.config import load
@@ -58,15 +57,6 @@ anycast = "{vip}"
 ports = [{ports}]
 game_server = "{gs}"
 """
-
-
-def wait_for(what: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if what():
-            return True
-        time.sleep(0.05)
-    return what()
 
 
 def neigh(ns: Namespace, address: str, dev: str = "p1") -> tuple[int, bool, int | None] | None:
@@ -102,12 +92,7 @@ class Pop:
 
     def verdict(self, dport: int = 27015) -> str:
         """A client frame through the pinned program (BPF_PROG_TEST_RUN)."""
-        frame = bytes(
-            Ether(src="02:00:00:00:01:02", dst="02:00:00:00:01:01")
-            / IP(src=CLIENT_IP, dst=VIP)
-            / UDP(sport=40000, dport=dport)
-            / b"hi"
-        )
+        frame = topology_frame(dport)
         with self.hosts.pop.entered():
             prog = libbpf.get_pinned(str(self.pins / "p0" / loader.PROG_PIN))
             try:
@@ -172,17 +157,24 @@ def pop(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Iterator[Po
         shutil.rmtree(pins, ignore_errors=True)
 
 
-@pytest.fixture
-def svc(pop: Pop) -> Iterator[Service]:
-    s = start(pop)
+@contextmanager
+def running(pop: Pop, *extra: str, wrap: tuple[str, ...] = ()) -> Iterator[Service]:
+    """start(), and whatever the test does, leave no service behind."""
+    s = start(pop, *extra, wrap=wrap)
     try:
-        assert s.notified("READY=1", 20), s.text()
         yield s
     finally:
         if s.proc.poll() is None:
             s.proc.kill()
             s.proc.wait()
         s.notify.close()
+
+
+@pytest.fixture
+def svc(pop: Pop) -> Iterator[Service]:
+    with running(pop) as s:
+        assert s.notified("READY=1", 20), s.text()
+        yield s
 
 
 def test_attaches_and_recreates_the_flushed_neighbour_after_a_link_flap(
@@ -273,38 +265,27 @@ def test_adopts_an_attached_program_and_sigint_detaches(pop: Pop) -> None:
     with pop.hosts.pop.entered():
         loader.attach(load_config(pop.toml), "p0", obj=pop.obj)
     prog_id = pop.xdp_prog_id()
-    s = start(pop)
-    try:
+    with running(pop) as s:
         assert s.notified("READY=1", 20), s.text()
         assert f"p0: adopted the attached program (native, prog id {prog_id})" in s.text()
         assert pop.xdp_prog_id() == prog_id
         s.signal(signal.SIGINT)
         assert s.proc.wait(10) == 0, s.text()
-    finally:
-        if s.proc.poll() is None:
-            s.proc.kill()
-        s.notify.close()
     assert pop.xdp_prog_id() == 0
     assert not (pop.pins / "p0").exists()
 
 
 def test_attach_failure_exits_non_zero_and_names_the_problem(pop: Pop) -> None:
-    s = start(pop, "--iface", "nosuch0")
-    try:
+    with running(pop, "--iface", "nosuch0") as s:
         assert s.proc.wait(20) == 1
         assert "interface 'nosuch0' does not exist" in s.text()
         assert not s.notified("READY=1", 0.1)
-    finally:
-        s.notify.close()
     assert not (pop.pins / "nosuch0").exists()
     # A bad config: the key and the value, before anything is attached.
     pop.toml.write_text(pop.toml.read_text().replace('"p0"', "0"))
-    s = start(pop)
-    try:
+    with running(pop) as s:
         assert s.proc.wait(20) == 1
         assert "xdp.interface = 0: " in s.text()
-    finally:
-        s.notify.close()
     assert pop.xdp_prog_id() == 0
 
 
@@ -346,22 +327,14 @@ def confined(caps: list[str]) -> tuple[str, ...]:
 
 def test_runs_confined_as_the_unit_confines_it(pop: Pop) -> None:
     caps = unit_capabilities()
-    s = start(pop, wrap=confined(caps))
-    try:
+    with running(pop, wrap=confined(caps)) as s:
         assert s.notified("READY=1", 20), s.text()
         assert pop.xdp_prog_id() != 0
         assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE, 3), s.text()
         s.signal(signal.SIGTERM)
         assert s.proc.wait(10) == 0, s.text()
-    finally:
-        if s.proc.poll() is None:
-            s.proc.kill()
-        s.notify.close()
     assert pop.xdp_prog_id() == 0
     # Each capability is needed: without CAP_PERFMON the verifier refuses the program.
-    s = start(pop, wrap=confined([c for c in caps if c != "perfmon"]))
-    try:
+    with running(pop, wrap=confined([c for c in caps if c != "perfmon"])) as s:
         assert s.proc.wait(20) == 1
         assert "Permission denied" in s.text()
-    finally:
-        s.notify.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from bifrost.codegen import render_module_config
-from bifrost.xdp import build, libbpf, maps, maps_def
+from bifrost.xdp import build, libbpf, maps, maps_def, topology
 from bifrost.xdp.config import Rule, XdpConfig
 from bifrost.xdp.libbpf import BpfObject, TestRun
 
@@ -159,6 +160,26 @@ def flow_port(inner: bytes) -> int:
     h = (h * 0xC2B2AE35) & 0xFFFFFFFF
     h ^= h >> 16
     return 0xC000 | (h & 0x3FFF)
+
+
+def topology_frame(dport: int = 27015) -> bytes:
+    """A client datagram to VIP as the POP's p0 receives it in bifrost.xdp.topology."""
+    return bytes(
+        Ether(src="02:00:00:00:01:02", dst="02:00:00:00:01:01")
+        / IP(src=topology.CLIENT_IP, dst=VIP)
+        / UDP(sport=40000, dport=dport)
+        / b"hi"
+    )
+
+
+def wait_for(what: Callable[[], bool], timeout: float) -> bool:
+    """Poll what() until true or timeout; its last answer."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if what():
+            return True
+        time.sleep(0.05)
+    return what()
 
 
 def client_frame(inner) -> bytes:
