@@ -62,19 +62,3 @@ def test_fetch_from_silent_server_fails():
         quiet.bind(("127.0.0.1", 0))
         with pytest.raises(FetchError):
             fetch(quiet.getsockname(), "info", 0.2)
-
-
-def test_sd_notify_sends_ready_datagram(tmp_path, monkeypatch):
-    import socket
-
-    from bifrost.cache.daemon import sd_notify
-
-    path = tmp_path / "notify.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.bind(str(path))
-        s.settimeout(2)
-        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
-        assert sd_notify("READY=1")
-        assert s.recv(64) == b"READY=1"
-    monkeypatch.delenv("NOTIFY_SOCKET")
-    assert not sd_notify("READY=1")

@@ -1,10 +1,9 @@
-"""[fou_map] config schema, snapshot file, metrics text, sd_notify, table formatting."""
+"""[fou_map] config schema, snapshot file, metrics text, table formatting."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -117,18 +116,6 @@ def test_metrics_text():
     text = daemon.metrics_text({"learned": 5, "moved": 2}, stats)
     assert "# TYPE bifrost_fou_map_learned_total counter\nbifrost_fou_map_learned_total 5\n" in text
     assert "bifrost_fou_map_entries 3\n" in text and "bifrost_fou_map_max_entries 10\n" in text
-
-
-def test_sd_notify(tmp_path, monkeypatch):
-    path = tmp_path / "notify"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.bind(str(path))
-        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
-        assert daemon.sd_notify("READY=1")
-        assert s.recv(100) == b"READY=1"
-    assert not daemon.sd_notify("STOPPING=1"), "the manager's socket is gone: no crash"
-    monkeypatch.delenv("NOTIFY_SOCKET")
-    assert not daemon.sd_notify("READY=1")
 
 
 def test_format_table():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import select
 import signal
 import socket
@@ -29,6 +28,7 @@ from bifrost.cache import a2s
 from bifrost.cache.config import CacheConfig, ServiceConfig
 from bifrost.cache.nf import CacheDevice
 from bifrost.paths import DEFAULT_CONFIG
+from bifrost.sdnotify import sd_notify
 
 log = logging.getLogger("bifrost-cached")
 KINDS = ("info", "player", "rules")
@@ -193,17 +193,6 @@ def serve_metrics(daemon: CacheDaemon, port: int) -> ThreadingHTTPServer:
     httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True, name="metrics").start()
     return httpd
-
-
-def sd_notify(state: str) -> bool:
-    """Tell systemd (Type=notify) our state; False when not run by systemd."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return False
-    addr = "\0" + path[1:] if path.startswith("@") else path
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(state.encode(), addr)
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -27,27 +26,11 @@ from bifrost import config as cfgmod
 from bifrost.foumap import config as fmconfig
 from bifrost.foumap.control import FouMap, MapEntry
 from bifrost.paths import DEFAULT_CONFIG
+from bifrost.sdnotify import sd_notify
 
 log = logging.getLogger("bifrost-foumapd")
 
 SNAPSHOT_VERSION = 1
-
-
-def sd_notify(state: str) -> bool:
-    """Tell systemd (Type=notify) about our state; False when not run by systemd."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return False
-    addr = "\0" + path[1:] if path.startswith("@") else path
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.connect(addr)
-            s.sendall(state.encode())
-    except OSError as e:
-        # The manager went away: nothing to tell, and no reason to die for it.
-        log.warning("sd_notify %s: %s", state, e)
-        return False
-    return True
 
 
 def write_snapshot(path: Path, entries: list[MapEntry], created_ns: int) -> None:

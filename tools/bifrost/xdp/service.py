@@ -32,7 +32,7 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_NEIGH
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from bifrost import config as cfgmod
-from bifrost.foumap.daemon import sd_notify
+from bifrost.sdnotify import sd_notify
 from bifrost.xdp import loader
 from bifrost.xdp.config import XdpConfig
 
