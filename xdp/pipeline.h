@@ -175,8 +175,9 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 	nh = bfx_gs_nexthop(ctx, rule->gs_slot, s->pop_addr, rule->gs_addr, s, &res);
 	/*
 	 * The stack cannot take this one over: the outer source is the POP's own
-	 * address, which the stack drops as martian on input. The loader primes
-	 * the game servers' neighbour entries instead (loader.prime_neighbours).
+	 * address, which the stack drops as martian on input. The loader makes the
+	 * game servers' neighbour entries managed instead, which the kernel keeps
+	 * resolved (loader.manage_neighbours).
 	 */
 	if (res == BFX_NH_NEIGH)
 		return bfx_count(id, BFX_DROP_NO_NEIGH, bytes, XDP_DROP);

@@ -158,7 +158,7 @@ def test_attach_makes_the_next_hop_managed_and_reachable_without_traffic(net: Ne
     # Re-applying does not disturb a valid entry: the kernel's "last updated" stays old.
     time.sleep(0.5)
     with net.pop.entered():
-        assert loader.prime_neighbours(config()) == 1
+        assert len(loader.manage_neighbours(config()).managed) == 1
     assert entry(net.pop, GS_IP, "p1") == got
     assert updated_ticks(net.pop, GS_IP, "p1") >= 30  # USER_HZ ticks: at least 0.3 s ago
     # Recorded in the pin dir (bpffs: a directory per entry, ':' for '.').
@@ -202,7 +202,7 @@ def test_managed_entry_follows_a_mac_change_without_traffic(net: Net) -> None:
     nothing: the managed entry finds the new MAC by itself."""
     net.fast_probes()
     with net.pop.entered():
-        loader.prime_neighbours(config())
+        loader.manage_neighbours(config())
     old = mac(net.gs, "g0")
     assert wait_for(
         lambda: (e := entry(net.pop, GS_IP, "p1")) is not None and e.lladdr == old and e.valid, 3

@@ -104,7 +104,7 @@ def test_client_to_gameserver_and_back_native_xdp(net: XdpTopology) -> None:
     net.attach()
 
     with net.pop.entered():
-        assert loader.prime_neighbours(lab_config()) >= 1
+        assert len(loader.manage_neighbours(lab_config()).managed) >= 1
     gs_sock = net.gs.socket()
     gs_sock.bind((GS_IP, 5555))
     gs_sock.settimeout(3)

@@ -68,7 +68,7 @@ def lab() -> Iterator[XdpTopology]:
             topo.gs.run(argv)
         topo.attach()
         with topo.pop.entered():
-            loader.prime_neighbours(config())
+            loader.manage_neighbours(config())
         yield topo
 
 

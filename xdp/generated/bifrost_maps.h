@@ -44,7 +44,7 @@ enum bfx_reason {
 	BFX_DROP_MODULE,	/* a game module rejected it (e.g. SRCDS client not validated) */
 	BFX_PASS_CACHE,	/* well-formed A2S query to a caching rule: bifrost_nf answers */
 	BFX_TX_FORWARD,	/* FOU-encapsulated to the game server and transmitted */
-	BFX_DROP_NO_NEIGH,	/* game server's neighbour not resolved (the loader primes it) */
+	BFX_DROP_NO_NEIGH,	/* game server's neighbour not resolved (see managed neighbours) */
 	BFX_DROP_NO_ROUTE,	/* no route / forwarding disabled for the next hop */
 	BFX_DROP_TOO_BIG,	/* encapsulated packet exceeds the egress MTU */
 	BFX_DROP_ENCAP,	/* no headroom to encapsulate / decapsulate */

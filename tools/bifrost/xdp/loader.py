@@ -340,7 +340,9 @@ def manage_neighbours(cfg: XdpConfig, record: Path | None = None) -> NeighbourRe
     Left alone: PERMANENT/NOARP entries (making them managed would drop their
     permanence) and managed entries someone else made. With record (a
     directory in the pin dir), the entries made are listed there, and ones
-    listed earlier that no game server needs any more are deleted.
+    listed earlier that no game server needs any more are deleted. Without
+    it (labs and tests that attach the program themselves) nothing is
+    recorded, so `detach` leaves those entries in place.
     """
     managed: list[NextHop] = []
     kept: list[str] = []
@@ -426,14 +428,3 @@ def release_neighbours(record: Path) -> list[str]:
         done = [_delete_if_ours(ipr, addr, dev) for addr, dev in entries]
     shutil.rmtree(record, ignore_errors=True)
     return [d for d in done if d]
-
-
-def prime_neighbours(cfg: XdpConfig) -> int:
-    """Install managed neighbour entries for cfg's game servers' next hops, in this netns;
-    returns how many next hops the kernel now keeps resolved.
-
-    For callers that attach the program themselves (labs, tests): nothing is
-    recorded, so `detach` leaves these entries; `attach`/`apply` do the same
-    and record them.
-    """
-    return len(manage_neighbours(cfg).managed)

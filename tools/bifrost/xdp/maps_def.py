@@ -138,7 +138,7 @@ REASONS: tuple[tuple[str, str], ...] = (
     ("drop_module", "a game module rejected it (e.g. SRCDS client not validated)"),
     ("pass_cache", "well-formed A2S query to a caching rule: bifrost_nf answers"),
     ("tx_forward", "FOU-encapsulated to the game server and transmitted"),
-    ("drop_no_neigh", "game server's neighbour not resolved (the loader primes it)"),
+    ("drop_no_neigh", "game server's neighbour not resolved (see managed neighbours)"),
     ("drop_no_route", "no route / forwarding disabled for the next hop"),
     ("drop_too_big", "encapsulated packet exceeds the egress MTU"),
     ("drop_encap", "no headroom to encapsulate / decapsulate"),
