@@ -19,6 +19,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "csum.h"
+#include "hash.h"
 #include "maps.h"
 
 #ifndef AF_INET
@@ -129,13 +130,8 @@ bfx_gs_nexthop(struct xdp_md *ctx, __u32 slot, __be32 src, __be32 dst,
 /* Spread flows over the game server's RX queues: murmur3's finalizer over the 5-tuple. */
 static __always_inline __u16 bfx_flow_port(__be32 saddr, __be32 daddr, __u32 ports, __u8 proto)
 {
-	__u32 h = saddr ^ (daddr * 0x9e3779b1U) ^ ports ^ proto;
+	__u32 h = bfx_fmix32(saddr ^ (daddr * 0x9e3779b1U) ^ ports ^ proto);
 
-	h ^= h >> 16;
-	h *= 0x85ebca6bU;
-	h ^= h >> 13;
-	h *= 0xc2b2ae35U;
-	h ^= h >> 16;
 	/* 49152..65535, the IANA dynamic range. */
 	return 0xc000 | (h & 0x3fff);
 }

@@ -10,10 +10,11 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#include "hash.h"
 #include "maps.h"
 
 /*
- * murmur3's finalizer over the key; maps_def.rule_slot_index() is the same
+ * murmur3's finalizer (hash.h) over the key; maps_def.rule_slot_index() is the same
  * function in Python and the two must not drift (tests/bpf places colliding
  * keys with it and checks the program finds them). addr is network order as
  * loaded from the packet.
@@ -22,12 +23,7 @@ static __always_inline __u32 bfx_rule_hash(__be32 addr, __u16 port, __u8 proto)
 {
 	__u32 h = addr ^ ((((__u32)port << 8) | proto) * 0x9e3779b1U);
 
-	h ^= h >> 16;
-	h *= 0x85ebca6bU;
-	h ^= h >> 13;
-	h *= 0xc2b2ae35U;
-	h ^= h >> 16;
-	return h & (BFX_RULE_SLOTS - 1);
+	return bfx_fmix32(h) & (BFX_RULE_SLOTS - 1);
 }
 
 static __always_inline struct bfx_rule *bfx_rule_find(__be32 addr, __u16 port, __u8 proto)
