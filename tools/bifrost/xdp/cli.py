@@ -113,6 +113,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         sp.set_defaults(func=fn)
         return sp
 
+    def load_options(sp: argparse.ArgumentParser) -> None:
+        """What loading the object needs: attach and run both may load it."""
+        sp.add_argument("--mode", choices=("auto", "native", "generic"), help="default: xdp.mode")
+        sp.add_argument("--obj", default=str(OBJECT), help=f"object file (default: {OBJECT})")
+
     a = add(
         "attach",
         cmd_attach,
@@ -120,8 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "server's next hop resolved (managed neighbour entries); exit 2 if one cannot be "
         "(a game server without a route)",
     )
-    a.add_argument("--mode", choices=("auto", "native", "generic"), help="default: xdp.mode")
-    a.add_argument("--obj", default=str(OBJECT), help=f"object file (default: {OBJECT})")
+    load_options(a)
     add("detach", cmd_detach, "detach, delete the neighbour entries attach/apply made, unpin")
     add(
         "apply",
@@ -142,8 +146,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     # The daemons' convention (`bifrost-cached --config X`), here after the subcommand
     # too; SUPPRESS keeps `bifrost -c X xdp run` working as well.
     r.add_argument("-c", "--config", default=argparse.SUPPRESS, help="host config file")
-    r.add_argument("--mode", choices=("auto", "native", "generic"), help="default: xdp.mode")
-    r.add_argument("--obj", default=str(OBJECT), help=f"object file (default: {OBJECT})")
+    load_options(r)
     r.add_argument(
         "--recheck",
         type=float,

@@ -129,8 +129,8 @@ def run(topo: Any) -> str:
             with ns.entered():
                 loader.attach_pass(dev)
         print(f"bifrost_xdp on pop1 to-client+to-gs ({res.mode}), maps in {res.pin_dir}")
-        for nh in res.neighbours.managed:
-            print(f"managed neighbour {nh} (the kernel keeps it resolved)")
+        for line in res.neighbours.lines():
+            print(line)
         srv = _no_check(topo.gameserver.socket())
         srv.bind((str(topo.service_ip), topo.service_port))
         stop = threading.Event()

@@ -208,9 +208,13 @@ def _current(m: Map, is_array: bool) -> dict[bytes, bytes]:
     return out
 
 
+# A rule_slot's key (address, port, proto) is the bytes before its flags.
+_SLOT_KEY_END = S["rule_slot"].offsets()["flags"]
+
+
 def _same_slot_key(a: bytes, b: bytes) -> bool:
-    """rule_slot values for the same key (address, port, proto: the first 7 bytes)."""
-    return a[:7] == b[:7]
+    """rule_slot values for the same key."""
+    return a[:_SLOT_KEY_END] == b[:_SLOT_KEY_END]
 
 
 def apply(ms: MapSet, cfg: XdpConfig, ns_per_jiffy: int | None = None) -> ApplyReport:
@@ -220,8 +224,9 @@ def apply(ms: MapSet, cfg: XdpConfig, ns_per_jiffy: int | None = None) -> ApplyR
     stale entries are removed in the reverse order. So a packet never sees a
     config half-applied in the unsafe direction: the firewall flag off while
     the trie has entries to enforce, or a slot naming a rule id whose rule is
-    not written yet. A slot that changes key is emptied before it is refilled, so a packet racing
-    the rewrite cannot pair one key with the other's rule id. (A rule changed
+    not written yet. A slot that changes key is emptied before it is refilled,
+    so a packet racing the rewrite cannot pair one key with the other's rule
+    id. (A rule changed
     in place, e.g. a new game-server address, can be read half-written by a
     packet in flight, as with any BPF array: that one packet may be lost.)
     """
