@@ -117,10 +117,13 @@ def main() -> int:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     ns: dict[str, list[float]] = {BASE: [], **{name: [] for name in rows}}
     ratio: dict[str, list[float]] = {name: [] for name in rows}
+    applied: bool | None = None  # which config the maps hold
     for _ in range(ROUNDS):
         for name, (fd, frame, verdict) in rows.items():
             # Map updates between measurements, never during one.
-            maps.apply(ms, configs[name in FIREWALL_PATHS], ns_per_jiffy)
+            if applied != (firewall := name in FIREWALL_PATHS):
+                maps.apply(ms, configs[firewall], ns_per_jiffy)
+                applied = firewall
             b = libbpf.test_run(base_fd, base_frame, repeat=REPEAT)
             r = libbpf.test_run(fd, frame, repeat=REPEAT)
             if b.verdict != "PASS" or r.verdict != verdict:
