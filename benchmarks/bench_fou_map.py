@@ -22,8 +22,8 @@ import sys
 import time
 
 from bifrost.abi import fou_map as abi
-from bifrost.foumap import testbed as tb
-from bifrost.foumap.control import TableConfig
+from bifrost.fou_map import testbed as tb
+from bifrost.fou_map.control import TableConfig
 
 WHERE = "guest"
 

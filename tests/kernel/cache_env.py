@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bifrost import netns
-from bifrost.cache.nf import CacheDevice
+from bifrost.bifrost_nf.nf import CacheDevice
 from bifrost.vm.kernlog import dmesg as dmesg
 from bifrost.vm.kernlog import kernel_trouble as kernel_trouble
 
@@ -97,7 +97,7 @@ def topo(tag: str) -> Iterator[Topo]:
 
 def start_refserver(t: Topo, control: Path, *extra: str) -> subprocess.Popen[bytes]:
     argv = [
-        PY, "-m", "bifrost.cache.refserver",
+        PY, "-m", "bifrost.bifrost_nf.refserver",
         "--bind", f"{SERVER_IP}:{GAME_PORT}",
         "--control", str(control),
         *extra,
@@ -147,7 +147,7 @@ def daemon_config(path: Path, refresh_s: float = 1.0, ttl_s: float = 2.0,
 
 def start_daemon(t: Topo, config: Path) -> subprocess.Popen[bytes]:
     p = t.pop.popen(
-        [PY, "-m", "bifrost.cache.daemon", "-c", str(config), "-v"],
+        [PY, "-m", "bifrost.bifrost_nf.daemon", "-c", str(config), "-v"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -166,6 +166,6 @@ def pop_counters(t: Topo) -> dict[str, int]:
 
 
 def refserver_stats(control: Path) -> dict[str, object]:
-    from bifrost.cache import refserver
+    from bifrost.bifrost_nf import refserver
 
     return refserver.control(control, "stats")

@@ -1,5 +1,5 @@
-"""Shared by the fou_map kernel tests: the testbed of bifrost.foumap.testbed."""
+"""Shared by the fou_map kernel tests: the testbed of bifrost.fou_map.testbed."""
 
 from __future__ import annotations
 
-from bifrost.foumap.testbed import *  # noqa: F403 (tests use it as `topo.X`)
+from bifrost.fou_map.testbed import *  # noqa: F403 (tests use it as `topo.X`)

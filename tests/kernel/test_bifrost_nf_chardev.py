@@ -13,7 +13,7 @@ import pytest
 
 from bifrost import netns
 from bifrost.abi import bifrost_nf as codec
-from bifrost.cache.nf import CacheDevice
+from bifrost.bifrost_nf.nf import CacheDevice
 
 pytestmark = pytest.mark.kernel
 

@@ -19,7 +19,7 @@ import pytest
 from cache_env import CLIENT_IP, GAME_PORT, POP_CLIENT_IP
 
 from bifrost import netns
-from bifrost.cache import a2s, refserver
+from bifrost.bifrost_nf import a2s, refserver
 
 pytestmark = pytest.mark.kernel
 SERVICE = (POP_CLIENT_IP, GAME_PORT)

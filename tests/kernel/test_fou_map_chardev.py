@@ -14,7 +14,7 @@ import pytest
 
 from bifrost import netns
 from bifrost.abi import fou_map as abi
-from bifrost.foumap.control import FouMap, TableConfig
+from bifrost.fou_map.control import FouMap, TableConfig
 
 pytestmark = pytest.mark.kernel
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import foumap_topology as topo
 import pytest
 
-from bifrost.foumap.control import TableConfig
+from bifrost.fou_map.control import TableConfig
 
 pytestmark = pytest.mark.kernel
 
@@ -66,7 +66,7 @@ pop = "{topo.pop_ip(2)}"
             f"NOTIFY_SOCKET={self.notify_path}",
             sys.executable,
             "-m",
-            "bifrost.foumap.daemon",
+            "bifrost.fou_map.daemon",
             "--config",
             str(self.config),
             "--state",

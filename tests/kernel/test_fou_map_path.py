@@ -10,7 +10,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
 
-from bifrost.foumap.control import TableConfig
+from bifrost.fou_map.control import TableConfig
 
 pytestmark = pytest.mark.kernel
 

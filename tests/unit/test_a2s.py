@@ -11,7 +11,7 @@ from a2s.info import parse_source
 from a2s.players import PlayersProtocol
 from a2s.rules import RulesProtocol
 
-from bifrost.cache import a2s
+from bifrost.bifrost_nf import a2s
 
 pytestmark = pytest.mark.unit
 

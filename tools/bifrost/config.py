@@ -1,8 +1,8 @@
 """The host's TOML config, validated into typed objects.
 
 One file per host (default /etc/bifrost/bifrost.toml). Each component owns its
-section's schema (``bifrost.xdp.config``, ``bifrost.cache.config``,
-``bifrost.foumap.config``); this module holds the reader they share, whose
+section's schema (``bifrost.xdp.config``, ``bifrost.bifrost_nf.config``,
+``bifrost.fou_map.config``); this module holds the reader they share, whose
 errors always name the full key and the offending value.
 """
 
@@ -152,8 +152,8 @@ class Config:
 
 def parse(data: dict[str, Any], source: Path | None = None) -> Config:
     # Imported here so each component's schema lives with the component.
-    from bifrost.cache import config as cache_config
-    from bifrost.foumap import config as foumap_config
+    from bifrost.bifrost_nf import config as cache_config
+    from bifrost.fou_map import config as foumap_config
     from bifrost.xdp import config as xdp_config
 
     top = Reader(data)

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from bifrost import __version__
-from bifrost.cache import cli as cache_cli
+from bifrost.bifrost_nf import cli as cache_cli
 from bifrost.config import ConfigError
-from bifrost.foumap import cli as foumap_cli
+from bifrost.fou_map import cli as foumap_cli
 from bifrost.paths import DEFAULT_CONFIG
 from bifrost.xdp import cli as xdp_cli
 

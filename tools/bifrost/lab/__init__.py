@@ -23,7 +23,7 @@ from bifrost.lab.topology import SERVICE_IP, SERVICE_PORT, Topology, build
 __all__ = ["SERVICE_IP", "SERVICE_PORT", "Step", "Topology", "main"]
 
 # Component lab steps, in data-path order; each is optional until its owner writes it.
-COMPONENT_LABS = ("bifrost.xdp.lab", "bifrost.cache.lab", "bifrost.foumap.lab")
+COMPONENT_LABS = ("bifrost.xdp.lab", "bifrost.bifrost_nf.lab", "bifrost.fou_map.lab")
 # Kernel modules the topology and the components rely on, then Bifrost's own.
 HELPER_MODULES = ("veth", "fou", "ipip")
 BIFROST_MODULES = ("bifrost_nf", "fou_map")

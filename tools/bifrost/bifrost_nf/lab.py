@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bifrost.cache import refserver
-from bifrost.cache.cli import format_services
-from bifrost.cache.nf import CacheDevice
+from bifrost.bifrost_nf import refserver
+from bifrost.bifrost_nf.cli import format_services
+from bifrost.bifrost_nf.nf import CacheDevice
 
 
 def _wait(pred: Any, timeout: float, what: str) -> None:
@@ -56,7 +56,7 @@ def run(topo: Any) -> str:
                 [
                     sys.executable,
                     "-m",
-                    "bifrost.cache.refserver",
+                    "bifrost.bifrost_nf.refserver",
                     "--bind",
                     f"{svc[0]}:{svc[1]}",
                     "--control",
@@ -70,7 +70,7 @@ def run(topo: Any) -> str:
         print(f"  refserver on gameserver {svc[0]}:{svc[1]} (map de_lab)", flush=True)
         procs.append(
             topo.pop1.popen(
-                [sys.executable, "-m", "bifrost.cache.daemon", "-c", str(conf), "-v"],
+                [sys.executable, "-m", "bifrost.bifrost_nf.daemon", "-c", str(conf), "-v"],
             )
         )
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from bifrost.config import ConfigError, Reader
-from bifrost.foumap import config as fmconfig
-from bifrost.foumap import daemon
-from bifrost.foumap.cli import format_table
-from bifrost.foumap.control import MapEntry, TableStats
+from bifrost.fou_map import config as fmconfig
+from bifrost.fou_map import daemon
+from bifrost.fou_map.cli import format_table
+from bifrost.fou_map.control import MapEntry, TableStats
 
 pytestmark = pytest.mark.unit
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from pyroute2 import netns as pyr_netns
 
 from bifrost import config as cfgmod
-from bifrost.foumap import config as fmconfig
-from bifrost.foumap import endpoint
-from bifrost.foumap.control import FouMap, MapEntry
+from bifrost.fou_map import config as fmconfig
+from bifrost.fou_map import endpoint
+from bifrost.fou_map.control import FouMap, MapEntry
 
 
 def _config(args: argparse.Namespace) -> fmconfig.FouMapConfig:

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bifrost.cache import a2s
+from bifrost.bifrost_nf import a2s
 
 
 class RefServer:

@@ -24,9 +24,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from bifrost import config as cfgmod
-from bifrost.cache import a2s
-from bifrost.cache.config import CacheConfig, ServiceConfig
-from bifrost.cache.nf import CacheDevice
+from bifrost.bifrost_nf import a2s
+from bifrost.bifrost_nf.config import CacheConfig, ServiceConfig
+from bifrost.bifrost_nf.nf import CacheDevice
 from bifrost.paths import DEFAULT_CONFIG
 from bifrost.sdnotify import sd_notify
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bifrost.cache import a2s, refserver
-from bifrost.cache.daemon import FetchError, fetch
+from bifrost.bifrost_nf import a2s, refserver
+from bifrost.bifrost_nf.daemon import FetchError, fetch
 
 pytestmark = pytest.mark.unit
 

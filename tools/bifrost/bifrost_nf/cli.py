@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from bifrost import config as cfgmod
-from bifrost.cache.nf import DEFAULT_PATH, CacheDevice, ServiceState
+from bifrost.bifrost_nf.nf import DEFAULT_PATH, CacheDevice, ServiceState
 
 
 def _device_path(args: argparse.Namespace) -> str:

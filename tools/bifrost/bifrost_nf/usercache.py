@@ -15,7 +15,7 @@ import struct
 import threading
 import time
 
-from bifrost.cache import a2s
+from bifrost.bifrost_nf import a2s
 
 
 class UserCache:

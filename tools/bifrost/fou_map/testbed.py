@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bifrost import netns
-from bifrost.foumap import endpoint
-from bifrost.foumap.control import FouMap, TableConfig
+from bifrost.fou_map import endpoint
+from bifrost.fou_map.control import FouMap, TableConfig
 from bifrost.vm.kernlog import dmesg as dmesg
 from bifrost.vm.kernlog import kernel_trouble as kernel_trouble
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from bifrost import config as cfgmod
-from bifrost.foumap import config as fmconfig
-from bifrost.foumap.control import FouMap, MapEntry
+from bifrost.fou_map import config as fmconfig
+from bifrost.fou_map.control import FouMap, MapEntry
 from bifrost.paths import DEFAULT_CONFIG
 from bifrost.sdnotify import sd_notify
 

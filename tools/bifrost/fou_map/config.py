@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bifrost.abi import fou_map as abi
 from bifrost.config import ConfigError, Reader, port_of
-from bifrost.foumap.control import MISS_POLICIES, TableConfig
+from bifrost.fou_map.control import MISS_POLICIES, TableConfig
 
 DEFAULT_STATE = Path("/var/lib/bifrost/fou_map.snapshot")
 DEFAULT_METRICS_PORT = 9469
