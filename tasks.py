@@ -176,7 +176,9 @@ def lab(c: Context, kernel: str | None = None) -> None:
     _require_kernel(kver, boot=True)
     try:
         dkms.build([kver], install=True)
-        result = vm.run(kver, "BIFROST_GUEST=1 .venv/bin/python -m bifrost.lab", timeout=900)
+        result = vm.run(
+            kver, "BIFROST_GUEST=1 .venv/bin/python -m bifrost_testing.lab", timeout=900
+        )
     except (dkms.DkmsError, RuntimeError, vm.GuestFailure) as e:
         raise Exit(f"lab FAILED on {kver}: {e}") from None
     verdict = "OK" if result.rc == 0 else f"FAILED (rc {result.rc})"

@@ -1,4 +1,4 @@
-"""The program on real devices in network namespaces on the host (bifrost.xdp.topology).
+"""The program on real devices in network namespaces on the host (bifrost_testing.xdp_topology).
 
 ::
 
@@ -26,7 +26,7 @@ from bifrost.netns import Namespace, link
 from bifrost.xdp import libbpf, loader, maps, maps_def
 from bifrost.xdp.config import XdpConfig
 from bifrost.xdp.libbpf import XDP_FLAGS_DRV_MODE
-from bifrost.xdp.topology import CLIENT_IP, GS_IP, POP_G_IP, XdpTopology, xdp_topology
+from bifrost_testing.xdp_topology import CLIENT_IP, GS_IP, POP_G_IP, XdpTopology, xdp_topology
 
 pytestmark = pytest.mark.bpf
 
@@ -170,7 +170,7 @@ def test_topology_attaches_both_programs_and_removes_everything(
 
 def test_tx_checksum_off_helper() -> None:
     """The lab helper really turns veth TX checksum offload off."""
-    from bifrost.xdp.lab import tx_checksum_off
+    from bifrost_testing.lab.xdp import tx_checksum_off
 
     a, b = Namespace("bfx-csum-a"), Namespace("bfx-csum-b")
     try:
