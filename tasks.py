@@ -61,14 +61,14 @@ def kernel_lines() -> list[str]:
 
 @task(help={"config": f"host config (default: {DEFAULT_CONFIG}, else {EXAMPLE_CONFIG.name})"})
 def generate(c: Context, config: str | None = None) -> None:
-    """Render generated sources: uapi headers, Python codecs, dkms.conf, module_config.h."""
+    """Render generated files: uapi headers, codecs, XDP map header, dkms.conf, module_config.h."""
     path = _config_path(config)
     try:
         cfg = cfgmod.load(path)
     except cfgmod.ConfigError as e:
         raise Exit(f"bad config: {e}") from None
     modules = list(cfg.xdp.modules) if cfg.xdp else []
-    written = codegen.write(codegen.abi_outputs() + codegen.build_outputs(modules, str(path)))
+    written = codegen.write(codegen.committed_outputs() + codegen.build_outputs(modules, str(path)))
     print(f"generate: {len(written)} file(s) changed")
 
 
