@@ -102,7 +102,8 @@ def build(c: Context, kernel: str | None = None) -> None:
     help={
         "kernel": "kernel release (repeatable; default: every kernel with headers)",
         "root": "place files under this prefix instead of / (no DKMS, no live system change)",
-        "config": f"config the units and modules-load.d follow (default {DEFAULT_CONFIG})",
+        "config": f"existing config the units and modules-load.d follow (default {DEFAULT_CONFIG},"
+        " installed from the example when missing)",
     },
     iterable=["kernel"],
 )
@@ -115,9 +116,7 @@ def install(
         _require_root("install")
         _require_tools("dkms")
     try:
-        manifest = installmod.install(
-            prefix, kernel or None, Path(config) if config else DEFAULT_CONFIG
-        )
+        manifest = installmod.install(prefix, kernel or None, Path(config) if config else None)
     except installmod.InstallError as e:
         raise Exit(str(e)) from None
     print(f"install: {len(manifest.files)} file(s) recorded in {installmod.MANIFEST}")

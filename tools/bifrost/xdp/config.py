@@ -32,7 +32,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from bifrost.config import ConfigError, Reader
+from bifrost.config_schema import ConfigError, Reader
 from bifrost.xdp import maps_def
 
 PROTOS = {"udp": 17, "tcp": 6}
