@@ -46,7 +46,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
-from bifrost.xdp import libbpf, maps
+from bifrost.xdp import bpffs, libbpf, maps
 from bifrost.xdp.build import OBJECT
 from bifrost.xdp.config import XdpConfig
 from bifrost.xdp.libbpf import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, BpfError
@@ -128,6 +128,7 @@ def attach(
     mode = mode or cfg.mode
     idx = ifindex(iface)
     pdir = pin_dir_for(pin_base or cfg.pin_dir, iface)
+    bpffs.ensure(pdir.parent)
     if pdir.exists():
         raise RuntimeError(f"{pdir} exists: already attached? run `bifrost xdp detach` first")
     if not obj.exists():
