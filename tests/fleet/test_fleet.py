@@ -161,6 +161,29 @@ def test_wrong_host_key_is_refused(lab: FleetLab) -> None:
         lab.set_config("pop1")
 
 
+def test_failing_build_changes_nothing(lab: FleetLab) -> None:
+    """pop2 has no compiler (its agent's PATH lacks clang): its rebuild fails, pop2 keeps
+    running its config, and gs1, next in line, is not touched."""
+    old = {n: running(lab, n) for n in lab.hosts}
+    keys = lab.hosts["pop2"].dir / "authorized_keys"
+    line = keys.read_text()
+    keys.write_text(line.replace('command="', 'command="env PATH=/nonexistent ', 1))
+    lab.set_config("pop2", modules=("srcds",))  # back to srcds: a rebuild
+    lab.set_config("gs1", extra="metrics_port = 0\n")
+    try:
+        done = lab.fleet("apply", "--canary", "pop2")
+        out = done.stdout
+        assert done.returncode == 1, out + done.stderr
+        assert "error: pop2: bifrost fleet agent: apply: build failed, nothing changed: " in out
+        assert "clang not found: apt-get install clang" in out, out
+        assert "not changed: gs1" in out
+        assert {n: running(lab, n) for n in lab.hosts} == old
+    finally:
+        keys.write_text(line)
+        lab.set_config("pop2", modules=())
+        lab.set_config("gs1")
+
+
 def test_key_runs_only_the_agent_verbs(lab: FleetLab) -> None:
     """OpenSSH's own client with the back-end's key: anything but a verb is refused."""
     for command in (["cat", "/etc/shadow"], ["status;", "id"], ["health", "5;reboot"]):

@@ -258,7 +258,7 @@ class HostState:
 
     def _has_upgrade(self) -> bool:
         """The atomic swap (`bifrost xdp upgrade`, bpf_link_update) where this release has it."""
-        return "upgrade" in self.xdp("--help").stdout
+        return self.xdp("upgrade", "--help").returncode == 0
 
     def _drive(self, want: Desired, old: Desired | None, rebuilt: bool) -> list[str]:
         """Make the program match the installed config and object."""
