@@ -176,13 +176,22 @@ class HostState:
         tmp.write_text(text)
         os.replace(tmp, self.config)
 
-    def apply(self) -> list[str]:
+    def apply(self, sha: str) -> list[str]:
         """Run the staged config: build if needed, keep the running one as previous, install,
-        drive the program; on a failure past the build, put the previous back and say so."""
+        drive the program; on a failure past the build, put the previous back and say so.
+
+        sha (short_sha of the staged text) binds the apply to what its caller staged: a
+        config staged since by someone else, or left from an apply that stopped, is not run.
+        """
         with self.locked():
             if not self.staged.exists():
                 raise AgentError("nothing staged: push a config with stage-config first")
-            want = self.desired(self.staged.read_text(), str(self.staged))
+            staged = self.staged.read_text()
+            if short_sha(staged) != sha:
+                raise AgentError(
+                    f"the staged config is {short_sha(staged)}, not {sha}: stage it again"
+                )
+            want = self.desired(staged, str(self.staged))
             old_text = self.running_text()
             old = self.desired(old_text, str(self.config)) if old_text else None
             done: list[str] = []
