@@ -98,8 +98,12 @@ def test_auto_mode_falls_back_to_generic_with_a_warning(
             assert "falling back to generic" in caplog.text
             st = loader.status("br0", pins)
             assert st.generic_prog_id and not st.native_prog_id
-            with pytest.raises(libbpf.BpfError):
+            # Our program is there already: refused as any attached program is.
+            with pytest.raises(loader.AttachError, match="another XDP program is attached"):
                 loader.attach_also("br0", "br0", pins, mode="native")
+            ns.run(["ip", "link", "add", "br1", "type", "bridge"])
+            with pytest.raises(libbpf.BpfError):  # a bridge has no native XDP
+                loader.attach_also("br1", "br0", pins, mode="native")
             loader.detach("br0", pins)
             assert not loader.status("br0", pins).attached
             assert not (pins / "br0").exists()

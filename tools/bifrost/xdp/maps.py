@@ -14,23 +14,63 @@ from bifrost.xdp.config import PROTOS, XdpConfig
 from bifrost.xdp.libbpf import Map
 
 S = maps_def.BY_NAME
+D = maps_def
 
-# name -> (key size, value size, per CPU). Sizes come from maps_def, like the C side.
-MAP_SPECS: dict[str, tuple[int, int, bool]] = {
-    "settings": (4, S["settings"].size, False),
-    "rules": (4, S["rule"].size, False),
-    "rule_slots": (4, S["rule_slot"].size, False),
-    "rule_overflow": (S["rule_key"].size, S["rule_ref"].size, False),
-    "rule_modules": (4, S["rule_modules"].size, False),
-    "anycast": (4, S["anycast"].size, False),
-    "gameservers": (4, S["gameserver"].size, False),
-    "firewall": (S["lpm_key"].size, 4, False),
-    "rate_limit": (S["rate_key"].size, S["rate_state"].size, False),
-    "nexthops": (4, S["nexthop"].size, False),
-    "gs_nexthops": (4, S["nexthop"].size, False),
-    "srcds_clients": (S["srcds_key"].size, S["srcds_state"].size, False),
-    "counters": (4, S["counter"].size, True),
+
+@dataclass(frozen=True)
+class MapSpec:
+    """What this Python side reads and writes a map as; checked against the kernel's
+    view of a pinned map before any use (a map from another build may differ)."""
+
+    type: int
+    key_size: int
+    value_size: int  # per CPU for per-CPU maps
+    max_entries: int
+
+    @property
+    def percpu(self) -> bool:
+        return self.type == libbpf.BPF_MAP_TYPE_PERCPU_ARRAY
+
+
+A, H, LRU = libbpf.BPF_MAP_TYPE_ARRAY, libbpf.BPF_MAP_TYPE_HASH, libbpf.BPF_MAP_TYPE_LRU_HASH
+# Sizes from maps_def, like the C side (xdp/maps.h); tests/bpf/test_xdp_binding.py
+# checks this table against the built object's own map definitions.
+MAP_SPECS: dict[str, MapSpec] = {
+    "settings": MapSpec(A, 4, S["settings"].size, 1),
+    "rules": MapSpec(A, 4, S["rule"].size, D.MAX_RULES + 1),
+    "rule_slots": MapSpec(A, 4, S["rule_slot"].size, D.RULE_SLOTS),
+    "rule_overflow": MapSpec(H, S["rule_key"].size, S["rule_ref"].size, D.MAX_RULE_KEYS),
+    "rule_modules": MapSpec(A, 4, S["rule_modules"].size, D.MAX_RULES + 1),
+    "anycast": MapSpec(H, 4, S["anycast"].size, D.MAX_ANYCAST),
+    "gameservers": MapSpec(H, 4, S["gameserver"].size, D.MAX_GAMESERVERS),
+    "firewall": MapSpec(libbpf.BPF_MAP_TYPE_LPM_TRIE, S["lpm_key"].size, 4, 2 * D.MAX_PREFIXES),
+    "rate_limit": MapSpec(LRU, S["rate_key"].size, S["rate_state"].size, D.MAX_RATE_SOURCES),
+    "nexthops": MapSpec(LRU, 4, S["nexthop"].size, D.MAX_NEXTHOPS),
+    "gs_nexthops": MapSpec(A, 4, S["nexthop"].size, D.MAX_GAMESERVERS),
+    "srcds_clients": MapSpec(LRU, S["srcds_key"].size, S["srcds_state"].size, D.MAX_SRCDS_CLIENTS),
+    "counters": MapSpec(
+        libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["counter"].size, (D.MAX_RULES + 1) * len(D.REASONS)
+    ),
 }
+
+
+class MapMismatch(ValueError):
+    """A pinned map is not what this bifrost reads and writes."""
+
+
+def check_pinned(name: str, info: libbpf.MapDef) -> None:
+    """Refuse a pinned map whose kernel-side type, sizes or capacity differ from MAP_SPECS."""
+    spec = MAP_SPECS[name]
+    want = libbpf.MapDef(name, spec.type, spec.key_size, spec.value_size, spec.max_entries, 0)
+    diff = [d for d in want.differences(info) if not d.startswith("flags")]
+    if diff:
+        raise MapMismatch(
+            f"pinned map {name}: the kernel's map differs from this bifrost's layout "
+            f"({'; '.join(diff)}): it was made by another build; swap the program with "
+            "`bifrost xdp upgrade` (or detach and attach again)"
+        )
+
+
 # Maps whose content is the config (apply() makes them equal to it), in the
 # order apply() writes them: settings first (its firewall flag on with the trie
 # still empty costs a lookup, never a miss), then what a lookup reaches last
@@ -49,25 +89,51 @@ CONFIG_MAPS = (
 
 @dataclass
 class MapSet:
-    """The program's maps by name; from a freshly loaded object or from the pins."""
+    """The program's maps by name; from a freshly loaded object or from the pins.
+
+    Maps opened from pins own their fds: close() (or `with`) releases them.
+    """
 
     maps: dict[str, Map] = field(default_factory=dict)
 
     @classmethod
     def from_fds(cls, fds: dict[str, int]) -> MapSet:
+        """Maps of a loaded object (which keeps owning the fds)."""
         out = cls()
         for name, fd in fds.items():
             if name in MAP_SPECS:
-                k, v, percpu = MAP_SPECS[name]
-                out.maps[name] = Map(fd, k, v, percpu)
+                sp = MAP_SPECS[name]
+                out.maps[name] = Map(fd, sp.key_size, sp.value_size, sp.percpu)
         return out
 
     @classmethod
     def from_pins(cls, pin_dir: Path) -> MapSet:
+        """Open the pinned maps, each checked against the kernel's view of it."""
         if not pin_dir.is_dir():
             raise FileNotFoundError(f"{pin_dir}: no pinned maps (is the program attached?)")
-        fds = {p.name: libbpf.get_pinned(str(p)) for p in pin_dir.iterdir() if p.name in MAP_SPECS}
-        return cls.from_fds(fds)
+        out = cls()
+        try:
+            for p in sorted(pin_dir.iterdir()):
+                if p.name not in MAP_SPECS:
+                    continue
+                fd = libbpf.get_pinned(str(p))
+                sp = MAP_SPECS[p.name]
+                out.maps[p.name] = Map(fd, sp.key_size, sp.value_size, sp.percpu, owned=True)
+                check_pinned(p.name, libbpf.map_info(fd))
+        except BaseException:
+            out.close()
+            raise
+        return out
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+
+    def __enter__(self) -> MapSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __getitem__(self, name: str) -> Map:
         return self.maps[name]
@@ -195,11 +261,10 @@ class ApplyReport:
         return ", ".join(parts)
 
 
-def _current(m: Map, is_array: bool) -> dict[bytes, bytes]:
+def _current(m: Map, name: str, is_array: bool) -> dict[bytes, bytes]:
     """A map's entries; for arrays only the non-zero ones (zero is "empty")."""
     if is_array:
-        zero = bytes(m.value_size)
-        return {k: v for k, v in m.dump().items() if v != zero}
+        return {_u32(i): v for i, v in m.nonzero(MAP_SPECS[name].max_entries).items()}
     out = {}
     for key in list(m.keys()):
         value = m.lookup(key)
@@ -235,7 +300,7 @@ def apply(ms: MapSet, cfg: XdpConfig, ns_per_jiffy: int | None = None) -> ApplyR
         current = ms["settings"].lookup(_u32(0)) or bytes(S["settings"].size)
         ns_per_jiffy = S["settings"].unpack(current)["ns_per_jiffy"]
     want = desired(cfg, ns_per_jiffy)
-    have = {name: _current(ms[name], name in ARRAY_MAPS) for name in CONFIG_MAPS}
+    have = {name: _current(ms[name], name, name in ARRAY_MAPS) for name in CONFIG_MAPS}
     for name in CONFIG_MAPS:
         m = ms[name]
         written = 0
