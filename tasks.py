@@ -61,14 +61,14 @@ def kernel_lines() -> list[str]:
 
 @task(help={"config": f"host config (default: {DEFAULT_CONFIG}, else {EXAMPLE_CONFIG.name})"})
 def generate(c: Context, config: str | None = None) -> None:
-    """Render generated sources: uapi headers, Python codecs, dkms.conf, module_config.h."""
+    """Render generated files: uapi headers, codecs, XDP map header, dkms.conf, module_config.h."""
     path = _config_path(config)
     try:
         cfg = cfgmod.load(path)
     except cfgmod.ConfigError as e:
         raise Exit(f"bad config: {e}") from None
     modules = list(cfg.xdp.modules) if cfg.xdp else []
-    written = codegen.write(codegen.abi_outputs() + codegen.build_outputs(modules, str(path)))
+    written = codegen.write(codegen.committed_outputs() + codegen.build_outputs(modules, str(path)))
     print(f"generate: {len(written)} file(s) changed")
 
 
@@ -102,7 +102,8 @@ def build(c: Context, kernel: str | None = None) -> None:
     help={
         "kernel": "kernel release (repeatable; default: every kernel with headers)",
         "root": "place files under this prefix instead of / (no DKMS, no live system change)",
-        "config": f"config the units and modules-load.d follow (default {DEFAULT_CONFIG})",
+        "config": f"existing config the units and modules-load.d follow (default {DEFAULT_CONFIG},"
+        " installed from the example when missing)",
     },
     iterable=["kernel"],
 )
@@ -115,9 +116,7 @@ def install(
         _require_root("install")
         _require_tools("dkms")
     try:
-        manifest = installmod.install(
-            prefix, kernel or None, Path(config) if config else DEFAULT_CONFIG
-        )
+        manifest = installmod.install(prefix, kernel or None, Path(config) if config else None)
     except installmod.InstallError as e:
         raise Exit(str(e)) from None
     print(f"install: {len(manifest.files)} file(s) recorded in {installmod.MANIFEST}")
@@ -176,7 +175,9 @@ def lab(c: Context, kernel: str | None = None) -> None:
     _require_kernel(kver, boot=True)
     try:
         dkms.build([kver], install=True)
-        result = vm.run(kver, "BIFROST_GUEST=1 .venv/bin/python -m bifrost.lab", timeout=900)
+        result = vm.run(
+            kver, "BIFROST_GUEST=1 .venv/bin/python -m bifrost_testing.lab", timeout=900
+        )
     except (dkms.DkmsError, RuntimeError, vm.GuestFailure) as e:
         raise Exit(f"lab FAILED on {kver}: {e}") from None
     verdict = "OK" if result.rc == 0 else f"FAILED (rc {result.rc})"

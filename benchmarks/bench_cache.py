@@ -2,7 +2,7 @@
 
 Runs in the guest. Topology: client --veth-- POP. The POP serves the same
 cached A2S_INFO answer from bifrost_nf (10.71.0.1:27015) and from
-bifrost.bifrost_nf.usercache (10.71.0.1:27016), both with the stateless challenge.
+bifrost_testing.usercache (10.71.0.1:27016), both with the stateless challenge.
 A small C generator (sendmmsg) floods each with challenged queries for a few
 seconds, alternating kernel / user space; answers are counted on the client's
 interface. Then unchallenged queries measure bytes out / bytes in for an
@@ -149,7 +149,7 @@ def main() -> int:
         dev.set_answer(POP_IP, KERNEL_PORT, "info", [info], ttl_ms=3_600_000, max_stale_ms=0)
         answers = work / "answers.json"
         answers.write_text(json.dumps({"info": [info.hex()]}))
-        user = pop.popen([sys.executable, "-m", "bifrost.bifrost_nf.usercache", "--bind",
+        user = pop.popen([sys.executable, "-m", "bifrost_testing.usercache", "--bind",
                           f"{POP_IP}:{USER_PORT}", "--answers", str(answers)],
                          stdout=subprocess.PIPE)  # fmt: skip
         assert user.stdout is not None

@@ -33,8 +33,9 @@ from xdp_harness import VIP, compile_object, topology_frame, wait_for
 from bifrost import install
 from bifrost.config import load
 from bifrost.netns import Namespace
-from bifrost.xdp import libbpf, loader, topology
+from bifrost.xdp import libbpf, loader
 from bifrost.xdp.service import load_config
+from bifrost_testing import xdp_topology as topology
 
 pytestmark = pytest.mark.bpf
 

@@ -19,7 +19,8 @@ import pytest
 from cache_env import CLIENT_IP, GAME_PORT, POP_CLIENT_IP
 
 from bifrost import netns
-from bifrost.bifrost_nf import a2s, refserver
+from bifrost.bifrost_nf import a2s
+from bifrost_testing import refserver
 
 pytestmark = pytest.mark.kernel
 SERVICE = (POP_CLIENT_IP, GAME_PORT)

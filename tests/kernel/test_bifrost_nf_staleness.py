@@ -11,8 +11,9 @@ import cache_env
 import pytest
 from cache_env import GAME_PORT, POP_CLIENT_IP
 
-from bifrost.bifrost_nf import a2s, refserver
+from bifrost.bifrost_nf import a2s
 from bifrost.bifrost_nf.nf import CacheDevice
+from bifrost_testing import refserver
 
 pytestmark = pytest.mark.kernel
 SERVICE = (POP_CLIENT_IP, GAME_PORT)

@@ -22,9 +22,9 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from bifrost import __version__, codegen, dkms, vm
-from bifrost.codegen import GAME_MODULE_DEFINES
 from bifrost.paths import BUILD_DIR, MODULES, SOURCE_ROOT
 from bifrost.xdp import build as xdp_build
+from bifrost.xdp import maps_def
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def _build_xdp() -> str | None:
     codegen.write(
         [
             codegen.Generated(
-                header, codegen.render_module_config(list(GAME_MODULE_DEFINES), "tests")
+                header, codegen.render_module_config(list(maps_def.AVAILABLE_MODULES), "tests")
             )
         ]
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from bifrost.config import ConfigError, Reader
+from bifrost.config_schema import ConfigError, Reader
 
 
 @dataclass(frozen=True)
