@@ -90,7 +90,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _print_stats(ms: maps.MapSet, cfg: XdpConfig, reset: bool) -> int:
-    names = {r.id: r.name for r in cfg.rules}
+    names = maps.rule_names(ms, cfg)
     rows = sorted(maps.counters(ms).items())
     print(f"{'rule':<16} {'reason':<20} {'packets':>12} {'bytes':>14}")
     for (rid, reason), c in rows:

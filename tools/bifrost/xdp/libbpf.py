@@ -411,14 +411,16 @@ class Map:
             yield key
             prev = ctypes.create_string_buffer(key, self.key_size)
 
-    def array_values(self, count: int) -> bytes:
-        """Values 0..count-1 of an array map, concatenated, in one batch syscall."""
+    def array_values(self, count: int, start: int = 0) -> bytes:
+        """Values start..start+count-1 of an array map, concatenated, in one batch syscall."""
         assert not self.percpu
         keys = ctypes.create_string_buffer(count * self.key_size)
         values = ctypes.create_string_buffer(count * self.value_size)
         cursor = ctypes.create_string_buffer(8)
+        # The batch resumes after its in_batch key: start - 1 (none to start at 0).
+        prev = ctypes.create_string_buffer(struct.pack("=I", start - 1), 8) if start else None
         n = ctypes.c_uint32(count)
-        rc = lib().bpf_map_lookup_batch(self.fd, None, cursor, keys, values, ctypes.byref(n), None)
+        rc = lib().bpf_map_lookup_batch(self.fd, prev, cursor, keys, values, ctypes.byref(n), None)
         err = 0 if rc >= 0 else (ctypes.get_errno() if rc == -1 else -rc)
         if err and err != errno.ENOENT:
             _check(-err, "map batch lookup")
@@ -426,18 +428,18 @@ class Map:
             raise BpfError(errno.EIO, f"array batch read {n.value} of {count} entries")
         return values.raw
 
-    def nonzero(self, count: int) -> dict[int, bytes]:
+    def nonzero(self, count: int, start: int = 0) -> dict[int, bytes]:
         """{index: value} of an array map's entries that are not all zero ("empty").
 
         The scan for non-zero bytes runs in C (re), so a sparse 131072-slot
         array costs one syscall and a few milliseconds, not a Python loop per slot.
         """
-        raw = self.array_values(count)
+        raw = self.array_values(count, start)
         vs = self.value_size
         out: dict[int, bytes] = {}
         for m in re.finditer(rb"[^\x00]+", raw):
             for idx in range(m.start() // vs, (m.end() - 1) // vs + 1):
-                out[idx] = raw[idx * vs : (idx + 1) * vs]
+                out[start + idx] = raw[idx * vs : (idx + 1) * vs]
         return out
 
     def dump(self, chunk: int = 8192) -> dict[bytes, bytes]:

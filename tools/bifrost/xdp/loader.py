@@ -42,6 +42,7 @@ import logging
 import os
 import shutil
 import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
-from bifrost.xdp import bpffs, libbpf, maps, pins
+from bifrost.xdp import bpffs, libbpf, maps, maps_def, pins
 from bifrost.xdp.build import OBJECT
 from bifrost.xdp.config import XdpConfig
 from bifrost.xdp.libbpf import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, BpfError
@@ -59,6 +60,7 @@ from bifrost.xdp.libbpf import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, BpfError
 log = logging.getLogger(__name__)
 
 PROG_PIN = "prog"
+MODULES_PIN = "modules"  # bifrost_modules: which game modules the attached object has
 LINK_PIN = "link"  # the bpf_link attaching the program: whoever holds it owns the attachment
 NEIGHBOURS_RECORD = "neighbours"  # one directory per entry made, in the pin dir
 
@@ -122,6 +124,32 @@ class Attached:
 
 class AttachError(RuntimeError):
     """The interface is not in a state this command can act on (named in the message)."""
+
+
+class ModuleMissing(RuntimeError):
+    """The config needs a game module the (running or new) object was not built with."""
+
+
+REBUILD = "`invoke generate` then `invoke build` (or bifrost.xdp.build)"
+
+
+def compiled_modules(modules_prog_fd: int) -> set[str]:
+    """The game modules compiled into an object, as its bifrost_modules program says."""
+    bits = struct.unpack("=I", libbpf.test_run(modules_prog_fd, bytes(64)).data[:4])[0]
+    return {m.name for m in maps_def.GAME_MODULES if m.bit & bits}
+
+
+def check_modules(cfg: XdpConfig, have: set[str], what: str) -> None:
+    """Refuse cfg if a rule needs a game module that `what` lacks: such a rule would be
+    accepted and do nothing (no handshake validation)."""
+    for module, rules in sorted(maps.config_modules(cfg).items()):
+        if module not in have:
+            raise ModuleMissing(
+                f"xdp.rule {rules[0]!r} needs game module {module!r}, which {what} was not "
+                f"built with (it has: {', '.join(sorted(have)) or 'none'}); nothing was "
+                f"changed. Rebuild with it (xdp.modules lists it, then {REBUILD}) and "
+                "swap the new object in with `bifrost xdp upgrade`"
+            )
 
 
 def _pin_base(cfg: XdpConfig | None, pin_base: str | Path | None) -> Path:
@@ -192,6 +220,7 @@ def _pin_object(pdir: Path, loaded: pins.Loaded) -> None:
     fds = loaded.obj.map_fds()
     for name in loaded.fresh:
         pins.replace_pin(fds[name], pdir / name)
+    pins.replace_pin(loaded.obj.prog_fd("bifrost_modules"), pdir / MODULES_PIN)
     pins.replace_pin(loaded.obj.prog_fd("bifrost_xdp"), pdir / PROG_PIN)
 
 
@@ -232,6 +261,7 @@ def attach(
         _refuse_foreign(idx, iface)
         loaded = pins.load_reusing(obj, pdir, migrate)
         with loaded.obj as bo:
+            check_modules(cfg, compiled_modules(bo.prog_fd("bifrost_modules")), str(obj))
             ms = maps.MapSet.from_fds(bo.map_fds())
             report = maps.apply(ms, cfg, maps.calibrate_clock(bo.prog_fd("bifrost_clock")))
             link_fd, used = _link(idx, bo.prog_fd("bifrost_xdp"), mode, iface)
@@ -324,6 +354,7 @@ def _swap(
 ) -> Upgraded:
     loaded = pins.load_reusing(obj, pdir, migrate)
     with loaded.obj as bo:
+        check_modules(cfg, compiled_modules(bo.prog_fd("bifrost_modules")), str(obj))
         new_fd = bo.prog_fd("bifrost_xdp")
         new_info = libbpf.prog_info(new_fd)
         if new_info.tag == libbpf.prog_info(old_fd).tag and not loaded.fresh:
@@ -387,9 +418,20 @@ def apply(cfg: XdpConfig, iface: str | None = None, pin_base: str | Path | None 
     pdir = pin_dir_for(base, iface)
     if not pdir.is_dir():
         raise FileNotFoundError(f"{pdir}: no pinned maps (is the program attached?)")
-    with pins.locked(base), maps.MapSet.from_pins(pdir) as ms:
-        report = str(maps.apply(ms, cfg))
+    with pins.locked(base):
+        check_modules(cfg, running_modules(pdir), "the running program")
+        with maps.MapSet.from_pins(pdir) as ms:
+            report = str(maps.apply(ms, cfg))
     return Applied(report, ensure_neighbours(cfg, iface, pin_base))
+
+
+def running_modules(pdir: Path) -> set[str]:
+    """The game modules of the program attached from pdir (its pinned bifrost_modules)."""
+    fd = libbpf.get_pinned(str(pdir / MODULES_PIN))
+    try:
+        return compiled_modules(fd)
+    finally:
+        os.close(fd)
 
 
 def ensure_neighbours(

@@ -154,7 +154,7 @@ class Service:
             try:
                 up = loader.upgrade(self.cfg, self.iface, self.obj, self.pin_base, self.migrate)
                 log.info("%s", up)
-            except (pins.LayoutChanged, BpfError) as e:
+            except (pins.LayoutChanged, loader.ModuleMissing, BpfError) as e:
                 # The running program keeps serving; the operator decides the migration.
                 log.error("%s: not swapping in %s: %s", self.iface, self.obj, e)
         else:
@@ -259,7 +259,7 @@ class Service:
         changes = config_changes(self.cfg, new)
         try:
             res = loader.apply(new, self.iface, self.pin_base)
-        except (OSError, ValueError, NetlinkError) as e:
+        except (OSError, ValueError, RuntimeError, NetlinkError) as e:
             log.error("reload: applying %s failed: %s", self.config_path, e)
             return
         self.cfg = new
