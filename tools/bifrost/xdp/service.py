@@ -71,8 +71,10 @@ def config_changes(old: XdpConfig, new: XdpConfig) -> list[str]:
         a, b = getattr(old, f.name), getattr(new, f.name)
         if f.name != "rules" and a != b:
             out.append(f"xdp.{f.name}: {_show(a)} -> {_show(b)}")
-    before = {r.name: r for r in old.rules}
-    after = {r.name: r for r in new.rules}
+    # A rule's id in the program comes from its name (maps.assign_ids), not from its
+    # position, which the parsed config still carries: compare without it.
+    before = {r.name: dataclasses.replace(r, id=0) for r in old.rules}
+    after = {r.name: dataclasses.replace(r, id=0) for r in new.rules}
     out += [f"rule {n!r} added" for n in after if n not in before]
     out += [f"rule {n!r} removed" for n in before if n not in after]
     out += [f"rule {n!r} changed" for n in after if n in before and after[n] != before[n]]
