@@ -172,8 +172,8 @@ def test_xdp_unit_reloads_with_sighup_and_keeps_the_bpffs_writable(tmp_path: Pat
     assert "After=network-online.target" in lines
     assert "ReadWritePaths=/sys/fs/bpf" in lines
     assert "CapabilityBoundingSet=CAP_NET_ADMIN CAP_BPF CAP_PERFMON" in lines
-    # Stopping detaches: the unit says so where an operator reads it.
-    assert "Stopping the service detaches the program" in text
+    # Stopping leaves the program attached: the unit says so where an operator reads it.
+    assert "Stopping the service leaves the program attached" in text
 
 
 def test_units_fail_verify_when_broken(tmp_path: Path) -> None:

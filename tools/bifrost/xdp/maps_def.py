@@ -3,8 +3,9 @@
 ``bifrost.codegen`` renders these definitions into xdp/generated/bifrost_maps.h
 (``invoke generate``; the XDP build does it too), which the BPF program
 includes; ``Struct.pack``/``unpack`` (``bifrost.abi.spec``, shared with the
-chardev records) are the Python side the loader uses. tests/unit/test_xdp_maps_def.py compiles the header with gcc
-and compares every size and offset with the struct formats below.
+chardev records) are the Python side the loader uses.
+tests/unit/test_xdp_maps_def.py compiles the header with gcc and compares
+every size and offset with the struct formats below.
 
 Byte order: ``ipv4`` fields are network order (as in iphdr); every other field
 is host order (little-endian), ports included: the program converts with
@@ -70,7 +71,6 @@ RULE_CACHE = 1  # well-formed A2S queries are passed up to bifrost_nf
 SLOT_OVERFLOW = 1
 
 
-
 @dataclass(frozen=True)
 class GameModule:
     """A game handshake-validation module of the XDP program: the one table of them."""
@@ -95,6 +95,14 @@ SET_HAVE_FIREWALL = 1  # skip the LPM lookup when the block and allow lists are 
 # firewall (LPM trie) values: what the longest matching prefix says.
 FW_ALLOW = 1  # exempt from rate limits (and from any block prefix it is inside)
 FW_BLOCK = 2
+# ... one FW_GEN_BITS-bit field per config generation: verdict | FW_MEMBER (the
+# prefix is that generation's own, not a stand-in for its longest match).
+FW_GEN_BITS = 16
+FW_VERDICT_MASK = 0xFF
+FW_MEMBER = 1 << 15
+
+# Config generations side by side in every config map; config_gen names the one in force.
+GENERATIONS = 2
 
 IPV6_PASS = 0
 IPV6_DROP = 1
@@ -117,6 +125,10 @@ CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("SET_HAVE_FIREWALL", SET_HAVE_FIREWALL, "settings flag: firewall trie not empty"),
     ("FW_ALLOW", FW_ALLOW, "firewall value: allow-listed source"),
     ("FW_BLOCK", FW_BLOCK, "firewall value: block-listed source"),
+    ("FW_GEN_BITS", FW_GEN_BITS, "firewall value: bits per config generation"),
+    ("FW_VERDICT_MASK", FW_VERDICT_MASK, "firewall value: the verdict in a generation's bits"),
+    ("FW_MEMBER", FW_MEMBER, "firewall value: the prefix is the generation's own"),
+    ("GENERATIONS", GENERATIONS, "configs side by side in the config maps"),
     ("IPV6_PASS", IPV6_PASS, "settings.ipv6_policy"),
     ("IPV6_DROP", IPV6_DROP, "settings.ipv6_policy"),
     ("MAX_RULES", MAX_RULES, "rule ids are 1..MAX_RULES"),
@@ -136,7 +148,12 @@ STRUCTS: tuple[Struct, ...] = (
     Struct(
         "rule_key",
         "rule_overflow key: anycast address, destination port (0 = any), protocol",
-        (F("addr", "ipv4"), F("port", "u16"), F("proto", "u8"), F("reserved", "u8")),
+        (
+            F("addr", "ipv4"),
+            F("port", "u16"),
+            F("proto", "u8"),
+            F("gen", "u8", doc="config generation (config_gen)"),
+        ),
     ),
     Struct(
         "rule_slot",
@@ -166,14 +183,19 @@ STRUCTS: tuple[Struct, ...] = (
     ),
     Struct("rule_modules", "rule_modules value (index: rule id)", (F("bits", "u32"),)),
     Struct(
+        "rule_name",
+        "rule_names value (index: rule id): which rule name holds the id",
+        (F("digest", "u8", 16, doc="first 16 bytes of sha256(name); zero: free"),),
+    ),
+    Struct(
         "gameserver",
         "gameservers value (key: __be32 address)",
-        (F("flags", "u32", doc="reserved, 0"),),
+        (F("gens", "u32", doc="bit g: a game server in config generation g"),),
     ),
     Struct(
         "anycast",
         "anycast value (key: __be32 address): traffic to it no rule covers is dropped",
-        (F("flags", "u32", doc="reserved, 0"),),
+        (F("gens", "u32", doc="bit g: served in config generation g"),),
     ),
     Struct(
         "lpm_key",
@@ -215,7 +237,7 @@ STRUCTS: tuple[Struct, ...] = (
     Struct("srcds_state", "srcds_clients value", (F("expires_ns", "u64"),)),
     Struct(
         "settings",
-        "settings[0]: POP-wide parameters, changed without reloading",
+        "settings[gen]: POP-wide parameters, changed without reloading",
         (
             F("pop_addr", "ipv4", doc="outer source of encapsulated packets"),
             F("fou_port", "u16", doc="FOU port the POP receives the return path on"),
