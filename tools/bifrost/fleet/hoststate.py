@@ -265,10 +265,6 @@ class HostState:
             raise AgentError(f"`bifrost xdp {' '.join(args)}` failed ({done.returncode}): {why}")
         return f"xdp {args[0]}: {done.stdout.strip()}"
 
-    def _has_upgrade(self) -> bool:
-        """The atomic swap (`bifrost xdp upgrade`, bpf_link_update) where this release has it."""
-        return self.xdp("upgrade", "--help").returncode == 0
-
     def _drive(self, want: Desired, old: Desired | None, rebuilt: bool) -> list[str]:
         """Make the program match the installed config and object."""
         if want.cfg.xdp is None:
@@ -284,11 +280,9 @@ class HostState:
         if st.returncode != 0:
             raise AgentError(f"`bifrost xdp status` failed: {st.stderr.strip()}")
         if not rebuilt:
-            return [self._xdp_ok("apply")]
-        if self._has_upgrade():
-            return [self._xdp_ok("upgrade", "--obj", obj)]
-        # A release without the atomic swap: the program is off the interface for a moment.
-        return [self._xdp_ok("detach"), self._xdp_ok("attach", "--obj", obj)]
+            return [self._xdp_ok("apply")]  # one generation switch
+        # The new object replaces the attached one in one step, keeping the maps.
+        return [self._xdp_ok("upgrade", "--obj", obj)]
 
     def _detach(self, old: Desired) -> str:
         with _config_file(old.text, self.state_dir) as path:
