@@ -72,6 +72,7 @@ def test_apply_installs_builds_and_attaches(lab: FleetLab) -> None:
     assert "attached (native" in rows["pop1"] and "srcds" in rows["pop1"]
     assert re.search(r"served [1-9]\d* dropped 0", rows["pop2"]), rows["pop2"]
     assert "bifrost-foumapd=" in rows["gs1"]
+    assert "bifrost_nf " in rows["pop1"] and "fou_map " in rows["gs1"]  # the kernel modules
 
 
 def test_module_change_rebuilds_and_swaps(lab: FleetLab) -> None:
@@ -140,6 +141,10 @@ def test_unreachable_host_changes_nothing(lab: FleetLab) -> None:
         plan = lab.fleet("plan")
         assert plan.returncode == 1
         assert "== pop9: unreachable" in plan.stdout and '+ipv6 = "drop"' in plan.stdout
+        table = lab.fleet("status")
+        assert table.returncode == 1
+        assert re.search(r"^pop9 +pop .*unreachable: ", table.stdout, re.M), table.stdout
+        assert re.search(r"^pop1 +pop .*attached", table.stdout, re.M), table.stdout
     finally:
         lab.write_inventory()
         lab.set_config("pop1")

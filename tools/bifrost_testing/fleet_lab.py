@@ -149,7 +149,7 @@ class FleetLab:
         return text
 
     def write_inventory(self, canary: str | None = None, extra_hosts: str = "") -> None:
-        lines = ["[fleet]", "connect_timeout = 5"]
+        lines = ["[fleet]", "connect_timeout = 30"]  # a loaded CI machine is slow to answer
         if canary:
             lines.append(f'canary = "{canary}"')
         lines += ["", "[groups]", f"pops = {[n for n, h in self.hosts.items() if h.role == 'pop']}"]
@@ -165,7 +165,7 @@ class FleetLab:
             ]
         self.inventory.write_text("\n".join(lines).replace("'", '"') + "\n" + extra_hosts)
 
-    def bifrost(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def bifrost(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """`bifrost ARGS` run in the back-end's namespace."""
         return self.backend.run([sys.executable, "-m", "bifrost.cli.main", *args], False, timeout)
 
@@ -191,7 +191,7 @@ class FleetLab:
         argv = ["ssh", "-i", str(self.key), "-p", str(h.port), "-F", "/dev/null"]
         argv += ["-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes"]
         argv += ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", *options, f"root@{h.address}"]
-        return self.backend.run([*argv, *command], check=False)
+        return self.backend.run([*argv, *command], check=False, timeout=120)
 
 
 def _free_port(ns: Namespace, address: str) -> int:

@@ -31,7 +31,7 @@ def _stdin_config() -> str:
     return data
 
 
-def status(hs: HostState) -> dict[str, object]:
+def status(hs: HostState, kernel_module: bool = True) -> dict[str, object]:
     text = hs.running_text()
     out: dict[str, object] = {"version": __version__, "configured": bool(text)}
     if not text:
@@ -46,6 +46,8 @@ def status(hs: HostState) -> dict[str, object]:
         "built_modules": info.get("modules"),
         "daemons": hs.units(want.role),
     }
+    if kernel_module:  # `dkms status` takes seconds: the table shows it, health needs it not
+        out["kernel_module"] = hs.kernel_module(want.role)
     if want.role == "pop":
         st = hs.xdp("status")
         out["program"] = (st.stdout or st.stderr).strip()
@@ -58,7 +60,7 @@ def health(hs: HostState, window_s: float) -> dict[str, object]:
     """Ready and working: daemons that are enabled are active; on a POP the program is
     attached and, when it has forward rules, serves game traffic within window_s (a POP
     whose rule counters only drop, or do not move, is not healthy)."""
-    st = status(hs)
+    st = status(hs, kernel_module=False)
     problems = []
     if not st.get("configured"):
         problems.append("no config installed")

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bifrost import __version__, codegen
+from bifrost import __version__, codegen, dkms
 from bifrost import config as hostconfig
 from bifrost.xdp import build
 
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 OBJECT_NAME = "bifrost_xdp.o"
 HEADER_NAME = "module_config.h"
+# The kernel module each role runs (DKMS-built).
+KMODS = {"pop": "bifrost_nf", "gameserver": "fou_map"}
 # The daemons each role runs (their systemd units); reported by status, checked by health.
 UNITS = {
     "pop": ("bifrost-xdp.service", "bifrost-cached.service"),
@@ -307,6 +309,20 @@ class HostState:
             else:
                 served += int(parts[-2])
         return {"served": served, "dropped": dropped}
+
+    def kernel_module(self, role: str) -> str:
+        """The role's kernel module: loaded, or its DKMS state for the running kernel
+        (the agent does not build it: DKMS does, `invoke install` or a new kernel's hook)."""
+        name = KMODS[role]
+        modules = Path("/proc/modules")
+        if modules.exists() and any(
+            line.split(" ", 1)[0] == name for line in modules.read_text().splitlines()
+        ):
+            return f"{name} loaded"
+        release = os.uname().release
+        if shutil.which("dkms") is None:
+            return f"{name} not loaded, no dkms"
+        return f"{name} not loaded, {dkms.status(name).get(release, 'not built')} for {release}"
 
     def units(self, role: str) -> dict[str, str]:
         if not Path("/run/systemd/system").is_dir():

@@ -153,7 +153,8 @@ class Fleet:
     # -- status ------------------------------------------------------------------------
 
     def status(self, hosts: list[Host]) -> int:
-        cols = ("HOST", "ROLE", "VERSION", "CONFIG", "MODULES", "PROGRAM", "DAEMONS", "COUNTERS")
+        cols = ("HOST", "ROLE", "VERSION", "CONFIG", "MODULES", "PROGRAM", "KERNEL MODULE")
+        cols += ("DAEMONS", "COUNTERS")
         rows = []
         failed = 0
         for host in hosts:
@@ -161,9 +162,8 @@ class Fleet:
                 st = self.remote(host).must("status").json()
             except HostError as e:
                 failed += 1
-                rows.append(
-                    (host.name, host.role, "-", "-", "-", str(e).split(": ", 1)[1], "-", "-")
-                )
+                why = str(e).split(": ", 1)[1]  # in the PROGRAM column, the widest
+                rows.append((host.name, host.role, *["-"] * 3, why, *["-"] * 3))
                 continue
             rows.append(_status_row(host, st))
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
@@ -184,7 +184,7 @@ def _health_line(st: dict[str, object]) -> str:
 
 def _status_row(host: Host, st: dict[str, object]) -> tuple[str, ...]:
     if not st.get("configured"):
-        return (host.name, host.role, str(st["version"]), "none", "-", "-", "-", "-")
+        return (host.name, host.role, str(st["version"]), "none", *["-"] * 5)
     modules = ",".join(st.get("modules") or []) or "none"  # type: ignore[call-overload]
     built = st.get("built_modules")
     if built is not None and built != st.get("modules"):
@@ -200,6 +200,7 @@ def _status_row(host: Host, st: dict[str, object]) -> tuple[str, ...]:
         str(st["config_sha"]),
         modules,
         program,
+        str(st.get("kernel_module", "-")),
         daemons,
         counters,
     )
