@@ -11,6 +11,8 @@ import struct
 import cache_env
 import pytest
 
+import bifrost
+
 from bifrost import netns
 from bifrost.abi import bifrost_nf as codec
 from bifrost.bifrost_nf.nf import CacheDevice
@@ -99,7 +101,7 @@ def test_info_answers_with_versions_and_netns():
     with CacheDevice() as dev:
         info = dev.info()
     assert info["abi_version"] == codec.ABI_VERSION
-    assert info["module_version"] == "0.1.0"
+    assert info["module_version"] == bifrost.__version__
     assert info["netns_inum"] == os.stat("/proc/self/ns/net").st_ino
     assert set(info["counters"]) == set(codec.COUNTERS)
 
