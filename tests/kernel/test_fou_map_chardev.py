@@ -13,7 +13,6 @@ import foumap_topology as topo
 import pytest
 
 import bifrost
-
 from bifrost import netns
 from bifrost.abi import fou_map as abi
 from bifrost.fou_map.control import FouMap, TableConfig

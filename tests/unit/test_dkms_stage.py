@@ -79,9 +79,10 @@ def test_stage_copies_sources_without_build_artifacts(staged) -> None:
         "uapi/fake.h",
     ]
     assert 'PACKAGE_NAME="fake"' in (dst / "dkms.conf").read_text()
-    assert f'#define BIFROST_VERSION "{__version__}"' in (
-        dst / "common" / "bifrost_version.h"
-    ).read_text()
+    assert (
+        f'#define BIFROST_VERSION "{__version__}"'
+        in (dst / "common" / "bifrost_version.h").read_text()
+    )
     assert calls == []
 
 
