@@ -5,9 +5,6 @@
  * file is bound to the opener's netns (like tun): a daemon in a container
  * sees and changes only its own netns's cache.
  */
-#include <linux/miscdevice.h>
-#include <linux/module.h>
-
 #include "bfnf.h"
 #include "bifrost_chardev.h"
 
@@ -27,7 +24,7 @@ static const struct bfc_abi bfnf_abi = {
 };
 
 struct bfnf_file {
-	/* base.lock also protects the entry being assembled */
+	/* first: bfc_file_open() allocates the whole; base.lock also guards asm_* */
 	struct bfc_file base;
 	struct bfnf_net *bn;
 	/* a multi-packet answer being written, published on its last packet */
@@ -37,6 +34,7 @@ struct bfnf_file {
 	u8 asm_qtype;
 	u8 asm_next;
 };
+static_assert(offsetof(struct bfnf_file, base) == 0);
 
 static int bfnf_do_dump(struct bfnf_file *f)
 {
@@ -334,19 +332,12 @@ static __poll_t bfnf_poll(struct file *file, poll_table *wait)
 
 static int bfnf_open(struct inode *inode, struct file *file)
 {
-	struct bfnf_file *f = kzalloc(sizeof(*f), GFP_KERNEL);
-	int err;
+	struct bfnf_file *f = bfc_file_open(inode, file, sizeof(*f), &bfnf_abi);
 
-	if (!f)
-		return -ENOMEM;
-	err = bfc_file_open(&f->base, &bfnf_abi);
-	if (err) {
-		kfree(f);
-		return err;
-	}
+	if (IS_ERR(f))
+		return PTR_ERR(f);
 	f->bn = bfnf_pernet(f->base.net);
-	file->private_data = f;
-	return stream_open(inode, file);
+	return 0;
 }
 
 static int bfnf_release(struct inode *inode, struct file *file)
@@ -355,32 +346,7 @@ static int bfnf_release(struct inode *inode, struct file *file)
 
 	kfree(f->asm_entry);
 	bfc_file_release(&f->base);
-	kfree(f);
 	return 0;
 }
 
-static const struct file_operations bfnf_fops = {
-	.owner = THIS_MODULE,
-	.open = bfnf_open,
-	.release = bfnf_release,
-	.read = bfnf_read,
-	.write = bfnf_write,
-	.poll = bfnf_poll,
-};
-
-static struct miscdevice bfnf_misc = {
-	.minor = MISC_DYNAMIC_MINOR,
-	.name = "bifrost_nf",
-	.fops = &bfnf_fops,
-	.mode = 0600,
-};
-
-int bfnf_chardev_init(void)
-{
-	return misc_register(&bfnf_misc);
-}
-
-void bfnf_chardev_exit(void)
-{
-	misc_deregister(&bfnf_misc);
-}
+BFC_DEFINE_DEVICE(bfnf, "bifrost_nf");

@@ -17,6 +17,8 @@
 #include <linux/capability.h>
 #include <linux/fs.h>
 #include <linux/list.h>
+#include <linux/miscdevice.h>
+#include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/nsproxy.h>
 #include <linux/percpu.h>
@@ -94,19 +96,29 @@ static inline void bfc_hdr_fill(const struct bfc_abi *abi, void *rec, u16 type, 
  * Open: only a netns's administrator controls its tables. The file mode
  * (0600) alone would let any root-owned process without CAP_NET_ADMIN in
  * (for example a capability-dropped daemon) change the data path.
+ *
+ * Allocates the device's per-open struct (size bytes, struct bfc_file first),
+ * binds it to the opener's netns and makes it the file's private data.
  */
-static inline int bfc_file_open(struct bfc_file *f, const struct bfc_abi *abi)
+static inline void *bfc_file_open(struct inode *inode, struct file *file, size_t size,
+				  const struct bfc_abi *abi)
 {
 	struct net *net = current->nsproxy->net_ns;
+	struct bfc_file *f;
 
 	if (!ns_capable(net->user_ns, CAP_NET_ADMIN))
-		return -EPERM;
+		return ERR_PTR(-EPERM);
+	f = kvzalloc(size, GFP_KERNEL);
+	if (!f)
+		return ERR_PTR(-ENOMEM);
 	f->abi = abi;
 	f->net = get_net(net);
 	mutex_init(&f->lock);
 	INIT_LIST_HEAD(&f->replies);
 	init_waitqueue_head(&f->wq);
-	return 0;
+	file->private_data = f;
+	stream_open(inode, file);
+	return f;
 }
 
 static inline void bfc_replies_free(struct list_head *list)
@@ -119,11 +131,13 @@ static inline void bfc_replies_free(struct list_head *list)
 	}
 }
 
+/* Frees what bfc_file_open() made; the device frees its own parts first. */
 static inline void bfc_file_release(struct bfc_file *f)
 {
 	bfc_replies_free(&f->replies);
 	put_net(f->net);
 	mutex_destroy(&f->lock);
+	kvfree(f);
 }
 
 /* A zeroed reply of len bytes, header filled, added to batch (not yet queued). */
@@ -235,5 +249,33 @@ static inline __poll_t bfc_poll(struct bfc_file *f, struct file *file, poll_tabl
 		      sizeof(info_t) == sizeof(struct bfc_info_reply) &&		\
 		      offsetof(info_t, counters) ==					\
 		      offsetof(struct bfc_info_reply, counters))
+
+/*
+ * The misc device, root-only node, and its init/exit, for a device whose
+ * handlers are named <prefix>_open, _release, _read, _write and _poll.
+ */
+#define BFC_DEFINE_DEVICE(prefix, devname)					\
+	static const struct file_operations prefix##_fops = {			\
+		.owner = THIS_MODULE,						\
+		.open = prefix##_open,						\
+		.release = prefix##_release,					\
+		.read = prefix##_read,						\
+		.write = prefix##_write,					\
+		.poll = prefix##_poll,						\
+	};									\
+	static struct miscdevice prefix##_misc = {				\
+		.minor = MISC_DYNAMIC_MINOR,					\
+		.name = devname,						\
+		.fops = &prefix##_fops,						\
+		.mode = 0600,							\
+	};									\
+	int prefix##_chardev_init(void)						\
+	{									\
+		return misc_register(&prefix##_misc);				\
+	}									\
+	void prefix##_chardev_exit(void)					\
+	{									\
+		misc_deregister(&prefix##_misc);				\
+	}
 
 #endif /* _BIFROST_CHARDEV_H */

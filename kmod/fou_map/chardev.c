@@ -8,8 +8,6 @@
  * file and are read() back in order; poll() says when. A dump snapshots the
  * clients and returns them across as many read()s as it takes.
  */
-#include <linux/miscdevice.h>
-#include <linux/module.h>
 #include <linux/jiffies.h>
 #include <linux/sort.h>
 
@@ -39,7 +37,7 @@ static const struct bfc_abi fm_abi = {
  * as a hash-table walk resumed across reads can.
  */
 struct fm_file {
-	/* base.lock also protects the dump and wbuf */
+	/* first: bfc_file_open() allocates the whole; base.lock also guards the rest */
 	struct bfc_file base;
 	__be32 *dump_keys;	/* kvmalloc'ed; NULL when no dump is under way */
 	u32 dump_n;
@@ -47,6 +45,7 @@ struct fm_file {
 	u64 dumped;
 	u8 wbuf[FM_MAX_RECORD];
 };
+static_assert(offsetof(struct fm_file, base) == 0);
 
 /* A zeroed reply of len bytes in batch; the caller fills it, then queues the batch. */
 static void *fm_reply(struct fm_file *ff, struct list_head *batch, u16 type, size_t len)
@@ -399,19 +398,9 @@ static __poll_t fm_poll(struct file *file, poll_table *wait)
 
 static int fm_open(struct inode *inode, struct file *file)
 {
-	struct fm_file *ff;
-	int err;
+	struct fm_file *ff = bfc_file_open(inode, file, sizeof(*ff), &fm_abi);
 
-	ff = kvzalloc(sizeof(*ff), GFP_KERNEL);
-	if (!ff)
-		return -ENOMEM;
-	err = bfc_file_open(&ff->base, &fm_abi);
-	if (err) {
-		kvfree(ff);
-		return err;
-	}
-	file->private_data = ff;
-	return stream_open(inode, file);
+	return PTR_ERR_OR_ZERO(ff);
 }
 
 static int fm_release(struct inode *inode, struct file *file)
@@ -420,32 +409,7 @@ static int fm_release(struct inode *inode, struct file *file)
 
 	fm_dump_stop(ff);
 	bfc_file_release(&ff->base);
-	kvfree(ff);
 	return 0;
 }
 
-static const struct file_operations fm_fops = {
-	.owner = THIS_MODULE,
-	.open = fm_open,
-	.release = fm_release,
-	.read = fm_read,
-	.write = fm_write,
-	.poll = fm_poll,
-};
-
-static struct miscdevice fm_misc = {
-	.minor = MISC_DYNAMIC_MINOR,
-	.name = "fou_map",
-	.fops = &fm_fops,
-	.mode = 0600,
-};
-
-int fm_chardev_init(void)
-{
-	return misc_register(&fm_misc);
-}
-
-void fm_chardev_exit(void)
-{
-	misc_deregister(&fm_misc);
-}
+BFC_DEFINE_DEVICE(fm, "fou_map");
