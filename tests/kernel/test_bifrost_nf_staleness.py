@@ -116,13 +116,13 @@ def test_cli_show_stats_flush():
         info = a2s.build_info(a2s.Info("cli", "de_vertigo", "csgo", "cs"))
         dev.set_answer(POP_CLIENT_IP, GAME_PORT, "info", [info], ttl_ms=60_000, max_stale_ms=1000)
         cli = [sys.executable, "-m", "bifrost.cli.main", "-c", "/nonexistent.toml", "cache"]
-        show = t.pop.run([*cli, "show"]).stdout
+        show = t.pop.run([*cli, "show"], timeout=300).stdout  # imports are slow under TCG
         assert f"{POP_CLIENT_IP}:{GAME_PORT}  [miss-pass]" in show
         assert f"info    {len(info):>6} B in 1 pkt" in show and "fresh" in show
-        stats = json.loads(t.pop.run([*cli, "stats", "--json"]).stdout)
+        stats = json.loads(t.pop.run([*cli, "stats", "--json"], timeout=300).stdout)
         assert stats["counters"]["entries_set"] == 1
         assert stats["netns_inum"] == dev.info()["netns_inum"]
-        t.pop.run([*cli, "flush"])
+        t.pop.run([*cli, "flush"], timeout=300)
         [svc] = dev.dump()
         assert svc.answers == ()
         assert dev.counters()["entries_deleted"] == 1

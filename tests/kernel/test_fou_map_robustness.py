@@ -13,6 +13,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import foumap_topology as topo
 import pytest
@@ -293,3 +295,38 @@ def test_packets_counted_exactly_from_two_cpus():
             assert topo.wait_for(lambda: fm.counters()["rx_fou"] >= 2 * n, 30)
             [e] = [e for e in fm.dump() if str(e.client) == "10.99.0.55"]
         assert e.packets == 2 * n
+
+
+TRACING = Path("/sys/kernel/tracing")
+
+
+@pytest.fixture
+def gc_trace():
+    """Trace every run of fou_map's GC work item (workqueue_execute_start)."""
+    if not (TRACING / "trace").exists():
+        subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACING)], check=True)
+    event = TRACING / "events" / "workqueue" / "workqueue_execute_start"
+    (TRACING / "trace").write_text("")
+    (event / "enable").write_text("1")
+    yield lambda: [ln for ln in (TRACING / "trace").read_text().splitlines() if "fm_gc_work" in ln]
+    (event / "enable").write_text("0")
+    (TRACING / "trace").write_text("")
+
+
+def test_gc_runs_only_in_netns_that_use_fou_map(ns, gc_trace):
+    """Defect 10: the GC work woke every netns every few seconds, fou_map user or not.
+    Nothing is configured in any netns for one full GC period (5 s, the longest), then
+    the positive control: a netns that configures ports and learns runs it."""
+    subprocess.run(["rmmod", topo.MODULE], check=True)  # no netns has fou_map state
+    topo.load()
+    with topo.open_in(ns) as fm:
+        fm.info()
+        deadline = time.monotonic() + 5.5
+        while time.monotonic() < deadline and not gc_trace():
+            time.sleep(0.1)
+        idle_runs = gc_trace()
+        fm.configure(TableConfig(ports=PORTS, idle_timeout_ms=1000))
+        fm.add("10.94.0.1", "10.41.1.1", static=False)
+        assert topo.wait_for(lambda: len(gc_trace()) >= 2, 10), "the used netns runs its GC"
+        fm.flush(static=True)
+    assert idle_runs == [], idle_runs[:3]

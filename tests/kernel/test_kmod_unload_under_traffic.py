@@ -114,13 +114,21 @@ def hooks_kept() -> Iterator[netns.Namespace]:
         keep.close()
 
 
-def rmmod_retry(module: str) -> None:
+def rmmod_retry(*modules: str) -> None:
     """The fou_map daemon holds the device for a moment each cycle: retry around it."""
     for _ in range(400):
-        if subprocess.run(["rmmod", module], capture_output=True).returncode == 0:
+        if subprocess.run(["rmmod", *modules], capture_output=True).returncode == 0:
+            return
+        modules = tuple(m for m in modules if Path(f"/sys/module/{m}").exists())
+        if not modules:
             return
         time.sleep(0.01)
-    raise AssertionError(f"rmmod {module} kept failing")
+    raise AssertionError(f"rmmod {modules} kept failing")
+
+
+def load_both() -> None:
+    subprocess.run(["modprobe", "-a", "bifrost_nf", "fou_map"], check=True)
+    assert topo.wait_for(lambda: cache_env.DEV.exists() and topo.DEV.exists(), 10)
 
 
 def refill(pop: netns.Namespace) -> None:
@@ -174,12 +182,12 @@ def test_unload_reload_200_times_under_traffic(tmp_path):
                                   str(topo.GAME_PORT)], stdout=subprocess.PIPE)
                 for i in range(2)
             ]  # fmt: skip
-            for _ in range(CYCLES):
-                rmmod_retry("bifrost_nf")
-                rmmod_retry("fou_map")
-                cache_env.load()
-                topo.load()
+            progress = Path(os.environ.get("BIFROST_PROGRESS", "/tmp/unload-progress"))
+            for cycle in range(CYCLES):
+                rmmod_retry("bifrost_nf", "fou_map")
+                load_both()
                 refill(a2s.pop)
+                progress.write_text(f"{cycle + 1}/{CYCLES}\n")
             # Positive control: after the last reload both paths answer again.
             with a2s.client_socket(timeout=3) as s:
                 s.sendto(b"\xff\xff\xff\xffU\xff\xff\xff\xff",
@@ -196,8 +204,7 @@ def test_unload_reload_200_times_under_traffic(tmp_path):
                 daemon.wait()
         assert sum(r.get("answers", 0) for r in results) > 0
         assert sum(r.get("echoes", 0) for r in results) > 0
-        rmmod_retry("bifrost_nf")
-        rmmod_retry("fou_map")
+        rmmod_retry("bifrost_nf", "fou_map")
         # Objects freed by RCU callbacks go after a grace period: wait for the count.
         assert topo.wait_for(lambda: not grown(slab0, slab_objects(), CYCLES // 2), 60), grown(
             slab0, slab_objects(), CYCLES // 2
