@@ -22,8 +22,8 @@ import sys
 import time
 
 from bifrost.abi import fou_map as abi
-from bifrost.fou_map import testbed as tb
 from bifrost.fou_map.control import TableConfig
+from bifrost_testing import fou_map_testbed as tb
 
 WHERE = "guest"
 

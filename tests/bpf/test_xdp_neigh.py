@@ -31,8 +31,9 @@ from xdp_harness import VIP, compile_object, topology_frame, wait_for
 
 from bifrost.cli.main import main
 from bifrost.netns import Namespace, link
-from bifrost.xdp import libbpf, loader, topology
+from bifrost.xdp import libbpf, loader
 from bifrost.xdp.config import Rule, XdpConfig
+from bifrost_testing import xdp_topology as topology
 
 pytestmark = pytest.mark.bpf
 

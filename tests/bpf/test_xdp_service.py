@@ -1,5 +1,5 @@
 """`bifrost xdp run` as a process in the POP netns: attach, managed neighbour kept through a
-link flap, SIGHUP re-applies the config, SIGTERM detaches.
+link flap, SIGHUP re-applies the config, SIGTERM leaves the program attached.
 
 ::
 
@@ -33,8 +33,9 @@ from xdp_harness import VIP, compile_object, topology_frame, wait_for
 from bifrost import install
 from bifrost.config import load
 from bifrost.netns import Namespace
-from bifrost.xdp import libbpf, loader, topology
+from bifrost.xdp import libbpf, loader
 from bifrost.xdp.service import load_config
+from bifrost_testing import xdp_topology as topology
 
 pytestmark = pytest.mark.bpf
 
@@ -247,31 +248,50 @@ def test_sighup_applies_the_changed_config_and_keeps_it_on_a_bad_file(
     assert pop.verdict(27016) == "REDIRECT"
 
 
-def test_sigterm_detaches_and_exits_0(pop: Pop, svc: Service) -> None:
+def test_sigterm_leaves_the_program_attached_and_detach_takes_it_off(
+    pop: Pop, svc: Service
+) -> None:
+    """Stopping the service (a restart, an upgrade) must not stop forwarding: the program
+    stays attached through its pinned link, with its maps and neighbour entries.
+    Only `bifrost xdp detach` takes it off."""
     assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE, 3), svc.text()
-    assert pop.xdp_prog_id() != 0
+    prog_id = pop.xdp_prog_id()
+    assert prog_id != 0
     svc.signal(signal.SIGTERM)
     assert svc.proc.wait(10) == 0, svc.text()
     assert svc.notified("STOPPING=1", 1)
+    assert "p0: stopping; the program stays attached" in svc.text()
+    assert pop.xdp_prog_id() == prog_id
+    assert pop.verdict() == "REDIRECT"
+    assert neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE
+
+    netns = f"--net=/run/netns/{pop.hosts.pop.name}"
+    detach = ["nsenter", netns, str(BIFROST), "-c", str(pop.toml), "xdp", "detach"]
+    done = subprocess.run(detach, capture_output=True, text=True, timeout=30, check=True)
+    assert "p0: detached" in done.stdout
     assert pop.xdp_prog_id() == 0
     assert not (pop.pins / "p0").exists()
     assert neigh(pop.hosts.pop, GS_IP) is None
-    assert "p0: detached" in svc.text()
 
 
-def test_adopts_an_attached_program_and_sigint_detaches(pop: Pop) -> None:
-    """After a crash (or a manual `bifrost xdp attach`) the program is attached with its
-    pins: the service takes it over instead of failing, and applies the config."""
+def test_adopts_an_attached_program_and_a_restart_adopts_it_again(pop: Pop) -> None:
+    """After a crash, a stop or a manual `bifrost xdp attach` the program is attached
+    with its pins: the service takes it over (the same object: no swap) and applies the
+    config; SIGINT leaves it attached for the next start."""
     with pop.hosts.pop.entered():
         loader.attach(load_config(pop.toml), "p0", obj=pop.obj)
     prog_id = pop.xdp_prog_id()
-    with running(pop) as s:
-        assert s.notified("READY=1", 20), s.text()
-        assert f"p0: adopted the attached program (native, prog id {prog_id})" in s.text()
+    for _ in range(2):
+        with running(pop) as s:
+            assert s.notified("READY=1", 20), s.text()
+            assert f"p0: adopted the attached program (native, prog id {prog_id})" in s.text()
+            assert "already running this object" in s.text()
+            assert pop.xdp_prog_id() == prog_id
+            s.signal(signal.SIGINT)
+            assert s.proc.wait(10) == 0, s.text()
         assert pop.xdp_prog_id() == prog_id
-        s.signal(signal.SIGINT)
-        assert s.proc.wait(10) == 0, s.text()
-    assert pop.xdp_prog_id() == 0
+    with pop.hosts.pop.entered():
+        loader.detach("p0", pop.pins)
     assert not (pop.pins / "p0").exists()
 
 
@@ -333,7 +353,9 @@ def test_runs_confined_as_the_unit_confines_it(pop: Pop) -> None:
         assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE, 3), s.text()
         s.signal(signal.SIGTERM)
         assert s.proc.wait(10) == 0, s.text()
-    assert pop.xdp_prog_id() == 0
+    assert pop.xdp_prog_id() != 0  # left attached
+    with pop.hosts.pop.entered():
+        loader.detach("p0", pop.pins)
     # Each capability is needed: without CAP_PERFMON the verifier refuses the program.
     with running(pop, wrap=confined([c for c in caps if c != "perfmon"])) as s:
         assert s.proc.wait(20) == 1

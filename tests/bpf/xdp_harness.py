@@ -15,9 +15,10 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from bifrost.codegen import render_module_config
-from bifrost.xdp import build, libbpf, maps, maps_def, topology
+from bifrost.xdp import build, libbpf, maps, maps_def
 from bifrost.xdp.config import Rule, XdpConfig
 from bifrost.xdp.libbpf import BpfObject, TestRun
+from bifrost_testing import xdp_topology as topology
 
 POP = "198.51.100.1"
 VIP = "198.51.100.10"
@@ -163,7 +164,7 @@ def flow_port(inner: bytes) -> int:
 
 
 def topology_frame(dport: int = 27015) -> bytes:
-    """A client datagram to VIP as the POP's p0 receives it in bifrost.xdp.topology."""
+    """A client datagram to VIP as the POP's p0 receives it in bifrost_testing.xdp_topology."""
     return bytes(
         Ether(src="02:00:00:00:01:02", dst="02:00:00:00:01:01")
         / IP(src=topology.CLIENT_IP, dst=VIP)

@@ -97,7 +97,7 @@ def topo(tag: str) -> Iterator[Topo]:
 
 def start_refserver(t: Topo, control: Path, *extra: str) -> subprocess.Popen[bytes]:
     argv = [
-        PY, "-m", "bifrost.bifrost_nf.refserver",
+        PY, "-m", "bifrost_testing.refserver",
         "--bind", f"{SERVER_IP}:{GAME_PORT}",
         "--control", str(control),
         *extra,
@@ -166,6 +166,6 @@ def pop_counters(t: Topo) -> dict[str, int]:
 
 
 def refserver_stats(control: Path) -> dict[str, object]:
-    from bifrost.bifrost_nf import refserver
+    from bifrost_testing import refserver
 
     return refserver.control(control, "stats")

@@ -1,4 +1,4 @@
-"""The lab (`python -m bifrost.lab`) comes up in the guest and reports every step OK."""
+"""The lab (`python -m bifrost_testing.lab`) comes up in the guest and reports every step OK."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_lab_comes_up() -> None:
     before = _loaded()
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "bifrost.lab"],
+            [sys.executable, "-m", "bifrost_testing.lab"],
             capture_output=True,
             text=True,
             timeout=600,

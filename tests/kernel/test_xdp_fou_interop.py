@@ -28,7 +28,7 @@ import pytest
 from bifrost.xdp import loader, maps
 from bifrost.xdp.build import OBJECT
 from bifrost.xdp.config import Rule, XdpConfig
-from bifrost.xdp.topology import CLIENT_IP, GS_IP, POP_G_IP, XdpTopology, xdp_topology
+from bifrost_testing.xdp_topology import CLIENT_IP, GS_IP, POP_G_IP, XdpTopology, xdp_topology
 
 pytestmark = pytest.mark.kernel
 

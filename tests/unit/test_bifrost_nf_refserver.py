@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bifrost.bifrost_nf import a2s, refserver
+from bifrost.bifrost_nf import a2s
 from bifrost.bifrost_nf.daemon import FetchError, fetch
+from bifrost_testing import refserver
 
 pytestmark = pytest.mark.unit
 

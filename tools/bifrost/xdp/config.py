@@ -32,8 +32,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from bifrost.codegen import GAME_MODULE_DEFINES
-from bifrost.config import ConfigError, Reader
+from bifrost.config_schema import ConfigError, Reader
 from bifrost.xdp import maps_def
 
 PROTOS = {"udp": 17, "tcp": 6}
@@ -41,8 +40,9 @@ MODES = ("auto", "native", "generic")
 
 
 def _game_module(value: object) -> str:
-    if value not in GAME_MODULE_DEFINES:
-        raise ValueError(f"unknown game module; known: {', '.join(sorted(GAME_MODULE_DEFINES))}")
+    if value not in maps_def.AVAILABLE_MODULES:
+        known = ", ".join(sorted(maps_def.AVAILABLE_MODULES))
+        raise ValueError(f"unknown game module; known: {known}")
     return str(value)
 
 

@@ -1,7 +1,7 @@
 """Lab step of the XDP program: client -> pop1 (XDP encap) -> game server (kernel fou)
 -> pop1 (XDP decap) -> client, plus an A2S query passed up for the cache.
 
-On the lab topology (bifrost.lab.topology) it adds, and removes afterwards:
+On the lab topology (bifrost_testing.lab.topology) it adds, and removes afterwards:
 the game server's kernel FOU receive port and an ipip/fou tunnel to pop1 that
 carries the replies to the client network; bifrost_xdp on pop1's to-client and
 to-gs (one program, one set of maps); XDP_PASS programs on the veth peers (veth

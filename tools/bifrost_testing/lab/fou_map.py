@@ -3,7 +3,7 @@
 The lab base's topology routes the service in plain IP; fou_map needs FOU
 tunnels from both POPs into the game server and a client whose address stays
 the same when it changes POP. So this step builds its own namespaces
-(bifrost.fou_map.testbed: the kernel's fou+ipip on both POPs, `bifrost endpoint`
+(bifrost_testing.fou_map_testbed: the kernel's fou+ipip on both POPs, `bifrost endpoint`
 on the game server) next to the base's, and removes them at the end.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bifrost.fou_map import testbed as tb
 from bifrost.fou_map.cli import format_table
 from bifrost.fou_map.control import TableConfig
+from bifrost_testing import fou_map_testbed as tb
 
 
 def _show(t: tb.Topology, title: str) -> None:

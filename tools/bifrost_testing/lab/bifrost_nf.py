@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bifrost.bifrost_nf import refserver
 from bifrost.bifrost_nf.cli import format_services
 from bifrost.bifrost_nf.nf import CacheDevice
+from bifrost_testing import refserver
 
 
 def _wait(pred: Any, timeout: float, what: str) -> None:
@@ -56,7 +56,7 @@ def run(topo: Any) -> str:
                 [
                     sys.executable,
                     "-m",
-                    "bifrost.bifrost_nf.refserver",
+                    "bifrost_testing.refserver",
                     "--bind",
                     f"{svc[0]}:{svc[1]}",
                     "--control",

@@ -1,8 +1,8 @@
-"""The Bifrost lab, run inside the test guest by `invoke lab` (python -m bifrost.lab).
+"""The Bifrost lab, run inside the test guest by `invoke lab` (python -m bifrost_testing.lab).
 
 It loads both modules, builds the client / POP / game-server topology of
-``bifrost.lab.topology`` (diagram there), shows each module's INFO, then calls
-each component's lab step, ``bifrost.<comp>.lab.run(topo)``, for the
+``bifrost_testing.lab.topology`` (diagram there), shows each module's INFO, then calls
+each component's lab step, ``bifrost_testing.lab.<comp>.run(topo)``, for the
 components that provide one. Every step is reported; any failure makes the
 lab exit non-zero.
 """
@@ -18,12 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bifrost.lab.topology import SERVICE_IP, SERVICE_PORT, Topology, build
+from bifrost_testing.lab.topology import SERVICE_IP, SERVICE_PORT, Topology, build
 
 __all__ = ["SERVICE_IP", "SERVICE_PORT", "Step", "Topology", "main"]
 
 # Component lab steps, in data-path order; each is optional until its owner writes it.
-COMPONENT_LABS = ("bifrost.xdp.lab", "bifrost.bifrost_nf.lab", "bifrost.fou_map.lab")
+COMPONENT_LABS = (
+    "bifrost_testing.lab.xdp",
+    "bifrost_testing.lab.bifrost_nf",
+    "bifrost_testing.lab.fou_map",
+)
 # Kernel modules the topology and the components rely on, then Bifrost's own.
 HELPER_MODULES = ("veth", "fou", "ipip")
 BIFROST_MODULES = ("bifrost_nf", "fou_map")
