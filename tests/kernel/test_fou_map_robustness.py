@@ -1,6 +1,6 @@
 """fou_map under concurrency and odd paths (issue 11): bounds, races, dumps, encap-csum.
 
-Uses the testbed of bifrost.fou_map.testbed (client, two POPs with the kernel's own
+Uses the testbed of bifrost_testing.fou_map_testbed (client, two POPs with the kernel's own
 fou/ipip, game server with fou_map). Each test names the defect it guards and why it
 fails on the code before the fix.
 """
