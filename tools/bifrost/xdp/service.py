@@ -156,6 +156,10 @@ class Service:
             try:
                 up = loader.upgrade(self.cfg, self.iface, self.obj, self.pin_base, self.migrate)
                 log.info("%s", up)
+                if up.swapped:  # the config went in with the new program
+                    log.info("%s: config applied: %s", self.iface, up.report)
+                    self.ensure("start")
+                    return
             except (pins.LayoutChanged, loader.ModuleMissing, BpfError) as e:
                 # The running program keeps serving; the operator decides the migration.
                 log.error("%s: not swapping in %s: %s", self.iface, self.obj, e)
