@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bifrost.benchstats import Ratio, Report, median_interval
+from bifrost.benchstats import Ratio, Report, alternate, median_interval
 
 pytestmark = pytest.mark.unit
 
@@ -51,3 +51,24 @@ def test_report_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "y: 11.000 (goal >= 10) MET" in out
     assert "NOT EXERCISED: replies did not come back through POP 2" in out
     assert out.count("FAILED (exit") == 2
+
+
+def test_alternate_runs_until_the_interval_is_narrow_and_says_when_it_is_not() -> None:
+    order: list[str] = []
+
+    def a() -> float:
+        order.append("a")
+        return 100.0
+
+    def b() -> float:
+        order.append("b")
+        return 100.0
+
+    narrow, why = alternate(a, b, 6, 30, half_width=0.03, label="x")
+    assert len(narrow.rounds) == 6 and narrow.median == 1.0 and why == ""
+    assert order[:4] == ["a", "b", "b", "a"], "A B, then B A"
+    order.clear()
+    noisy = iter([1.0, 2.0] * 20)
+    wide, why = alternate(lambda: next(noisy), lambda: 1.0, 6, 10, half_width=0.03, label="x")
+    assert len(wide.rounds) == 10
+    assert why.startswith("could not narrow the 95% interval of x to +-0.03 in 10 rounds")

@@ -50,3 +50,19 @@ def test_named_config_that_does_not_exist_is_an_error(
     assert main(["-c", str(missing), *argv]) == 1
     assert f"bifrost: {missing}: config file does not exist" in capsys.readouterr().err
     assert not missing.exists()
+
+
+@pytest.mark.parametrize(
+    ("client", "pop", "message"),
+    [
+        ("224.0.0.5", "192.0.2.1", "client 224.0.0.5: fou_map refuses it: a multicast address"),
+        ("203.0.113.5", "127.0.0.1", "pop 127.0.0.1: fou_map refuses it: a loopback address"),
+        ("0.0.0.0", "192.0.2.1", "client 0.0.0.0: fou_map refuses it"),
+        ("203.0.113.5", "255.255.255.255", "pop 255.255.255.255: fou_map refuses it"),
+    ],
+)
+def test_map_add_refuses_what_the_kernel_refuses(
+    client: str, pop: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["map", "add", client, pop]) == 1
+    assert f"bifrost: {message}" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from bifrost.config_schema import ConfigError, Reader
 from bifrost.fou_map import config as fmconfig
 from bifrost.fou_map import daemon
 from bifrost.fou_map.cli import format_table
-from bifrost.fou_map.control import MapEntry, TableStats
+from bifrost.fou_map.control import MapEntry
 
 pytestmark = pytest.mark.unit
 
@@ -80,6 +80,16 @@ def test_full_section():
             },
             "fou_map.static[1].client = '10.0.0.1': this client is listed twice",
         ),
+        (
+            {
+                "max_entries": 1,
+                "static": [
+                    {"client": "10.0.0.1", "pop": "10.0.0.2"},
+                    {"client": "10.0.0.3", "pop": "10.0.0.2"},
+                ],
+            },
+            "fou_map.max_entries = 1: fou_map.static lists 2 entries",
+        ),
         # What fou_map's ADD refuses (fm_valid_unicast) is refused here, naming key and value.
         *(
             (
@@ -136,13 +146,6 @@ def test_snapshot_roundtrip(tmp_path):
     path.write_text("{not json")
     assert daemon.read_snapshot(path) is None
     assert daemon.read_snapshot(tmp_path / "missing") is None
-
-
-def test_metrics_text():
-    stats = TableStats(3, 1, 10, 4, 56, 1, 200)
-    text = daemon.metrics_text({"learned": 5, "moved": 2}, stats)
-    assert "# TYPE bifrost_fou_map_learned_total counter\nbifrost_fou_map_learned_total 5\n" in text
-    assert "bifrost_fou_map_entries 3\n" in text and "bifrost_fou_map_max_entries 10\n" in text
 
 
 def test_format_table():

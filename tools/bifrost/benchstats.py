@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 CONFIDENCE = 0.95
@@ -69,6 +70,48 @@ class Ratio:
         iv = self.interval
         spread = f"95% {iv[0]:.3f}..{iv[1]:.3f}" if iv else "95% n/a"
         return f"{self.median:.3f} ({spread}, {len(self.rounds)} rounds)"
+
+
+def alternate(
+    a: Callable[[], float],
+    b: Callable[[], float],
+    min_rounds: int,
+    max_rounds: int,
+    half_width: float = 0.0,
+    budget_s: float = math.inf,
+    label: str = "a / b",
+) -> tuple[Ratio, str]:
+    """Rounds of a and b side by side (A B, then B A, so neither always goes first)
+    until the ratio's 95% interval is within +-half_width, max_rounds or the time
+    budget is reached (never fewer than min_rounds). Returns the ratio and, when the
+    interval is still wider than asked, a sentence that says so."""
+    xs: list[float] = []
+    ys: list[float] = []
+    start = time.monotonic()
+    ratio = None
+    for i in range(max_rounds):
+        if i % 2 == 0:
+            xs.append(a())
+            ys.append(b())
+        else:
+            ys.append(b())
+            xs.append(a())
+        ratio = Ratio.of(xs, ys)
+        print(f"{label} round {i + 1}: {xs[-1]:.0f} / {ys[-1]:.0f}: {ratio}", flush=True)
+        if i + 1 >= min_rounds and (
+            ratio.half_width <= half_width or time.monotonic() - start > budget_s
+        ):
+            break
+    if ratio is None:
+        raise ValueError("alternate() needs at least one round")
+    why = ""
+    if half_width and ratio.half_width > half_width:
+        why = (
+            f"could not narrow the 95% interval of {label} to +-{half_width} in "
+            f"{len(ratio.rounds)} rounds ({time.monotonic() - start:.0f}s): "
+            f"it is +-{ratio.half_width:.3f}"
+        )
+    return ratio, why
 
 
 @dataclass(frozen=True)

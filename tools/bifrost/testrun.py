@@ -2,7 +2,9 @@
 
 Order: unit (lint included, as tests/unit/test_lint.py) and bpf on the host;
 DKMS build + install for each kernel (a warning fails it); per kernel ONE guest
-boot running the whole kernel tier; last the DKMS kernel-upgrade test
+boot running the whole kernel tier, then the kernel tier's host side
+(tests/host, marker kernel: the VM runner fails a panic and a timeout, a
+compiler warning fails a DKMS build); last the DKMS kernel-upgrade test
 (tests/host/test_dkms_upgrade.py), which drives DKMS's own hook on the host and
 boots the new kernel. The run fails when any test fails or errors, when a tier
 ran no test, or when a kernel-tier test was skipped.
@@ -228,6 +230,16 @@ def run_kernel_tier(kver: str) -> TierResult:
     return res
 
 
+def run_kernel_host_tier(kver: str) -> TierResult:
+    """The kernel tier's tests that run on the host and boot the guest themselves."""
+    junit = RESULTS_DIR / f"kernel-host-{kver}.xml"
+    start = time.monotonic()
+    _pytest(["-m", "kernel", "tests/host"], junit, env={"BIFROST_KERNEL": kver})
+    res = parse_junit(junit, f"kernel {kver} (host)")
+    res.seconds = time.monotonic() - start
+    return res
+
+
 def run_upgrade_tier() -> TierResult:
     junit = RESULTS_DIR / "upgrade.xml"
     start = time.monotonic()
@@ -278,7 +290,9 @@ def run(tiers: tuple[str, ...] = TIERS, kernels: list[str] | None = None) -> int
         build_for = sorted(set(kernels) | (set(lines) if "upgrade" in tiers else set()))
         results.append(run_dkms_tier(build_for))
     if "kernel" in tiers:
-        results.extend(run_kernel_tier(k) for k in kernels)
+        for k in kernels:
+            results.append(run_kernel_tier(k))
+            results.append(run_kernel_host_tier(k))
     if "upgrade" in tiers:
         results.append(run_upgrade_tier())
     print("\n=== bifrost test summary ===")

@@ -55,6 +55,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    for what in ("client", "pop"):
+        why = fmconfig.refused_by_kernel(getattr(args, what))
+        if why:
+            raise ValueError(f"{what} {getattr(args, what)}: fou_map refuses it: {why}")
     with _device(args) as fm:
         fm.add(args.client, args.pop, static=True)
     print(f"{args.client} -> {args.pop} (static)")

@@ -120,6 +120,13 @@ def parse(sec: Reader) -> FouMapConfig:
             raise item.fail("client", str(entry.client), "this client is listed twice")
         statics.append(entry)
         item.done()
+    if len(statics) > table.max_entries:
+        # fm_add() refuses (ENOSPC) a static entry it cannot make room for.
+        raise sec.fail(
+            "max_entries",
+            table.max_entries,
+            f"{sec.key('static')} lists {len(statics)} entries; the table must hold them all",
+        )
     ep_sec = sec.section("endpoint", optional=True)
     cfg = FouMapConfig(
         device=sec.string("device", "/dev/fou_map"),
