@@ -24,6 +24,7 @@ apt_packages=(
 	dkms qemu-system-x86 busybox-static clang llvm libbpf-dev bpftool
 	iproute2 nftables libkmod-dev python3-venv python3-dev gcc make cpio kmod
 	xz-utils zstd file shellcheck tcpdump iputils-ping udev systemd curl
+	openssh-server
 )
 missing=()
 for p in "${apt_packages[@]}"; do

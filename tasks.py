@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import pwd
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -29,6 +33,48 @@ def _config_path(path: str | None) -> Path:
     if path:
         return Path(path)
     return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else EXAMPLE_CONFIG
+
+
+def _owner(path: Path) -> str:
+    """Who owns path, or its nearest existing parent."""
+    for p in (path, *path.parents):
+        try:
+            return pwd.getpwuid(p.stat().st_uid).pw_name
+        except (OSError, KeyError):
+            continue
+    return "root"
+
+
+def _no_traceback(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A missing privilege ends the task with what is needed, not a Python traceback."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def body(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except PermissionError as e:
+                where = Path(e.filename) if e.filename else SOURCE_ROOT
+                raise Exit(
+                    f"{name}: permission denied on {where} (owned by {_owner(where)}): run it as "
+                    f"that user, or as root: sudo .venv/bin/invoke {name}"
+                ) from None
+
+        return body
+
+    return wrap
+
+
+def _load_config(path: Path, what: str) -> cfgmod.Config:
+    if path.exists() and not os.access(path, os.R_OK):
+        raise Exit(
+            f"{what}: {path} is not readable by this user: run as root "
+            f"(sudo .venv/bin/invoke {what}) or pass --config FILE"
+        )
+    try:
+        return cfgmod.load(path)
+    except cfgmod.ConfigError as e:
+        raise Exit(f"bad config: {e}") from None
 
 
 def _require_root(what: str) -> None:
@@ -61,25 +107,27 @@ def kernel_lines() -> list[str]:
 
 
 @task(help={"config": f"host config (default: {DEFAULT_CONFIG}, else {EXAMPLE_CONFIG.name})"})
+@_no_traceback("generate")
 def generate(c: Context, config: str | None = None) -> None:
-    """Render generated sources: uapi headers, Python codecs, dkms.conf, module_config.h."""
+    """Render generated files: uapi headers, codecs, XDP map header, dkms.conf, module_config.h."""
     path = _config_path(config)
-    try:
-        cfg = cfgmod.load(path)
-    except cfgmod.ConfigError as e:
-        raise Exit(f"bad config: {e}") from None
+    cfg = _load_config(path, "generate")
     modules = list(cfg.xdp.modules) if cfg.xdp else []
-    written = codegen.write(codegen.abi_outputs() + codegen.build_outputs(modules, str(path)))
+    written = codegen.write(codegen.committed_outputs() + codegen.build_outputs(modules, str(path)))
     print(f"generate: {len(written)} file(s) changed")
 
 
 @task(
-    pre=[generate],
-    help={"kernel": "kernel release to build for (default: every kernel with headers)"},
+    help={
+        "kernel": "kernel release to build for (default: every kernel with headers)",
+        "config": "host config for module_config.h (as for generate)",
+    },
 )
-def build(c: Context, kernel: str | None = None) -> None:
+@_no_traceback("build")
+def build(c: Context, kernel: str | None = None, config: str | None = None) -> None:
     """Build both kernel modules through DKMS (warnings are errors) and the XDP program."""
     _require_root("build")
+    generate(c, config)
     _require_tools("dkms")
     kernels = [kernel] if kernel else dkms.kernels_with_headers()
     if not kernels:
@@ -103,10 +151,12 @@ def build(c: Context, kernel: str | None = None) -> None:
     help={
         "kernel": "kernel release (repeatable; default: every kernel with headers)",
         "root": "place files under this prefix instead of / (no DKMS, no live system change)",
-        "config": f"config the units and modules-load.d follow (default {DEFAULT_CONFIG})",
+        "config": f"existing config the units and modules-load.d follow (default {DEFAULT_CONFIG},"
+        " installed from the example when missing)",
     },
     iterable=["kernel"],
 )
+@_no_traceback("install")
 def install(
     c: Context, kernel: list[str] | None = None, root: str = "/", config: str | None = None
 ) -> None:
@@ -116,9 +166,7 @@ def install(
         _require_root("install")
         _require_tools("dkms")
     try:
-        manifest = installmod.install(
-            prefix, kernel or None, Path(config) if config else DEFAULT_CONFIG
-        )
+        manifest = installmod.install(prefix, kernel or None, Path(config) if config else None)
     except installmod.InstallError as e:
         raise Exit(str(e)) from None
     print(f"install: {len(manifest.files)} file(s) recorded in {installmod.MANIFEST}")
@@ -129,6 +177,7 @@ def install(
 
 
 @task(help={"root": "the prefix given to install --root (default /)"})
+@_no_traceback("uninstall")
 def uninstall(c: Context, root: str = "/") -> None:
     """Remove exactly what install created (its manifest) and dkms remove both modules."""
     if Path(root) == Path("/"):
@@ -143,6 +192,7 @@ def uninstall(c: Context, root: str = "/") -> None:
 
 
 @task
+@_no_traceback("status")
 def status(c: Context) -> None:
     """Show DKMS state per kernel, loaded modules, device nodes and daemon states."""
     print(statusmod.render(statusmod.collect()))
@@ -155,6 +205,7 @@ def status(c: Context) -> None:
         "timeout": "seconds before the guest is killed",
     },
 )
+@_no_traceback("vm")
 def vm_run(c: Context, kernel: str | None = None, timeout: int = 600) -> None:
     """Boot the test VM and run the shell command given after `--`: invoke vm -- uname -r."""
     if not c.remainder:
@@ -196,6 +247,7 @@ def lab(c: Context, kernel: str | None = None) -> None:
         "tier": f"one tier only: {', '.join(testrun.TIERS)} (default: all)",
     }
 )
+@_no_traceback("test")
 def test(c: Context, kernel: str | None = None, tier: str | None = None) -> None:
     """Run the whole suite: lint+unit, bpf, DKMS build, kernel tier per kernel, DKMS upgrade."""
     tiers = (tier,) if tier else testrun.TIERS
@@ -220,6 +272,7 @@ def test(c: Context, kernel: str | None = None, tier: str | None = None) -> None
         "only": "run only benchmarks whose file name contains this",
     }
 )
+@_no_traceback("bench")
 def bench(c: Context, kernel: str | None = None, only: str | None = None) -> None:
     """Run benchmarks/bench_*.py: host ones here, guest ones in ONE guest boot."""
     kver = kernel or kernel_lines()[0]

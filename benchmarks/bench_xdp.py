@@ -3,8 +3,11 @@
 Both run through the bench wrapper (xdp/bench/), which restores the packet after
 every repeat, so each repeat measures the path named and not its failure path.
 Each path runs right after the baseline, on one CPU; the ratio printed is the
-median of these per-pair ratios; the goal is forwarding <= 2x the baseline.
-Absolute ns are for reference only.
+median of these per-pair ratios with its 95% interval (bifrost.benchstats); the
+goal is forwarding <= 2x the baseline, and a miss is a failing exit status.
+Every run must return its path's verdict and move that path's counter by
+exactly the repeats, or the path was not the one measured. Absolute ns are
+for reference only.
 
 The block/allow lists are POP-wide, so the firewall row runs under a config
 that has them (and its rule a rate limit and SRCDS) and the other rows under
@@ -17,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import statistics
+import struct
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +28,7 @@ from pathlib import Path
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from bifrost.benchstats import Ratio, Report
 from bifrost.codegen import render_module_config
 from bifrost.xdp import build, libbpf, maps, maps_def
 from bifrost.xdp.config import Rule, XdpConfig
@@ -68,8 +73,9 @@ FIREWALL_PATHS = ("forward + firewall", FLOOD)
 
 
 def _paths() -> dict[str, tuple[bytes, str]]:
-    """name -> (frame, expected verdict); FIREWALL_PATHS run with the lists on."""
-    game = b"\x00" * 60  # a 102-byte frame, as in benchmarking.md
+    """name -> (frame, expected verdict); FIREWALL_PATHS run with the lists on.
+    COUNTED says which (rule, reason) counter each path must move."""
+    game = b"\x00" * 60  # 14 + 20 + 8 + 60 = a 102-byte frame, a typical game datagram
     ret_inner = IP(src=VIP, dst=CLIENT) / UDP(sport=27015, dport=40000) / game
     fou = bytes(
         Ether() / IP(src=GS, dst=POP) / UDP(sport=50000, dport=5555, chksum=0) / bytes(ret_inner)
@@ -81,6 +87,23 @@ def _paths() -> dict[str, tuple[bytes, str]]:
         "cache match (A2S_INFO)": (_frame(27015, A2S_INFO + bytes(40)[:0]), "PASS"),
         "no rule (drop)": (_frame(27999, game), "DROP"),
     }
+
+
+# The counter each path must move by exactly the repeats of a run (the floor counts nothing).
+COUNTED = {
+    "forward (encap)": (1, "tx_forward"),
+    "forward + firewall": (2, "tx_forward"),
+    "return (decap)": (1, "tx_return"),
+    "cache match (A2S_INFO)": (1, "pass_cache"),
+    "no rule (drop)": (0, "drop_no_rule"),
+    FLOOD: (2, "tx_forward"),
+}
+
+
+def _counted(ms: maps.MapSet, rule: int, reason: str) -> int:
+    names = [name for name, _ in maps_def.REASONS]
+    key = struct.pack("=I", rule * len(names) + names.index(reason))
+    return sum(maps.S["counter"].unpack(v)["packets"] for v in ms["counters"].lookup_percpu(key))
 
 
 def _packed(addr: str) -> bytes:
@@ -116,7 +139,8 @@ def main() -> int:
     # at times, and a pair measured on different cores gives a meaningless ratio.
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     ns: dict[str, list[float]] = {BASE: [], **{name: [] for name in rows}}
-    ratio: dict[str, list[float]] = {name: [] for name in rows}
+    base_ns: dict[str, list[float]] = {name: [] for name in rows}
+    report = Report("bench_xdp")
     applied: bool | None = None  # which config the maps hold
     for _ in range(ROUNDS):
         for name, (fd, frame, verdict) in rows.items():
@@ -124,30 +148,40 @@ def main() -> int:
             if applied != (firewall := name in FIREWALL_PATHS):
                 maps.apply(ms, configs[firewall], ns_per_jiffy)
                 applied = firewall
+            counted = COUNTED.get(name)
+            before = _counted(ms, *counted) if counted else 0
             b = libbpf.test_run(base_fd, base_frame, repeat=REPEAT)
             r = libbpf.test_run(fd, frame, repeat=REPEAT)
-            if b.verdict != "PASS" or r.verdict != verdict:
-                print(f"{name}: verdict {r.verdict}, expected {verdict}", file=sys.stderr)
-                return 1
+            ok = report.require(
+                b.verdict == "PASS" and r.verdict == verdict,
+                f"{name}: verdict {r.verdict} (baseline {b.verdict}), expected {verdict}",
+            )
+            if counted:
+                moved = _counted(ms, *counted) - before
+                ok &= report.require(
+                    moved == REPEAT, f"{name}: counter {counted} moved {moved}, not {REPEAT}"
+                )
+            if not ok:
+                obj.close()
+                return report.finish()
             ns[BASE].append(b.duration_ns)
             ns[name].append(r.duration_ns)
-            ratio[name].append(r.duration_ns / b.duration_ns)
+            base_ns[name].append(b.duration_ns)
     print(
         f"XDP per-packet cost, BPF_PROG_TEST_RUN, {ROUNDS} rounds x {REPEAT} repeats, "
         "each path right after the baseline; medians of ns and of the per-pair ratios"
     )
-    print(f"{'path':<26} {'ns/pkt':>8} {'x baseline':>11}  goal")
-    print(f"{BASE:<26} {statistics.median(ns[BASE]):>8.1f} {1:>10.2f}x")
+    print(f"{'path':<26} {'ns/pkt':>8}  x baseline (95% interval of the median)")
+    print(f"{BASE:<26} {statistics.median(ns[BASE]):>8.1f}  1")
     # The floor row: push 28 bytes + fixed headers, no lookups; the harness restores
     # the packet with a second adjust_head, which the forward paths pay too.
     for name in rows:
-        x = statistics.median(ratio[name])
-        goal = ""
+        ratio = Ratio.of(ns[name], base_ns[name])
+        print(f"{name:<26} {statistics.median(ns[name]):>8.1f}  {ratio}")
         if name == GOAL_PATH:
-            goal = f"<= {GOAL_FORWARD:.1f}x " + ("ok" if x <= GOAL_FORWARD else "MISSED")
-        print(f"{name:<26} {statistics.median(ns[name]):>8.1f} {x:>10.2f}x  {goal}")
+            report.goal(f"{name} / baseline", ratio.median, "<=", GOAL_FORWARD, str(ratio))
     obj.close()
-    return 0
+    return report.finish()
 
 
 if __name__ == "__main__":

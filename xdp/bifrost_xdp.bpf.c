@@ -28,4 +28,22 @@ int bifrost_pass(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
+/*
+ * Run by the loader (BPF_PROG_TEST_RUN) and pinned beside the program: writes
+ * the BFX_MOD_* bits of the game modules compiled into this object into the
+ * packet, so a config that needs a module the running object lacks is
+ * refused instead of silently doing nothing.
+ */
+SEC("xdp")
+int bifrost_modules(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	if (data + sizeof(__u32) > data_end)
+		return XDP_ABORTED;
+	*(__u32 *)data = BFX_MODULES_COMPILED;
+	return XDP_PASS;
+}
+
 char _license[] SEC("license") = "GPL";

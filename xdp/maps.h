@@ -12,13 +12,44 @@
 
 #include "generated/bifrost_maps.h"
 
-/* settings[0]: POP address, FOU port, policies; an array so it is never missing. */
+/*
+ * Config generations. Every map the config fills (settings, rules,
+ * rule_modules, rule_slots, rule_overflow, anycast, gameservers, firewall)
+ * holds two configs side by side, generation 0 and 1; config_gen[0] names
+ * the one in force. A packet reads it once and then sees only that
+ * generation, so it never sees a mix of two configs: `bifrost xdp apply`
+ * writes the other generation, then switches config_gen in one store
+ * (maps.py). Arrays take the generation in the index (gen * size + i), the
+ * rule_overflow key in its gen field, anycast/gameservers a bit per
+ * generation in their value, and the firewall a verdict per generation in
+ * its value (bfx_firewall()).
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
+	__type(value, __u32);
+} config_gen SEC(".maps");
+
+/* settings[gen]: POP address, FOU port, policies; an array so it is never missing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BFX_GENERATIONS);
+	__type(key, __u32);
 	__type(value, struct bfx_settings);
 } settings SEC(".maps");
+
+/*
+ * Rule ids are stable across configs (allocated by rule name, maps.py), so a
+ * rule removed from the middle of the config renumbers no other; rule_names
+ * (read by the loader only) records which name holds which id.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BFX_MAX_RULES + 1);
+	__type(key, __u32);
+	__type(value, struct bfx_rule_name);
+} rule_names SEC(".maps");
 
 /*
  * Forward rules, split so the per-packet lookup is two array loads, which the
@@ -29,49 +60,56 @@ struct {
  * whose slot another key took lives in the rule_overflow hash, and its slot
  * carries BFX_SLOT_OVERFLOW, so only colliding slots pay for a hash lookup.
  * The loader places the keys (maps.py), with the same hash (maps_def.py).
+ * Each holds both generations: rules[gen * (BFX_MAX_RULES + 1) + id],
+ * rule_slots[gen * BFX_RULE_SLOTS + hash], rule_overflow key .gen.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, BFX_MAX_RULES + 1);
+	__uint(max_entries, BFX_GENERATIONS * (BFX_MAX_RULES + 1));
 	__type(key, __u32);
 	__type(value, struct bfx_rule);
 } rules SEC(".maps");
 
+/* mmap-able so the loader reads a generation's slots without a copy per slot. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, BFX_RULE_SLOTS);
+	__uint(max_entries, BFX_GENERATIONS * BFX_RULE_SLOTS);
 	__type(key, __u32);
 	__type(value, struct bfx_rule_slot);
+	__uint(map_flags, BPF_F_MMAPABLE);
 } rule_slots SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, BFX_MAX_RULE_KEYS);
+	__uint(max_entries, BFX_GENERATIONS * BFX_MAX_RULE_KEYS);
 	__type(key, struct bfx_rule_key);
 	__type(value, struct bfx_rule_ref);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } rule_overflow SEC(".maps");
 
-/* Which game modules apply to a rule, by rule id (the per-rule module map). */
+/* Which game modules apply to a rule: rule_modules[gen * (BFX_MAX_RULES + 1) + id]. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, BFX_MAX_RULES + 1);
+	__uint(max_entries, BFX_GENERATIONS * (BFX_MAX_RULES + 1));
 	__type(key, __u32);
 	__type(value, struct bfx_rule_modules);
 } rule_modules SEC(".maps");
 
-/* Anycast addresses this POP serves: uncovered traffic to them is dropped. */
+/*
+ * Anycast addresses this POP serves: uncovered traffic to them is dropped.
+ * value.gens: bit g set = served in generation g; room for two full configs.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, BFX_MAX_ANYCAST);
+	__uint(max_entries, BFX_GENERATIONS * BFX_MAX_ANYCAST);
 	__type(key, __be32);
 	__type(value, struct bfx_anycast);
 } anycast SEC(".maps");
 
-/* Game-server machines allowed to send FOU return traffic to the POP. */
+/* Game-server machines allowed to send FOU return traffic to the POP (value.gens). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, BFX_MAX_GAMESERVERS);
+	__uint(max_entries, BFX_GENERATIONS * BFX_MAX_GAMESERVERS);
 	__type(key, __be32);
 	__type(value, struct bfx_gameserver);
 } gameservers SEC(".maps");
@@ -79,11 +117,16 @@ struct {
 /*
  * The block and allow lists as one trie, so a packet pays one LPM lookup:
  * the loader drops block prefixes inside an allow prefix, so the longest
- * match says what the lists together mean (allow wins).
+ * match says what the lists together mean (allow wins). Both generations
+ * share the trie: the value holds a BFX_FW_GEN_BITS-bit field per
+ * generation, its verdict (BFX_FW_*) and whether the prefix is that
+ * generation's own (BFX_FW_MEMBER). A prefix only one generation has
+ * carries, for the other, that generation's longest-match verdict (the
+ * loader computes it), so each generation's lookups answer as its own trie.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 2 * BFX_MAX_PREFIXES);
+	__uint(max_entries, BFX_GENERATIONS * 2 * BFX_MAX_PREFIXES);
 	__type(key, struct bfx_lpm_key);
 	__type(value, __u32);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -148,6 +191,20 @@ static __always_inline __u64 bfx_now(const struct bfx_settings *s)
 	if (s->ns_per_jiffy)
 		return bpf_jiffies64() * s->ns_per_jiffy;
 	return bpf_ktime_get_coarse_ns();
+}
+
+/* The generation in force: read once per packet (see config_gen). */
+static __always_inline __u32 bfx_generation(void)
+{
+	__u32 zero = 0, *gen = bpf_map_lookup_elem(&config_gen, &zero);
+
+	return gen ? *gen & 1 : 0;
+}
+
+/* anycast/gameservers: whether the entry (NULL: none) is in generation gen. */
+static __always_inline int bfx_in_gen(const __u32 *gens, __u32 gen)
+{
+	return gens && (*gens >> gen) & 1;
 }
 
 static __always_inline int bfx_count(__u32 rule_id, __u32 reason, __u32 bytes, int action)

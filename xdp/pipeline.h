@@ -32,13 +32,15 @@
 #include "parsing.h"
 #include "rules.h"
 
-/* The firewall's verdict for a source: BFX_FW_ALLOW, BFX_FW_BLOCK or 0. */
-static __always_inline __u32 bfx_firewall(__be32 addr)
+/* The firewall's verdict for a source in generation gen: BFX_FW_ALLOW, BFX_FW_BLOCK or 0. */
+static __always_inline __u32 bfx_firewall(__u32 gen, __be32 addr)
 {
 	struct bfx_lpm_key key = { .prefixlen = 32, .addr = addr };
-	__u32 *verdict = bpf_map_lookup_elem(&firewall, &key);
+	__u32 *value = bpf_map_lookup_elem(&firewall, &key);
 
-	return verdict ? *verdict : 0;
+	if (!value)
+		return 0;
+	return (*value >> (gen * BFX_FW_GEN_BITS)) & BFX_FW_VERDICT_MASK;
 }
 
 /*
@@ -91,7 +93,7 @@ static __always_inline void bfx_inner_from(struct bfx_inner *in, const struct ip
 /* FOU from a game-server machine to the POP's FOU port: decapsulate to the client. */
 static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *eth,
 					   struct iphdr *ip, struct udphdr *udp, void *data_end,
-					   const struct bfx_settings *s, __u32 bytes)
+					   const struct bfx_settings *s, __u32 gen, __u32 bytes)
 {
 	enum bfx_nh_result res;
 	struct bfx_nexthop *nh, keep_macs = {};
@@ -101,7 +103,7 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 	struct iphdr *inner = (void *)(udp + 1);
 	__u32 ihl, udp_len = bpf_ntohs(udp->len);
 
-	if (!bpf_map_lookup_elem(&gameservers, &ip->saddr))
+	if (!bfx_in_gen(bpf_map_lookup_elem(&gameservers, &ip->saddr), gen))
 		return bfx_count(0, BFX_DROP_UNKNOWN_GS, bytes, XDP_DROP);
 	/* The kernel's ipip/fou transmit path never writes outer options. */
 	if (ip->ihl != 5 || udp_len < sizeof(*udp) + sizeof(*inner) ||
@@ -118,12 +120,12 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
 
 	/* No open relay: the inner source must be a service forwarded to this machine. */
-	rule = bfx_rule_lookup(inner->saddr, bpf_ntohs(l4.sport), inner->protocol);
+	rule = bfx_rule_lookup(gen, inner->saddr, bpf_ntohs(l4.sport), inner->protocol);
 	if (!rule || rule->gs_addr != ip->saddr)
 		return bfx_count(0, BFX_DROP_RELAY, bytes, XDP_DROP);
 
 	bfx_inner_from(&in, inner, &l4);
-	bfx_modules_return(bfx_rule_module_bits(rule->id), &in, &l4, data_end, s);
+	bfx_modules_return(bfx_rule_module_bits(gen, rule->id), &in, &l4, data_end, s);
 
 	nh = bfx_nexthop(ctx, in.saddr, in.daddr, s, &res);
 	if (res == BFX_NH_NEIGH) {
@@ -145,7 +147,7 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *eth,
 					    struct iphdr *ip, const struct bfx_l4 *l4,
 					    const struct bfx_rule *rule, void *data_end,
-					    const struct bfx_settings *s, __u32 bytes)
+					    const struct bfx_settings *s, __u32 gen, __u32 bytes)
 {
 	enum bfx_nh_result res;
 	struct bfx_nexthop *nh;
@@ -154,13 +156,13 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 	__u32 bits, fw = 0;
 
 	if (s->flags & BFX_SET_HAVE_FIREWALL)
-		fw = bfx_firewall(ip->saddr);
+		fw = bfx_firewall(gen, ip->saddr);
 	if (fw == BFX_FW_BLOCK)
 		return bfx_count(id, BFX_DROP_BLOCKED, bytes, XDP_DROP);
 	if (fw != BFX_FW_ALLOW && rule->rate_cost_ns && !bfx_rate_ok(ip->saddr, rule, s))
 		return bfx_count(id, BFX_DROP_RATE_LIMIT, bytes, XDP_DROP);
 
-	bits = bfx_rule_module_bits(id);
+	bits = bfx_rule_module_bits(gen, id);
 	if (bits && !bfx_modules_forward(bits, ip, l4, data_end, s))
 		return bfx_count(id, BFX_DROP_MODULE, bytes, XDP_DROP);
 
@@ -200,12 +202,14 @@ static __always_inline int bfx_process(struct xdp_md *ctx)
 	struct bfx_rule *rule;
 	struct bfx_l4 l4;
 	struct iphdr *ip;
-	__u32 zero = 0, ihl;
+	__u32 gen, ihl;
 	int is_anycast;
 
 	if ((void *)(eth + 1) > data_end)
 		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
-	s = bpf_map_lookup_elem(&settings, &zero);
+	/* Read once: everything below sees this one config (see config_gen in maps.h). */
+	gen = bfx_generation();
+	s = bpf_map_lookup_elem(&settings, &gen);
 	if (!s)
 		return bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
@@ -226,20 +230,20 @@ static __always_inline int bfx_process(struct xdp_md *ctx)
 
 		if (ip->protocol == IPPROTO_UDP && !(ip->frag_off & bpf_htons(BFX_IP_FRAG_MASK)) &&
 		    (void *)(udp + 1) <= data_end && udp->dest == bpf_htons(s->fou_port))
-			return bfx_return_path(ctx, eth, ip, udp, data_end, s, bytes);
+			return bfx_return_path(ctx, eth, ip, udp, data_end, s, gen, bytes);
 		return bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
 	}
 
 	/* Fast path first: a whole UDP/TCP datagram that a rule covers. */
 	if (!(ip->frag_off & bpf_htons(BFX_IP_FRAG_MASK)) && bfx_l4_parse(ip, ihl, data_end, &l4)) {
-		rule = bfx_rule_lookup(ip->daddr, bpf_ntohs(l4.dport), ip->protocol);
+		rule = bfx_rule_lookup(gen, ip->daddr, bpf_ntohs(l4.dport), ip->protocol);
 		if (rule)
-			return bfx_forward_path(ctx, eth, ip, &l4, rule, data_end, s, bytes);
-		is_anycast = bpf_map_lookup_elem(&anycast, &ip->daddr) != NULL;
+			return bfx_forward_path(ctx, eth, ip, &l4, rule, data_end, s, gen, bytes);
+		is_anycast = bfx_in_gen(bpf_map_lookup_elem(&anycast, &ip->daddr), gen);
 		return is_anycast ? bfx_count(0, BFX_DROP_NO_RULE, bytes, XDP_DROP) :
 				    bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
 	}
-	if (!bpf_map_lookup_elem(&anycast, &ip->daddr))
+	if (!bfx_in_gen(bpf_map_lookup_elem(&anycast, &ip->daddr), gen))
 		return bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
 	if (ip->frag_off & bpf_htons(BFX_IP_FRAG_MASK))
 		return bfx_count(0, BFX_DROP_FRAGMENT, bytes, XDP_DROP);

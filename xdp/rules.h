@@ -26,9 +26,10 @@ static __always_inline __u32 bfx_rule_hash(__be32 addr, __u16 port, __u8 proto)
 	return bfx_fmix32(h) & (BFX_RULE_SLOTS - 1);
 }
 
-static __always_inline struct bfx_rule *bfx_rule_find(__be32 addr, __u16 port, __u8 proto)
+static __always_inline struct bfx_rule *bfx_rule_find(__u32 gen, __be32 addr, __u16 port,
+						      __u8 proto)
 {
-	__u32 idx = bfx_rule_hash(addr, port, proto);
+	__u32 idx = gen * BFX_RULE_SLOTS + bfx_rule_hash(addr, port, proto);
 	struct bfx_rule_slot *slot = bpf_map_lookup_elem(&rule_slots, &idx);
 	struct bfx_rule *rule;
 	__u32 id;
@@ -38,7 +39,7 @@ static __always_inline struct bfx_rule *bfx_rule_find(__be32 addr, __u16 port, _
 	if (slot->addr == addr && slot->port == port && slot->proto == proto) {
 		id = slot->rule_id;
 	} else if (slot->flags & BFX_SLOT_OVERFLOW) {
-		struct bfx_rule_key key = { .addr = addr, .port = port, .proto = proto };
+		struct bfx_rule_key key = { .addr = addr, .port = port, .proto = proto, .gen = gen };
 		struct bfx_rule_ref *ref = bpf_map_lookup_elem(&rule_overflow, &key);
 
 		if (!ref)
@@ -47,19 +48,22 @@ static __always_inline struct bfx_rule *bfx_rule_find(__be32 addr, __u16 port, _
 	} else {
 		return NULL;
 	}
+	id += gen * (BFX_MAX_RULES + 1);
 	rule = bpf_map_lookup_elem(&rules, &id);
 	/* id 0 or a rule the loader is removing: no rule. */
 	return rule && rule->id ? rule : NULL;
 }
 
-static __always_inline struct bfx_rule *bfx_rule_lookup(__be32 addr, __u16 port, __u8 proto)
+/* The rule of generation gen for the key (see config_gen in maps.h). */
+static __always_inline struct bfx_rule *bfx_rule_lookup(__u32 gen, __be32 addr, __u16 port,
+							__u8 proto)
 {
-	struct bfx_rule *rule = bfx_rule_find(addr, port, proto);
+	struct bfx_rule *rule = bfx_rule_find(gen, addr, port, proto);
 
 	if (rule)
 		return rule;
 	/* A whole-address rule is stored with port 0. */
-	return bfx_rule_find(addr, 0, proto);
+	return bfx_rule_find(gen, addr, 0, proto);
 }
 
 #endif /* BIFROST_XDP_RULES_H */

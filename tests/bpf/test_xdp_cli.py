@@ -52,9 +52,12 @@ def test_cli_lifecycle(tmp_path_factory: pytest.TempPathFactory, capsys) -> None
             # Re-apply a change without reloading: the settings map follows the file.
             cfg.write_text(CONFIG.format(mode="auto", pins=pins, ipv6="drop"))
             assert main(["-c", str(cfg), "xdp", "apply"]) == 0
-            ms = maps.MapSet.from_pins(pins / "x0")
-            s = maps_def.BY_NAME["settings"].unpack(ms["settings"].lookup(bytes(4)) or b"")
-            assert s["ipv6_policy"] == maps_def.IPV6_DROP
+            with maps.MapSet.from_pins(pins / "x0") as ms:
+                (settings,) = maps.in_force(ms, "settings").values()
+            assert (
+                maps_def.BY_NAME["settings"].unpack(settings)["ipv6_policy"] == maps_def.IPV6_DROP
+            )
+            assert "generation 1; settings: +1" in capsys.readouterr().out
             # Traffic through the attached program shows up in stats.
             b.run(["ping", "-c", "1", "-W", "1", "10.8.0.1"], check=False)
             capsys.readouterr()
@@ -98,8 +101,12 @@ def test_auto_mode_falls_back_to_generic_with_a_warning(
             assert "falling back to generic" in caplog.text
             st = loader.status("br0", pins)
             assert st.generic_prog_id and not st.native_prog_id
-            with pytest.raises(libbpf.BpfError):
+            # Our program is there already: refused as any attached program is.
+            with pytest.raises(loader.AttachError, match="another XDP program is attached"):
                 loader.attach_also("br0", "br0", pins, mode="native")
+            ns.run(["ip", "link", "add", "br1", "type", "bridge"])
+            with pytest.raises(libbpf.BpfError):  # a bridge has no native XDP
+                loader.attach_also("br1", "br0", pins, mode="native")
             loader.detach("br0", pins)
             assert not loader.status("br0", pins).attached
             assert not (pins / "br0").exists()

@@ -7,6 +7,7 @@ unchanged) and the (rule id, reason) counter that must count it.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import pytest
@@ -36,7 +37,8 @@ from xdp_harness import (
     make_config,
 )
 
-from bifrost.xdp import maps_def
+from bifrost.netns import Namespace
+from bifrost.xdp import libbpf, maps, maps_def
 
 pytestmark = pytest.mark.bpf
 
@@ -335,10 +337,8 @@ def test_reapply_changes_rules_without_reload(xdp: Xdp) -> None:
     assert xdp.run(client_frame(udp_in(src=BLOCKED))).verdict == "DROP"
     xdp.apply(replace(cfg, rules=(), block=(), anycast=(*cfg.anycast, ipaddress.IPv4Address(VIP))))
     assert xdp.run(frame).verdict == "DROP", "rules removed: anycast traffic dropped"
-    for name in ("rules", "rule_slots"):
-        zero = bytes(xdp.ms[name].value_size)
-        assert all(v == zero for v in xdp.ms[name].dump().values()), f"{name} emptied"
-    assert len(list(xdp.ms["rule_overflow"].keys())) == 0
+    for name in ("rules", "rule_slots", "rule_overflow"):  # the config in force has none
+        assert maps.in_force(xdp.ms, name) == {}, f"{name} emptied"
     assert xdp.run(client_frame(udp_in(src=BLOCKED))).verdict == "DROP", "still anycast"
     xdp.apply(replace(cfg, rules=(), block=()))
     assert xdp.run(frame).verdict == "PASS", "no longer anycast: the host's traffic"
@@ -360,19 +360,88 @@ def test_module_not_compiled_in(tmp_path_factory: pytest.TempPathFactory) -> Non
         assert x.run(netchan).verdict == "TX"
 
 
-def test_nexthop_expiry_falls_back_to_fib(xdp: Xdp) -> None:
-    """An expired next hop is looked up again; no route in this netns -> drop, counted."""
+@pytest.fixture
+def fib_ns() -> Iterator[tuple[Namespace, int, str]]:
+    """A netns where GS is on a connected veth with a known neighbour MAC.
+
+    BPF_PROG_TEST_RUN from inside it makes bpf_fib_lookup ask this netns's FIB,
+    not the host's: (namespace, ifindex of f0, f0's MAC).
+    """
+    with Namespace("bfx-fib") as ns:
+        with ns.ipr() as ipr:
+            ipr.link("add", ifname="f0", kind="veth", peer="f1")
+            f1 = ipr.link_lookup(ifname="f1")[0]
+            ipr.link("set", index=f1, state="up")
+        ns.address("f0", "10.0.0.1/24")
+        # bpf_fib_lookup refuses to resolve for a device that does not forward.
+        ns.sysctl("net.ipv4.conf.all.forwarding", "1")
+        ns.sysctl("net.ipv4.conf.f0.forwarding", "1")
+        with ns.ipr() as ipr:
+            f0 = ipr.link_lookup(ifname="f0")[0]
+            mac = ipr.get_links(f0)[0].get_attr("IFLA_ADDRESS")
+        yield ns, f0, mac
+
+
+FIB_DMAC = "02:00:00:00:00:42"
+
+
+def _gs_slot(xdp: Xdp) -> dict:
+    raw = xdp.ms["gs_nexthops"].lookup(bytes(4))  # GS is the lowest game server: slot 0
+    assert raw is not None
+    return maps_def.BY_NAME["nexthop"].unpack(raw)
+
+
+def test_nexthop_expiry_falls_back_to_fib(xdp: Xdp, fib_ns: tuple[Namespace, int, str]) -> None:
+    """An expired next hop is looked up again in the FIB: the packet goes out with the
+    FIB's MACs and egress, the slot is refreshed; without a neighbour or a route the
+    packet is dropped under exactly the reason that says so."""
+    ns, f0, f0_mac = fib_ns
     st = maps_def.BY_NAME["nexthop"]
-    slot0 = bytes(4)  # GS is the lowest game-server address: slot 0
-    xdp.ms["gs_nexthops"].update(
-        slot0, st.pack(smac=NH_SMAC, dmac=NH_SMAC, ifindex=1, mtu=1500, dst=GS)
-    )
-    frame = client_frame(udp_in())
-    res = xdp.run(frame)
-    # The host's own FIB decides; either way the packet is counted under rule 1.
-    assert res.verdict in ("DROP", "PASS", "TX", "REDIRECT")
-    counted = {k for k, v in xdp.counts().items() if v}
-    assert any(k[0] == 1 for k in counted)
+    stale = bytes.fromhex("02000000dead")
+    inner = udp_in()
+    frame = client_frame(inner)
+    smac, dmac = bytes.fromhex(f0_mac.replace(":", "")), bytes.fromhex(FIB_DMAC.replace(":", ""))
+
+    def expire(dmac: bytes = stale, expires_ns: int = 0) -> None:
+        value = st.pack(smac=stale, dmac=dmac, ifindex=f0, mtu=1500, dst=GS, expires_ns=expires_ns)
+        xdp.ms["gs_nexthops"].update(bytes(4), value)
+
+    def run_counted(reason: str) -> libbpf.TestRun:
+        before = xdp.counts()
+        with ns.entered():
+            res = xdp.run(frame, ingress_ifindex=f0)
+        after = xdp.counts()
+        assert after.get((1, reason), 0) - before.get((1, reason), 0) == 1, after
+        assert sum(after.values()) - sum(before.values()) == 1
+        return res
+
+    ns.run(["ip", "neigh", "replace", GS, "lladdr", FIB_DMAC, "dev", "f0", "nud", "permanent"])
+    # Control: an entry that has not expired is used as it is, FIB or not.
+    expire(expires_ns=2**63)
+    res = run_counted("tx_forward")
+    assert res.verdict == "TX"
+    assert res.data.hex() == expected_encap(bytes(inner), GS, stale, stale).hex()
+
+    # Expired: the FIB answers; egress f0 is the ingress device, so XDP_TX.
+    expire()
+    res = run_counted("tx_forward")
+    assert res.verdict == "TX"
+    assert res.data.hex() == expected_encap(bytes(inner), GS, smac, dmac).hex()
+    slot = _gs_slot(xdp)
+    assert (slot["smac"], slot["dmac"], slot["ifindex"], slot["mtu"]) == (smac, dmac, f0, 1500)
+    assert slot["expires_ns"] > 0
+    assert slot["expires_ns"] < 2**62, "expiry is now + nexthop_ttl, not forever"
+
+    # Expired, route but no neighbour: the forward path cannot hand it to the stack.
+    ns.run(["ip", "neigh", "del", GS, "dev", "f0"])
+    expire()
+    assert run_counted("drop_no_neigh").verdict == "DROP"
+
+    # Expired, no route at all.
+    ns.run(["ip", "addr", "flush", "dev", "f0"])
+    expire()
+    assert run_counted("drop_no_route").verdict == "DROP"
+    assert _gs_slot(xdp)["dmac"] == stale, "a failed lookup leaves the slot alone"
 
 
 def test_mtu_too_big(xdp: Xdp) -> None:

@@ -28,7 +28,7 @@ from xdp_harness import (
     make_config,
 )
 
-from bifrost.xdp import maps_def
+from bifrost.xdp import maps, maps_def
 
 pytestmark = pytest.mark.bpf
 
@@ -57,7 +57,7 @@ def outer_dst(xdp: Xdp, frame: bytes) -> str | None:
 
 def overflow_ports(xdp: Xdp) -> set[int]:
     st = maps_def.BY_NAME["rule_key"]
-    return {st.unpack(k)["port"] for k in xdp.ms["rule_overflow"].dump()}
+    return {st.unpack(k)["port"] for k in maps.in_force(xdp.ms, "rule_overflow")}
 
 
 def test_colliding_keys_each_reach_their_own_rule(xdp: Xdp) -> None:
@@ -121,5 +121,6 @@ def test_firewall_allow_wins_inside_a_blocked_prefix_and_around_one(xdp: Xdp) ->
     assert xdp.counts()[(1, "drop_blocked")] == 1
     xdp.apply(replace(cfg, block=(), allow=()))
     assert xdp.run(to_vip(27015, "198.18.5.6")).verdict == "TX", "lists emptied"
-    s = maps_def.BY_NAME["settings"].unpack(xdp.ms["settings"].lookup(bytes(4)) or b"")
+    (settings,) = maps.in_force(xdp.ms, "settings").values()
+    s = maps_def.BY_NAME["settings"].unpack(settings)
     assert s["flags"] & maps_def.SET_HAVE_FIREWALL == 0

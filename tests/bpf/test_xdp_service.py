@@ -1,5 +1,5 @@
 """`bifrost xdp run` as a process in the POP netns: attach, managed neighbour kept through a
-link flap, SIGHUP re-applies the config, SIGTERM detaches.
+link flap, SIGHUP re-applies the config, SIGTERM leaves the program attached.
 
 ::
 
@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -248,31 +250,66 @@ def test_sighup_applies_the_changed_config_and_keeps_it_on_a_bad_file(
     assert pop.verdict(27016) == "REDIRECT"
 
 
-def test_sigterm_detaches_and_exits_0(pop: Pop, svc: Service) -> None:
+def test_serves_per_rule_and_reason_counters_to_prometheus(pop: Pop, svc: Service) -> None:
+    """The daemons' metrics base (prometheus-client) on xdp.metrics_port, in the POP's netns."""
     assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE, 3), svc.text()
-    assert pop.xdp_prog_id() != 0
+    for _ in range(3):
+        assert pop.verdict() == "REDIRECT"
+    assert pop.verdict(27016) == "DROP"  # an anycast address without a rule for the port
+
+    url = "http://127.0.0.1:9470/metrics"
+    with pop.hosts.pop.entered(), urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    assert 'bifrost_xdp_packets_total{reason="tx_forward",rule="game"} 3.0' in text, text
+    assert 'bifrost_xdp_packets_total{reason="drop_no_rule",rule="-"} 1.0' in text
+    assert re.search(r'bifrost_xdp_bytes_total\{reason="tx_forward",rule="game"\} [1-9]', text)
+    assert 'bifrost_metrics_source_up{source="xdp"} 1.0' in text
+
+
+def test_sigterm_leaves_the_program_attached_and_detach_takes_it_off(
+    pop: Pop, svc: Service
+) -> None:
+    """Stopping the service (a restart, an upgrade) must not stop forwarding: the program
+    stays attached through its pinned link, with its maps and neighbour entries.
+    Only `bifrost xdp detach` takes it off."""
+    assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE, 3), svc.text()
+    prog_id = pop.xdp_prog_id()
+    assert prog_id != 0
     svc.signal(signal.SIGTERM)
     assert svc.proc.wait(10) == 0, svc.text()
     assert svc.notified("STOPPING=1", 1)
+    assert "p0: stopping; the program stays attached" in svc.text()
+    assert pop.xdp_prog_id() == prog_id
+    assert pop.verdict() == "REDIRECT"
+    assert neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE
+
+    netns = f"--net=/run/netns/{pop.hosts.pop.name}"
+    detach = ["nsenter", netns, str(BIFROST), "-c", str(pop.toml), "xdp", "detach"]
+    done = subprocess.run(detach, capture_output=True, text=True, timeout=30, check=True)
+    assert "p0: detached" in done.stdout
     assert pop.xdp_prog_id() == 0
     assert not (pop.pins / "p0").exists()
     assert neigh(pop.hosts.pop, GS_IP) is None
-    assert "p0: detached" in svc.text()
 
 
-def test_adopts_an_attached_program_and_sigint_detaches(pop: Pop) -> None:
-    """After a crash (or a manual `bifrost xdp attach`) the program is attached with its
-    pins: the service takes it over instead of failing, and applies the config."""
+def test_adopts_an_attached_program_and_a_restart_adopts_it_again(pop: Pop) -> None:
+    """After a crash, a stop or a manual `bifrost xdp attach` the program is attached
+    with its pins: the service takes it over (the same object: no swap) and applies the
+    config; SIGINT leaves it attached for the next start."""
     with pop.hosts.pop.entered():
         loader.attach(load_config(pop.toml), "p0", obj=pop.obj)
     prog_id = pop.xdp_prog_id()
-    with running(pop) as s:
-        assert s.notified("READY=1", 20), s.text()
-        assert f"p0: adopted the attached program (native, prog id {prog_id})" in s.text()
+    for _ in range(2):
+        with running(pop) as s:
+            assert s.notified("READY=1", 20), s.text()
+            assert f"p0: adopted the attached program (native, prog id {prog_id})" in s.text()
+            assert "already running this object" in s.text()
+            assert pop.xdp_prog_id() == prog_id
+            s.signal(signal.SIGINT)
+            assert s.proc.wait(10) == 0, s.text()
         assert pop.xdp_prog_id() == prog_id
-        s.signal(signal.SIGINT)
-        assert s.proc.wait(10) == 0, s.text()
-    assert pop.xdp_prog_id() == 0
+    with pop.hosts.pop.entered():
+        loader.detach("p0", pop.pins)
     assert not (pop.pins / "p0").exists()
 
 
@@ -334,7 +371,9 @@ def test_runs_confined_as_the_unit_confines_it(pop: Pop) -> None:
         assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE, 3), s.text()
         s.signal(signal.SIGTERM)
         assert s.proc.wait(10) == 0, s.text()
-    assert pop.xdp_prog_id() == 0
+    assert pop.xdp_prog_id() != 0  # left attached
+    with pop.hosts.pop.entered():
+        loader.detach("p0", pop.pins)
     # Each capability is needed: without CAP_PERFMON the verifier refuses the program.
     with running(pop, wrap=confined([c for c in caps if c != "perfmon"])) as s:
         assert s.proc.wait(20) == 1

@@ -272,11 +272,9 @@ def test_daemon_prometheus_counters(lab):
 
     with lab.pop.entered():
         body = urllib.request.urlopen("http://127.0.0.1:9117/metrics", timeout=10).read().decode()
-    values = {
-        line.split()[0]: int(line.split()[1])
-        for line in body.splitlines()
-        if line and not line.startswith("#")
-    }
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {s.name: s.value for f in text_string_to_metric_families(body) for s in f.samples}
     assert values["bifrost_cached_answers_stored_total"] >= 3
     assert values["bifrost_cached_scheduled_refreshes_total"] >= 1
     assert values["bifrost_nf_answers_total"] >= 3

@@ -24,7 +24,8 @@ def ns():
 
 
 def bifrost(*args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "bifrost.cli.main", "-c", "/nonexistent.toml", *args]
+    # No -c: the defaults (an explicit -c must name an existing file).
+    argv = [sys.executable, "-m", "bifrost.cli.main", *args]
     # Generous: the CLI imports every component, slow over 9p under TCG.
     return subprocess.run(argv, capture_output=True, text=True, timeout=300)
 

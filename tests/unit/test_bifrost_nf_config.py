@@ -43,7 +43,9 @@ def test_good_config_and_defaults():
 def test_example_config_parses():
     from bifrost.paths import SOURCE_ROOT
 
-    cfgmod.load(SOURCE_ROOT / "etc" / "bifrost.example.toml")
+    cache = cfgmod.load(SOURCE_ROOT / "etc" / "bifrost.example.toml").cache
+    assert cache is not None and cache.services, "the example configures [[cache.service]]"
+    assert all(s.port for s in cache.services)
 
 
 @pytest.mark.parametrize(
@@ -55,7 +57,8 @@ def test_example_config_parses():
         ('[[cache.service]]\naddress = "1.2.3.4"\nport = 0', "cache.service[0].port = 0"),
         ('[[cache.service]]\naddress = "1.2.3.4"\nport = 1\non_miss = "x"', "on_miss = 'x'"),
         ('[[cache.service]]\naddress = "1.2.3.4"\nport = 1\n'
-         '[[cache.service]]\naddress = "1.2.3.4"\nport = 1', "configured twice"),
+         '[[cache.service]]\naddress = "1.2.3.4"\nport = 1',
+         "cache.service[1]: 1.2.3.4:1 is configured twice"),
         ("[cache]\nrate_burst = 0", "cache.rate_burst = 0"),
     ],
 )  # fmt: skip

@@ -11,6 +11,7 @@ import pytest
 from bifrost import codegen
 from bifrost.abi.defs import DEVICES
 from bifrost.abi.spec import Device, layout, record_size
+from bifrost.xdp import maps_def
 
 pytestmark = pytest.mark.unit
 
@@ -121,7 +122,7 @@ def test_decode_rejects_wrong_header(dev: Device) -> None:
 def test_generated_files_are_up_to_date() -> None:
     stale = [
         str(g.path.relative_to(codegen.SOURCE_ROOT))
-        for g in codegen.abi_outputs()
+        for g in codegen.committed_outputs()
         if not g.path.exists() or g.path.read_text() != g.text
     ]
     assert not stale, f"run `invoke generate` and commit: {stale}"
@@ -138,10 +139,11 @@ def test_module_config_defines_each_enabled_module() -> None:
 
 def test_module_config_header_compiles(tmp_path: Path) -> None:
     hdr = tmp_path / "module_config.h"
-    hdr.write_text(codegen.render_module_config(list(codegen.GAME_MODULE_DEFINES), "t"))
+    hdr.write_text(codegen.render_module_config(list(maps_def.AVAILABLE_MODULES), "t"))
     src = tmp_path / "t.c"
     defines = "".join(
-        f"#ifndef {d}\n#error {d} missing\n#endif\n" for d in codegen.GAME_MODULE_DEFINES.values()
+        f"#ifndef {m.define}\n#error {m.define} missing\n#endif\n"
+        for m in maps_def.AVAILABLE_MODULES.values()
     )
     src.write_text(f'#include "module_config.h"\n{defines}int main(void) {{ return 0; }}\n')
     subprocess.run(

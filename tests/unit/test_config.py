@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bifrost import config
+from bifrost import config, config_schema
 from bifrost.config import ConfigError, Reader
 
 pytestmark = pytest.mark.unit
@@ -110,7 +110,7 @@ def _done_after(r: Reader, *read: str) -> None:
 def test_list_items_name_the_index() -> None:
     r = Reader({"ports": [1, 2, 0]}, "xdp")
     with pytest.raises(ConfigError, match=r"^xdp\.ports\[2\] = 0: expected a port number"):
-        r.items("ports", config.port_of)
+        r.items("ports", config_schema.port_of)
 
 
 def test_tables_must_be_an_array() -> None:
@@ -126,8 +126,12 @@ def test_unknown_top_level_section(tmp_path: Path) -> None:
 
 
 def test_unreadable_and_invalid_toml_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"missing\.toml: cannot read config"):
+    with pytest.raises(ConfigError, match=r"missing\.toml: config file does not exist"):
         config.load(tmp_path / "missing.toml")
+    unreadable = tmp_path / "dir.toml"
+    unreadable.mkdir()
+    with pytest.raises(ConfigError, match=r"dir\.toml: cannot read config"):
+        config.load(unreadable)
     bad = tmp_path / "bad.toml"
     bad.write_text("[xdp\n")
     with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
@@ -139,3 +143,42 @@ def test_example_config_loads() -> None:
     assert cfg.xdp is not None
     assert cfg.cache is not None
     assert cfg.fou_map is not None
+
+
+def test_cli_config_named_but_missing_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`-c /typo` must not fall back to the defaults; no -c and no default file does."""
+    with pytest.raises(ConfigError, match=r"typo\.toml: config file does not exist"):
+        config.load_for_cli(tmp_path / "typo.toml")
+    monkeypatch.setattr(config, "DEFAULT_CONFIG", tmp_path / "absent.toml")
+    empty = config.load_for_cli(None)
+    assert (empty.source, empty.xdp, empty.cache, empty.fou_map) == (None, None, None, None)
+    present = tmp_path / "present.toml"
+    present.write_text("[fou_map]\nports = [6000]\n")
+    monkeypatch.setattr(config, "DEFAULT_CONFIG", present)
+    got = config.load_for_cli(None)
+    assert got.source == present
+    assert got.fou_map is not None and got.fou_map.table.ports == (6000,)
+
+
+def test_config_sections_are_typed_and_import_no_cycle() -> None:
+    """config_schema imports no component; the components import only config_schema."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, bifrost.config_schema as s; "
+        "assert not any(m.startswith(('bifrost.xdp', 'bifrost.fou_map', 'bifrost.bifrost_nf', "
+        "'bifrost.config')) and m != 'bifrost.config_schema' for m in sys.modules), "
+        "sorted(m for m in sys.modules if m.startswith('bifrost'))"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True)
+    for comp in ("bifrost.xdp.config", "bifrost.fou_map.config", "bifrost.bifrost_nf.config"):
+        done = subprocess.run(
+            [sys.executable, "-c", f"import sys, {comp}; print('bifrost.config' in sys.modules)"],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.stdout.strip() == "False", f"{comp} imports bifrost.config"
+    hints = config.Config.__annotations__
+    assert hints["xdp"] == "XdpConfig | None" and hints["fou_map"] == "FouMapConfig | None"

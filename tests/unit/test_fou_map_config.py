@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from bifrost.config import ConfigError, Reader
+from bifrost.config_schema import ConfigError, Reader
 from bifrost.fou_map import config as fmconfig
 from bifrost.fou_map import daemon
 from bifrost.fou_map.cli import format_table
-from bifrost.fou_map.control import MapEntry, TableStats
+from bifrost.fou_map.control import MapEntry
 
 pytestmark = pytest.mark.unit
 
@@ -56,14 +56,17 @@ def test_full_section():
     ("data", "needle"),
     [
         ({"ports": [0]}, "fou_map.ports[0] = 0"),
-        ({"ports": list(range(1, 10))}, "fou_map.ports"),
-        ({"ports": [5555, 5555]}, "distinct"),
+        (
+            {"ports": list(range(1, 10))},
+            "fou_map.ports = [1, 2, 3, 4, 5, 6, 7, 8, 9]: expected 1..8 distinct ports",
+        ),
+        ({"ports": [5555, 5555]}, "fou_map.ports = [5555, 5555]: expected 1..8 distinct ports"),
         ({"idle_timeout": 0.01}, "fou_map.idle_timeout = 0.01"),
         ({"max_entries": 2_000_000}, "fou_map.max_entries = 2000000"),
         ({"miss_policy": "reject"}, "fou_map.miss_policy = 'reject'"),
         ({"static": [{"client": "x", "pop": "10.0.0.1"}]}, "fou_map.static[0].client = 'x'"),
         ({"bogus": 1}, "fou_map.bogus: unknown key"),
-        ({"endpoint": {"local": "10.0.0.1"}}, "fou_map.endpoint.gateway"),
+        ({"endpoint": {"local": "10.0.0.1"}}, "fou_map.endpoint.gateway: required key is missing"),
         (
             {"endpoint": {"local": "10.0.0.1", "gateway": "10.0.0.2", "addresses": ["1.2.3"]}},
             "fou_map.endpoint.addresses[0] = '1.2.3'",
@@ -75,7 +78,32 @@ def test_full_section():
                     {"client": "10.0.0.1", "pop": "10.0.0.3"},
                 ]
             },
-            "listed twice",
+            "fou_map.static[1].client = '10.0.0.1': this client is listed twice",
+        ),
+        (
+            {
+                "max_entries": 1,
+                "static": [
+                    {"client": "10.0.0.1", "pop": "10.0.0.2"},
+                    {"client": "10.0.0.3", "pop": "10.0.0.2"},
+                ],
+            },
+            "fou_map.max_entries = 1: fou_map.static lists 2 entries",
+        ),
+        # What fou_map's ADD refuses (fm_valid_unicast) is refused here, naming key and value.
+        *(
+            (
+                {"static": [{"client": bad, "pop": "192.0.2.1"}]},
+                f"fou_map.static[0].client = '{bad}'",
+            )
+            for bad in ("0.0.0.0", "224.0.0.1", "239.255.255.250", "255.255.255.255", "127.0.0.1")
+        ),
+        *(
+            (
+                {"static": [{"client": "203.0.113.5", "pop": bad}]},
+                f"fou_map.static[0].pop = '{bad}'",
+            )
+            for bad in ("0.0.0.0", "225.1.2.3", "255.255.255.255", "127.3.2.1")
         ),
     ],
 )
@@ -83,6 +111,15 @@ def test_errors_name_key_and_value(data, needle):
     with pytest.raises(ConfigError) as e:
         parse(data)
     assert needle in str(e.value)
+
+
+def test_kernel_refusals_match_fm_valid_unicast():
+    """The same four classes as the kernel (ipv4_is_zeronet/multicast/lbcast/loopback)."""
+    refused = fmconfig.refused_by_kernel
+    for ok in ("1.0.0.1", "10.0.0.1", "192.0.2.255", "223.255.255.255", "240.0.0.1", "0.0.0.1"):
+        assert refused(ipaddress.IPv4Address(ok)) is None, ok
+    for bad in ("0.0.0.0", "224.0.0.0", "239.255.255.255", "255.255.255.255", "127.255.0.1"):
+        assert refused(ipaddress.IPv4Address(bad)), bad
 
 
 def entry(client: str, pop: str, static: bool = False, age: int = 1500) -> MapEntry:
@@ -109,13 +146,6 @@ def test_snapshot_roundtrip(tmp_path):
     path.write_text("{not json")
     assert daemon.read_snapshot(path) is None
     assert daemon.read_snapshot(tmp_path / "missing") is None
-
-
-def test_metrics_text():
-    stats = TableStats(3, 1, 10, 4, 56, 1, 200)
-    text = daemon.metrics_text({"learned": 5, "moved": 2}, stats)
-    assert "# TYPE bifrost_fou_map_learned_total counter\nbifrost_fou_map_learned_total 5\n" in text
-    assert "bifrost_fou_map_entries 3\n" in text and "bifrost_fou_map_max_entries 10\n" in text
 
 
 def test_format_table():

@@ -98,6 +98,24 @@ def test_install_keeps_an_existing_config(tmp_path: Path) -> None:
     assert cfg.read_text() == '[fou_map]\ndevice = "/dev/fou_map"\n'
 
 
+def test_mistyped_config_is_an_error_and_not_created(tmp_path: Path) -> None:
+    """install --config /etc/bifrost/bifrots.toml must not install the example there."""
+    root = tmp_path / "root"
+    typo = Path("/etc/bifrost/bifrots.toml")
+    with pytest.raises(install.InstallError, match=r"bifrots\.toml: config file does not exist"):
+        install.install(root, config_path=typo)
+    assert not (root / "etc/bifrost/bifrots.toml").exists()
+    assert not (root / "etc/bifrost/bifrost.toml").exists()
+    # An explicit path that exists is followed by the units.
+    own = root / "etc/bifrost/pop.toml"
+    own.parent.mkdir(parents=True)
+    own.write_text('[fou_map]\ndevice = "/dev/fou_map"\n')
+    manifest = install.install(root, config_path=Path("/etc/bifrost/pop.toml"))
+    assert "/etc/bifrost/pop.toml" not in manifest.files, "the operator's file is not ours"
+    unit = (root / "etc/systemd/system/bifrost-foumapd.service").read_text()
+    assert "--config /etc/bifrost/pop.toml" in unit
+
+
 def test_uninstall_without_manifest_says_so(tmp_path: Path) -> None:
     with pytest.raises(install.InstallError, match="nothing to uninstall"):
         install.uninstall(tmp_path)
@@ -154,8 +172,8 @@ def test_xdp_unit_reloads_with_sighup_and_keeps_the_bpffs_writable(tmp_path: Pat
     assert "After=network-online.target" in lines
     assert "ReadWritePaths=/sys/fs/bpf" in lines
     assert "CapabilityBoundingSet=CAP_NET_ADMIN CAP_BPF CAP_PERFMON" in lines
-    # Stopping detaches: the unit says so where an operator reads it.
-    assert "Stopping the service detaches the program" in text
+    # Stopping leaves the program attached: the unit says so where an operator reads it.
+    assert "Stopping the service leaves the program attached" in text
 
 
 def test_units_fail_verify_when_broken(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,74 @@ def test_every_task_has_a_docstring(tasks: ModuleType) -> None:
         t = getattr(tasks, name)
         assert isinstance(t, Task), name
         assert (t.__doc__ or "").strip(), f"{name} needs a docstring (its --help)"
+
+
+def _as_nobody(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, "-c",
+         f"import sys, runpy; sys.argv={['invoke', *argv]!r}; "
+         "runpy.run_module('invoke', run_name='__main__')"],
+        cwd=SOURCE_ROOT, capture_output=True, text=True, check=False, timeout=300,
+        env={**os.environ, "HOME": "/tmp"},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "needs"),
+    [
+        (["build"], "build needs root: sudo .venv/bin/invoke build"),
+        (["generate"], "generate: permission denied on "),
+        (["test", "--tier", "unit"], "test: permission denied on "),
+        (["vm", "--", "true"], "vm: permission denied on "),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else "",
+)
+def test_unprivileged_tasks_say_what_is_needed(
+    tasks: ModuleType, argv: list[str], needs: str, tmp_path: Path
+) -> None:
+    """As a user who may not write the tree (setup.sh ran as root): one line, no traceback."""
+    if os.geteuid() == 0:
+        # The tree belongs to root; build/ must exist for the check to be about it.
+        (SOURCE_ROOT / "build").mkdir(exist_ok=True)
+        if argv == ["generate"]:
+            # With every output up to date generate writes nothing and rightly
+            # succeeds; a missing output makes it write, which nobody may not.
+            (SOURCE_ROOT / "build" / "xdp" / "module_config.h").unlink(missing_ok=True)
+        done = _as_nobody(argv)
+        out = done.stdout + done.stderr
+        assert done.returncode != 0, out
+        assert "Traceback" not in out, out
+        assert needs in out, out
+    else:
+        # Not root: exercise the same guard on a path this user cannot write.
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+
+        @tasks._no_traceback("generate")
+        def writes() -> None:
+            (ro / "x").write_text("")
+
+        with pytest.raises(Exit, match=r"generate: permission denied on .*ro/x"):
+            writes()
+
+
+def test_unreadable_config_names_the_file(tasks: ModuleType, tmp_path: Path) -> None:
+    """An operator config only root may read: the task says so instead of 'bad config'."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:
+        os.chmod(d, 0o755)  # others may look in, as in /etc/bifrost
+        cfg = Path(d) / "bifrost.toml"
+        cfg.write_text("[xdp]\nmodules = []\n")
+        cfg.chmod(0o600)
+        want = f"generate: {cfg} is not readable by this user: run as root"
+        if os.geteuid() == 0:
+            done = _as_nobody(["generate", "--config", str(cfg)])
+            out = done.stdout + done.stderr
+            assert done.returncode != 0 and "Traceback" not in out, out
+            assert want in out, out
+        else:
+            cfg.chmod(0o000)
+            with pytest.raises(Exit, match=re.escape(want)):
+                tasks._load_config(cfg, "generate")

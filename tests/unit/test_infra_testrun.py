@@ -115,3 +115,24 @@ def test_bench_runs_host_benchmarks_and_reports_failures(
     assert "=== bench_ok.py (host) ===" in out
     assert "FAILED bench_broken.py (rc 3)" in out
     assert bench.run("unused-kernel", only="nothing-matches", bench_dir=tmp_path) == 1
+
+
+def test_kernel_tier_runs_its_host_side_per_kernel_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`invoke test` runs tests/host's kernel-marked tests once per line, told the line."""
+    calls: list[tuple[list[str], dict[str, str] | None]] = []
+
+    def fake_pytest(args: list[str], junit: Path, env: dict[str, str] | None = None) -> int:
+        calls.append((args, env))
+        junit.write_text(JUNIT)
+        return 1
+
+    monkeypatch.setattr(testrun, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(testrun, "_pytest", fake_pytest)
+    res = testrun.run_kernel_host_tier("6.12.117+deb12-amd64")
+    assert calls == [(["-m", "kernel", "tests/host"], {"BIFROST_KERNEL": "6.12.117+deb12-amd64"})]
+    assert res.name == "kernel 6.12.117+deb12-amd64 (host)"
+    assert (res.passed, res.failed, res.errors, res.skipped) == (2, 1, 1, 1)
+    # A skip there fails the run, as in the guest's kernel tier.
+    assert "kernel 6.12.117+deb12-amd64 (host): 1 skipped" in " ".join(testrun.verdict([res]))

@@ -82,12 +82,24 @@ def test_desired_map_content() -> None:
     [
         (('ipv6 = "drop"', 'ipv6 = "maybe"'), "xdp.ipv6 = 'maybe'"),
         (('pop_address = "198.51.100.1"', 'pop_address = "nope"'), "xdp.pop_address = 'nope'"),
-        (('ports = ["27015-27017", 27020]', 'ports = ["27020-27015"]'), "xdp.rule[0].ports[0]"),
-        (('block = ["203.0.113.0/24"]', 'block = ["300.1.1.0/24"]'), "xdp.block[0]"),
+        (
+            ('ports = ["27015-27017", 27020]', 'ports = ["27020-27015"]'),
+            "xdp.rule[0].ports[0] = '27020-27015'",
+        ),
+        (
+            ('block = ["203.0.113.0/24"]', 'block = ["300.1.1.0/24"]'),
+            "xdp.block[0] = '300.1.1.0/24'",
+        ),
         (('proto = "tcp"', 'proto = "sctp"'), "xdp.rule[1].proto = 'sctp'"),
         (("cache = true", 'cache = true\ncolour = "red"'), "xdp.rule[0].colour: unknown key"),
-        (('modules = ["srcds"]\ninterface', "modules = []\ninterface"), "not in xdp.modules"),
-        (('name = "web"', 'name = "web"\nports = [27016]\ncache = true'), "UDP rules only"),
+        (
+            ('modules = ["srcds"]\ninterface', "modules = []\ninterface"),
+            "xdp.rule[0].modules = ['srcds']: srcds is not in xdp.modules",
+        ),
+        (
+            ('name = "web"', 'name = "web"\nports = [27016]\ncache = true'),
+            "xdp.rule[1].cache = True: caching applies to UDP rules only",
+        ),
     ],
 )
 def test_errors_name_key_and_value(edit: tuple[str, str], message: str) -> None:
@@ -102,7 +114,12 @@ def test_overlapping_rules_rejected() -> None:
         GOOD
         + '\n[[xdp.rule]]\nanycast = "198.51.100.10"\nports = [27016]\ngame_server = "10.0.0.5"\n'
     )
-    with pytest.raises(ConfigError, match="already covered by rule 'cs2'"):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "xdp.rule[2].ports: 198.51.100.10 udp port 27016 is already covered by rule 'cs2'"
+        ),
+    ):
         load(text)
 
 

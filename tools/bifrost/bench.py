@@ -18,7 +18,7 @@ from bifrost import dkms, vm
 from bifrost.paths import SOURCE_ROOT
 
 BENCH_DIR = SOURCE_ROOT / "benchmarks"
-GUEST_TIMEOUT = 1800
+GUEST_TIMEOUT = 3600  # bench_fou_map alone may take its 10-minute echo budget and a 1M fill
 
 
 @dataclass(frozen=True)

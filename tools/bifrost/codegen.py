@@ -1,4 +1,10 @@
-"""Code generation (Jinja2): uapi headers, Python codecs, dkms.conf, module_config.h."""
+"""Code generation (Jinja2): uapi headers, codecs, XDP map header, dkms.conf, module_config.h.
+
+One Jinja environment renders every template, from one kind of definition
+(``bifrost.abi.spec`` fields laid out by ``field_layout``), and one writer puts
+the results on disk: the chardev ABIs (``bifrost.abi.defs``), the XDP map
+layouts (``bifrost.xdp.maps_def``) and the per-host files under build/.
+"""
 
 from __future__ import annotations
 
@@ -13,34 +19,15 @@ from pathlib import Path
 import jinja2
 
 from bifrost import __version__
-from bifrost.abi.spec import SCALARS, Device, Field, Record, layout, record_size
+from bifrost.abi.spec import SCALARS, Device, Field, Record, field_format, layout, record_size
 from bifrost.paths import BUILD_DIR, KMOD_DIR, MODULES, PACKAGE_DIR, SOURCE_ROOT, TEMPLATES_DIR
+from bifrost.xdp import maps_def
 
 log = logging.getLogger(__name__)
-
-# Game modules the XDP program knows: config name -> compile-time define.
-GAME_MODULE_DEFINES = {"srcds": "SRCDS_HANDSHAKE"}
-
-
-def _env(path: Path) -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(path)),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
 
 
 def _ctype(f: Field) -> str:
     return SCALARS[f.type][0]
-
-
-def _fmt(f: Field) -> str:
-    if f.is_bytes:
-        return f"{f.count}s"
-    ch = SCALARS[f.type][1]
-    return ch if f.count == 1 else f"{f.count}{ch}"
 
 
 def _pytype(f: Field) -> str:
@@ -72,25 +59,41 @@ def _classname(r: Record) -> str:
     return "".join(part.capitalize() for part in r.name.split("_"))
 
 
+def _env() -> jinja2.Environment:
+    """The one environment: every template, the helpers they share, undefined is an error."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(TEMPLATES_DIR), str(SOURCE_ROOT / "dkms")]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.globals.update(
+        ctype=_ctype, classname=_classname, pytype=_pytype, pydefault=_pydefault, pydoc=_pydoc
+    )
+    return env
+
+
+def render(template: str, **context: object) -> str:
+    return _env().get_template(template).render(**context)
+
+
 def render_uapi(dev: Device) -> str:
-    env = _env(TEMPLATES_DIR)
-    env.globals["ctype"] = _ctype
-    return env.get_template("uapi.h.j2").render(dev=dev, p=dev.prefix, P=dev.prefix.upper())
+    return render("uapi.h.j2", dev=dev, p=dev.prefix, P=dev.prefix.upper())
 
 
 def render_codec(dev: Device) -> str:
-    env = _env(TEMPLATES_DIR)
-    env.globals.update(classname=_classname, pytype=_pytype, pydefault=_pydefault, pydoc=_pydoc)
     formats, sizes, offsets, specs = {}, {}, {}, {}
     for r in dev.records:
         lay = layout(dev, r)
-        formats[r.name] = "".join(_fmt(f) for f, _ in lay)
+        formats[r.name] = "".join(field_format(f) for f, _ in lay)
         sizes[r.name] = record_size(dev, r)
         offsets[r.name] = {f.name: off for f, off in lay[len(dev.header) :]}
         specs[r.name] = tuple((f.name, f.type, f.count) for f in r.fields)
-    text = env.get_template("codec.py.j2").render(
+    text = render(
+        "codec.py.j2",
         dev=dev,
-        header_format="".join(_fmt(f) for f in dev.header),
+        header_format="".join(field_format(f) for f in dev.header),
         formats=formats,
         sizes=sizes,
         offsets=offsets,
@@ -114,19 +117,26 @@ def _ruff_format(text: str) -> str:
     return done.stdout
 
 
-def render_dkms_conf(name: str, version: str = __version__) -> str:
-    return (
-        _env(SOURCE_ROOT / "dkms").get_template("dkms.conf.j2").render(name=name, version=version)
+def render_xdp_maps() -> str:
+    """xdp/generated/bifrost_maps.h: the XDP program's map layouts, reasons and constants."""
+    for s in maps_def.STRUCTS:
+        s.layout()  # raises on padding before anything is written
+    return render(
+        "xdp_maps.h.j2",
+        structs=maps_def.STRUCTS,
+        reasons=maps_def.REASONS,
+        constants=maps_def.CONSTANTS,
     )
+
+
+def render_dkms_conf(name: str, version: str = __version__) -> str:
+    return render("dkms.conf.j2", name=name, version=version)
 
 
 def render_module_config(game_modules: list[str], source: str) -> str:
-    defines = [GAME_MODULE_DEFINES[m] for m in game_modules]
-    return (
-        _env(TEMPLATES_DIR)
-        .get_template("module_config.h.j2")
-        .render(modules=defines, source=source)
-    )
+    """module_config.h: the defines that compile the given game modules in."""
+    defines = [maps_def.AVAILABLE_MODULES[m].define for m in game_modules]
+    return render("module_config.h.j2", modules=defines, source=source)
 
 
 def uapi_path(dev: Device) -> Path:
@@ -144,7 +154,7 @@ class Generated:
 
 
 def abi_outputs() -> list[Generated]:
-    """The committed generated files: a unit test checks they are up to date."""
+    """The chardev uapi headers and codecs."""
     from bifrost.abi.defs import DEVICES
 
     out = []
@@ -152,6 +162,16 @@ def abi_outputs() -> list[Generated]:
         out.append(Generated(uapi_path(dev), render_uapi(dev)))
         out.append(Generated(codec_path(dev), render_codec(dev)))
     return out
+
+
+def xdp_outputs() -> list[Generated]:
+    """The XDP program's map header."""
+    return [Generated(maps_def.HEADER_PATH, render_xdp_maps())]
+
+
+def committed_outputs() -> list[Generated]:
+    """Every generated file kept in git: a unit test checks they are up to date."""
+    return abi_outputs() + xdp_outputs()
 
 
 def build_outputs(

@@ -2,142 +2,29 @@
 
 One file per host (default /etc/bifrost/bifrost.toml). Each component owns its
 section's schema (``bifrost.xdp.config``, ``bifrost.bifrost_nf.config``,
-``bifrost.fou_map.config``); this module holds the reader they share, whose
-errors always name the full key and the offending value.
+``bifrost.fou_map.config``), written with the reader of
+``bifrost.config_schema``, whose errors always name the full key and the
+offending value. This module puts the sections together; nothing imports it
+back, so there is no import cycle.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import tomllib
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
-_MISSING: Any = object()
+from bifrost.bifrost_nf.config import CacheConfig
+from bifrost.bifrost_nf.config import parse as parse_cache
+from bifrost.config_schema import ConfigError, Reader
+from bifrost.fou_map.config import FouMapConfig
+from bifrost.fou_map.config import parse as parse_fou_map
+from bifrost.paths import DEFAULT_CONFIG
+from bifrost.xdp.config import XdpConfig
+from bifrost.xdp.config import parse as parse_xdp
 
-
-class ConfigError(ValueError):
-    """A config key is missing, unknown or has a bad value; the message names it."""
-
-
-class Reader:
-    """Typed access to one TOML table; remembers which keys were read."""
-
-    def __init__(self, data: dict[str, Any], where: str = "") -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where or '<top>'}: expected a table, got {data!r}")
-        self.data = data
-        self.where = where
-        self._seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
-
-    def has(self, name: str) -> bool:
-        return name in self.data
-
-    def _get(self, name: str, default: Any) -> Any:
-        self._seen.add(name)
-        if name in self.data:
-            return self.data[name]
-        if default is _MISSING:
-            raise ConfigError(f"{self.key(name)}: required key is missing")
-        return default
-
-    def fail(self, name: str, value: Any, why: str) -> ConfigError:
-        return ConfigError(f"{self.key(name)} = {value!r}: {why}")
-
-    def integer(
-        self, name: str, default: Any = _MISSING, lo: int | None = None, hi: int | None = None
-    ) -> int:
-        v = self._get(name, default)
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self.fail(name, v, "expected an integer")
-        if lo is not None and v < lo:
-            raise self.fail(name, v, f"must be >= {lo}")
-        if hi is not None and v > hi:
-            raise self.fail(name, v, f"must be <= {hi}")
-        return v
-
-    def number(self, name: str, default: Any = _MISSING, lo: float | None = None) -> float:
-        v = self._get(name, default)
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise self.fail(name, v, "expected a number")
-        if lo is not None and v < lo:
-            raise self.fail(name, v, f"must be >= {lo}")
-        return float(v)
-
-    def boolean(self, name: str, default: Any = _MISSING) -> bool:
-        v = self._get(name, default)
-        if not isinstance(v, bool):
-            raise self.fail(name, v, "expected true or false")
-        return v
-
-    def string(self, name: str, default: Any = _MISSING, choices: Iterable[str] = ()) -> str:
-        v = self._get(name, default)
-        if not isinstance(v, str):
-            raise self.fail(name, v, "expected a string")
-        allowed = tuple(choices)
-        if allowed and v not in allowed:
-            raise self.fail(name, v, f"must be one of {', '.join(allowed)}")
-        return v
-
-    def port(self, name: str, default: Any = _MISSING) -> int:
-        return self.integer(name, default, lo=1, hi=65535)
-
-    def ipv4(self, name: str, default: Any = _MISSING) -> ipaddress.IPv4Address:
-        v = self._get(name, default)
-        try:
-            return ipaddress.IPv4Address(v)
-        except (ipaddress.AddressValueError, ValueError, TypeError):
-            raise self.fail(name, v, "expected an IPv4 address like 192.0.2.1") from None
-
-    def ipv4_network(self, name: str, value: Any) -> ipaddress.IPv4Network:
-        try:
-            return ipaddress.IPv4Network(value, strict=False)
-        except (ValueError, TypeError):
-            raise self.fail(name, value, "expected an IPv4 prefix like 192.0.2.0/24") from None
-
-    def items(self, name: str, convert: Callable[[Any], T], default: Any = _MISSING) -> list[T]:
-        """A list whose every element passes ``convert`` (which raises ValueError)."""
-        v = self._get(name, default)
-        if not isinstance(v, list):
-            raise self.fail(name, v, "expected a list")
-        out = []
-        for i, item in enumerate(v):
-            try:
-                out.append(convert(item))
-            except (ValueError, TypeError) as e:
-                raise ConfigError(f"{self.key(name)}[{i}] = {item!r}: {e}") from None
-        return out
-
-    def section(self, name: str, optional: bool = False) -> Reader | None:
-        v = self._get(name, None if optional else _MISSING)
-        if v is None:
-            return None
-        return Reader(v, self.key(name))
-
-    def tables(self, name: str) -> list[Reader]:
-        """An array of tables, [[name]]."""
-        v = self._get(name, [])
-        if not isinstance(v, list):
-            raise self.fail(name, v, "expected an array of tables ([[...]])")
-        return [Reader(item, f"{self.key(name)}[{i}]") for i, item in enumerate(v)]
-
-    def done(self) -> None:
-        """Reject keys nobody read: a typo must not be silently ignored."""
-        unknown = sorted(set(self.data) - self._seen)
-        if unknown:
-            raise ConfigError(f"{self.key(unknown[0])}: unknown key")
-
-
-def port_of(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ValueError("expected a port number 1..65535")
-    return value
+__all__ = ["Config", "ConfigError", "Reader", "load", "load_for_cli", "parse"]
 
 
 @dataclass(frozen=True)
@@ -145,26 +32,21 @@ class Config:
     """The whole host config; a section is None when the host does not run that part."""
 
     source: Path | None
-    xdp: Any
-    cache: Any
-    fou_map: Any
+    xdp: XdpConfig | None
+    cache: CacheConfig | None  # [cache]: bifrost_nf and bifrost-cached
+    fou_map: FouMapConfig | None
 
 
 def parse(data: dict[str, Any], source: Path | None = None) -> Config:
-    # Imported here so each component's schema lives with the component.
-    from bifrost.bifrost_nf import config as cache_config
-    from bifrost.fou_map import config as foumap_config
-    from bifrost.xdp import config as xdp_config
-
     top = Reader(data)
     xdp_sec = top.section("xdp", optional=True)
     cache_sec = top.section("cache", optional=True)
     fm_sec = top.section("fou_map", optional=True)
     cfg = Config(
         source=source,
-        xdp=xdp_config.parse(xdp_sec) if xdp_sec else None,
-        cache=cache_config.parse(cache_sec) if cache_sec else None,
-        fou_map=foumap_config.parse(fm_sec) if fm_sec else None,
+        xdp=parse_xdp(xdp_sec) if xdp_sec else None,
+        cache=parse_cache(cache_sec) if cache_sec else None,
+        fou_map=parse_fou_map(fm_sec) if fm_sec else None,
     )
     top.done()
     return cfg
@@ -173,6 +55,8 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
 def load(path: Path) -> Config:
     try:
         text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file does not exist") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
     try:
@@ -180,3 +64,13 @@ def load(path: Path) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     return parse(data, path)
+
+
+def load_for_cli(path: Path | None) -> Config:
+    """The config a command was given: a file named on the command line must exist;
+    without one, DEFAULT_CONFIG if it exists, else no sections (every default)."""
+    if path is not None:
+        return load(path)
+    if DEFAULT_CONFIG.exists():
+        return load(DEFAULT_CONFIG)
+    return Config(source=None, xdp=None, cache=None, fou_map=None)

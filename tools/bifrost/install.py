@@ -163,13 +163,24 @@ def _place(root: Path, path: Path, data: bytes, manifest: Manifest, mode: int = 
 def install(
     root: Path = Path("/"),
     kernels: list[str] | None = None,
-    config_path: Path = DEFAULT_CONFIG,
+    config_path: Path | None = None,
     manifest_path: Path = MANIFEST,
 ) -> Manifest:
-    """Install everything; idempotent. With root != '/' only place files under root."""
+    """Install everything; idempotent. With root != '/' only place files under root.
+
+    config_path: the operator's config, which must exist; None: DEFAULT_CONFIG,
+    installed from the example when there is none.
+    """
     live = root == Path("/")
     if live:
         require_root()
+    if config_path is not None and not _under(root, config_path).exists():
+        # A mistyped --config must not become a fresh copy of the example.
+        raise InstallError(
+            f"{config_path}: config file does not exist "
+            f"(without --config, the example is installed as {DEFAULT_CONFIG})"
+        )
+    config_path = config_path or DEFAULT_CONFIG
     root.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.load(_under(root, manifest_path))
 

@@ -1,7 +1,11 @@
-"""Network namespaces for tests and the lab: create, wire with veth, run things inside.
+"""Network namespaces: enter an existing one by name; create and wire ones for tests and the lab.
 
-Built on pyroute2 (netlink). Names are unique per process so concurrent tests
-never collide, and close() removes the namespace with everything in it.
+Built on pyroute2 (netlink). pyroute2 creates a namespace it is asked to enter
+when it does not exist (O_CREAT by default); an operator's `--netns typo` must
+be an error instead, so the commands use ``require``, ``entered`` and ``rtnl``
+here, which never create. ``Namespace`` creates: names are unique per process
+so concurrent tests never collide, and close() removes the namespace with
+everything in it.
 """
 
 from __future__ import annotations
@@ -15,12 +19,50 @@ import socket
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Self
 
 from pyroute2 import IPRoute, NetNS, netns
 
 log = logging.getLogger(__name__)
 _counter = itertools.count()
+NETNS_DIR = Path("/run/netns")
+
+
+class NoSuchNetns(OSError):
+    """A network namespace named on the command line or in the config does not exist."""
+
+
+def require(name: str) -> None:
+    """Raise NoSuchNetns unless `ip netns` knows the namespace."""
+    if "/" in name or name in ("", ".", "..") or not (NETNS_DIR / name).exists():
+        raise NoSuchNetns(f"network namespace {name!r} does not exist (see `ip netns list`)")
+
+
+@contextmanager
+def entered(name: str | None) -> Iterator[None]:
+    """Switch this thread into an existing namespace (None: stay); never creates one."""
+    if name is None:
+        yield
+        return
+    require(name)
+    saved = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        netns.setns(name, flags=0)
+        try:
+            yield
+        finally:
+            netns.setns(saved, flags=0)
+    finally:
+        os.close(saved)
+
+
+def rtnl(name: str | None) -> IPRoute:
+    """A netlink socket in an existing namespace (None: ours); never creates one."""
+    if name is None:
+        return IPRoute()
+    require(name)
+    return NetNS(name, flags=0)
 
 
 class Namespace:

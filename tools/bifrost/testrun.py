@@ -2,7 +2,9 @@
 
 Order: unit (lint included, as tests/unit/test_lint.py) and bpf on the host;
 DKMS build + install for each kernel (a warning fails it); per kernel ONE guest
-boot running the whole kernel tier; last the DKMS kernel-upgrade test
+boot running the whole kernel tier, then the kernel tier's host side
+(tests/host, marker kernel: the VM runner fails a panic and a timeout, a
+compiler warning fails a DKMS build); last the DKMS kernel-upgrade test
 (tests/host/test_dkms_upgrade.py), which drives DKMS's own hook on the host and
 boots the new kernel. The run fails when any test fails or errors, when a tier
 ran no test, or when a kernel-tier test was skipped.
@@ -22,15 +24,17 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from bifrost import __version__, codegen, dkms, vm
-from bifrost.codegen import GAME_MODULE_DEFINES
 from bifrost.paths import BUILD_DIR, MODULES, SOURCE_ROOT
 from bifrost.xdp import build as xdp_build
+from bifrost.xdp import maps_def
 
 log = logging.getLogger(__name__)
 
 RESULTS_DIR = BUILD_DIR / "test-results"
 TIERS = ("unit", "bpf", "kernel", "upgrade")
-KERNEL_TIER_TIMEOUT = 1500  # seconds per guest boot; the tier aims at ~5 min per component
+# seconds per guest boot: the tier aims at ~5 min per component, but issue 11's
+# acceptance (200 unloads under traffic, a 1M-entry table) takes far longer under TCG
+KERNEL_TIER_TIMEOUT = 3600
 
 
 def kernel_lines() -> list[str]:
@@ -158,7 +162,7 @@ def _build_xdp() -> str | None:
     codegen.write(
         [
             codegen.Generated(
-                header, codegen.render_module_config(list(GAME_MODULE_DEFINES), "tests")
+                header, codegen.render_module_config(list(maps_def.AVAILABLE_MODULES), "tests")
             )
         ]
     )
@@ -228,6 +232,16 @@ def run_kernel_tier(kver: str) -> TierResult:
     return res
 
 
+def run_kernel_host_tier(kver: str) -> TierResult:
+    """The kernel tier's tests that run on the host and boot the guest themselves."""
+    junit = RESULTS_DIR / f"kernel-host-{kver}.xml"
+    start = time.monotonic()
+    _pytest(["-m", "kernel", "tests/host"], junit, env={"BIFROST_KERNEL": kver})
+    res = parse_junit(junit, f"kernel {kver} (host)")
+    res.seconds = time.monotonic() - start
+    return res
+
+
 def run_upgrade_tier() -> TierResult:
     junit = RESULTS_DIR / "upgrade.xml"
     start = time.monotonic()
@@ -278,7 +292,9 @@ def run(tiers: tuple[str, ...] = TIERS, kernels: list[str] | None = None) -> int
         build_for = sorted(set(kernels) | (set(lines) if "upgrade" in tiers else set()))
         results.append(run_dkms_tier(build_for))
     if "kernel" in tiers:
-        results.extend(run_kernel_tier(k) for k in kernels)
+        for k in kernels:
+            results.append(run_kernel_tier(k))
+            results.append(run_kernel_host_tier(k))
     if "upgrade" in tiers:
         results.append(run_upgrade_tier())
     print("\n=== bifrost test summary ===")

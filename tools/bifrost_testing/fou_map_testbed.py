@@ -150,8 +150,9 @@ class Topology:
         return open_in(self.gs)
 
 
-def gs_endpoint(gs: netns.Namespace) -> endpoint.Endpoint:
+def gs_endpoint(gs: netns.Namespace, encap_csum: bool = False) -> endpoint.Endpoint:
     return endpoint.Endpoint(
+        encap_csum=encap_csum,
         local=GS_LOCAL,
         gateway=pop_ip(1),
         netns=gs.name,
@@ -162,7 +163,10 @@ def gs_endpoint(gs: netns.Namespace) -> endpoint.Endpoint:
     )
 
 
-def build(clients: int = 4, echo: bool = True, cfg: TableConfig | None = None) -> Topology:
+def build(
+    clients: int = 4, echo: bool = True, cfg: TableConfig | None = None, encap_csum: bool = False
+) -> Topology:
+    """encap_csum: outer UDP checksums on every tunnel (the POPs' and the game server's)."""
     topo = Topology(network.build(pops=2, clients=clients, prefix="fm"))
     try:
         for n, pop in enumerate(topo.pops, start=1):
@@ -172,11 +176,12 @@ def build(clients: int = 4, echo: bool = True, cfg: TableConfig | None = None) -
                     "ip", "link", "add", "fmpop", "type", "ipip", "remote", GS_LOCAL,
                     "local", pop_ip(n), "ttl", "64", "encap", "fou", "encap-sport", "auto",
                     "encap-dport", str(FOU_PORT),
+                    "encap-csum" if encap_csum else "noencap-csum",
                 ]
             )  # fmt: skip
             pop.run(["ip", "link", "set", "fmpop", "up"])
             pop.run(["ip", "route", "add", f"{SERVICE_IP}/32", "dev", "fmpop"])
-        endpoint.up(gs_endpoint(topo.gs))
+        endpoint.up(gs_endpoint(topo.gs, encap_csum))
         if cfg is not None:
             with topo.fou_map() as fm:
                 fm.configure(cfg)

@@ -17,6 +17,10 @@
 #define BFX_SET_HAVE_FIREWALL 1	/* settings flag: firewall trie not empty */
 #define BFX_FW_ALLOW 1	/* firewall value: allow-listed source */
 #define BFX_FW_BLOCK 2	/* firewall value: block-listed source */
+#define BFX_FW_GEN_BITS 16	/* firewall value: bits per config generation */
+#define BFX_FW_VERDICT_MASK 255	/* firewall value: the verdict in a generation's bits */
+#define BFX_FW_MEMBER 32768	/* firewall value: the prefix is the generation's own */
+#define BFX_GENERATIONS 2	/* configs side by side in the config maps */
 #define BFX_IPV6_PASS 0	/* settings.ipv6_policy */
 #define BFX_IPV6_DROP 1	/* settings.ipv6_policy */
 #define BFX_MAX_RULES 256	/* rule ids are 1..MAX_RULES */
@@ -59,7 +63,7 @@ struct bfx_rule_key {
 	__be32 addr;
 	__u16 port;
 	__u8 proto;
-	__u8 reserved;
+	__u8 gen;	/* config generation (config_gen) */
 };
 
 /* rule_slots value (index: rule_slot_index of the key); proto 0 = empty */
@@ -93,14 +97,19 @@ struct bfx_rule_modules {
 	__u32 bits;
 };
 
+/* rule_names value (index: rule id): which rule name holds the id */
+struct bfx_rule_name {
+	__u8 digest[16];	/* first 16 bytes of sha256(name); zero: free */
+};
+
 /* gameservers value (key: __be32 address) */
 struct bfx_gameserver {
-	__u32 flags;	/* reserved, 0 */
+	__u32 gens;	/* bit g: a game server in config generation g */
 };
 
 /* anycast value (key: __be32 address): traffic to it no rule covers is dropped */
 struct bfx_anycast {
-	__u32 flags;	/* reserved, 0 */
+	__u32 gens;	/* bit g: served in config generation g */
 };
 
 /* firewall key (BPF LPM trie layout) */
@@ -144,7 +153,7 @@ struct bfx_srcds_state {
 	__u64 expires_ns;
 };
 
-/* settings[0]: POP-wide parameters, changed without reloading */
+/* settings[gen]: POP-wide parameters, changed without reloading */
 struct bfx_settings {
 	__be32 pop_addr;	/* outer source of encapsulated packets */
 	__u16 fou_port;	/* FOU port the POP receives the return path on */

@@ -20,9 +20,18 @@
 #include "srcds.h"
 #endif
 
-static __always_inline __u32 bfx_rule_module_bits(__u32 rule_id)
+/* The modules compiled into this object (what `bifrost_modules` reports to the loader). */
+#ifdef SRCDS_HANDSHAKE
+#define BFX_COMPILED_SRCDS BFX_MOD_SRCDS
+#else
+#define BFX_COMPILED_SRCDS 0
+#endif
+#define BFX_MODULES_COMPILED (BFX_COMPILED_SRCDS)
+
+static __always_inline __u32 bfx_rule_module_bits(__u32 gen, __u32 rule_id)
 {
-	struct bfx_rule_modules *m = bpf_map_lookup_elem(&rule_modules, &rule_id);
+	__u32 idx = gen * (BFX_MAX_RULES + 1) + rule_id;
+	struct bfx_rule_modules *m = bpf_map_lookup_elem(&rule_modules, &idx);
 
 	return m ? m->bits : 0;
 }

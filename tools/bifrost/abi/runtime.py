@@ -1,15 +1,65 @@
-"""Base class of the generated record codecs."""
+"""Packing shared by the generated record codecs and the XDP map structs."""
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from typing import Any, ClassVar, Self
 
 
 class AbiError(ValueError):
     """A record read from or written to a device does not match the ABI."""
+
+
+# (name, type, count) of one field: what the packers need of a spec.Field.
+FieldSpec = tuple[str, str, int]
+
+
+def flatten(specs: Iterable[FieldSpec], get: Callable[[str], Any]) -> list[Any]:
+    """Python field values -> struct.pack arguments; a value of None packs as zero.
+
+    ipv4 takes str, IPv4Address or 4 bytes; u8 arrays take bytes; other arrays
+    are padded with zeros to their count.
+    """
+    out: list[Any] = []
+    for name, ftype, count in specs:
+        v = get(name)
+        if ftype == "ipv4":
+            out.append(b"\0\0\0\0" if v is None else ipaddress.IPv4Address(v).packed)
+        elif ftype == "u8" and count > 1:
+            out.append(bytes(v or b""))
+        elif count > 1:
+            seq = list(v or ())
+            if len(seq) > count:
+                raise AbiError(f"{name}: {len(seq)} values, room for {count}")
+            out.extend(seq + [0] * (count - len(seq)))
+        else:
+            out.append(int(v or 0))
+    return out
+
+
+def unflatten(
+    specs: Iterable[FieldSpec], raw: Sequence[Any], ipv4_as_address: bool = True
+) -> dict[str, Any]:
+    """struct.unpack results -> field values by name (the inverse of ``flatten``)."""
+    out: dict[str, Any] = {}
+    pos = 0
+    for name, ftype, count in specs:
+        if ftype == "ipv4":
+            out[name] = ipaddress.IPv4Address(raw[pos]) if ipv4_as_address else raw[pos]
+            pos += 1
+        elif ftype == "u8" and count > 1:
+            out[name] = raw[pos]
+            pos += 1
+        elif count > 1:
+            out[name] = tuple(raw[pos : pos + count])
+            pos += count
+        else:
+            out[name] = raw[pos]
+            pos += 1
+    return out
 
 
 class Record:
@@ -20,27 +70,15 @@ class Record:
     SIZE: ClassVar[int]
     OFFSETS: ClassVar[dict[str, int]]
     # (name, type, count) of the body fields, in order.
-    FIELDS: ClassVar[tuple[tuple[str, str, int], ...]]
+    FIELDS: ClassVar[tuple[FieldSpec, ...]]
     MAGIC: ClassVar[int]
     ABI_VERSION: ClassVar[int]
     HEADER_FORMAT: ClassVar[str]
 
     def pack(self, flags: int = 0) -> bytes:
-        values: list[Any] = [self.MAGIC, self.ABI_VERSION, self.TYPE, self.SIZE, flags]
-        for name, ftype, count in self.FIELDS:
-            v = getattr(self, name)
-            if ftype == "ipv4":
-                values.append(ipaddress.IPv4Address(v).packed)
-            elif ftype == "u8" and count > 1:
-                values.append(bytes(v))
-            elif count > 1:
-                seq = list(v)
-                if len(seq) > count:
-                    raise AbiError(f"{name}: {len(seq)} values, room for {count}")
-                values.extend(seq + [0] * (count - len(seq)))
-            else:
-                values.append(v)
-        return struct.pack(self.FORMAT, *values)
+        header = [self.MAGIC, self.ABI_VERSION, self.TYPE, self.SIZE, flags]
+        body = flatten(self.FIELDS, lambda name: getattr(self, name))
+        return struct.pack(self.FORMAT, *header, *body)
 
     @classmethod
     def unpack(cls, buf: bytes) -> Self:
@@ -52,22 +90,7 @@ class Record:
             raise AbiError(f"{cls.__name__}: header {magic:#x}/{version}/{rtype} does not match")
         if length != cls.SIZE:
             raise AbiError(f"{cls.__name__}: length field {length}, expected {cls.SIZE}")
-        pos = 5
-        kwargs: dict[str, Any] = {}
-        for name, ftype, count in cls.FIELDS:
-            if ftype == "ipv4":
-                kwargs[name] = ipaddress.IPv4Address(raw[pos])
-                pos += 1
-            elif ftype == "u8" and count > 1:
-                kwargs[name] = raw[pos]
-                pos += 1
-            elif count > 1:
-                kwargs[name] = tuple(raw[pos : pos + count])
-                pos += count
-            else:
-                kwargs[name] = raw[pos]
-                pos += 1
-        return cls(**kwargs)
+        return cls(**unflatten(cls.FIELDS, raw[5:]))
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -5,6 +5,10 @@ records. ``bifrost.codegen`` renders it into the C uapi header the module
 includes and into the Python codec the daemons use; ``tests/unit`` compiles the
 header and compares every size and offset with the Python side.
 
+The XDP program's map keys and values (``bifrost.xdp.maps_def``) are
+``Struct``s made of the same fields under the same padding rules; the same
+Jinja environment renders them (``bifrost.codegen``).
+
 Rules (from Documentation/driver-api/ioctl.rst): fixed-size little-endian
 records, ``__u8``..``__u64`` (and ``__be32`` for IPv4 addresses) only, no
 pointers, no implicit padding: a layout that would need padding is an error
@@ -13,7 +17,12 @@ here, so reserved fields are always explicit.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from bifrost.abi.runtime import FieldSpec, flatten, unflatten
 
 # name -> (C type, struct format char, size); "ipv4" is an IPv4 address in
 # network byte order, the way the kernel keeps it in iphdr.
@@ -102,27 +111,96 @@ HEADER_FIELDS: tuple[Field, ...] = (
 )
 
 
-def layout(dev: Device, rec: Record) -> list[tuple[Field, int]]:
-    """Field offsets of a record (header included); raise on implicit padding."""
+def field_format(f: Field) -> str:
+    """The struct-module format of one field (byte order is the caller's)."""
+    if f.type == "ipv4":
+        return "4s" * f.count
+    if f.is_bytes:
+        return f"{f.count}s"
+    ch = SCALARS[f.type][1]
+    return ch if f.count == 1 else f"{f.count}{ch}"
+
+
+def field_layout(where: str, fields: Sequence[Field], multiple: int = 1) -> list[tuple[Field, int]]:
+    """Offsets of fields laid out in order, as a C compiler would; raise on any padding.
+
+    The size must be a multiple of the largest alignment (no tail padding) and
+    of ``multiple`` (8 for chardev records, so records can be read back to back).
+    """
     out: list[tuple[Field, int]] = []
     off = 0
-    for f in (*dev.header, *rec.fields):
+    align = 1
+    for f in fields:
         if f.type not in SCALARS:
-            raise SpecError(f"{dev.name}.{rec.name}.{f.name}: unknown type {f.type!r}")
+            raise SpecError(f"{where}.{f.name}: unknown type {f.type!r}")
         if f.count < 1:
-            raise SpecError(f"{dev.name}.{rec.name}.{f.name}: count must be >= 1")
+            raise SpecError(f"{where}.{f.name}: count must be >= 1")
         if off % f.align:
             raise SpecError(
-                f"{dev.name}.{rec.name}.{f.name}: at offset {off}, needs {f.align}-byte "
+                f"{where}.{f.name}: at offset {off}, needs {f.align}-byte "
                 "alignment; add an explicit reserved field"
             )
         out.append((f, off))
         off += f.size
-    if off % 8:
-        raise SpecError(f"{dev.name}.{rec.name}: size {off} is not a multiple of 8")
+        align = max(align, f.align)
+    need = max(align, multiple)
+    if off % need:
+        raise SpecError(
+            f"{where}: size {off} is not a multiple of {need} (tail padding); "
+            "add an explicit reserved field"
+        )
     return out
+
+
+def layout(dev: Device, rec: Record) -> list[tuple[Field, int]]:
+    """Field offsets of a record (header included); raise on implicit padding."""
+    return field_layout(f"{dev.name}.{rec.name}", (*dev.header, *rec.fields), multiple=8)
 
 
 def record_size(dev: Device, rec: Record) -> int:
     f, off = layout(dev, rec)[-1]
     return off + f.size
+
+
+@dataclass(frozen=True)
+class Struct:
+    """A C struct shared with a BPF program (a map key or value), in host byte order.
+
+    Same types and padding rules as records, without the chardev header. Python
+    values travel as dicts: ``pack(**values)`` and ``unpack(data)``; IPv4 fields
+    unpack to their 4 bytes as they lie in the map (network order).
+    """
+
+    name: str
+    doc: str
+    fields: tuple[Field, ...]
+
+    def layout(self) -> list[tuple[Field, int]]:
+        return field_layout(self.name, self.fields)
+
+    @property
+    def size(self) -> int:
+        f, off = self.layout()[-1]
+        return off + f.size
+
+    @property
+    def format(self) -> str:
+        return "=" + "".join(field_format(f) for f in self.fields)
+
+    @property
+    def specs(self) -> tuple[FieldSpec, ...]:
+        return tuple((f.name, f.type, f.count) for f in self.fields)
+
+    def offsets(self) -> dict[str, int]:
+        return {f.name: off for f, off in self.layout()}
+
+    def pack(self, **values: Any) -> bytes:
+        """Pack by field name; missing fields are zero, ipv4 takes str/IPv4Address/bytes."""
+        unknown = set(values) - {f.name for f in self.fields}
+        if unknown:
+            raise KeyError(f"{self.name}: no field {sorted(unknown)[0]}")
+        return struct.pack(self.format, *flatten(self.specs, values.get))
+
+    def unpack(self, data: bytes) -> dict[str, Any]:
+        raw = struct.unpack(self.format, data[: self.size])
+        return unflatten(self.specs, raw, ipv4_as_address=False)

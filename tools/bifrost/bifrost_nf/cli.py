@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from bifrost import config as cfgmod
 from bifrost.bifrost_nf.nf import DEFAULT_PATH, CacheDevice, ServiceState
+from bifrost.cli.common import config_arg
 
 
 def _device_path(args: argparse.Namespace) -> str:
     if getattr(args, "device", None):
         return str(args.device)
-    path = Path(args.config)
-    if path.exists():
-        cfg = cfgmod.load(path)
-        if cfg.cache is not None:
-            return str(cfg.cache.device)
-    return str(DEFAULT_PATH)
+    cfg = cfgmod.load_for_cli(config_arg(args))
+    return str(cfg.cache.device) if cfg.cache is not None else str(DEFAULT_PATH)
 
 
 def format_services(services: list[ServiceState]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from bifrost.config import ConfigError, Reader
+from bifrost.config_schema import ConfigError, Reader
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class CacheConfig:
     rate_pps: int
     rate_burst: int
     rotate_s: int
+    metrics_address: str
     metrics_port: int  # 0: no metrics endpoint
     services: tuple[ServiceConfig, ...]
 
@@ -58,6 +59,7 @@ def parse(sec: Reader) -> CacheConfig:
         rate_pps=sec.integer("rate_pps", 20, lo=0, hi=10_000_000),
         rate_burst=sec.integer("rate_burst", 40, lo=1, hi=1_000_000),
         rotate_s=sec.integer("rotate_s", 60, lo=1, hi=86400),
+        metrics_address=str(sec.ipv4("metrics_address", "127.0.0.1")),
         metrics_port=sec.integer("metrics_port", 9117, lo=0, hi=65535),
         services=tuple(_service(s) for s in sec.tables("service")),
     )

@@ -4,8 +4,9 @@ Queries each configured game server for INFO / PLAYER / RULES (answering the
 server's own challenge, collecting split answers), stores the answers in the
 kernel, refreshes on a schedule and at once when the kernel asks (events,
 de-duplicated), and removes a dead server's answers after the maximum
-staleness so monitoring sees it offline. systemd Type=notify; Prometheus text
-counters on 127.0.0.1:<metrics_port>/metrics.
+staleness so monitoring sees it offline. systemd Type=notify; Prometheus
+counters on <metrics_address>:<metrics_port>/metrics (start-up, signals, notify and
+metrics: ``bifrost.daemon``).
 """
 
 from __future__ import annotations
@@ -13,22 +14,19 @@ from __future__ import annotations
 import argparse
 import logging
 import select
-import signal
 import socket
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from typing import Self
 
-from bifrost import config as cfgmod
+from prometheus_client.core import Metric
+
 from bifrost.bifrost_nf import a2s
 from bifrost.bifrost_nf.config import CacheConfig, ServiceConfig
 from bifrost.bifrost_nf.nf import CacheDevice
-from bifrost.paths import DEFAULT_CONFIG
-from bifrost.sdnotify import sd_notify
+from bifrost.daemon import Daemon, MetricsServer, counters, gauges
 
 log = logging.getLogger("bifrost-cached")
 KINDS = ("info", "player", "rules")
@@ -80,13 +78,27 @@ class ServiceState:
     removed: bool = False
 
 
-class CacheDaemon:
-    def __init__(self, cfg: CacheConfig, dev: CacheDevice) -> None:
-        self.cfg = cfg
+class CacheDaemon(Daemon[CacheConfig]):
+    PROG = "bifrost-cached"
+    SECTION = "cache"
+
+    def __init__(
+        self,
+        cfg: CacheConfig,
+        args: argparse.Namespace,
+        metrics: MetricsServer,
+        dev: CacheDevice,
+    ) -> None:
+        super().__init__(cfg, args, metrics)
         self.dev = dev
         self.services = {(str(s.address), s.port): ServiceState(s) for s in cfg.services}
         self.stats: Counter[str] = Counter()
-        self.stop = threading.Event()
+        metrics.add("bifrost-cached", self.own_metrics)
+        metrics.add("bifrost_nf", self.module_metrics)
+
+    @classmethod
+    def create(cls, cfg: CacheConfig, args: argparse.Namespace, metrics: MetricsServer) -> Self:
+        return cls(cfg, args, metrics, CacheDevice(cfg.device))
 
     def setup(self) -> None:
         c = self.cfg
@@ -146,7 +158,7 @@ class CacheDaemon:
                 self.stats["scheduled_refreshes"] += 1
                 self.refresh(st)
 
-    def run(self) -> None:
+    def serve(self) -> None:
         poller = select.poll()
         poller.register(self.dev.fd, select.POLLIN)
         while not self.stop.is_set():
@@ -156,88 +168,31 @@ class CacheDaemon:
             if poller.poll(int(wait * 1000)):
                 self.on_events()
 
-    def metrics(self) -> str:
-        lines = []
-        for name, value in sorted(self.stats.items()):
-            lines.append(f"# TYPE bifrost_cached_{name}_total counter")
-            lines.append(f"bifrost_cached_{name}_total {value}")
+    def run(self) -> int:
         try:
-            with CacheDevice(self.cfg.device) as dev:
-                counters = dev.counters()
-        except OSError:
-            counters = {}
-        for name, value in counters.items():
-            lines.append(f"# TYPE bifrost_nf_{name}_total counter")
-            lines.append(f"bifrost_nf_{name}_total {value}")
-        lines.append("# TYPE bifrost_cached_services gauge")
-        lines.append(f"bifrost_cached_services {len(self.services)}")
-        return "\n".join(lines) + "\n"
+            self.setup()
+            self.run_once()
+            self.ready()
+            log.info("ready: %d service(s)", len(self.services))
+            self.serve()
+        finally:
+            self.stopping()
+            self.dev.close()
+        return 0
+
+    def own_metrics(self) -> list[Metric]:
+        return [
+            *counters("bifrost_cached", dict(sorted(self.stats.items())), "bifrost-cached"),
+            *gauges("bifrost_cached", {"services": len(self.services)}, "bifrost-cached"),
+        ]
+
+    def module_metrics(self) -> list[Metric]:
+        # A fresh open: the daemon's own descriptor is busy with events.
+        with CacheDevice(self.cfg.device) as dev:
+            return counters("bifrost_nf", dev.counters(), "bifrost_nf module counter")
 
 
-def serve_metrics(daemon: CacheDaemon, port: int) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path not in ("/metrics", "/"):
-                self.send_error(404)
-                return
-            body = daemon.metrics().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True, name="metrics").start()
-    return httpd
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="bifrost-cached", description=__doc__.splitlines()[0])
-    ap.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
-    ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(name)s: %(message)s",
-    )
-    try:
-        cfg = cfgmod.load(args.config).cache
-    except cfgmod.ConfigError as e:
-        print(f"bifrost-cached: {e}", file=sys.stderr)
-        return 1
-    if cfg is None:
-        print(f"bifrost-cached: {args.config} has no [cache] section", file=sys.stderr)
-        return 1
-    try:
-        dev = CacheDevice(cfg.device)
-    except OSError as e:
-        print(f"bifrost-cached: {e}", file=sys.stderr)
-        return 1
-    daemon = CacheDaemon(cfg, dev)
-
-    def on_signal(*_: object) -> None:
-        daemon.stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    httpd = serve_metrics(daemon, cfg.metrics_port) if cfg.metrics_port else None
-    try:
-        daemon.setup()
-        daemon.run_once()
-        sd_notify("READY=1")
-        log.info("ready: %d service(s)", len(daemon.services))
-        daemon.run()
-    finally:
-        sd_notify("STOPPING=1")
-        if httpd:
-            httpd.shutdown()
-        dev.close()
-    return 0
-
+main = CacheDaemon.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,14 +8,16 @@ import sys
 from collections.abc import Sequence
 
 from bifrost import __version__
-from bifrost.bifrost_nf import cli as cache_cli
+from bifrost.bifrost_nf import cli as bifrost_nf_cli
+from bifrost.cli.common import mark_config_given
 from bifrost.config import ConfigError
-from bifrost.fou_map import cli as foumap_cli
+from bifrost.fleet import cli as fleet_cli
+from bifrost.fou_map import cli as fou_map_cli
 from bifrost.paths import DEFAULT_CONFIG
 from bifrost.xdp import cli as xdp_cli
 
 # Each component registers its own subcommands.
-COMPONENTS = (foumap_cli, cache_cli, xdp_cli)
+COMPONENTS = (fou_map_cli, bifrost_nf_cli, xdp_cli, fleet_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,8 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c",
         "--config",
-        default=str(DEFAULT_CONFIG),
-        help=f"host config file (default: {DEFAULT_CONFIG})",
+        help=f"host config file (default: {DEFAULT_CONFIG}; a file named here must exist)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is done")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    mark_config_given(args)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )

@@ -6,36 +6,25 @@ import argparse
 import contextlib
 import ipaddress
 from collections.abc import Iterator
-from pathlib import Path
-
-from pyroute2 import netns as pyr_netns
 
 from bifrost import config as cfgmod
+from bifrost import netns
+from bifrost.cli.common import config_arg
 from bifrost.fou_map import config as fmconfig
 from bifrost.fou_map import endpoint
 from bifrost.fou_map.control import FouMap, MapEntry
 
 
 def _config(args: argparse.Namespace) -> fmconfig.FouMapConfig:
-    """[fou_map] of the host config, or the defaults when there is no config file."""
-    path = Path(args.config)
-    if not path.exists():
-        return fmconfig.default()
-    cfg = cfgmod.load(path)
-    return cfg.fou_map or fmconfig.default()
+    """[fou_map] of the host config; the defaults without a config file (unless -c named one)."""
+    return cfgmod.load_for_cli(config_arg(args)).fou_map or fmconfig.default()
 
 
 @contextlib.contextmanager
 def _device(args: argparse.Namespace) -> Iterator[FouMap]:
     """The device opened inside --netns (the kernel binds it to the opener's netns)."""
     path = _config(args).device
-    if args.netns:
-        pyr_netns.pushns(args.netns)
-        try:
-            fm = FouMap(path)
-        finally:
-            pyr_netns.popns()
-    else:
+    with netns.entered(args.netns):
         fm = FouMap(path)
     with fm:
         yield fm
@@ -66,6 +55,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    for what in ("client", "pop"):
+        why = fmconfig.refused_by_kernel(getattr(args, what))
+        if why:
+            raise ValueError(f"{what} {getattr(args, what)}: fou_map refuses it: {why}")
     with _device(args) as fm:
         fm.add(args.client, args.pop, static=True)
     print(f"{args.client} -> {args.pop} (static)")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bifrost.abi import fou_map as abi
-from bifrost.config import ConfigError, Reader, port_of
+from bifrost.config_schema import Reader, port_of
 from bifrost.fou_map.control import MISS_POLICIES, TableConfig
 
 DEFAULT_STATE = Path("/var/lib/bifrost/fou_map.snapshot")
@@ -58,6 +58,28 @@ def _prefix(value: object) -> str:
     return str(ipaddress.IPv4Network(value, strict=False))
 
 
+def refused_by_kernel(addr: ipaddress.IPv4Address) -> str | None:
+    """Why fou_map's ADD refuses this address (fm_valid_unicast in kmod/fou_map/chardev.c)."""
+    if addr == ipaddress.IPv4Address("0.0.0.0"):
+        return "0.0.0.0 is not a host address"
+    if addr.is_multicast:
+        return "a multicast address (224.0.0.0/4) is not a host address"
+    if addr == ipaddress.IPv4Address("255.255.255.255"):
+        return "the broadcast address is not a host address"
+    if addr.is_loopback:
+        return "a loopback address (127.0.0.0/8) never crosses the tunnel"
+    return None
+
+
+def _unicast(sec: Reader, name: str) -> ipaddress.IPv4Address:
+    """An address the kernel accepts in an entry: refused here, naming key and value."""
+    addr = sec.ipv4(name)
+    why = refused_by_kernel(addr)
+    if why:
+        raise sec.fail(name, str(addr), f"fou_map refuses it: {why}")
+    return addr
+
+
 def _endpoint(sec: Reader) -> EndpointConfig:
     netns_name = sec.string("netns", "")
     ifname = sec.string("ifname", "fm0")
@@ -91,10 +113,20 @@ def parse(sec: Reader) -> FouMapConfig:
         ),
         miss_policy=sec.string("miss_policy", "pass", choices=MISS_POLICIES),
     )
-    statics = []
+    statics: list[StaticEntry] = []
     for item in sec.tables("static"):
-        statics.append(StaticEntry(client=item.ipv4("client"), pop=item.ipv4("pop")))
+        entry = StaticEntry(client=_unicast(item, "client"), pop=_unicast(item, "pop"))
+        if any(s.client == entry.client for s in statics):
+            raise item.fail("client", str(entry.client), "this client is listed twice")
+        statics.append(entry)
         item.done()
+    if len(statics) > table.max_entries:
+        # fm_add() refuses (ENOSPC) a static entry it cannot make room for.
+        raise sec.fail(
+            "max_entries",
+            table.max_entries,
+            f"{sec.key('static')} lists {len(statics)} entries; the table must hold them all",
+        )
     ep_sec = sec.section("endpoint", optional=True)
     cfg = FouMapConfig(
         device=sec.string("device", "/dev/fou_map"),
@@ -106,8 +138,6 @@ def parse(sec: Reader) -> FouMapConfig:
         metrics_port=sec.integer("metrics_port", DEFAULT_METRICS_PORT, lo=0, hi=65535),
         endpoint=_endpoint(ep_sec) if ep_sec else None,
     )
-    if len({s.client for s in cfg.static}) != len(cfg.static):
-        raise ConfigError(f"{sec.key('static')}: a client is listed twice")
     sec.done()
     return cfg
 

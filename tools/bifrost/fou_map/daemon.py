@@ -4,29 +4,33 @@ Runs in the game server's network namespace (the device binds to the opener's
 netns). It opens /dev/fou_map for each cycle and closes it again, so the module
 can be reloaded while the daemon runs; a reload is noticed by the netns state's
 creation time changing (or by entries missing), and then the config and the
-last snapshot are put back. systemd: Type=notify (READY=1 once applied).
+last snapshot are put back. systemd: Type=notify (READY=1 once applied). A
+record the module refuses (a static entry it will never take) ends the daemon
+with the key named, instead of retrying forever. Start-up, signals, notify and
+metrics: ``bifrost.daemon``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from bifrost import config as cfgmod
-from bifrost.fou_map import config as fmconfig
+from prometheus_client.core import Metric
+
+from bifrost.chardev import DeviceError
+from bifrost.config import ConfigError
+from bifrost.daemon import Daemon, MetricsServer, counters, gauges
+from bifrost.fou_map.config import DEFAULT_STATE, FouMapConfig
 from bifrost.fou_map.control import FouMap, MapEntry
-from bifrost.paths import DEFAULT_CONFIG
-from bifrost.sdnotify import sd_notify
 
 log = logging.getLogger("bifrost-foumapd")
 
@@ -64,34 +68,51 @@ def read_snapshot(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def metrics_text(counters: dict[str, int], stats: Any) -> str:
-    lines = []
-    for name, value in counters.items():
-        metric = f"bifrost_fou_map_{name}_total"
-        lines += [f"# TYPE {metric} counter", f"{metric} {value}"]
-    for name in ("entries", "static_entries", "max_entries", "buckets", "table_bytes"):
-        metric = f"bifrost_fou_map_{name}"
-        lines += [f"# TYPE {metric} gauge", f"{metric} {getattr(stats, name)}"]
-    return "\n".join(lines) + "\n"
+class Refused(ConfigError):
+    """The module refused part of the config: retrying cannot help, the config must change."""
 
 
-class Daemon:
-    def __init__(self, cfg: fmconfig.FouMapConfig, state: Path) -> None:
-        self.cfg = cfg
-        self.state = state
-        self.stop = threading.Event()
+# A write refused with these is about the record, not about the module being away.
+_REFUSALS = (errno.EINVAL, errno.ENOSPC)
+
+
+class FouMapDaemon(Daemon[FouMapConfig]):
+    PROG = "bifrost-foumapd"
+    SECTION = "fou_map"
+
+    def __init__(self, cfg: FouMapConfig, args: argparse.Namespace, metrics: MetricsServer) -> None:
+        super().__init__(cfg, args, metrics)
+        self.state = Path(args.state) if args.state else cfg.state_file
         self.created_ns: int | None = None  # of the module instance we configured
-        self.snapshot: dict[str, Any] | None = read_snapshot(state)
+        self.snapshot: dict[str, Any] | None = read_snapshot(self.state)
         self.lock = threading.Lock()  # one device user at a time
+        metrics.add("fou_map", self.module_metrics)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--state", help=f"snapshot file (default: {DEFAULT_STATE})")
 
     def open(self) -> FouMap:
         return FouMap(self.cfg.device)
 
     def apply(self, fm: FouMap) -> None:
         """Config, static entries, and whatever of the snapshot is missing."""
-        fm.configure(self.cfg.table)
-        for s in self.cfg.static:
-            fm.add(s.client, s.pop, static=True)
+        try:
+            fm.configure(self.cfg.table)
+        except DeviceError as e:
+            if e.errno in _REFUSALS:
+                raise Refused(f"[{self.SECTION}] table settings {self.cfg.table}: {e}") from None
+            raise
+        for i, s in enumerate(self.cfg.static):
+            try:
+                fm.add(s.client, s.pop, static=True)
+            except DeviceError as e:
+                if e.errno in _REFUSALS:
+                    raise Refused(
+                        f"{self.SECTION}.static[{i}] = {{client = {str(s.client)!r}, "
+                        f"pop = {str(s.pop)!r}}}: {e}"
+                    ) from None
+                raise
         restored = self.restore(fm)
         self.created_ns = fm.stats().created_ns
         log.info("applied config; restored %d entries", restored)
@@ -135,39 +156,23 @@ class Daemon:
             write_snapshot(self.state, entries, stats.created_ns)
             self.snapshot = read_snapshot(self.state)
 
-    def metrics(self) -> str:
+    def module_metrics(self) -> list[Metric]:
         with self.lock, self.open() as fm:
-            return metrics_text(fm.counters(), fm.stats())
-
-    def serve_metrics(self) -> ThreadingHTTPServer | None:
-        if not self.cfg.metrics_port:
-            return None
-        daemon = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path not in ("/metrics", "/"):
-                    self.send_error(404)
-                    return
-                try:
-                    body = daemon.metrics().encode()
-                except OSError as e:
-                    self.send_error(503, str(e))
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug(format, *args)
-
-        server = ThreadingHTTPServer((self.cfg.metrics_address, self.cfg.metrics_port), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
+            counters_now, st = fm.counters(), fm.stats()
+        return [
+            *counters("bifrost_fou_map", counters_now, "fou_map module counter"),
+            *gauges("bifrost_fou_map", {n: getattr(st, n) for n in GAUGES}, "fou_map table"),
+        ]
 
     def run(self) -> int:
+        try:
+            return self._run()
+        except Refused as e:
+            log.error("%s", e)
+            self.stopping()
+            return 2
+
+    def _run(self) -> int:
         # The first apply must succeed before READY=1; wait for the module.
         while not self.stop.is_set():
             try:
@@ -177,55 +182,23 @@ class Daemon:
             except OSError as e:
                 log.warning("waiting for %s: %s", self.cfg.device, e)
                 self.stop.wait(1.0)
-        server = self.serve_metrics()
-        sd_notify("READY=1")
+        self.ready()
         while not self.stop.wait(self.cfg.snapshot_interval):
             try:
                 self.cycle()
             except OSError as e:
                 log.warning("cycle failed (module unloaded?): %s", e)
-        sd_notify("STOPPING=1")
+        self.stopping()
         try:
             self.cycle()  # the final snapshot
         except OSError as e:
             log.warning("final snapshot failed: %s", e)
-        if server:
-            server.shutdown()
         return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bifrost-foumapd", description=__doc__.splitlines()[0])
-    p.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="host config file")
-    p.add_argument("--state", help=f"snapshot file (default: {fmconfig.DEFAULT_STATE})")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p
+GAUGES = ("entries", "static_entries", "max_entries", "buckets", "table_bytes")
 
-
-def load_config(path: str) -> fmconfig.FouMapConfig:
-    cfg = cfgmod.load(Path(path))
-    if cfg.fou_map is None:
-        raise cfgmod.ConfigError(f"{path}: no [fou_map] section")
-    result: fmconfig.FouMapConfig = cfg.fou_map
-    return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="bifrost-foumapd: %(message)s",
-    )
-    try:
-        cfg = load_config(args.config)
-    except cfgmod.ConfigError as e:
-        print(f"bifrost-foumapd: {e}", file=sys.stderr)
-        return 2
-    daemon = Daemon(cfg, Path(args.state) if args.state else cfg.state_file)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: daemon.stop.set())
-    return daemon.run()
-
+main = FouMapDaemon.main
 
 if __name__ == "__main__":
     sys.exit(main())

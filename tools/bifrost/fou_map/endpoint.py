@@ -19,7 +19,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute, NetNS, netns
+from pyroute2 import IPRoute
+
+from bifrost import netns
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,8 @@ def _ip(ep: Endpoint, args: Sequence[str], check: bool = True) -> subprocess.Com
 
 
 @contextmanager
-def _ipr(ep: Endpoint) -> Iterator[IPRoute | NetNS]:
-    ipr: IPRoute | NetNS = NetNS(ep.netns) if ep.netns else IPRoute()
+def _ipr(ep: Endpoint) -> Iterator[IPRoute]:
+    ipr = netns.rtnl(ep.netns)
     try:
         yield ipr
     finally:
@@ -130,13 +132,8 @@ def _can_bind(ep: Endpoint) -> bool:
     """The final word: a game server's bind() to each address must succeed now."""
     for cidr in ep.addresses:
         ip = str(ipaddress.IPv4Interface(cidr).ip)
-        if ep.netns:
-            netns.pushns(ep.netns)
-        try:
+        with netns.entered(ep.netns):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        finally:
-            if ep.netns:
-                netns.popns()
         try:
             s.bind((ip, 0))
         except OSError:
@@ -148,6 +145,8 @@ def _can_bind(ep: Endpoint) -> bool:
 
 def up(ep: Endpoint, timeout: float = 10.0) -> None:
     """Create (or keep) the fou port, the tunnel, addresses and routes; wait until usable."""
+    if ep.netns:
+        netns.require(ep.netns)  # the game server's namespace is made by its container
     if ep.port not in _fou_ports(ep):
         _ip(ep, ["fou", "add", "port", str(ep.port), "ipproto", "4"])
     if not _link_matches(ep):
@@ -168,6 +167,8 @@ def up(ep: Endpoint, timeout: float = 10.0) -> None:
 
 def down(ep: Endpoint) -> None:
     """Remove the tunnel (its routes and addresses go with it) and the fou port."""
+    if ep.netns:
+        netns.require(ep.netns)
     _ip(ep, ["link", "del", "dev", ep.ifname], check=False)
     if ep.port in _fou_ports(ep):
         _ip(ep, ["fou", "del", "port", str(ep.port)])

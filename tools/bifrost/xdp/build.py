@@ -8,8 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from bifrost import codegen
 from bifrost.paths import BUILD_DIR, XDP_DIR
-from bifrost.xdp import maps_def
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,13 @@ def compile_program(module_config_h: Path, out_dir: Path = OBJECT.parent) -> Pat
     """Build bifrost_xdp.o; regenerates xdp/generated/bifrost_maps.h when stale."""
     if not module_config_h.exists():
         raise BuildError(f"{module_config_h} missing: run `invoke generate` first")
-    if maps_def.write_header():
-        log.info("generated %s", maps_def.HEADER_PATH)
+    codegen.write(codegen.xdp_outputs())
     return _compile(XDP_DIR / "bifrost_xdp.bpf.c", module_config_h, out_dir / "bifrost_xdp.o")
 
 
 def compile_bench(module_config_h: Path, out_dir: Path = OBJECT.parent) -> Path:
     """Build the bench-only wrapper (bench/bifrost_bench.bpf.c)."""
-    maps_def.write_header()
+    codegen.write(codegen.xdp_outputs())
     return _compile(
         XDP_DIR / "bench" / "bifrost_bench.bpf.c", module_config_h, out_dir / "bifrost_bench.o"
     )

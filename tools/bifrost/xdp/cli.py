@@ -1,4 +1,4 @@
-"""`bifrost xdp attach|detach|apply|status|stats|run`."""
+"""`bifrost xdp attach|upgrade|detach|apply|status|stats|run`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from bifrost import config as cfgmod
-from bifrost.xdp import loader, maps, service
+from bifrost.xdp import loader, maps, pins, service
 from bifrost.xdp.build import OBJECT
 from bifrost.xdp.config import XdpConfig
 
@@ -40,16 +40,31 @@ def _neighbours(rep: loader.NeighbourReport) -> int:
 
 def cmd_attach(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
-    res = loader.attach(cfg, _iface(args, cfg), obj=Path(args.obj), mode=args.mode)
+    res = loader.attach(
+        cfg,
+        _iface(args, cfg),
+        obj=Path(args.obj),
+        mode=args.mode,
+        migrate=pins.parse_migrations(args.migrate),
+    )
     print(f"{res.iface}: attached ({res.mode}); maps in {res.pin_dir}; {res.report}")
+    if res.reused:
+        print(f"kept the pinned maps: {', '.join(res.reused)}")
     return _neighbours(res.neighbours)
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
+    res = loader.upgrade(
+        cfg, _iface(args, cfg), obj=Path(args.obj), migrate=pins.parse_migrations(args.migrate)
+    )
+    print(res)
+    return 0
 
 
 def cmd_detach(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
-    iface = _iface(args, cfg)
-    loader.detach(iface, cfg.pin_dir)
-    print(f"{iface}: detached")
+    print(loader.detach(_iface(args, cfg), cfg.pin_dir))
     return 0
 
 
@@ -70,14 +85,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     iface = _iface(args, cfg)
-    ms = maps.MapSet.from_pins(loader.pin_dir_for(cfg.pin_dir, iface))
-    names = {r.id: r.name for r in cfg.rules}
+    with maps.MapSet.from_pins(loader.pin_dir_for(cfg.pin_dir, iface)) as ms:
+        return _print_stats(ms, cfg, args.reset)
+
+
+def _print_stats(ms: maps.MapSet, cfg: XdpConfig, reset: bool) -> int:
+    names = maps.rule_names(ms, cfg)
     rows = sorted(maps.counters(ms).items())
     print(f"{'rule':<16} {'reason':<20} {'packets':>12} {'bytes':>14}")
     for (rid, reason), c in rows:
         rule = names.get(rid, f"#{rid}") if rid else "-"
         print(f"{rule:<16} {reason:<20} {c.packets:>12} {c.bytes:>14}")
-    if args.reset:
+    if reset:
         maps.reset_counters(ms)
     return 0
 
@@ -98,6 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         obj=Path(args.obj),
         mode=args.mode,
         recheck_s=args.recheck,
+        migrate=pins.parse_migrations(args.migrate),
     )
     return svc.run()
 
@@ -113,20 +133,44 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         sp.set_defaults(func=fn)
         return sp
 
-    def load_options(sp: argparse.ArgumentParser) -> None:
-        """What loading the object needs: attach and run both may load it."""
-        sp.add_argument("--mode", choices=("auto", "native", "generic"), help="default: xdp.mode")
+    def load_options(sp: argparse.ArgumentParser, mode: bool = True) -> None:
+        """What loading the object needs: attach, upgrade and run may load it."""
+        if mode:
+            sp.add_argument(
+                "--mode", choices=("auto", "native", "generic"), help="default: xdp.mode"
+            )
         sp.add_argument("--obj", default=str(OBJECT), help=f"object file (default: {OBJECT})")
+        sp.add_argument(
+            "--migrate",
+            action="append",
+            metavar="MAP=reset|copy",
+            help="a pinned state map whose layout the new object changed: start it empty "
+            "(reset) or copy its entries (copy); without it such a swap is refused. Repeatable",
+        )
 
     a = add(
         "attach",
         cmd_attach,
-        "load, pin maps, apply the config, attach, and have the kernel keep every game "
-        "server's next hop resolved (managed neighbour entries); exit 2 if one cannot be "
-        "(a game server without a route)",
+        "load (keeping the maps an earlier attachment pinned, when their layout is the same), "
+        "apply the config, attach through a pinned bpf_link (refused if any XDP program is "
+        "attached), and have the kernel keep every game server's next hop resolved (managed "
+        "neighbour entries); exit 2 if one cannot be (a game server without a route)",
     )
     load_options(a)
-    add("detach", cmd_detach, "detach, delete the neighbour entries attach/apply made, unpin")
+    u = add(
+        "upgrade",
+        cmd_upgrade,
+        "swap a newly built object in for the attached program in one step "
+        "(bpf_link_update): maps whose layout is unchanged are kept (validated clients, "
+        "rate buckets, counters), the config is applied to the new program first",
+    )
+    load_options(u, mode=False)
+    add(
+        "detach",
+        cmd_detach,
+        "take bifrost's program off (its pinned link only; another program is left alone), "
+        "delete the neighbour entries attach/apply made, unpin",
+    )
     add(
         "apply",
         cmd_apply,
@@ -140,8 +184,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "attach (or adopt the attached program and apply the config) and stay up: "
         "re-install the game servers' managed neighbour entries as soon as one is deleted "
         "(a carrier loss flushes them) or a link comes back up, re-check them every "
-        "--recheck seconds, re-apply the config on SIGHUP. Stopping it (SIGTERM/SIGINT) "
-        "takes the POP's XDP program off the interface. Runs as bifrost-xdp.service",
+        "--recheck seconds, re-apply the config on SIGHUP. Adopting an attached program swaps "
+        "in --obj when it is another build. Stopping it (SIGTERM/SIGINT) leaves the program "
+        "attached with its maps; `bifrost xdp detach` takes it off. Runs as bifrost-xdp.service",
     )
     # The daemons' convention (`bifrost-cached --config X`), here after the subcommand
     # too; SUPPRESS keeps `bifrost -c X xdp run` working as well.

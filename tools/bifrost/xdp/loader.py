@@ -1,8 +1,12 @@
-"""Attach the XDP program, pin its maps, apply the config, detach.
+"""Attach the XDP program, swap in a new build, apply the config, detach.
 
-Maps and the program are pinned under <pin_dir>/<iface>/ so that `bifrost xdp
-apply|stats|status` in a later process find them; the XDP attachment itself
-is held by the interface (netlink), not by this process.
+The program is attached through a bpf_link pinned, with the maps and the
+program, under <pin_dir>/<iface>/ (pins.py), so `bifrost xdp apply|upgrade|
+stats|status|detach` in a later process find them and the attachment outlives
+every process: stopping `bifrost xdp run` leaves it in place. A newly built
+object replaces it in one step (bpf_link_update) and keeps every map whose
+layout is unchanged. Ownership is the link: attach refuses an interface where
+any XDP program is attached, and detach takes off only the program of our link.
 
 Game servers' neighbours. The forward path takes each game server's next hop
 (gateway, or the server itself on a connected subnet) from bpf_fib_lookup,
@@ -38,6 +42,8 @@ import logging
 import os
 import shutil
 import socket
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +52,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
-from bifrost.xdp import libbpf, maps
+from bifrost.xdp import bpffs, libbpf, maps, maps_def, pins
 from bifrost.xdp.build import OBJECT
 from bifrost.xdp.config import XdpConfig
 from bifrost.xdp.libbpf import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, BpfError
@@ -54,6 +60,8 @@ from bifrost.xdp.libbpf import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, BpfError
 log = logging.getLogger(__name__)
 
 PROG_PIN = "prog"
+MODULES_PIN = "modules"  # bifrost_modules: which game modules the attached object has
+LINK_PIN = "link"  # the bpf_link attaching the program: whoever holds it owns the attachment
 NEIGHBOURS_RECORD = "neighbours"  # one directory per entry made, in the pin dir
 
 # include/uapi/linux/neighbour.h. pyroute2 (0.9) knows the NDA_FLAGS_EXT
@@ -111,6 +119,109 @@ class Attached:
     pin_dir: Path
     report: maps.ApplyReport
     neighbours: NeighbourReport = field(default_factory=NeighbourReport)
+    reused: tuple[str, ...] = ()  # maps kept from the pins (state carried over)
+
+
+class AttachError(RuntimeError):
+    """The interface is not in a state this command can act on (named in the message)."""
+
+
+class ModuleMissing(RuntimeError):
+    """The config needs a game module the (running or new) object was not built with."""
+
+
+REBUILD = "`invoke generate` then `invoke build` (or bifrost.xdp.build)"
+
+
+def compiled_modules(modules_prog_fd: int) -> set[str]:
+    """The game modules compiled into an object, as its bifrost_modules program says."""
+    bits = struct.unpack("=I", libbpf.test_run(modules_prog_fd, bytes(64)).data[:4])[0]
+    return {m.name for m in maps_def.GAME_MODULES if m.bit & bits}
+
+
+def check_modules(cfg: XdpConfig, have: set[str], what: str) -> None:
+    """Refuse cfg if a rule needs a game module that `what` lacks: such a rule would be
+    accepted and do nothing (no handshake validation)."""
+    for module, rules in sorted(maps.config_modules(cfg).items()):
+        if module not in have:
+            raise ModuleMissing(
+                f"xdp.rule {rules[0]!r} needs game module {module!r}, which {what} was not "
+                f"built with (it has: {', '.join(sorted(have)) or 'none'}); nothing was "
+                f"changed. Rebuild with it (xdp.modules lists it, then {REBUILD}) and "
+                "swap the new object in with `bifrost xdp upgrade`"
+            )
+
+
+def _pin_base(cfg: XdpConfig | None, pin_base: str | Path | None) -> Path:
+    if pin_base is not None:
+        return Path(pin_base)
+    assert cfg is not None
+    return Path(cfg.pin_dir)
+
+
+def _attached_ids(idx: int) -> tuple[int, int]:
+    """(native, generic) ids of the programs attached to ifindex idx (0: none)."""
+    return libbpf.xdp_query_id(idx, XDP_FLAGS_DRV_MODE), libbpf.xdp_query_id(
+        idx, XDP_FLAGS_SKB_MODE
+    )
+
+
+def our_link(pdir: Path, idx: int) -> int | None:
+    """An fd of the pinned link if it still attaches our program to ifindex idx, else None.
+
+    A link whose device went away is defunct (ifindex 0) and attaches nothing.
+    """
+    path = pdir / LINK_PIN
+    if not path.exists():
+        return None
+    fd = libbpf.get_pinned(str(path))
+    info = libbpf.link_info(fd)
+    if info.type == libbpf.BPF_LINK_TYPE_XDP and idx and info.ifindex == idx:
+        return fd
+    os.close(fd)
+    return None
+
+
+def _describe_prog(prog_id: int) -> str:
+    try:
+        fd = libbpf.prog_fd_by_id(prog_id)
+    except BpfError:
+        return f"prog id {prog_id}"
+    try:
+        return f"{libbpf.prog_info(fd).name or '?'} (prog id {prog_id})"
+    finally:
+        os.close(fd)
+
+
+def _refuse_foreign(idx: int, iface: str) -> None:
+    for prog_id, how in zip(_attached_ids(idx), ("native", "generic"), strict=True):
+        if prog_id:
+            raise AttachError(
+                f"{iface}: another XDP program is attached ({how}): {_describe_prog(prog_id)}, "
+                f"not through bifrost's pinned link; bifrost replaces no one else's program "
+                f"(remove it first, e.g. `ip link set {iface} xdp off`)"
+            )
+
+
+def _link(idx: int, prog_fd: int, mode: str, iface: str) -> tuple[int, str]:
+    """A new XDP link (native, else generic with a warning in auto mode): (fd, mode)."""
+    if mode in ("auto", "native"):
+        try:
+            return libbpf.xdp_link_create(prog_fd, idx, XDP_FLAGS_DRV_MODE), "native"
+        except BpfError as e:
+            if mode == "native":
+                raise
+            log.warning("%s: native XDP failed (%s); falling back to generic (slower)", iface, e)
+    return libbpf.xdp_link_create(prog_fd, idx, XDP_FLAGS_SKB_MODE), "generic"
+
+
+def _pin_object(pdir: Path, loaded: pins.Loaded) -> None:
+    """Pin the maps the object made (those it shares are pinned already) and the program."""
+    fds = loaded.obj.map_fds()
+    for name in loaded.fresh:
+        pins.replace_pin(fds[name], pdir / name)
+    pins.replace_pin(loaded.obj.prog_fd("bifrost_modules"), pdir / MODULES_PIN)
+    pins.replace_pin(loaded.obj.prog_fd("bifrost_xdp"), pdir / PROG_PIN)
 
 
 def attach(
@@ -119,51 +230,170 @@ def attach(
     obj: Path = OBJECT,
     mode: str | None = None,
     pin_base: str | Path | None = None,
+    migrate: dict[str, str] | None = None,
 ) -> Attached:
-    """Load the object, pin its maps, apply cfg, attach (native, else generic with a warning),
-    then install managed neighbour entries for the game servers' next hops."""
+    """Load the object (keeping the state maps pinned by an earlier attachment of
+    iface, when their layout is unchanged), apply cfg, attach it through a pinned
+    bpf_link (native, else generic with a warning), then install managed neighbour
+    entries for the game servers' next hops.
+
+    Refused when iface already has our program (`upgrade` swaps it) or anyone else's.
+    """
     iface = iface or cfg.interface
     if not iface:
         raise ValueError("no interface: set xdp.interface or pass one")
     mode = mode or cfg.mode
     idx = ifindex(iface)
-    pdir = pin_dir_for(pin_base or cfg.pin_dir, iface)
-    if pdir.exists():
-        raise RuntimeError(f"{pdir} exists: already attached? run `bifrost xdp detach` first")
+    base = _pin_base(cfg, pin_base)
+    pdir = pin_dir_for(base, iface)
     if not obj.exists():
         raise FileNotFoundError(f"{obj}: not built (invoke build)")
-    with libbpf.BpfObject(obj) as bo:
-        fds = bo.map_fds()
-        prog = bo.prog_fd("bifrost_xdp")
-        ms = maps.MapSet.from_fds(fds)
-        report = maps.apply(ms, cfg, maps.calibrate_clock(bo.prog_fd("bifrost_clock")))
-        pdir.mkdir(parents=True)
-        try:
-            for name, fd in fds.items():
-                libbpf.pin(fd, str(pdir / name))
-            libbpf.pin(prog, str(pdir / PROG_PIN))
-            used = _attach_fd(idx, prog, mode, iface)
-        except BaseException:
-            shutil.rmtree(pdir, ignore_errors=True)
-            raise
-    log.info("attached bifrost_xdp on %s (%s), maps pinned in %s", iface, used, pdir)
+    bpffs.ensure(base)
+    with pins.locked(base):
+        link = our_link(pdir, idx)
+        if link is not None:
+            os.close(link)
+            raise AttachError(
+                f"{iface}: bifrost_xdp is already attached (link pinned in {pdir}): "
+                "`bifrost xdp upgrade` swaps in a newly built object, `bifrost xdp apply` "
+                "a changed config"
+            )
+        _refuse_foreign(idx, iface)
+        loaded = pins.load_reusing(obj, pdir, migrate)
+        with loaded.obj as bo:
+            check_modules(cfg, compiled_modules(bo.prog_fd("bifrost_modules")), str(obj))
+            ms = maps.MapSet.from_fds(bo.map_fds())
+            report = maps.apply(ms, cfg, maps.calibrate_clock(bo.prog_fd("bifrost_clock")))
+            link_fd, used = _link(idx, bo.prog_fd("bifrost_xdp"), mode, iface)
+            try:
+                pdir.mkdir(parents=True, exist_ok=True)
+                _pin_object(pdir, loaded)
+                pins.replace_pin(link_fd, pdir / LINK_PIN)
+            finally:
+                # Pinned, the link outlives this fd; not pinned, closing it detaches.
+                os.close(link_fd)
+    log.info("attached bifrost_xdp on %s (%s, bpf_link), pinned in %s", iface, used, pdir)
+    if loaded.reused:
+        log.info("kept the pinned maps %s", ", ".join(loaded.reused))
     # After the attach: a game server without a route is reported, not fatal
     # (its traffic is counted as drop_no_route), and the program stays attached.
     neigh = manage_neighbours(cfg, record=pdir / NEIGHBOURS_RECORD)
-    return Attached(iface, used, pdir, report, neigh)
+    return Attached(iface, used, pdir, report, neigh, tuple(loaded.reused))
 
 
-def _attach_fd(idx: int, prog_fd: int, mode: str, iface: str) -> str:
-    if mode in ("auto", "native"):
+@dataclass(frozen=True)
+class Upgraded:
+    iface: str
+    swapped: bool  # False: the object is the one running, nothing was changed
+    old_prog_id: int
+    new_prog_id: int
+    reused: tuple[str, ...]
+    fresh: tuple[str, ...]
+    copied: dict[str, int]
+    report: maps.ApplyReport | None
+
+    def __str__(self) -> str:
+        if not self.swapped:
+            return f"{self.iface}: already running this object (prog id {self.old_prog_id})"
+        kept = ", ".join(self.reused) or "none"
+        new = ", ".join(
+            f"{n} (copied {self.copied[n]})" if n in self.copied else n for n in self.fresh
+        )
+        return (
+            f"{self.iface}: swapped prog id {self.old_prog_id} -> {self.new_prog_id} "
+            f"atomically; maps kept: {kept}; new maps: {new or 'none'}"
+        )
+
+
+def upgrade(
+    cfg: XdpConfig,
+    iface: str | None = None,
+    obj: Path = OBJECT,
+    pin_base: str | Path | None = None,
+    migrate: dict[str, str] | None = None,
+) -> Upgraded:
+    """Replace our attached program by obj's in one step (bpf_link_update), keeping every
+    map whose layout is unchanged; cfg is applied to the new maps first, so the new
+    program starts with the config and the state of the old one. Refused, with the
+    old program left running, when a state map's layout changed and migrate does not
+    say how to carry it over (pins.load_reusing)."""
+    iface = iface or cfg.interface
+    if not iface:
+        raise ValueError("no interface: set xdp.interface or pass one")
+    idx = ifindex(iface)
+    base = _pin_base(cfg, pin_base)
+    pdir = pin_dir_for(base, iface)
+    if not obj.exists():
+        raise FileNotFoundError(f"{obj}: not built (invoke build)")
+    bpffs.ensure(base)
+    with pins.locked(base):
+        link = our_link(pdir, idx)
+        if link is None:
+            raise AttachError(f"{iface}: bifrost_xdp is not attached here: `bifrost xdp attach`")
         try:
-            libbpf.xdp_attach(idx, prog_fd, XDP_FLAGS_DRV_MODE)
-            return "native"
-        except BpfError as e:
-            if mode == "native":
-                raise
-            log.warning("%s: native XDP failed (%s); falling back to generic (slower)", iface, e)
-    libbpf.xdp_attach(idx, prog_fd, XDP_FLAGS_SKB_MODE)
-    return "generic"
+            old_id = libbpf.link_info(link).prog_id
+            old_fd = libbpf.prog_fd_by_id(old_id)
+            try:
+                return _swap(cfg, iface, obj, base, pdir, link, old_fd, old_id, migrate)
+            finally:
+                os.close(old_fd)
+        finally:
+            os.close(link)
+
+
+def _swap(
+    cfg: XdpConfig,
+    iface: str,
+    obj: Path,
+    base: Path,
+    pdir: Path,
+    link: int,
+    old_fd: int,
+    old_id: int,
+    migrate: dict[str, str] | None,
+) -> Upgraded:
+    loaded = pins.load_reusing(obj, pdir, migrate)
+    with loaded.obj as bo:
+        check_modules(cfg, compiled_modules(bo.prog_fd("bifrost_modules")), str(obj))
+        new_fd = bo.prog_fd("bifrost_xdp")
+        new_info = libbpf.prog_info(new_fd)
+        if new_info.tag == libbpf.prog_info(old_fd).tag and not loaded.fresh:
+            return Upgraded(iface, False, old_id, old_id, tuple(loaded.reused), (), {}, None)
+        ms = maps.MapSet.from_fds(bo.map_fds())
+        report = maps.apply(ms, cfg, maps.calibrate_clock(bo.prog_fd("bifrost_clock")))
+        # Every interface attached to the old program (attach_also) follows it.
+        for other in _links_to(base, old_id):
+            try:
+                libbpf.link_update(other, new_fd, old_fd)
+            finally:
+                os.close(other)
+        libbpf.link_update(link, new_fd, old_fd)
+        _pin_object(pdir, loaded)
+    log.info("%s: swapped prog id %d -> %d (bpf_link_update)", iface, old_id, new_info.id)
+    return Upgraded(
+        iface,
+        True,
+        old_id,
+        new_info.id,
+        tuple(loaded.reused),
+        tuple(loaded.fresh),
+        loaded.copied,
+        report,
+    )
+
+
+def _links_to(base: Path, prog_id: int) -> Iterator[int]:
+    """fds of the pinned links under base, other than pins of a program's own pin dir
+    (those with maps), that attach prog_id: interfaces added with attach_also."""
+    for d in sorted(base.iterdir()) if base.is_dir() else []:
+        path = d / LINK_PIN
+        if (d / PROG_PIN).exists() or not path.exists():
+            continue
+        fd = libbpf.get_pinned(str(path))
+        if libbpf.link_info(fd).prog_id == prog_id:
+            yield fd
+        else:
+            os.close(fd)
 
 
 def attach_pass(iface: str, obj: Path = OBJECT) -> None:
@@ -184,9 +414,24 @@ def apply(cfg: XdpConfig, iface: str | None = None, pin_base: str | Path | None 
     iface = iface or cfg.interface
     if not iface:
         raise ValueError("no interface: set xdp.interface or pass one")
-    ms = maps.MapSet.from_pins(pin_dir_for(pin_base or cfg.pin_dir, iface))
-    report = str(maps.apply(ms, cfg))
+    base = _pin_base(cfg, pin_base)
+    pdir = pin_dir_for(base, iface)
+    if not pdir.is_dir():
+        raise FileNotFoundError(f"{pdir}: no pinned maps (is the program attached?)")
+    with pins.locked(base):
+        check_modules(cfg, running_modules(pdir), "the running program")
+        with maps.MapSet.from_pins(pdir) as ms:
+            report = str(maps.apply(ms, cfg))
     return Applied(report, ensure_neighbours(cfg, iface, pin_base))
+
+
+def running_modules(pdir: Path) -> set[str]:
+    """The game modules of the program attached from pdir (its pinned bifrost_modules)."""
+    fd = libbpf.get_pinned(str(pdir / MODULES_PIN))
+    try:
+        return compiled_modules(fd)
+    finally:
+        os.close(fd)
 
 
 def ensure_neighbours(
@@ -204,20 +449,34 @@ def recorded_neighbours(iface: str, pin_base: str | Path) -> list[tuple[str, str
     return _read_record(pin_dir_for(pin_base, iface) / NEIGHBOURS_RECORD)
 
 
-def detach(iface: str, pin_base: str | Path) -> None:
-    """Detach in whichever mode it is attached, delete the neighbour entries attach/apply
-    made (only those still ours), and remove the pins."""
+def detach(iface: str, pin_base: str | Path) -> str:
+    """Take our program off iface (its pinned link; a program attached otherwise is left
+    alone and named), delete the neighbour entries attach/apply made (only those still
+    ours), and remove the pins. What was done, for the operator."""
     try:
         idx = ifindex(iface)
     except ValueError:
         idx = 0
-    if idx:
-        for flags in (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE):
-            if libbpf.xdp_query_id(idx, flags):
-                libbpf.xdp_detach(idx, flags)
-    pdir = pin_dir_for(pin_base, iface)
-    release_neighbours(pdir / NEIGHBOURS_RECORD)
-    shutil.rmtree(pdir, ignore_errors=True)
+    base = Path(pin_base)
+    pdir = pin_dir_for(base, iface)
+    if not base.is_dir():
+        return f"{iface}: nothing pinned in {base}"
+    with pins.locked(base):
+        link = our_link(pdir, idx)
+        what = f"{iface}: detached"
+        if link is not None:
+            try:
+                libbpf.link_detach(link)
+            finally:
+                os.close(link)
+        elif idx and any(_attached_ids(idx)):
+            prog = next(p for p in _attached_ids(idx) if p)
+            what = f"{iface}: left {_describe_prog(prog)} attached: not bifrost's (no pinned link)"
+        else:
+            what = f"{iface}: was not attached"
+        release_neighbours(pdir / NEIGHBOURS_RECORD)
+        shutil.rmtree(pdir, ignore_errors=True)
+    return what
 
 
 @dataclass(frozen=True)
@@ -226,6 +485,7 @@ class Status:
     native_prog_id: int
     generic_prog_id: int
     pinned: bool
+    ours: bool = False  # attached through our pinned link
 
     @property
     def attached(self) -> bool:
@@ -238,17 +498,21 @@ class Status:
             how = f"attached (generic, prog id {self.generic_prog_id})"
         else:
             how = "not attached"
+        if self.attached and not self.ours:
+            how += " by someone else (no bifrost link)"
         return f"{self.iface}: {how}; maps {'pinned' if self.pinned else 'not pinned'}"
 
 
 def status(iface: str, pin_base: str | Path) -> Status:
     idx = ifindex(iface)
-    return Status(
-        iface,
-        libbpf.xdp_query_id(idx, XDP_FLAGS_DRV_MODE),
-        libbpf.xdp_query_id(idx, XDP_FLAGS_SKB_MODE),
-        pin_dir_for(pin_base, iface).is_dir(),
-    )
+    pdir = pin_dir_for(pin_base, iface)
+    link = our_link(pdir, idx)
+    ours = False
+    if link is not None:
+        ours = libbpf.link_info(link).prog_id in _attached_ids(idx)
+        os.close(link)
+    native, generic = _attached_ids(idx)
+    return Status(iface, native, generic, pdir.is_dir(), ours)
 
 
 def attach_also(iface: str, first_iface: str, pin_base: str | Path, mode: str = "auto") -> str:
@@ -256,10 +520,24 @@ def attach_also(iface: str, first_iface: str, pin_base: str | Path, mode: str = 
 
     A POP with separate client- and game-server-facing interfaces needs one
     program with one set of maps on both, so SRCDS validation learned on the
-    return path applies on the forward path. `detach(iface, ...)` undoes it.
+    return path applies on the forward path. Its link is pinned in iface's pin
+    dir, `upgrade` of first_iface swaps it too, `detach(iface, ...)` undoes it.
     """
-    prog = libbpf.get_pinned(str(pin_dir_for(pin_base, first_iface) / PROG_PIN))
-    return _attach_fd(ifindex(iface), prog, mode, iface)
+    base = Path(pin_base)
+    idx = ifindex(iface)
+    with pins.locked(base):
+        _refuse_foreign(idx, iface)
+        prog = libbpf.get_pinned(str(pin_dir_for(base, first_iface) / PROG_PIN))
+        try:
+            link_fd, used = _link(idx, prog, mode, iface)
+        finally:
+            os.close(prog)
+        try:
+            pin_dir_for(base, iface).mkdir(parents=True, exist_ok=True)
+            pins.replace_pin(link_fd, pin_dir_for(base, iface) / LINK_PIN)
+        finally:
+            os.close(link_fd)
+    return used
 
 
 # -- game servers' neighbours (see the module docstring) -----------------------

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import struct
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bifrost.xdp import libbpf, maps_def
@@ -14,27 +15,73 @@ from bifrost.xdp.config import PROTOS, XdpConfig
 from bifrost.xdp.libbpf import Map
 
 S = maps_def.BY_NAME
+D = maps_def
 
-# name -> (key size, value size, per CPU). Sizes come from maps_def, like the C side.
-MAP_SPECS: dict[str, tuple[int, int, bool]] = {
-    "settings": (4, S["settings"].size, False),
-    "rules": (4, S["rule"].size, False),
-    "rule_slots": (4, S["rule_slot"].size, False),
-    "rule_overflow": (S["rule_key"].size, S["rule_ref"].size, False),
-    "rule_modules": (4, S["rule_modules"].size, False),
-    "anycast": (4, S["anycast"].size, False),
-    "gameservers": (4, S["gameserver"].size, False),
-    "firewall": (S["lpm_key"].size, 4, False),
-    "rate_limit": (S["rate_key"].size, S["rate_state"].size, False),
-    "nexthops": (4, S["nexthop"].size, False),
-    "gs_nexthops": (4, S["nexthop"].size, False),
-    "srcds_clients": (S["srcds_key"].size, S["srcds_state"].size, False),
-    "counters": (4, S["counter"].size, True),
+
+@dataclass(frozen=True)
+class MapSpec:
+    """What this Python side reads and writes a map as; checked against the kernel's
+    view of a pinned map before any use (a map from another build may differ)."""
+
+    type: int
+    key_size: int
+    value_size: int  # per CPU for per-CPU maps
+    max_entries: int
+    flags: int = 0
+
+    @property
+    def percpu(self) -> bool:
+        return self.type == libbpf.BPF_MAP_TYPE_PERCPU_ARRAY
+
+
+A, H, LRU = libbpf.BPF_MAP_TYPE_ARRAY, libbpf.BPF_MAP_TYPE_HASH, libbpf.BPF_MAP_TYPE_LRU_HASH
+# Sizes from maps_def, like the C side (xdp/maps.h); tests/bpf/test_xdp_binding.py
+# checks this table against the built object's own map definitions.
+G = D.GENERATIONS
+MAP_SPECS: dict[str, MapSpec] = {
+    "config_gen": MapSpec(A, 4, 4, 1),
+    "settings": MapSpec(A, 4, S["settings"].size, G),
+    "rule_names": MapSpec(A, 4, S["rule_name"].size, D.MAX_RULES + 1),
+    "rules": MapSpec(A, 4, S["rule"].size, G * (D.MAX_RULES + 1)),
+    # mmap-able: apply reads a generation's 131072 slots without a per-slot copy.
+    "rule_slots": MapSpec(A, 4, S["rule_slot"].size, G * D.RULE_SLOTS, libbpf.BPF_F_MMAPABLE),
+    "rule_overflow": MapSpec(H, S["rule_key"].size, S["rule_ref"].size, G * D.MAX_RULE_KEYS),
+    "rule_modules": MapSpec(A, 4, S["rule_modules"].size, G * (D.MAX_RULES + 1)),
+    "anycast": MapSpec(H, 4, S["anycast"].size, G * D.MAX_ANYCAST),
+    "gameservers": MapSpec(H, 4, S["gameserver"].size, G * D.MAX_GAMESERVERS),
+    "firewall": MapSpec(libbpf.BPF_MAP_TYPE_LPM_TRIE, S["lpm_key"].size, 4, G * 2 * D.MAX_PREFIXES),
+    "rate_limit": MapSpec(LRU, S["rate_key"].size, S["rate_state"].size, D.MAX_RATE_SOURCES),
+    "nexthops": MapSpec(LRU, 4, S["nexthop"].size, D.MAX_NEXTHOPS),
+    "gs_nexthops": MapSpec(A, 4, S["nexthop"].size, D.MAX_GAMESERVERS),
+    "srcds_clients": MapSpec(LRU, S["srcds_key"].size, S["srcds_state"].size, D.MAX_SRCDS_CLIENTS),
+    "counters": MapSpec(
+        libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["counter"].size, (D.MAX_RULES + 1) * len(D.REASONS)
+    ),
 }
-# Maps whose content is the config (apply() makes them equal to it), in the
-# order apply() writes them: settings first (its firewall flag on with the trie
-# still empty costs a lookup, never a miss), then what a lookup reaches last
-# first, so a packet never follows a slot to a rule that is not there yet.
+
+
+class MapMismatch(ValueError):
+    """A pinned map is not what this bifrost reads and writes."""
+
+
+def check_pinned(name: str, info: libbpf.MapDef) -> None:
+    """Refuse a pinned map whose kernel-side type, sizes or capacity differ from MAP_SPECS."""
+    spec = MAP_SPECS[name]
+    want = libbpf.MapDef(
+        name, spec.type, spec.key_size, spec.value_size, spec.max_entries, spec.flags
+    )
+    mask = libbpf.BPF_F_MMAPABLE  # the only flag this side depends on
+    diff = want.differences(replace(info, flags=info.flags & mask))
+    if diff:
+        raise MapMismatch(
+            f"pinned map {name}: the kernel's map differs from this bifrost's layout "
+            f"({'; '.join(diff)}): it was made by another build; swap the program with "
+            "`bifrost xdp upgrade` (or detach and attach again)"
+        )
+
+
+# Maps whose content is the config: apply() writes the generation not in force
+# (see config_gen in xdp/maps.h), then switches config_gen.
 CONFIG_MAPS = (
     "settings",
     "rule_modules",
@@ -49,25 +96,55 @@ CONFIG_MAPS = (
 
 @dataclass
 class MapSet:
-    """The program's maps by name; from a freshly loaded object or from the pins."""
+    """The program's maps by name; from a freshly loaded object or from the pins.
+
+    Maps opened from pins own their fds: close() (or `with`) releases them.
+    """
 
     maps: dict[str, Map] = field(default_factory=dict)
 
     @classmethod
     def from_fds(cls, fds: dict[str, int]) -> MapSet:
+        """Maps of a loaded object (which keeps owning the fds)."""
         out = cls()
         for name, fd in fds.items():
             if name in MAP_SPECS:
-                k, v, percpu = MAP_SPECS[name]
-                out.maps[name] = Map(fd, k, v, percpu)
+                sp = MAP_SPECS[name]
+                mm = bool(sp.flags & libbpf.BPF_F_MMAPABLE)
+                out.maps[name] = Map(fd, sp.key_size, sp.value_size, sp.percpu, mmapable=mm)
         return out
 
     @classmethod
     def from_pins(cls, pin_dir: Path) -> MapSet:
+        """Open the pinned maps, each checked against the kernel's view of it."""
         if not pin_dir.is_dir():
             raise FileNotFoundError(f"{pin_dir}: no pinned maps (is the program attached?)")
-        fds = {p.name: libbpf.get_pinned(str(p)) for p in pin_dir.iterdir() if p.name in MAP_SPECS}
-        return cls.from_fds(fds)
+        out = cls()
+        try:
+            for p in sorted(pin_dir.iterdir()):
+                if p.name not in MAP_SPECS:
+                    continue
+                fd = libbpf.get_pinned(str(p))
+                sp = MAP_SPECS[p.name]
+                mm = bool(sp.flags & libbpf.BPF_F_MMAPABLE)
+                out.maps[p.name] = Map(
+                    fd, sp.key_size, sp.value_size, sp.percpu, owned=True, mmapable=mm
+                )
+                check_pinned(p.name, libbpf.map_info(fd))
+        except BaseException:
+            out.close()
+            raise
+        return out
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+
+    def __enter__(self) -> MapSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __getitem__(self, name: str) -> Map:
         return self.maps[name]
@@ -92,15 +169,35 @@ def rate_params(pps: int, burst: int) -> tuple[int, int]:
     return cost, cost * (burst if burst > 0 else pps)
 
 
-def desired(cfg: XdpConfig, ns_per_jiffy: int = 0) -> dict[str, dict[bytes, bytes]]:
-    """Every config-owned map's wanted content (ns_per_jiffy: see calibrate_clock)."""
+def _stride(name: str) -> int:
+    """Entries per generation of a config array (index = gen * stride + i)."""
+    return MAP_SPECS[name].max_entries // D.GENERATIONS
+
+
+def _digest(name: str) -> bytes:
+    return hashlib.sha256(name.encode()).digest()[:16]
+
+
+def desired(
+    cfg: XdpConfig, ns_per_jiffy: int = 0, ids: dict[str, int] | None = None, gen: int = 0
+) -> dict[str, dict[bytes, bytes]]:
+    """Every config-owned map's wanted content in generation gen (keys: array indices
+    with the generation's offset, hash keys with its gen field). ids: rule name -> id
+    (default: the config's own ids); ns_per_jiffy: see calibrate_clock.
+
+    anycast/gameservers values carry only gen's bit and firewall values only gen's
+    verdict: apply() merges them with the other generation's.
+    """
+    ids = ids if ids is not None else {r.name: r.id for r in cfg.rules}
     out: dict[str, dict[bytes, bytes]] = {name: {} for name in CONFIG_MAPS}
     slots = {g: i for i, g in enumerate(cfg.all_game_servers())}
     keys: dict[bytes, int] = {}  # rule key -> rule id
+    rules_base = gen * _stride("rules")
     for r in cfg.rules:
+        rid = ids[r.name]
         cost, burst = rate_params(r.rate_limit_pps, r.rate_limit_burst)
-        out["rules"][_u32(r.id)] = S["rule"].pack(
-            id=r.id,
+        out["rules"][_u32(rules_base + rid)] = S["rule"].pack(
+            id=rid,
             gs_addr=r.game_server,
             fou_port=r.fou_port,
             flags=maps_def.RULE_CACHE if r.cache else 0,
@@ -109,21 +206,22 @@ def desired(cfg: XdpConfig, ns_per_jiffy: int = 0) -> dict[str, dict[bytes, byte
             rate_burst_ns=burst,
         )
         for port in r.port_keys():
-            keys[S["rule_key"].pack(addr=r.anycast, port=port, proto=PROTOS[r.proto])] = r.id
+            key = S["rule_key"].pack(addr=r.anycast, port=port, proto=PROTOS[r.proto], gen=gen)
+            keys[key] = rid
         bits = 0
         for m in r.modules:
             bits |= maps_def.MODULE_BITS[m]
-        out["rule_modules"][_u32(r.id)] = S["rule_modules"].pack(bits=bits)
-    out["rule_slots"], out["rule_overflow"] = place_rule_keys(keys)
+        out["rule_modules"][_u32(rules_base + rid)] = S["rule_modules"].pack(bits=bits)
+    out["rule_slots"], out["rule_overflow"] = place_rule_keys(keys, gen)
     for a in cfg.all_anycast():
-        out["anycast"][_ip(a)] = S["anycast"].pack()
+        out["anycast"][_ip(a)] = S["anycast"].pack(gens=1 << gen)
     for g in cfg.all_game_servers():
-        out["gameservers"][_ip(g)] = S["gameserver"].pack()
+        out["gameservers"][_ip(g)] = S["gameserver"].pack(gens=1 << gen)
     for net, verdict in firewall_prefixes(cfg.block, cfg.allow):
         key = S["lpm_key"].pack(prefixlen=net.prefixlen, addr=net.network_address)
         out["firewall"][key] = _u32(verdict)
     flags = maps_def.SET_HAVE_FIREWALL if out["firewall"] else 0
-    out["settings"][_u32(0)] = S["settings"].pack(
+    out["settings"][_u32(gen)] = S["settings"].pack(
         pop_addr=cfg.pop_address,
         fou_port=cfg.fou_port,
         ipv6_policy=maps_def.IPV6_DROP if cfg.ipv6 == "drop" else maps_def.IPV6_PASS,
@@ -153,8 +251,10 @@ def firewall_prefixes(
     return out
 
 
-def place_rule_keys(keys: dict[bytes, int]) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
-    """(rule_slots, rule_overflow) contents for rule keys -> rule ids.
+def place_rule_keys(
+    keys: dict[bytes, int], gen: int = 0
+) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """(rule_slots, rule_overflow) contents for rule keys -> rule ids, in generation gen.
 
     Each key belongs at rule_slot_index(key); where several do, the smallest key
     (bytewise, so placement depends only on the config) takes the slot, which
@@ -168,9 +268,10 @@ def place_rule_keys(keys: dict[bytes, int]) -> tuple[dict[bytes, bytes], dict[by
         )
     slots: dict[bytes, bytes] = {}
     overflow: dict[bytes, bytes] = {}
+    base = gen * D.RULE_SLOTS
     for idx, group in by_slot.items():
         k = S["rule_key"].unpack(group[0])
-        slots[_u32(idx)] = S["rule_slot"].pack(
+        slots[_u32(base + idx)] = S["rule_slot"].pack(
             addr=k["addr"],
             port=k["port"],
             proto=k["proto"],
@@ -187,19 +288,141 @@ ARRAY_MAPS = ("settings", "rule_modules", "rules", "rule_slots")
 
 @dataclass
 class ApplyReport:
+    generation: int = 0  # the generation in force after the apply
     written: dict[str, int] = field(default_factory=dict)
     removed: dict[str, int] = field(default_factory=dict)
+    new_ids: dict[str, int] = field(default_factory=dict)  # rules given an id by this apply
 
     def __str__(self) -> str:
         parts = [f"{n}: +{self.written.get(n, 0)} -{self.removed.get(n, 0)}" for n in CONFIG_MAPS]
-        return ", ".join(parts)
+        return f"generation {self.generation}; " + ", ".join(parts)
 
 
-def _current(m: Map, is_array: bool) -> dict[bytes, bytes]:
-    """A map's entries; for arrays only the non-zero ones (zero is "empty")."""
-    if is_array:
-        zero = bytes(m.value_size)
-        return {k: v for k, v in m.dump().items() if v != zero}
+class ApplyError(RuntimeError):
+    """Writing the next generation failed; the one in force is untouched."""
+
+
+def check_capacity(cfg: XdpConfig) -> None:
+    """Refuse, before any write, a config the maps cannot hold or whose rules' ids
+    would be ambiguous (ids come from rule names)."""
+    limits = (
+        ("xdp.anycast (with the rules' anycast)", len(cfg.all_anycast()), D.MAX_ANYCAST),
+        (
+            "xdp.game_servers (with the rules' game_server)",
+            len(cfg.all_game_servers()),
+            D.MAX_GAMESERVERS,
+        ),
+        ("xdp.block", len(set(cfg.block)), D.MAX_PREFIXES),
+        ("xdp.allow", len(set(cfg.allow)), D.MAX_PREFIXES),
+        ("xdp.rule", len(cfg.rules), D.MAX_RULES),
+        ("xdp.rule[].ports", sum(len(r.port_keys()) for r in cfg.rules), D.MAX_RULE_KEYS),
+    )
+    for key, n, most in limits:
+        if n > most:
+            raise ApplyError(f"{key}: {n} entries, at most {most}; nothing was written")
+    seen: dict[str, int] = {}
+    for i, r in enumerate(cfg.rules):
+        if r.name in seen:
+            raise ApplyError(
+                f"xdp.rule[{i}].name = {r.name!r}: also the name of xdp.rule[{seen[r.name]}]; "
+                "a rule's name is its identity (stable id, counters); nothing was written"
+            )
+        seen[r.name] = i
+
+
+def active_generation(ms: MapSet) -> int:
+    return struct.unpack("=I", ms["config_gen"].lookup(_u32(0)) or bytes(4))[0] & 1
+
+
+def assign_ids(ms: MapSet, cfg: XdpConfig, active: int) -> tuple[dict[str, int], dict[int, bytes]]:
+    """(rule name -> id, {id: name digest} of ids newly given to a name).
+
+    A name keeps the id rule_names records for it, so removing a rule renumbers
+    no other. A new name gets the lowest id that no rule of the generation in
+    force uses, preferring ids no name ever held.
+    """
+    recorded = {i: v for i, v in ms["rule_names"].nonzero(D.MAX_RULES + 1).items()}
+    by_digest = {v: i for i, v in recorded.items()}
+    stride = _stride("rules")
+    in_force = {i - active * stride for i in ms["rules"].nonzero(stride, active * stride)}
+    ids: dict[str, int] = {}
+    new: dict[int, bytes] = {}
+    pending = []
+    for r in cfg.rules:
+        d = _digest(r.name)
+        if d in by_digest:
+            ids[r.name] = by_digest[d]
+        else:
+            pending.append((r.name, d))
+    taken = in_force | set(ids.values())
+    free = [i for i in range(1, D.MAX_RULES + 1) if i not in taken]
+    free.sort(key=lambda i: (i in recorded, i))
+    for (name, d), rid in zip(pending, free, strict=False):
+        ids[name] = rid
+        new[rid] = d
+    if len(ids) < len(cfg.rules):
+        raise ApplyError(
+            f"xdp.rule: no free rule id (the config in force and this one use more than "
+            f"{D.MAX_RULES} ids between them); apply a config without the removed rules "
+            "first; nothing was written"
+        )
+    return ids, new
+
+
+def _longest(members: dict[ipaddress.IPv4Network, int], net: ipaddress.IPv4Network) -> int:
+    """The verdict of the longest prefix in members covering net (0: none)."""
+    for plen in range(net.prefixlen, -1, -1):
+        v = members.get(net.supernet(new_prefix=plen) if plen < net.prefixlen else net)
+        if v is not None:
+            return v
+    return 0
+
+
+def _fw_net(key: bytes) -> ipaddress.IPv4Network:
+    k = S["lpm_key"].unpack(key)
+    return ipaddress.IPv4Network((k["addr"], k["prefixlen"]))
+
+
+def _apply_firewall(m: Map, want: dict[bytes, bytes], active: int, target: int) -> tuple[int, int]:
+    """Write target's half of every firewall entry (see the firewall map in maps.h);
+    the active half of an existing entry is never changed, and a new entry's is the
+    active generation's longest-match verdict, so the config in force answers the
+    same throughout. (written, removed)."""
+    bits, member, mask = D.FW_GEN_BITS, D.FW_MEMBER, (1 << D.FW_GEN_BITS) - 1
+
+    def half(v: int, g: int) -> int:
+        return (v >> (g * bits)) & mask
+
+    have = {k: struct.unpack("=I", v)[0] for k, v in _hash_entries(m).items()}
+    active_members = {
+        _fw_net(k): half(v, active) & D.FW_VERDICT_MASK
+        for k, v in have.items()
+        if half(v, active) & member
+    }
+    target_members = {_fw_net(k): struct.unpack("=I", v)[0] for k, v in want.items()}
+    union = {k for k, v in have.items() if half(v, active) & member} | set(want)
+    removed = 0
+    for k in have:
+        if k not in union:
+            m.delete(k)  # nobody's own prefix: the longest match falls back to the same verdicts
+            removed += 1
+    written = 0
+    for k in sorted(union, key=lambda k: _fw_net(k).prefixlen):
+        net = _fw_net(k)
+        a = half(have[k], active) if k in have else _longest(active_members, net)
+        t = (
+            (target_members[net] | member)
+            if net in target_members
+            else _longest(target_members, net)
+        )
+        value = (a << (active * bits)) | (t << (target * bits))
+        if have.get(k) != value:
+            m.update(k, _u32(value))
+            written += 1
+    return written, removed
+
+
+def _hash_entries(m: Map) -> dict[bytes, bytes]:
     out = {}
     for key in list(m.keys()):
         value = m.lookup(key)
@@ -208,56 +431,121 @@ def _current(m: Map, is_array: bool) -> dict[bytes, bytes]:
     return out
 
 
-# A rule_slot's key (address, port, proto) is the bytes before its flags.
-_SLOT_KEY_END = S["rule_slot"].offsets()["flags"]
+def apply(
+    ms: MapSet, cfg: XdpConfig, ns_per_jiffy: int | None = None, switch: bool = True
+) -> ApplyReport:
+    """Make the config in force equal to cfg in one step, without reloading.
 
-
-def _same_slot_key(a: bytes, b: bytes) -> bool:
-    """rule_slot values for the same key."""
-    return a[:_SLOT_KEY_END] == b[:_SLOT_KEY_END]
-
-
-def apply(ms: MapSet, cfg: XdpConfig, ns_per_jiffy: int | None = None) -> ApplyReport:
-    """Make the config-owned maps equal to cfg, in place, without reloading.
-
-    All new and changed entries are written first, in CONFIG_MAPS order, then
-    stale entries are removed in the reverse order. So a packet never sees a
-    config half-applied in the unsafe direction: the firewall flag off while
-    the trie has entries to enforce, or a slot naming a rule id whose rule is
-    not written yet. A slot that changes key is emptied before it is refilled,
-    so a packet racing the rewrite cannot pair one key with the other's rule
-    id. (A rule changed
-    in place, e.g. a new game-server address, can be read half-written by a
-    packet in flight, as with any BPF array: that one packet may be lost.)
+    cfg is written into the generation not in force (see config_gen in
+    xdp/maps.h), then config_gen is switched in one store: a packet sees the
+    old config or the new one, never a mix. Capacities and names are checked
+    before any write; a failed write leaves the generation in force untouched
+    (ApplyError). On maps never applied to (a fresh object), generation 0 is
+    filled in place. switch=False writes the generation and leaves the switch
+    to switch_generation() (report.generation names it).
     """
-    rep = ApplyReport()
+    check_capacity(cfg)
+    active = active_generation(ms)
+    fresh = not any(ms["settings"].nonzero(D.GENERATIONS).values())
+    target = active if fresh else 1 - active
     if ns_per_jiffy is None:  # keep the running program's calibration
-        current = ms["settings"].lookup(_u32(0)) or bytes(S["settings"].size)
+        current = ms["settings"].lookup(_u32(active)) or bytes(S["settings"].size)
         ns_per_jiffy = S["settings"].unpack(current)["ns_per_jiffy"]
-    want = desired(cfg, ns_per_jiffy)
-    have = {name: _current(ms[name], name in ARRAY_MAPS) for name in CONFIG_MAPS}
-    for name in CONFIG_MAPS:
-        m = ms[name]
-        written = 0
-        for key, value in want[name].items():
-            old = have[name].get(key)
-            if old == value:
-                continue
-            if name == "rule_slots" and old is not None and not _same_slot_key(old, value):
-                m.update(key, bytes(m.value_size))
-            m.update(key, value)
-            written += 1
-        rep.written[name] = written
-    for name in reversed(CONFIG_MAPS):
-        m = ms[name]
-        stale = [key for key in have[name] if key not in want[name]]
-        for key in stale:
-            if name in ARRAY_MAPS:
-                m.update(key, bytes(m.value_size))
-            else:
-                m.delete(key)
-        rep.removed[name] = len(stale)
+    ids, new_ids = assign_ids(ms, cfg, active)
+    want = desired(cfg, ns_per_jiffy, ids, target)
+    rep = ApplyReport(target)
+    rep.new_ids = {n: i for n, i in ids.items() if i in new_ids}
+    try:
+        _write_generation(ms, want, active, target, rep)
+        nr = len(D.REASONS)
+        for rid, digest in new_ids.items():
+            ms["rule_names"].update(_u32(rid), digest)
+            for reason in range(nr):  # a new rule's counters start at zero
+                ms["counters"].update(_u32(rid * nr + reason), bytes(S["counter"].size))
+    except OSError as e:
+        raise ApplyError(
+            f"writing config generation {target} failed ({e}); generation {active} "
+            "stays in force, unchanged"
+        ) from e
+    if switch:
+        switch_generation(ms, target)
     return rep
+
+
+def switch_generation(ms: MapSet, gen: int) -> None:
+    """Put generation gen in force: one 4-byte store the next packet reads."""
+    ms["config_gen"].update(_u32(0), _u32(gen))
+
+
+def _write_generation(
+    ms: MapSet, want: dict[str, dict[bytes, bytes]], active: int, target: int, rep: ApplyReport
+) -> None:
+    for name in ARRAY_MAPS:
+        m, stride = ms[name], _stride(name)
+        have = {_u32(i): v for i, v in m.nonzero(stride, target * stride).items()}
+        changed = [(k, v) for k, v in want[name].items() if have.get(k) != v]
+        stale = [k for k in have if k not in want[name]]
+        for k, v in changed:
+            m.update(k, v)
+        for k in stale:
+            m.update(k, bytes(m.value_size))
+        rep.written[name], rep.removed[name] = len(changed), len(stale)
+    m = ms["rule_overflow"]
+    gen_at = S["rule_key"].offsets()["gen"]
+    have = {k: v for k, v in _hash_entries(m).items() if k[gen_at] == target}
+    stale = [k for k in have if k not in want["rule_overflow"]]
+    for k in stale:
+        m.delete(k)
+    changed = [(k, v) for k, v in want["rule_overflow"].items() if have.get(k) != v]
+    for k, v in changed:
+        m.update(k, v)
+    rep.written["rule_overflow"], rep.removed["rule_overflow"] = len(changed), len(stale)
+    for name in ("anycast", "gameservers"):
+        m, bit = ms[name], 1 << target
+        have_bits = {k: struct.unpack("=I", v)[0] for k, v in _hash_entries(m).items()}
+        written = removed = 0
+        for k, old in have_bits.items():
+            if k not in want[name] and old & bit:
+                if old & ~bit:
+                    m.update(k, _u32(old & ~bit))
+                else:
+                    m.delete(k)
+                removed += 1
+        for k in want[name]:
+            old = have_bits.get(k, 0)
+            if not old & bit:
+                m.update(k, _u32(old | bit))
+                written += 1
+        rep.written[name], rep.removed[name] = written, removed
+    rep.written["firewall"], rep.removed["firewall"] = _apply_firewall(
+        ms["firewall"], want["firewall"], active, target
+    )
+
+
+def in_force(ms: MapSet, name: str) -> dict[bytes, bytes]:
+    """The entries of config array or rule_overflow name in the generation in force."""
+    gen = active_generation(ms)
+    if name == "rule_overflow":
+        at = S["rule_key"].offsets()["gen"]
+        return {k: v for k, v in _hash_entries(ms[name]).items() if k[at] == gen}
+    stride = _stride(name)
+    return {_u32(i): v for i, v in ms[name].nonzero(stride, gen * stride).items()}
+
+
+def rule_names(ms: MapSet, cfg: XdpConfig) -> dict[int, str]:
+    """Rule id -> name for cfg's rules that have an id (for counters)."""
+    by_digest = {_digest(r.name): r.name for r in cfg.rules}
+    recorded = ms["rule_names"].nonzero(D.MAX_RULES + 1)
+    return {i: by_digest[d] for i, d in recorded.items() if d in by_digest}
+
+
+def config_modules(cfg: XdpConfig) -> dict[str, list[str]]:
+    """Game module -> the rules that need it."""
+    out: dict[str, list[str]] = {}
+    for r in cfg.rules:
+        for m in r.modules:
+            out.setdefault(m, []).append(r.name)
+    return out
 
 
 KNOWN_HZ = (100, 250, 300, 1000)

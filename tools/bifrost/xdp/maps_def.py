@@ -1,9 +1,11 @@
 """The XDP program's map key/value layouts, defined once for C and Python.
 
-``render_header()`` turns these definitions into xdp/generated/bifrost_maps.h,
-which the BPF program includes; ``Struct.pack``/``unpack`` are the Python side
-the loader uses. tests/unit/test_xdp_maps_def.py compiles the header with gcc
-and compares every size and offset with the struct formats below.
+``bifrost.codegen`` renders these definitions into xdp/generated/bifrost_maps.h
+(``invoke generate``; the XDP build does it too), which the BPF program
+includes; ``Struct.pack``/``unpack`` (``bifrost.abi.spec``, shared with the
+chardev records) are the Python side the loader uses.
+tests/unit/test_xdp_maps_def.py compiles the header with gcc and compares
+every size and offset with the struct formats below.
 
 Byte order: ``ipv4`` fields are network order (as in iphdr); every other field
 is host order (little-endian), ports included: the program converts with
@@ -12,89 +14,12 @@ bpf_ntohs, which costs one instruction.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
-from typing import Any
 
-import jinja2
-
-from bifrost.abi.spec import SCALARS, Field, SpecError
-from bifrost.paths import TEMPLATES_DIR, XDP_DIR
+from bifrost.abi.spec import Field, Struct
+from bifrost.paths import XDP_DIR
 
 HEADER_PATH = XDP_DIR / "generated" / "bifrost_maps.h"
-
-
-@dataclass(frozen=True)
-class Struct:
-    """One map key or value layout; no implicit padding allowed."""
-
-    name: str
-    doc: str
-    fields: tuple[Field, ...]
-
-    def layout(self) -> list[tuple[Field, int]]:
-        out, off, align = [], 0, 1
-        for f in self.fields:
-            if off % f.align:
-                raise SpecError(f"{self.name}.{f.name}: offset {off} needs {f.align}-alignment")
-            out.append((f, off))
-            off += f.size
-            align = max(align, f.align)
-        if off % align:
-            raise SpecError(f"{self.name}: size {off} leaves tail padding; add a reserved field")
-        return out
-
-    @property
-    def size(self) -> int:
-        f, off = self.layout()[-1]
-        return off + f.size
-
-    @property
-    def format(self) -> str:
-        parts = []
-        for f in self.fields:
-            if f.type == "ipv4":
-                parts.append("4s" * f.count)
-            elif f.is_bytes:
-                parts.append(f"{f.count}s")
-            else:
-                ch = SCALARS[f.type][1]
-                parts.append(ch if f.count == 1 else f"{f.count}{ch}")
-        return "=" + "".join(parts)
-
-    def offsets(self) -> dict[str, int]:
-        return {f.name: off for f, off in self.layout()}
-
-    def pack(self, **values: Any) -> bytes:
-        """Pack by field name; missing fields are zero, ipv4 takes str/IPv4Address/bytes."""
-        args: list[Any] = []
-        unknown = set(values) - {f.name for f in self.fields}
-        if unknown:
-            raise KeyError(f"{self.name}: no field {sorted(unknown)[0]}")
-        for f in self.fields:
-            v = values.get(f.name)
-            if f.type == "ipv4":
-                args.append(_ipv4_bytes(v))
-            elif f.is_bytes:
-                args.append(bytes(v or b""))
-            elif f.count > 1:
-                args.extend(v or [0] * f.count)
-            else:
-                args.append(int(v or 0))
-        data = struct.pack(self.format, *args)
-        assert len(data) == self.size
-        return data
-
-    def unpack(self, data: bytes) -> dict[str, Any]:
-        vals = list(struct.unpack(self.format, data[: self.size]))
-        out: dict[str, Any] = {}
-        for f in self.fields:
-            if f.count > 1 and not f.is_bytes and f.type != "ipv4":
-                out[f.name] = tuple(vals[: f.count])
-                del vals[: f.count]
-            else:
-                out[f.name] = vals.pop(0)
-        return out
 
 
 def rule_slot_index(addr: bytes, port: int, proto: int) -> int:
@@ -111,16 +36,6 @@ def rule_slot_index(addr: bytes, port: int, proto: int) -> int:
     h = (h * 0xC2B2AE35) & m
     h ^= h >> 16
     return h & (RULE_SLOTS - 1)
-
-
-def _ipv4_bytes(v: Any) -> bytes:
-    import ipaddress
-
-    if v is None:
-        return b"\0\0\0\0"
-    if isinstance(v, bytes):
-        return v
-    return ipaddress.IPv4Address(v).packed
 
 
 # Why a packet ended where it did. Every packet the program sees increments
@@ -155,8 +70,24 @@ RULE_CACHE = 1  # well-formed A2S queries are passed up to bifrost_nf
 # rule_slots flags: another key hashes to this slot and lives in rule_overflow.
 SLOT_OVERFLOW = 1
 
-# Game module bits (rule_modules map); a bit only matters when compiled in.
-MODULE_BITS = {"srcds": 1 << 0, "rust": 1 << 1, "ue3": 1 << 2}
+
+@dataclass(frozen=True)
+class GameModule:
+    """A game handshake-validation module of the XDP program: the one table of them."""
+
+    name: str  # in the config: xdp.modules, xdp.rule[].modules
+    bit: int  # rule_modules bit; a bit only matters when the module is compiled in
+    define: str | None  # module_config.h define that compiles it in; None: reserved
+
+
+GAME_MODULES: tuple[GameModule, ...] = (
+    GameModule("srcds", 1 << 0, "SRCDS_HANDSHAKE"),
+    GameModule("rust", 1 << 1, None),
+    GameModule("ue3", 1 << 2, None),
+)
+# What the config accepts: the modules the program implements.
+AVAILABLE_MODULES = {m.name: m for m in GAME_MODULES if m.define}
+MODULE_BITS = {m.name: m.bit for m in GAME_MODULES}
 
 # settings.flags
 SET_HAVE_FIREWALL = 1  # skip the LPM lookup when the block and allow lists are empty
@@ -164,6 +95,14 @@ SET_HAVE_FIREWALL = 1  # skip the LPM lookup when the block and allow lists are 
 # firewall (LPM trie) values: what the longest matching prefix says.
 FW_ALLOW = 1  # exempt from rate limits (and from any block prefix it is inside)
 FW_BLOCK = 2
+# ... one FW_GEN_BITS-bit field per config generation: verdict | FW_MEMBER (the
+# prefix is that generation's own, not a stand-in for its longest match).
+FW_GEN_BITS = 16
+FW_VERDICT_MASK = 0xFF
+FW_MEMBER = 1 << 15
+
+# Config generations side by side in every config map; config_gen names the one in force.
+GENERATIONS = 2
 
 IPV6_PASS = 0
 IPV6_DROP = 1
@@ -182,10 +121,14 @@ MAX_SRCDS_CLIENTS = 131072
 CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("NR_REASONS", len(REASONS), "counters per rule"),
     ("RULE_CACHE", RULE_CACHE, "rule flag: pass well-formed A2S queries up"),
-    *((f"MOD_{k.upper()}", v, f"rule_modules bit: {k}") for k, v in MODULE_BITS.items()),
+    *((f"MOD_{m.name.upper()}", m.bit, f"rule_modules bit: {m.name}") for m in GAME_MODULES),
     ("SET_HAVE_FIREWALL", SET_HAVE_FIREWALL, "settings flag: firewall trie not empty"),
     ("FW_ALLOW", FW_ALLOW, "firewall value: allow-listed source"),
     ("FW_BLOCK", FW_BLOCK, "firewall value: block-listed source"),
+    ("FW_GEN_BITS", FW_GEN_BITS, "firewall value: bits per config generation"),
+    ("FW_VERDICT_MASK", FW_VERDICT_MASK, "firewall value: the verdict in a generation's bits"),
+    ("FW_MEMBER", FW_MEMBER, "firewall value: the prefix is the generation's own"),
+    ("GENERATIONS", GENERATIONS, "configs side by side in the config maps"),
     ("IPV6_PASS", IPV6_PASS, "settings.ipv6_policy"),
     ("IPV6_DROP", IPV6_DROP, "settings.ipv6_policy"),
     ("MAX_RULES", MAX_RULES, "rule ids are 1..MAX_RULES"),
@@ -205,7 +148,12 @@ STRUCTS: tuple[Struct, ...] = (
     Struct(
         "rule_key",
         "rule_overflow key: anycast address, destination port (0 = any), protocol",
-        (F("addr", "ipv4"), F("port", "u16"), F("proto", "u8"), F("reserved", "u8")),
+        (
+            F("addr", "ipv4"),
+            F("port", "u16"),
+            F("proto", "u8"),
+            F("gen", "u8", doc="config generation (config_gen)"),
+        ),
     ),
     Struct(
         "rule_slot",
@@ -235,14 +183,19 @@ STRUCTS: tuple[Struct, ...] = (
     ),
     Struct("rule_modules", "rule_modules value (index: rule id)", (F("bits", "u32"),)),
     Struct(
+        "rule_name",
+        "rule_names value (index: rule id): which rule name holds the id",
+        (F("digest", "u8", 16, doc="first 16 bytes of sha256(name); zero: free"),),
+    ),
+    Struct(
         "gameserver",
         "gameservers value (key: __be32 address)",
-        (F("flags", "u32", doc="reserved, 0"),),
+        (F("gens", "u32", doc="bit g: a game server in config generation g"),),
     ),
     Struct(
         "anycast",
         "anycast value (key: __be32 address): traffic to it no rule covers is dropped",
-        (F("flags", "u32", doc="reserved, 0"),),
+        (F("gens", "u32", doc="bit g: served in config generation g"),),
     ),
     Struct(
         "lpm_key",
@@ -284,7 +237,7 @@ STRUCTS: tuple[Struct, ...] = (
     Struct("srcds_state", "srcds_clients value", (F("expires_ns", "u64"),)),
     Struct(
         "settings",
-        "settings[0]: POP-wide parameters, changed without reloading",
+        "settings[gen]: POP-wide parameters, changed without reloading",
         (
             F("pop_addr", "ipv4", doc="outer source of encapsulated packets"),
             F("fou_port", "u16", doc="FOU port the POP receives the return path on"),
@@ -299,33 +252,3 @@ STRUCTS: tuple[Struct, ...] = (
     Struct("counter", "counters value (per CPU)", (F("packets", "u64"), F("bytes", "u64"))),
 )
 BY_NAME = {s.name: s for s in STRUCTS}
-
-
-def _ctype(f: Field) -> str:
-    return SCALARS[f.type][0]
-
-
-def render_header() -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.globals["ctype"] = _ctype
-    for s in STRUCTS:
-        s.layout()
-    return env.get_template("xdp_maps.h.j2").render(
-        structs=STRUCTS, reasons=REASONS, constants=CONSTANTS
-    )
-
-
-def write_header() -> bool:
-    """Write xdp/generated/bifrost_maps.h when it changed; True if written."""
-    text = render_header()
-    if HEADER_PATH.exists() and HEADER_PATH.read_text() == text:
-        return False
-    HEADER_PATH.parent.mkdir(parents=True, exist_ok=True)
-    HEADER_PATH.write_text(text)
-    return True

@@ -9,9 +9,13 @@ rtnetlink and re-installs them through the loader as soon as one it recorded
 is deleted or a link comes back up, and re-checks every `recheck` seconds as
 a safety net (lost netlink events, a route that moved to a new gateway).
 
-SIGHUP re-reads the config and re-applies it; SIGTERM/SIGINT detach (program
-off the interface, pins and recorded neighbour entries removed). A crash
-leaves the program attached (traffic keeps flowing) and a restart adopts it.
+Per-rule, per-reason counters are served to Prometheus on
+xdp.metrics_address:metrics_port (bifrost.daemon.MetricsServer, as the
+daemons do). SIGHUP re-reads the config and re-applies it. SIGTERM/SIGINT stop the process
+and leave the program attached through its pinned bpf_link, with its maps
+(traffic keeps flowing): a restart adopts it, swapping in a newly built
+object if --obj is one (maps kept, pins.load_reusing). Only `bifrost xdp
+detach` takes the program off.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client.core import Metric
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_NEIGH
@@ -33,8 +38,10 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from bifrost import config as cfgmod
 from bifrost.sdnotify import sd_notify
-from bifrost.xdp import loader
+from bifrost.daemon import MetricsServer, labelled_counter
+from bifrost.xdp import loader, maps, pins
 from bifrost.xdp.config import XdpConfig
+from bifrost.xdp.libbpf import BpfError
 
 log = logging.getLogger("bifrost-xdp")
 
@@ -68,8 +75,10 @@ def config_changes(old: XdpConfig, new: XdpConfig) -> list[str]:
         a, b = getattr(old, f.name), getattr(new, f.name)
         if f.name != "rules" and a != b:
             out.append(f"xdp.{f.name}: {_show(a)} -> {_show(b)}")
-    before = {r.name: r for r in old.rules}
-    after = {r.name: r for r in new.rules}
+    # A rule's id in the program comes from its name (maps.assign_ids), not from its
+    # position, which the parsed config still carries: compare without it.
+    before = {r.name: dataclasses.replace(r, id=0) for r in old.rules}
+    after = {r.name: dataclasses.replace(r, id=0) for r in new.rules}
     out += [f"rule {n!r} added" for n in after if n not in before]
     out += [f"rule {n!r} removed" for n in before if n not in after]
     out += [f"rule {n!r} changed" for n in after if n in before and after[n] != before[n]]
@@ -101,6 +110,7 @@ class Service:
     obj: Path = loader.OBJECT
     mode: str | None = None
     recheck_s: float = RECHECK_S
+    migrate: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.cfg = load_config(self.config_path)
@@ -117,38 +127,88 @@ class Service:
     # -- start, stop ---------------------------------------------------------
 
     def start(self) -> None:
-        """Attach per the config, or adopt a program attached with its pins (after a
-        crash or by `bifrost xdp attach`) and apply the config to it."""
+        """Attach per the config, or adopt our program attached through its pinned link
+        (a restart, a crash, `bifrost xdp attach`): swap in the object at --obj if it is
+        another build (bpf_link_update, maps kept) and apply the config to it."""
         st = loader.status(self.iface, self.pin_base)
-        if st.pinned and st.attached:
-            res = loader.apply(self.cfg, self.iface, self.pin_base)
-            how = "native" if st.native_prog_id else "generic"
-            log.info(
-                "%s: adopted the attached program (%s, prog id %d) and its maps in %s; %s",
-                self.iface,
-                how,
-                st.native_prog_id or st.generic_prog_id,
-                loader.pin_dir_for(self.pin_base, self.iface),
-                res.report,
-            )
-            neighbours = res.neighbours
+        if st.ours:
+            self._adopt(st)
+            return
+        if st.attached:
+            raise loader.AttachError(f"{st}: bifrost replaces no one else's program")
+        att = loader.attach(self.cfg, self.iface, self.obj, self.mode, self.pin_base, self.migrate)
+        kept = f"; kept the pinned maps {', '.join(att.reused)}" if att.reused else ""
+        log.info(
+            "%s: attached (%s); maps in %s; %s%s",
+            att.iface,
+            att.mode,
+            att.pin_dir,
+            att.report,
+            kept,
+        )
+        self._neighbours_done(att.neighbours, "start")
+
+    def _adopt(self, st: loader.Status) -> None:
+        log.info(
+            "%s: adopted the attached program (%s, prog id %d) and its maps in %s",
+            self.iface,
+            "native" if st.native_prog_id else "generic",
+            st.native_prog_id or st.generic_prog_id,
+            loader.pin_dir_for(self.pin_base, self.iface),
+        )
+        if self.obj.exists():
+            try:
+                up = loader.upgrade(self.cfg, self.iface, self.obj, self.pin_base, self.migrate)
+                log.info("%s", up)
+                if up.swapped:  # the config went in with the new program
+                    log.info("%s: config applied: %s", self.iface, up.report)
+                    self.ensure("start")
+                    return
+            except (pins.LayoutChanged, loader.ModuleMissing, BpfError) as e:
+                # The running program keeps serving; the operator decides the migration.
+                log.error("%s: not swapping in %s: %s", self.iface, self.obj, e)
         else:
-            if st.pinned:
-                log.warning("%s: pins without an attached program (stale): removing", self.iface)
-                loader.detach(self.iface, self.pin_base)
-            att = loader.attach(self.cfg, self.iface, self.obj, self.mode, self.pin_base)
-            log.info(
-                "%s: attached (%s); maps in %s; %s", att.iface, att.mode, att.pin_dir, att.report
-            )
-            neighbours = att.neighbours
-        self._neighbours_done(neighbours, "start")
+            log.warning("%s: %s does not exist: keeping the running program", self.iface, self.obj)
+        res = loader.apply(self.cfg, self.iface, self.pin_base)
+        log.info("%s: config applied: %s", self.iface, res.report)
+        self._neighbours_done(res.neighbours, "start")
 
     def stop(self) -> None:
-        loader.detach(self.iface, self.pin_base)
+        """Leave the program attached with its maps (a restart or upgrade adopts it):
+        forwarding goes on without this process. `bifrost xdp detach` takes it off."""
         log.info(
-            "%s: detached: program off the interface, pins and managed neighbour entries removed",
+            "%s: stopping; the program stays attached (`bifrost xdp detach` takes it off)",
             self.iface,
         )
+
+    # -- metrics -------------------------------------------------------------
+
+    def collect(self) -> list[Metric]:
+        """Per-rule, per-reason packet and byte counters, read at each scrape (the
+        daemons' MetricsServer: an unreadable map costs only these families)."""
+        with maps.MapSet.from_pins(loader.pin_dir_for(self.pin_base, self.iface)) as ms:
+            cfg = self.cfg
+            names = maps.rule_names(ms, cfg)
+            counts = maps.counters(ms)
+        rows = {
+            (names.get(rid, f"#{rid}") if rid else "-", reason): c
+            for (rid, reason), c in counts.items()
+        }
+        labels = ("rule", "reason")
+        return [
+            labelled_counter(
+                "bifrost_xdp_packets",
+                "packets by forward rule (- : none) and why they ended where they did",
+                labels,
+                [(k, c.packets) for k, c in rows.items()],
+            ),
+            labelled_counter(
+                "bifrost_xdp_bytes",
+                "bytes by forward rule (- : none) and reason",
+                labels,
+                [(k, c.bytes) for k, c in rows.items()],
+            ),
+        ]
 
     # -- neighbours ----------------------------------------------------------
 
@@ -238,7 +298,7 @@ class Service:
         changes = config_changes(self.cfg, new)
         try:
             res = loader.apply(new, self.iface, self.pin_base)
-        except (OSError, ValueError, NetlinkError) as e:
+        except (OSError, ValueError, RuntimeError, NetlinkError) as e:
             log.error("reload: applying %s failed: %s", self.config_path, e)
             return
         self.cfg = new
@@ -250,10 +310,10 @@ class Service:
     # -- the loop ------------------------------------------------------------
 
     def run(self) -> int:
-        """Start, then serve until SIGTERM/SIGINT; 0 after a clean detach."""
+        """Start, then serve until SIGTERM/SIGINT; 0 after a clean stop."""
         # Signals arrive through a wakeup socket so select() sees them; each byte
         # read is a signal number. Set up before attaching: a SIGTERM during the
-        # attach is then served (detached) right after it, not lost.
+        # attach is then served (a clean stop) right after it, not lost.
         wake_r, wake_w = socket.socketpair()
         for s in (wake_r, wake_w):
             s.setblocking(False)
@@ -263,9 +323,12 @@ class Service:
         # Watching starts before the attach so no deletion in between goes unseen.
         watch = _open_watch()
         marshal = MarshalRtnl()
+        metrics = MetricsServer(self.cfg.metrics_address, self.cfg.metrics_port)
+        metrics.add("xdp", self.collect)
         try:
             self._seed_links()
             self.start()
+            metrics.start()
             sd_notify("READY=1")
             while True:
                 timeout = max(0.0, self.next_check - time.monotonic())
@@ -284,6 +347,7 @@ class Service:
                 elif time.monotonic() >= self.next_check:
                     self.ensure("re-check")
         finally:
+            metrics.close()
             signal.set_wakeup_fd(-1)
             for s in (wake_r, wake_w, watch):
                 s.close()

@@ -1,0 +1,320 @@
+"""A reference model of the POP's XDP program, written from its contract, not its C.
+
+Sources: the README's "Decisions per packet" (xdp/README.md), protocols.md (FOU
+and A2S) and the config (tools/bifrost/xdp/config.py). Packets are taken apart
+with scapy, with every length checked against the bytes actually there. For a
+frame the model says what the program must do: the verdict, the (rule, reason)
+counter and, for a transmitted frame, its exact bytes. It keeps the state the
+contract gives the program: SRCDS clients validated by a server's accept, and
+the per-(source, rule) token buckets, whose refill depends on the clock and so
+is bounded rather than predicted.
+
+What "well formed" means here (the program's documented contract):
+- IPv4: version 4, header 20..60 bytes, total length covering the header and
+  within the frame (a longer frame is Ethernet padding).
+- UDP: the 8-byte header inside the IP packet, its length 8.. the IP payload.
+- TCP: data offset 20.. the IP payload.
+- The IPv4 header checksum is NOT part of it: the program does not verify it
+  (neither does the kernel's own forwarding fast path in XDP examples); a
+  packet whose checksum alone is wrong is forwarded and the game server's
+  stack drops it. What the program writes itself (outer headers) must be right.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from xdp_harness import flow_port
+
+from bifrost.xdp.config import Rule, XdpConfig
+
+ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
+PROTOS = {"udp": 17, "tcp": 6}
+FOU_OVERHEAD = 28
+OUTER_TTL = 64
+A2S_INFO_BODY = b"TSource Engine Query\x00"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the program must do with one frame."""
+
+    verdict: str  # DROP / PASS / TX (REDIRECT never: every next hop here is ifindex 1)
+    rule: int  # 0: no rule
+    reason: str
+    output: bytes | None = None  # the transmitted frame; None: the input unchanged
+    dst_kind: str = ""  # TX: "game server" or "client"
+    rate_limited: bool = False  # passed the rule's token bucket (settle() bounds it)
+
+
+@dataclass(frozen=True)
+class Ipv4:
+    """A well-formed IPv4 header and where its parts are in the frame."""
+
+    start: int  # offset of the header in the frame
+    ihl: int  # header bytes
+    tot_len: int
+    tos: int
+    df: bool
+    fragment: bool  # MF or a non-zero offset
+    proto: int
+    src: str
+    dst: str
+
+    @property
+    def end(self) -> int:
+        return self.start + self.tot_len
+
+
+@dataclass(frozen=True)
+class L4:
+    sport: int
+    dport: int
+    payload: bytes  # UDP: by the UDP length; TCP: to the end of the IP packet
+
+
+def ethertype_of(frame: bytes) -> int:
+    """Read directly: scapy's Ether turns a type below 0x600 into an 802.3 length."""
+    return int.from_bytes(frame[12:14], "big")
+
+
+def parse_ipv4(frame: bytes, start: int, end: int) -> Ipv4 | None:
+    """The IPv4 header at frame[start:], if well formed within frame[:end]."""
+    if end - start < 20:
+        return None
+    ip = IP(frame[start : start + 20])  # the fixed part; options are not needed
+    ihl = ip.ihl * 4
+    if ip.version != 4 or ihl < 20 or ip.len < ihl or start + ip.len > end:
+        return None
+    return Ipv4(
+        start,
+        ihl,
+        ip.len,
+        ip.tos,
+        bool(ip.flags.DF),
+        bool(ip.flags.MF) or ip.frag != 0,
+        ip.proto,
+        ip.src,
+        ip.dst,
+    )
+
+
+def parse_l4(frame: bytes, ip: Ipv4) -> L4 | None:
+    """The UDP or TCP header of a whole datagram, if well formed within the IP packet."""
+    body = frame[ip.start + ip.ihl : ip.end]
+    if ip.proto == 17:
+        if len(body) < 8:
+            return None
+        udp = UDP(body[:8])
+        if udp.len < 8 or udp.len > len(body):
+            return None
+        return L4(udp.sport, udp.dport, body[8 : udp.len])
+    if ip.proto == 6:
+        if len(body) < 20:
+            return None
+        tcp = TCP(body[:20])
+        doff = tcp.dataofs * 4
+        if doff < 20 or doff > len(body):
+            return None
+        return L4(tcp.sport, tcp.dport, body[doff:])
+    return None
+
+
+def is_a2s_query(payload: bytes) -> bool:
+    """protocols.md: A2S_INFO (25 bytes, 29 with a challenge), A2S_PLAYER/RULES (9)."""
+    if payload[:4] != b"\xff\xff\xff\xff":
+        return False
+    if len(payload) == 9:
+        return payload[4] in (0x55, 0x56)
+    return len(payload) in (25, 29) and payload[4:25] == A2S_INFO_BODY
+
+
+def _in(addr: str, nets: tuple[ipaddress.IPv4Network, ...]) -> bool:
+    a = ipaddress.IPv4Address(addr)
+    return any(a in n for n in nets)
+
+
+@dataclass
+class Bucket:
+    """A source's token bucket for one rule: bounds, not a prediction of the clock."""
+
+    first_s: float
+    passed: int = 0
+
+
+@dataclass
+class Reference:
+    """The model for one config. `nexthops`: address -> (source MAC, destination MAC) of
+    every next hop the harness installed (never expiring); any other destination has no
+    route (the fuzz runs in an empty network namespace)."""
+
+    cfg: XdpConfig
+    nexthops: dict[str, tuple[bytes, bytes]]
+    validated: set[tuple[str, str, int, int]] = field(default_factory=set)
+    buckets: dict[tuple[str, int], Bucket] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.pop = str(self.cfg.pop_address)
+        self.game_servers = {str(g) for g in self.cfg.all_game_servers()}
+        self.anycast = {str(a) for a in self.cfg.all_anycast()}
+        self.keys: dict[tuple[str, int, int], Rule] = {}
+        for r in self.cfg.rules:
+            for port in r.port_keys():
+                self.keys[(str(r.anycast), port, PROTOS[r.proto])] = r
+
+    def rule_for(self, addr: str, port: int, proto: int) -> Rule | None:
+        """A rule names a port (or a range), or covers every port of its address."""
+        return self.keys.get((addr, port, proto)) or self.keys.get((addr, 0, proto))
+
+    def expect(self, frame: bytes) -> list[Outcome]:
+        """The outcomes the program may give: one, except where noted (see settle())."""
+        out = self._expect(frame)
+        return list(out) if isinstance(out, tuple) else [out]
+
+    def _expect(self, frame: bytes) -> Outcome | tuple[Outcome, ...]:
+        if len(frame) < 14:
+            return Outcome("DROP", 0, "drop_malformed")
+        ethertype = ethertype_of(frame)
+        if ethertype == ETH_IPV6:
+            if self.cfg.ipv6 == "drop":
+                return Outcome("DROP", 0, "drop_ipv6")
+            return Outcome("PASS", 0, "pass_ipv6")
+        if ethertype != ETH_IPV4:
+            return Outcome("PASS", 0, "pass_non_ip")
+        ip = parse_ipv4(frame, 14, len(frame))
+        if ip is None:
+            return Outcome("DROP", 0, "drop_malformed")
+        l4 = None if ip.fragment else parse_l4(frame, ip)
+        if ip.dst == self.pop:
+            udp_at = ip.start + ip.ihl
+            if ip.proto != 17 or ip.fragment or len(frame) < udp_at + 8:
+                return Outcome("PASS", 0, "pass_host")
+            if UDP(frame[udp_at : udp_at + 8]).dport != self.cfg.fou_port:
+                return Outcome("PASS", 0, "pass_host")
+            if ip.ihl + 8 <= ip.tot_len:
+                return self._return_path(frame, ip)  # which checks the UDP length
+            # Reported: the program takes a "UDP header" that lies beyond the IP
+            # length (in the Ethernet padding) for one and drops the packet as a
+            # malformed return packet; the contract says it is not a datagram to
+            # the FOU port, so the host's. Either way nothing is transmitted.
+            return Outcome("PASS", 0, "pass_host"), self._return_path(frame, ip)
+        if l4 is not None:
+            rule = self.rule_for(ip.dst, l4.dport, ip.proto)
+            if rule is not None:
+                return self._forward_path(frame, ip, l4, rule)
+        if ip.dst not in self.anycast:
+            return Outcome("PASS", 0, "pass_host")
+        if ip.fragment:
+            return Outcome("DROP", 0, "drop_fragment")
+        if ip.proto in (6, 17) and l4 is None:
+            return Outcome("DROP", 0, "drop_malformed")
+        return Outcome("DROP", 0, "drop_no_rule")
+
+    def _forward_path(
+        self, frame: bytes, ip: Ipv4, l4: L4, rule: Rule
+    ) -> Outcome | tuple[Outcome, ...]:
+        allowed = _in(ip.src, self.cfg.allow)
+        if not allowed and _in(ip.src, self.cfg.block):
+            return Outcome("DROP", rule.id, "drop_blocked")
+        if not allowed and rule.rate_limit_pps:
+            # Which one settle() decides: the clock refills the bucket.
+            passed = self._after_rate_limit(frame, ip, l4, rule)
+            return replace(passed, rate_limited=True), Outcome("DROP", rule.id, "drop_rate_limit")
+        return self._after_rate_limit(frame, ip, l4, rule)
+
+    def _after_rate_limit(self, frame: bytes, ip: Ipv4, l4: L4, rule: Rule) -> Outcome:
+        if "srcds" in rule.modules and "srcds" in self.cfg.modules and ip.proto == 17:
+            connectionless = l4.payload[:4] == b"\xff\xff\xff\xff"
+            key = (ip.src, ip.dst, l4.sport, l4.dport)
+            if not connectionless and key not in self.validated:
+                return Outcome("DROP", rule.id, "drop_module")
+        if rule.cache and ip.proto == 17 and is_a2s_query(l4.payload):
+            return Outcome("PASS", rule.id, "pass_cache")
+        gs = str(rule.game_server)
+        if ip.tot_len + FOU_OVERHEAD > 0xFFFF:
+            return Outcome("DROP", rule.id, "drop_too_big")
+        if gs not in self.nexthops:
+            return Outcome("DROP", rule.id, "drop_no_route")
+        if ip.tot_len + FOU_OVERHEAD > 1500:  # the harness's next hops: MTU 1500
+            return Outcome("DROP", rule.id, "drop_too_big")
+        smac, dmac = self.nexthops[gs]
+        inner = frame[14:]  # Ethernet padding included: it stays behind the packet
+        outer = (
+            Ether(src=smac, dst=dmac)
+            / IP(
+                src=self.pop,
+                dst=gs,
+                tos=ip.tos,
+                id=0,
+                flags="DF" if ip.df else 0,
+                ttl=OUTER_TTL,
+                proto=17,
+            )
+            / UDP(
+                sport=flow_port(frame[14 : ip.end]),
+                dport=rule.fou_port,
+                len=ip.tot_len + 8,
+                chksum=0,  # as the kernel's fou without encap-csum
+            )
+        )
+        outer[IP].len = ip.tot_len + FOU_OVERHEAD
+        return Outcome("TX", rule.id, "tx_forward", bytes(outer) + inner, "game server")
+
+    def _return_path(self, frame: bytes, outer: Ipv4) -> Outcome:
+        if outer.src not in self.game_servers:
+            return Outcome("DROP", 0, "drop_unknown_gs")
+        udp = UDP(frame[outer.start + outer.ihl : outer.start + outer.ihl + 8])
+        # The kernel's ipip/fou transmit path never writes outer IP options.
+        if outer.ihl != 20 or udp.len < 8 + 20 or udp.len > outer.tot_len - 20:
+            return Outcome("DROP", 0, "drop_malformed")
+        start = outer.start + 20 + 8
+        inner = parse_ipv4(frame, start, len(frame))
+        if inner is None or inner.tot_len > udp.len - 8:
+            return Outcome("DROP", 0, "drop_malformed")
+        if inner.fragment:
+            return Outcome("DROP", 0, "drop_fragment")
+        if inner.proto not in (6, 17):
+            return Outcome("DROP", 0, "drop_relay")
+        l4 = parse_l4(frame, inner)
+        if l4 is None:
+            return Outcome("DROP", 0, "drop_malformed")
+        # No open relay: the inner source is a service this game server is behind.
+        rule = self.rule_for(inner.src, l4.sport, inner.proto)
+        if rule is None or str(rule.game_server) != outer.src:
+            return Outcome("DROP", 0, "drop_relay")
+        if (
+            "srcds" in rule.modules
+            and "srcds" in self.cfg.modules
+            and inner.proto == 17
+            and l4.payload[:5] == b"\xff\xff\xff\xffB"
+        ):
+            self.validated.add((inner.dst, inner.src, l4.dport, l4.sport))
+        if inner.dst not in self.nexthops:
+            return Outcome("DROP", rule.id, "drop_no_route")
+        smac, dmac = self.nexthops[inner.dst]
+        out = bytes(Ether(src=smac, dst=dmac, type=ETH_IPV4)) + frame[start:]
+        return Outcome("TX", rule.id, "tx_return", out, "client")
+
+    def settle(self, frame: bytes, allowed: list[Outcome], verdict: str, now_s: float) -> Outcome:
+        """The one of `allowed` the program's verdict picks, for a rate-limited packet
+        within the bounds of a token bucket of `burst` packets refilled at `pps`. When
+        none fits, the first: the caller reports the difference."""
+        fits = [o for o in allowed if o.verdict == verdict] or allowed[:1]
+        if not allowed[0].rate_limited:
+            return fits[0]
+        passed, limited = allowed
+        ip = parse_ipv4(frame, 14, len(frame))
+        assert ip is not None
+        rule = self.cfg.rule_by_id()[passed.rule]
+        b = self.buckets.setdefault((ip.src, rule.id), Bucket(now_s))
+        # A new source starts with a full bucket: its first `burst` packets pass.
+        must_pass = b.passed < rule.rate_limit_burst
+        # Never more than the burst plus the refill since the first packet (+1: jiffies).
+        may_pass = b.passed < rule.rate_limit_burst + rule.rate_limit_pps * (now_s - b.first_s) + 1
+        if must_pass or (fits[0] is passed and may_pass):
+            b.passed += 1
+            return passed
+        return limited

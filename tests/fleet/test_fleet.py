@@ -1,0 +1,204 @@
+"""`bifrost fleet` against real OpenSSH servers: plan, apply (build, attach, swap), canary
+failure with rollback, an unreachable host, a wrong host key, the forced command.
+
+The tests share one lab (module scope: starting three sshd and two traffic sources
+is the slow part) and run in file order; each says what state it starts from.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bifrost_testing.fleet_lab import FleetLab, other_host_key
+
+pytestmark = pytest.mark.bpf
+
+
+def running(lab: FleetLab, name: str) -> str:
+    """The config the host runs (what its agent installed), '' if none."""
+    path = lab.hosts[name].config
+    return path.read_text() if path.exists() else ""
+
+
+def prog_id(lab: FleetLab, name: str) -> int:
+    st = lab.fleet("status", name)
+    assert st.returncode == 0, st.stdout + st.stderr
+    m = re.search(r"prog id (\d+)", st.stdout)
+    assert m, st.stdout
+    return int(m.group(1))
+
+
+def test_keygen_line_restricts_the_key(lab: FleetLab) -> None:
+    line = (lab.hosts["pop1"].dir / "authorized_keys").read_text()
+    assert line.startswith('restrict,command="'), line
+    assert " fleet agent --state-dir " in line and "ssh-ed25519 " in line
+    assert lab.key.stat().st_mode & 0o077 == 0  # ssh-keygen's private key: owner only
+
+
+def test_plan_shows_diffs_and_changes_nothing(lab: FleetLab) -> None:
+    done = lab.fleet("plan")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    for name in ("pop1", "pop2"):
+        assert f"== {name} (pop, " in out and "rebuild" in out
+    assert "+#define SRCDS_HANDSHAKE" in out
+    assert '+modules = ["srcds"]' in out
+    assert "== gs1 (gameserver, " in out and "+[fou_map]" in out
+    assert all(running(lab, n) == "" for n in lab.hosts)
+
+
+def test_apply_installs_builds_and_attaches(lab: FleetLab) -> None:
+    done = lab.fleet("apply")
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "pop1 (canary): built bifrost_xdp.o" in out, out  # first POP: the canary
+    assert out.index("pop1 (canary): healthy") < out.index("pop2: installed")
+    for name in lab.hosts:
+        assert running(lab, name) == lab.host_config_path(name).read_text()
+    assert "pop2: xdp attach: x0: attached (native)" in out
+    assert re.search(r"pop2: healthy \(\d+ packets served", out), out
+    assert "gs1: healthy" in out
+    header = (lab.hosts["pop1"].agent_state / "current" / "module_config.h").read_text()
+    assert "#define SRCDS_HANDSHAKE" in header
+    # Nothing left to do, and the table shows every host.
+    again = lab.fleet("plan")
+    assert again.stdout.count(": unchanged") == 3, again.stdout
+    st = lab.fleet("status")
+    assert st.returncode == 0, st.stderr
+    rows = {line.split()[0]: line for line in st.stdout.splitlines()[1:]}
+    assert set(rows) == {"pop1", "pop2", "gs1"}
+    assert "attached (native" in rows["pop1"] and "srcds" in rows["pop1"]
+    assert re.search(r"served [1-9]\d* dropped 0", rows["pop2"]), rows["pop2"]
+    assert "bifrost-foumapd=" in rows["gs1"]
+
+
+def test_module_change_rebuilds_and_swaps(lab: FleetLab) -> None:
+    """From the applied state: pop2 drops the srcds module; only pop2 changes."""
+    before = prog_id(lab, "pop2")
+    old_pop1 = running(lab, "pop1")
+    lab.set_config("pop2", modules=())
+    plan = lab.fleet("plan", "pop2")
+    assert "-#define SRCDS_HANDSHAKE" in plan.stdout and ": rebuild" in plan.stdout, plan.stdout
+    done = lab.fleet("apply", "pops")  # a group
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "pop1: unchanged" in out
+    assert "pop2 (canary): built bifrost_xdp.o with modules none" in out, out
+    # Swapped in one step (bpf_link_update), the maps (counters, clients) kept.
+    assert re.search(r"pop2 \(canary\): xdp upgrade: x0: swapped prog id \d+ -> \d+ atomic", out)
+    assert re.search(r"maps kept: .*\bcounters\b", out), out
+    assert "pop2 (canary): healthy" in out
+    assert running(lab, "pop2") == lab.host_config_path("pop2").read_text()
+    assert running(lab, "pop1") == old_pop1
+    assert prog_id(lab, "pop2") != before  # the new object runs
+    header = (lab.hosts["pop2"].agent_state / "current" / "module_config.h").read_text()
+    assert "SRCDS_HANDSHAKE" not in header
+
+
+def test_canary_failure_rolls_back_and_stops(lab: FleetLab) -> None:
+    """pop1's change blocks its clients (its health check sees no game packet served):
+    pop1 is rolled back and pop2, whose change is fine, is not touched."""
+    old = {n: running(lab, n) for n in lab.hosts}
+    lab.set_config("pop1", extra='block = ["10.8.1.0/24"]')
+    lab.set_config("pop2", modules=(), extra='ipv6 = "drop"')
+    done = lab.fleet("apply", "--canary", "pop1", "--health-window", "3")
+    out = done.stdout
+    assert done.returncode == 1, out + done.stderr
+    assert "pop1 (canary): installed config" in out
+    assert "pop1 (canary): health check failed: counters not moving" in out, out
+    assert "pop1 (canary): rollback: restored config" in out
+    assert "not changed: pop2" in out
+    assert "pop2: installed" not in out
+    assert {n: running(lab, n) for n in lab.hosts} == old
+    # pop1 serves again on its old config.
+    health = lab.ssh("pop1", "health", "5")
+    assert health.returncode == 0, health.stdout + health.stderr
+    lab.set_config("pop1")
+    lab.set_config("pop2", modules=())
+
+
+def test_unreachable_host_changes_nothing(lab: FleetLab) -> None:
+    """A host nobody listens for: apply stops before any host changes; plan says which."""
+    old = running(lab, "pop1")
+    lab.set_config("pop1", extra='ipv6 = "drop"')
+    pop1 = lab.hosts["pop1"]
+    dead_port = pop1.port + 1 if pop1.port < 65535 else pop1.port - 1
+    lab.write_inventory(
+        extra_hosts=(
+            f'[host.pop9]\naddress = "{pop1.address}"\nport = {dead_port}\n'
+            f'host_key = "{pop1.host_key}"\nrole = "pop"\nconfig = "hosts/pop1.toml"\n'
+        )
+    )
+    try:
+        done = lab.fleet("apply")
+        assert done.returncode == 1
+        assert f"error: pop9: unreachable: {pop1.address}:{dead_port}" in done.stdout, done.stdout
+        assert "apply: stopped before changing any host" in done.stdout
+        assert running(lab, "pop1") == old
+        plan = lab.fleet("plan")
+        assert plan.returncode == 1
+        assert "== pop9: unreachable" in plan.stdout and '+ipv6 = "drop"' in plan.stdout
+    finally:
+        lab.write_inventory()
+        lab.set_config("pop1")
+
+
+def test_wrong_host_key_is_refused(lab: FleetLab) -> None:
+    """pop2 answers with a key the inventory does not have: no host changes."""
+    old = {n: running(lab, n) for n in lab.hosts}
+    lab.set_config("pop1", extra='ipv6 = "drop"')
+    real = lab.hosts["pop2"].host_key
+    lab.hosts["pop2"].host_key = other_host_key(lab.dir)
+    lab.write_inventory()
+    try:
+        done = lab.fleet("apply")
+        assert done.returncode == 1
+        assert "error: pop2: WRONG HOST KEY at " in done.stdout, done.stdout
+        assert "apply: stopped before changing any host" in done.stdout
+        assert {n: running(lab, n) for n in lab.hosts} == old
+    finally:
+        lab.hosts["pop2"].host_key = real
+        lab.write_inventory()
+        lab.set_config("pop1")
+
+
+def test_failing_build_changes_nothing(lab: FleetLab) -> None:
+    """pop2 has no compiler (its agent's PATH lacks clang): its rebuild fails, pop2 keeps
+    running its config, and gs1, next in line, is not touched."""
+    old = {n: running(lab, n) for n in lab.hosts}
+    keys = lab.hosts["pop2"].dir / "authorized_keys"
+    line = keys.read_text()
+    keys.write_text(line.replace('command="', 'command="env PATH=/nonexistent ', 1))
+    lab.set_config("pop2", modules=("srcds",))  # back to srcds: a rebuild
+    lab.set_config("gs1", extra="metrics_port = 0\n")
+    try:
+        done = lab.fleet("apply", "--canary", "pop2")
+        out = done.stdout
+        assert done.returncode == 1, out + done.stderr
+        assert "error: pop2: bifrost fleet agent: apply: build failed, nothing changed: " in out
+        assert "clang not found: apt-get install clang" in out, out
+        assert "not changed: gs1" in out
+        assert {n: running(lab, n) for n in lab.hosts} == old
+    finally:
+        keys.write_text(line)
+        lab.set_config("pop2", modules=())
+        lab.set_config("gs1")
+
+
+def test_key_runs_only_the_agent_verbs(lab: FleetLab) -> None:
+    """OpenSSH's own client with the back-end's key: anything but a verb is refused."""
+    for command in (["cat", "/etc/shadow"], ["status;", "id"], ["health", "5;reboot"]):
+        done = lab.ssh("pop1", *command)
+        assert done.returncode == 2, done
+        assert "bifrost fleet agent: refused" in done.stderr
+        assert "root:" not in done.stdout
+    shell = lab.ssh("gs1")  # no command: a login shell is what is asked
+    assert shell.returncode == 2 and "not an interactive command" in shell.stderr
+    # `restrict`: no forwarding (here a stdio forward to the back-end's own sshd port).
+    fwd = lab.ssh("pop1", options=("-W", f"10.77.1.1:{lab.hosts['pop1'].port}"))
+    assert fwd.returncode != 0 and "prohibited" in fwd.stderr, fwd.stderr
+    # A verb does run.
+    st = lab.ssh("pop1", "status")
+    assert st.returncode == 0 and '"attached": true' in st.stdout, st
