@@ -27,17 +27,14 @@ def test_lab_shows_the_whole_path_hop_by_hop(tmp_path: Path) -> None:
     if not OBJECT.exists():
         pytest.fail(f"{OBJECT} missing: build it on the host first (invoke build)")
     out = tmp_path / "phases.json"
-    # Mounted here, so the lab leaves it mounted and its pins can be looked for after.
-    with system.bpffs():
-        done = subprocess.run(
-            [sys.executable, "-m", "bifrost_testing.lab", "--json", str(out), "--obj", str(OBJECT)],
-            capture_output=True,
-            text=True,
-            timeout=1500,
-            env={**os.environ, "BIFROST_GUEST": "1"},
-            check=False,
-        )
-        pins_left = list(system.BPFFS.glob("lab-*"))
+    done = subprocess.run(
+        [sys.executable, "-m", "bifrost_testing.lab", "--json", str(out), "--obj", str(OBJECT)],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env={**os.environ, "BIFROST_GUEST": "1"},
+        check=False,
+    )
     text = done.stdout + done.stderr
     assert done.returncode == 0, text[-6000:]
     a, b, c, d = (p["hops"] for p in json.loads(out.read_text()))
@@ -67,6 +64,7 @@ def test_lab_shows_the_whole_path_hop_by_hop(tmp_path: Path) -> None:
     # The operator's view: the per-hop table and the stated limitation.
     assert "=== per hop ===" in done.stdout
     assert "drops the client's netchannel packets until the client connects again" in text
-    # Nothing left behind: namespaces, pins.
+    # Nothing left behind: namespaces, pins (the services mounted the bpffs, and it stays).
     assert not list(Path("/run/netns").glob("lab-*"))
-    assert pins_left == []
+    assert system.BPFFS.is_mount()
+    assert list(system.BPFFS.glob("lab-*")) == []

@@ -41,7 +41,7 @@ from bifrost_testing.topology import FOU_PORT, GAME_PORT, GS_LOCAL, SERVICE_IP, 
 
 BIN = Path(sys.executable).parent
 MODULES = ("veth", "fou", "ipip", "bifrost_nf", "fou_map")
-BPFFS = Path("/sys/fs/bpf")
+BPFFS = Path("/sys/fs/bpf")  # the POPs' pin dirs go under it
 MAP_NAME = "de_bifrost"
 GAME_MODULES = ("srcds",)  # compiled in, and named by the POPs' rule
 LAB_OBJECT = BUILD_DIR / "lab" / "bifrost_xdp.o"
@@ -120,20 +120,6 @@ def load_modules() -> None:
             raise RuntimeError(f"{dev} did not appear after modprobe")
 
 
-@contextlib.contextmanager
-def bpffs() -> Iterator[None]:
-    """The bpffs at /sys/fs/bpf for the pins; mounted here when missing, and then
-    unmounted again. (Until the loader mounts it itself, as libbpf users do.)"""
-    mounted = os.path.ismount(BPFFS)
-    if not mounted:
-        subprocess.run(["mount", "-t", "bpf", "bpf", str(BPFFS)], check=True)
-    try:
-        yield
-    finally:
-        if not mounted:
-            subprocess.run(["umount", str(BPFFS)], check=False)
-
-
 @dataclass
 class System:
     nw: Network
@@ -209,7 +195,8 @@ def running(work: Path, obj: Path = OBJECT, prefix: str = "bfe") -> Iterator[Sys
         raise FileNotFoundError(f"{obj}: not built (invoke build)")
     work.mkdir(parents=True, exist_ok=True)
     load_modules()
-    with bpffs(), topology.network(pops=2, container=True, prefix=prefix) as nw:
+    # No bpffs mount here: `bifrost xdp run` mounts it where the pins go when missing.
+    with topology.network(pops=2, container=True, prefix=prefix) as nw:
         assert nw.service is not None
         pin_bases = {n: BPFFS / f"{prefix}-{os.getpid()}-pop{n}" for n in (1, 2)}
         system = System(nw, work, pin_bases, work / "game.sock")
