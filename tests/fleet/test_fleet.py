@@ -86,6 +86,9 @@ def test_module_change_rebuilds_and_swaps(lab: FleetLab) -> None:
     assert done.returncode == 0, out + done.stderr
     assert "pop1: unchanged" in out
     assert "pop2 (canary): built bifrost_xdp.o with modules none" in out, out
+    # Swapped in one step (bpf_link_update), the maps (counters, clients) kept.
+    assert re.search(r"pop2 \(canary\): xdp upgrade: x0: swapped prog id \d+ -> \d+ atomic", out)
+    assert re.search(r"maps kept: .*\bcounters\b", out), out
     assert "pop2 (canary): healthy" in out
     assert running(lab, "pop2") == lab.host_config_path("pop2").read_text()
     assert running(lab, "pop1") == old_pop1

@@ -101,7 +101,17 @@ def agent(tmp: Path, request: str | None, stdin: str = "") -> subprocess.Complet
 
 
 @pytest.mark.parametrize(
-    "request_", ["bash", "status; id", "apply now", "health 0", "health x", ""]
+    "request_",
+    [
+        "bash",
+        "status; id",
+        "apply",
+        "apply now",
+        "apply 0123456789ab x",
+        "health 0",
+        "health x",
+        "",
+    ],
 )
 def test_agent_refuses_anything_but_its_verbs(tmp_path: Path, request_: str) -> None:
     done = agent(tmp_path, request_)
@@ -120,3 +130,26 @@ def test_agent_rejects_a_bad_pushed_config_naming_it(tmp_path: Path) -> None:
     assert done.returncode == 3
     assert "xdp.modules[0] = 'quake': unknown game module" in done.stderr
     assert not (tmp_path / "state" / "staged.toml").exists()
+
+
+def test_agent_stage_apply_rollback_on_a_game_server(tmp_path: Path) -> None:
+    """A game server's config (no XDP program): staged, applied only under the id that
+    stage-config printed, kept as previous, rolled back."""
+    first, second = GS, GS + "idle_timeout = 60\n"
+    staged = agent(tmp_path, "stage-config", first)
+    assert staged.returncode == 0, staged.stderr
+    sha = staged.stdout.split()[-1]
+    assert agent(tmp_path, "apply " + "0" * len(sha)).returncode == 3  # not what was staged
+    done = agent(tmp_path, f"apply {sha}")
+    assert done.returncode == 0 and f"installed config {sha}" in done.stdout, done.stderr
+    assert (tmp_path / "b.toml").read_text() == first
+    sha2 = agent(tmp_path, "stage-config", second).stdout.split()[-1]
+    assert agent(tmp_path, f"apply {sha2}").returncode == 0
+    assert (tmp_path / "b.toml").read_text() == second
+    back = agent(tmp_path, "rollback")
+    assert back.returncode == 0 and f"restored config {sha}" in back.stdout, back.stderr
+    assert (tmp_path / "b.toml").read_text() == first
+    again = agent(tmp_path, "rollback")
+    assert again.returncode == 3 and "nothing to roll back to" in again.stderr
+    plan = agent(tmp_path, "plan", second)
+    assert plan.returncode == 0 and "+idle_timeout = 60" in plan.stdout

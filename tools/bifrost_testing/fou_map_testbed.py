@@ -144,8 +144,9 @@ class Topology:
         return open_in(self.gs)
 
 
-def gs_endpoint(gs: netns.Namespace) -> endpoint.Endpoint:
+def gs_endpoint(gs: netns.Namespace, encap_csum: bool = False) -> endpoint.Endpoint:
     return endpoint.Endpoint(
+        encap_csum=encap_csum,
         local=GS_LOCAL,
         gateway=pop_ip(1),
         netns=gs.name,
@@ -156,7 +157,10 @@ def gs_endpoint(gs: netns.Namespace) -> endpoint.Endpoint:
     )
 
 
-def build(clients: int = 4, echo: bool = True, cfg: TableConfig | None = None) -> Topology:
+def build(
+    clients: int = 4, echo: bool = True, cfg: TableConfig | None = None, encap_csum: bool = False
+) -> Topology:
+    """encap_csum: outer UDP checksums on every tunnel (the POPs' and the game server's)."""
     client = netns.Namespace("fmc")
     pops = [netns.Namespace("fmp1"), netns.Namespace("fmp2")]
     gs = netns.Namespace("fmgs")
@@ -180,11 +184,12 @@ def build(clients: int = 4, echo: bool = True, cfg: TableConfig | None = None) -
                     "ip", "link", "add", "fmpop", "type", "ipip", "remote", GS_LOCAL,
                     "local", pop_ip(n), "ttl", "64", "encap", "fou", "encap-sport", "auto",
                     "encap-dport", str(FOU_PORT),
+                    "encap-csum" if encap_csum else "noencap-csum",
                 ]
             )  # fmt: skip
             pop.run(["ip", "link", "set", "fmpop", "up"])
             pop.run(["ip", "route", "add", f"{SERVICE_IP}/32", "dev", "fmpop"])
-        endpoint.up(gs_endpoint(gs))
+        endpoint.up(gs_endpoint(gs, encap_csum))
         topo.use_pop(1)
         if cfg is not None:
             with topo.fou_map() as fm:

@@ -21,6 +21,7 @@ MAX_CONFIG = 1 << 20  # a host config is a few KiB; refuse to buffer anything hu
 REFUSED = 2  # a request outside the verbs
 FAILED = 3  # a verb ran and failed (the message says what state the host is in)
 UNHEALTHY = 4
+SHA_LEN = len(short_sha(""))
 
 
 def _stdin_config() -> str:
@@ -108,18 +109,26 @@ def run(request: str, hs: HostState) -> int:
         argv = []
     verb, args = (argv[0], argv[1:]) if argv else ("", [])
     window = _window(args) if verb == "health" else None
-    if verb not in VERBS or (args and window is None):
+    sha = args[0] if verb == "apply" and len(args) == 1 and _is_sha(args[0]) else None
+    if verb == "health":
+        allowed = window is not None
+    elif verb == "apply":
+        allowed = sha is not None
+    else:
+        allowed = verb in VERBS and not args
+    if not allowed:
         print(
             f"bifrost fleet agent: refused {request!r}: this key only runs "
-            f"{', '.join(VERBS)} (health takes one window of 0..60 seconds)",
+            f"{', '.join(VERBS)} (apply takes the staged config's id, health one window "
+            "of 0..60 seconds)",
             file=sys.stderr,
         )
         return REFUSED
     handlers: dict[str, Callable[[], int]] = {
         "status": lambda: _json(status(hs)),
         "plan": lambda: _json(hs.plan(hs.desired(_stdin_config(), "pushed config"))),
-        "stage-config": lambda: _print([f"staged, {len(hs.stage(_stdin_config()).text)} bytes"]),
-        "apply": lambda: _print(hs.apply()),
+        "stage-config": lambda: _print([f"staged {short_sha(hs.stage(_stdin_config()).text)}"]),
+        "apply": lambda: _print(hs.apply(str(sha))),
         "rollback": lambda: _print(hs.rollback()),
         "health": lambda: _health(hs, window or defaults.HEALTH_WINDOW_S),
     }
@@ -128,6 +137,10 @@ def run(request: str, hs: HostState) -> int:
     except (AgentError, ValueError, OSError) as e:
         print(f"bifrost fleet agent: {verb}: {e}", file=sys.stderr)
         return FAILED
+
+
+def _is_sha(arg: str) -> bool:
+    return len(arg) == SHA_LEN and all(c in "0123456789abcdef" for c in arg)
 
 
 def _health(hs: HostState, window_s: float) -> int:

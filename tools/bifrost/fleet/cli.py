@@ -63,8 +63,10 @@ arrives in SSH_ORIGINAL_COMMAND and only these verbs run:
 
     status               JSON: version, role, config, modules, program, daemons, counters
     plan                 JSON: diffs of the config on stdin against what runs
-    stage-config         keep the config on stdin for the next apply (validated first)
-    apply                run the staged config (rebuild, swap); on failure put back the last
+    stage-config         keep the config on stdin for the next apply (validated first);
+                         print its id
+    apply ID             run the staged config whose id stage-config printed (rebuild,
+                         swap); on a failure put back the previous one
     rollback             back to the config that ran before the last apply
     health [SECONDS]     JSON: program attached, daemons up, game traffic served
 

@@ -176,13 +176,22 @@ class HostState:
         tmp.write_text(text)
         os.replace(tmp, self.config)
 
-    def apply(self) -> list[str]:
+    def apply(self, sha: str) -> list[str]:
         """Run the staged config: build if needed, keep the running one as previous, install,
-        drive the program; on a failure past the build, put the previous back and say so."""
+        drive the program; on a failure past the build, put the previous back and say so.
+
+        sha (short_sha of the staged text) binds the apply to what its caller staged: a
+        config staged since by someone else, or left from an apply that stopped, is not run.
+        """
         with self.locked():
             if not self.staged.exists():
                 raise AgentError("nothing staged: push a config with stage-config first")
-            want = self.desired(self.staged.read_text(), str(self.staged))
+            staged = self.staged.read_text()
+            if short_sha(staged) != sha:
+                raise AgentError(
+                    f"the staged config is {short_sha(staged)}, not {sha}: stage it again"
+                )
+            want = self.desired(staged, str(self.staged))
             old_text = self.running_text()
             old = self.desired(old_text, str(self.config)) if old_text else None
             done: list[str] = []
@@ -256,10 +265,6 @@ class HostState:
             raise AgentError(f"`bifrost xdp {' '.join(args)}` failed ({done.returncode}): {why}")
         return f"xdp {args[0]}: {done.stdout.strip()}"
 
-    def _has_upgrade(self) -> bool:
-        """The atomic swap (`bifrost xdp upgrade`, bpf_link_update) where this release has it."""
-        return self.xdp("upgrade", "--help").returncode == 0
-
     def _drive(self, want: Desired, old: Desired | None, rebuilt: bool) -> list[str]:
         """Make the program match the installed config and object."""
         if want.cfg.xdp is None:
@@ -275,11 +280,9 @@ class HostState:
         if st.returncode != 0:
             raise AgentError(f"`bifrost xdp status` failed: {st.stderr.strip()}")
         if not rebuilt:
-            return [self._xdp_ok("apply")]
-        if self._has_upgrade():
-            return [self._xdp_ok("upgrade", "--obj", obj)]
-        # A release without the atomic swap: the program is off the interface for a moment.
-        return [self._xdp_ok("detach"), self._xdp_ok("attach", "--obj", obj)]
+            return [self._xdp_ok("apply")]  # one generation switch
+        # The new object replaces the attached one in one step, keeping the maps.
+        return [self._xdp_ok("upgrade", "--obj", obj)]
 
     def _detach(self, old: Desired) -> str:
         with _config_file(old.text, self.state_dir) as path:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bifrost.fleet.hoststate import short_sha
 from bifrost.fleet.inventory import Host, Inventory
 from bifrost.fleet.remote import HostError, Remote
 
@@ -124,7 +125,7 @@ class Fleet:
     def _apply_one(self, host: Host, label: str, window_s: float) -> bool:
         r = self.remote(host)
         try:
-            res = r.must("apply")
+            res = r.must(f"apply {short_sha(host.config_text())}")
         except HostError as e:
             self.out(f"error: {e}")  # the agent has put the previous config back
             return False
