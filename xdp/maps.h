@@ -70,11 +70,13 @@ struct {
 	__type(value, struct bfx_rule);
 } rules SEC(".maps");
 
+/* mmap-able so the loader reads a generation's slots without a copy per slot. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, BFX_GENERATIONS * BFX_RULE_SLOTS);
 	__type(key, __u32);
 	__type(value, struct bfx_rule_slot);
+	__uint(map_flags, BPF_F_MMAPABLE);
 } rule_slots SEC(".maps");
 
 struct {

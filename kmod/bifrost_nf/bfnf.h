@@ -7,6 +7,10 @@
  * under the RCU read lock netfilter already holds. Services and entries are
  * immutable once published and freed after a grace period. Counters are
  * per-CPU.
+ *
+ * Symbols are prefixed bfnf_ (BiFrost NetFilter), not bifrost_nf_: short as
+ * WireGuard's wg_, and distinct from the other module's fm_ (fou_map); the
+ * module, device and uapi header carry the full name bifrost_nf.
  */
 #ifndef _BFNF_H
 #define _BFNF_H
@@ -23,10 +27,13 @@
 #include <net/netns/generic.h>
 
 #include "bifrost_nf.h"
+#include "bifrost_version.h"
 
-#define BFNF_MODULE_VERSION "0.1.0"
 #define BFNF_N_QTYPES 3
-/* Rate-limit table: a source maps to one slot; a new source takes it over. */
+/*
+ * Rate-limit table: a source maps to one slot; a new source takes a slot over
+ * only once the previous holder's bucket has drained, else it shares it.
+ */
 #define BFNF_RL_BITS 12
 #define BFNF_RL_SLOTS (1U << BFNF_RL_BITS)
 
@@ -105,7 +112,16 @@ static inline struct bfnf_net *bfnf_pernet(struct net *net)
 
 #define bfnf_count(bn, idx) this_cpu_inc((bn)->cnt->c[idx])
 #define bfnf_count_add(bn, idx, v) this_cpu_add((bn)->cnt->c[idx], (v))
-void bfnf_counters_read(struct bfnf_net *bn, u64 *out);
+
+/*
+ * Nanoseconds from then to now, 0 when then is later: a packet reads its
+ * `now` before its work, and meanwhile another CPU or a write may stamp a
+ * newer time (a rotation, an answer). An unsigned now - then would wrap.
+ */
+static inline u64 bfnf_age_ns(u64 now, u64 then)
+{
+	return (s64)(now - then) > 0 ? now - then : 0;
+}
 
 /* chardev.c */
 int bfnf_chardev_init(void);
@@ -132,8 +148,7 @@ bool bfnf_events_pending(struct bfnf_net *bn);
 /* challenge.c */
 int bfnf_secret_init(struct bfnf_net *bn);
 void bfnf_secret_free(struct bfnf_net *bn);
-void bfnf_secret_rotate(struct bfnf_net *bn, const struct bfnf_secret *seen, u64 now,
-			unsigned int times);
+int bfnf_secret_rotate(struct bfnf_net *bn, const struct bfnf_secret *seen, unsigned int times);
 u32 bfnf_challenge_make(struct bfnf_net *bn, __be32 addr, __be16 port, u64 now);
 bool bfnf_challenge_check(struct bfnf_net *bn, __be32 addr, __be16 port, u32 chal, u64 now);
 

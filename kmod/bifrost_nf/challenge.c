@@ -33,23 +33,25 @@ void bfnf_secret_free(struct bfnf_net *bn)
 /*
  * Advance the generation `times` times (2 or more forgets every old key).
  * `seen` is the secret the caller found too old: when another CPU rotated it
- * meanwhile, nothing is done. NULL forces the rotation (ROTATE record).
+ * meanwhile, nothing is done. NULL forces the rotation (ROTATE record), which
+ * then fails with -ENOMEM rather than report a rotation that did not happen.
+ * The new secret is stamped with the time read under the lock, so stamps
+ * only grow; readers holding an older `now` see an age of 0 (bfnf_age_ns()).
  */
-void bfnf_secret_rotate(struct bfnf_net *bn, const struct bfnf_secret *seen, u64 now,
-			unsigned int times)
+int bfnf_secret_rotate(struct bfnf_net *bn, const struct bfnf_secret *seen, unsigned int times)
 {
 	struct bfnf_secret *old, *s;
 	unsigned int i;
 
-	s = kmalloc(sizeof(*s), GFP_ATOMIC);
+	s = kmalloc(sizeof(*s), seen ? GFP_ATOMIC : GFP_KERNEL);
 	if (!s)
-		return;
+		return -ENOMEM;
 	spin_lock_bh(&bn->secret_lock);
 	old = rcu_dereference_protected(bn->secret, lockdep_is_held(&bn->secret_lock));
 	if (seen && old != seen) {
 		spin_unlock_bh(&bn->secret_lock);
 		kfree(s);
-		return;
+		return 0;
 	}
 	*s = *old;
 	for (i = 0; i < min(times, 2U); i++) {
@@ -57,11 +59,12 @@ void bfnf_secret_rotate(struct bfnf_net *bn, const struct bfnf_secret *seen, u64
 		get_random_bytes(&s->key[s->gen & 1], sizeof(s->key[0]));
 	}
 	s->gen += times - min(times, 2U);
-	s->rotated_ns = now;
+	s->rotated_ns = ktime_get_ns();
 	rcu_assign_pointer(bn->secret, s);
 	spin_unlock_bh(&bn->secret_lock);
 	this_cpu_add(bn->cnt->c[BFNF_CNT_ROTATIONS], times);
 	kfree_rcu(old, rcu);
+	return 0;
 }
 
 static u32 bfnf_challenge_gen(const struct bfnf_secret *s, u32 gen, __be32 addr, __be16 port)
@@ -79,11 +82,13 @@ static const struct bfnf_secret *bfnf_secret_current(struct bfnf_net *bn, u64 no
 {
 	const struct bfnf_secret *s = rcu_dereference(bn->secret);
 	u64 life = (u64)READ_ONCE(bn->rotate_s) * NSEC_PER_SEC;
+	u64 age = bfnf_age_ns(now, s->rotated_ns);
 
-	if (unlikely(now - s->rotated_ns >= life)) {
-		u64 n = div64_u64(now - s->rotated_ns, life);
+	if (unlikely(age >= life)) {
+		u64 n = div64_u64(age, life);
 
-		bfnf_secret_rotate(bn, s, now, n > 2 ? 2 : (unsigned int)n);
+		/* on -ENOMEM the old key serves on; the next packet tries again */
+		bfnf_secret_rotate(bn, s, n > 2 ? 2 : (unsigned int)n);
 		s = rcu_dereference(bn->secret);
 	}
 	return s;

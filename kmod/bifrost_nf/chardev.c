@@ -5,35 +5,28 @@
  * file is bound to the opener's netns (like tun): a daemon in a container
  * sees and changes only its own netns's cache.
  */
-#include <linux/fs.h>
-#include <linux/list.h>
-#include <linux/miscdevice.h>
-#include <linux/nsproxy.h>
-#include <linux/poll.h>
-#include <linux/sched.h>
-#include <linux/slab.h>
-#include <linux/uaccess.h>
-
 #include "bfnf.h"
+#include "bifrost_chardev.h"
 
 /* Bounds a file's reply queue: a full dump is MAX_SERVICES + 1 records. */
 #define BFNF_MAX_REPLIES (2 * BFNF_MAX_SERVICES + 8)
 #define BFNF_MAX_RECORD sizeof(struct bfnf_entry_set)
 #define BFNF_EVENTS_PER_READ 32
 
-struct bfnf_reply {
-	struct list_head list;
-	u32 len;
-	u8 data[];
+BFC_ASSERT_LAYOUT(struct bfnf_hdr, struct bfnf_info_reply);
+
+static const struct bfc_abi bfnf_abi = {
+	.magic = BFNF_MAGIC,
+	.version = BFNF_ABI_VERSION,
+	.info_reply_type = BFNF_MSG_INFO_REPLY,
+	.too_small_err = -EINVAL,
+	.max_replies = BFNF_MAX_REPLIES,
 };
 
 struct bfnf_file {
-	struct net *net;
+	/* first: bfc_file_open() allocates the whole; base.lock also guards asm_* */
+	struct bfc_file base;
 	struct bfnf_net *bn;
-	/* protects replies and the entry being assembled */
-	struct mutex lock;
-	struct list_head replies;
-	unsigned int n_replies;
 	/* a multi-packet answer being written, published on its last packet */
 	struct bfnf_entry *asm_entry;
 	__be32 asm_addr;
@@ -41,83 +34,27 @@ struct bfnf_file {
 	u8 asm_qtype;
 	u8 asm_next;
 };
-
-static void bfnf_hdr_fill(struct bfnf_hdr *hdr, u16 type, u32 len)
-{
-	hdr->magic = BFNF_MAGIC;
-	hdr->version = BFNF_ABI_VERSION;
-	hdr->type = type;
-	hdr->length = len;
-	hdr->flags = 0;
-}
-
-static void *bfnf_reply_alloc(struct bfnf_file *f, struct list_head *batch, u16 type, u32 len)
-{
-	struct bfnf_reply *r = kzalloc(sizeof(*r) + len, GFP_KERNEL);
-
-	if (!r)
-		return NULL;
-	r->len = len;
-	bfnf_hdr_fill((struct bfnf_hdr *)r->data, type, len);
-	list_add_tail(&r->list, batch);
-	return r->data;
-}
-
-static void bfnf_replies_free(struct list_head *list)
-{
-	struct bfnf_reply *r, *tmp;
-
-	list_for_each_entry_safe(r, tmp, list, list) {
-		list_del(&r->list);
-		kfree(r);
-	}
-}
-
-/* Queue a batch of replies whole, or none of them. Caller holds f->lock. */
-static int bfnf_replies_queue(struct bfnf_file *f, struct list_head *batch, unsigned int n)
-{
-	if (f->n_replies + n > BFNF_MAX_REPLIES) {
-		bfnf_replies_free(batch);
-		return -ENOBUFS;
-	}
-	list_splice_tail_init(batch, &f->replies);
-	WRITE_ONCE(f->n_replies, f->n_replies + n);
-	return 0;
-}
-
-static int bfnf_do_info(struct bfnf_file *f)
-{
-	struct bfnf_info_reply *rep;
-	LIST_HEAD(batch);
-
-	rep = bfnf_reply_alloc(f, &batch, BFNF_MSG_INFO_REPLY, sizeof(*rep));
-	if (!rep)
-		return -ENOMEM;
-	rep->abi_version = BFNF_ABI_VERSION;
-	rep->n_counters = BFNF_CNT_MAX;
-	rep->netns_inum = f->net->ns.inum;
-	strscpy(rep->module_version, BFNF_MODULE_VERSION, sizeof(rep->module_version));
-	bfnf_counters_read(f->bn, rep->counters);
-	return bfnf_replies_queue(f, &batch, 1);
-}
+static_assert(offsetof(struct bfnf_file, base) == 0);
 
 static int bfnf_do_dump(struct bfnf_file *f)
 {
 	struct bfnf_net *bn = f->bn;
-	u64 now = ktime_get_ns();
 	struct bfnf_service_info *si;
 	struct bfnf_service *svc;
 	struct bfnf_dump_end *end;
 	unsigned int n = 0;
 	LIST_HEAD(batch);
 	int i, q;
+	u64 now;
 
 	mutex_lock(&bn->lock);
+	/* read under the lock: an entry published before it is never "from the future" */
+	now = ktime_get_ns();
 	for (i = 0; i < BFNF_MAX_SERVICES; i++) {
 		svc = rcu_dereference_protected(bn->svc[i], lockdep_is_held(&bn->lock));
 		if (!svc)
 			continue;
-		si = bfnf_reply_alloc(f, &batch, BFNF_MSG_SERVICE_INFO, sizeof(*si));
+		si = bfc_reply_alloc(&f->base, &batch, BFNF_MSG_SERVICE_INFO, sizeof(*si));
 		if (!si)
 			goto err_nomem;
 		n++;
@@ -134,21 +71,21 @@ static int bfnf_do_dump(struct bfnf_file *f)
 			si->packets[q] = e->n_packets;
 			si->ttl_ms[q] = e->ttl_ms;
 			si->max_stale_ms[q] = e->max_stale_ms;
-			si->age_ms[q] = min_t(u64, div_u64(now - e->stored_ns, NSEC_PER_MSEC),
-					      U32_MAX);
+			si->age_ms[q] = min_t(u64, div_u64(bfnf_age_ns(now, e->stored_ns),
+							   NSEC_PER_MSEC), U32_MAX);
 		}
 	}
 	mutex_unlock(&bn->lock);
-	end = bfnf_reply_alloc(f, &batch, BFNF_MSG_DUMP_END, sizeof(*end));
+	end = bfc_reply_alloc(&f->base, &batch, BFNF_MSG_DUMP_END, sizeof(*end));
 	if (!end)
 		goto err_free;
 	end->n_services = n;
-	return bfnf_replies_queue(f, &batch, n + 1);
+	return bfc_replies_queue(&f->base, &batch, n + 1);
 
 err_nomem:
 	mutex_unlock(&bn->lock);
 err_free:
-	bfnf_replies_free(&batch);
+	bfc_replies_free(&batch);
 	return -ENOMEM;
 }
 
@@ -159,6 +96,12 @@ static void bfnf_asm_reset(struct bfnf_file *f)
 	f->asm_next = 0;
 }
 
+/*
+ * A refused write changes nothing: a packet that does not continue the answer
+ * being assembled is refused and that answer stays, so the writer can still
+ * send the right packet. Index 0 starts a new answer (replacing the one being
+ * assembled) only once its memory is there.
+ */
 static int bfnf_do_entry_set(struct bfnf_file *f, const struct bfnf_entry_set *rec)
 {
 	__be16 port = htons(rec->port);
@@ -171,11 +114,11 @@ static int bfnf_do_entry_set(struct bfnf_file *f, const struct bfnf_entry_set *r
 	    !rec->port)
 		return -EINVAL;
 	if (rec->index == 0) {
-		bfnf_asm_reset(f);
 		e = kzalloc(struct_size(e, data, (size_t)rec->count * BFNF_PAYLOAD_MAX),
 			    GFP_KERNEL);
 		if (!e)
 			return -ENOMEM;
+		bfnf_asm_reset(f);
 		e->n_packets = rec->count;
 		f->asm_entry = e;
 		f->asm_addr = rec->addr;
@@ -185,10 +128,8 @@ static int bfnf_do_entry_set(struct bfnf_file *f, const struct bfnf_entry_set *r
 		e = f->asm_entry;
 		if (!e || rec->index != f->asm_next || rec->count != e->n_packets ||
 		    rec->addr != f->asm_addr || port != f->asm_port ||
-		    rec->qtype != f->asm_qtype) {
-			bfnf_asm_reset(f);
+		    rec->qtype != f->asm_qtype)
 			return -EINVAL;
-		}
 	}
 	memcpy(e->data + rec->index * BFNF_PAYLOAD_MAX, rec->payload, rec->length);
 	e->len[rec->index] = rec->length;
@@ -199,12 +140,15 @@ static int bfnf_do_entry_set(struct bfnf_file *f, const struct bfnf_entry_set *r
 
 	e->ttl_ms = rec->ttl_ms;
 	e->max_stale_ms = rec->max_stale_ms;
-	e->stored_ns = ktime_get_ns();
 	mutex_lock(&f->bn->lock);
+	/* under the lock: see bfnf_age_ns() */
+	e->stored_ns = ktime_get_ns();
 	err = bfnf_entry_publish(f->bn, f->asm_addr, f->asm_port, f->asm_qtype, e);
 	mutex_unlock(&f->bn->lock);
 	if (err) {
-		bfnf_asm_reset(f);
+		/* the last packet is refused; the answer waits for a retry of it */
+		e->total_bytes -= rec->length;
+		f->asm_next = rec->index;
 		return err;
 	}
 	f->asm_entry = NULL;
@@ -255,14 +199,13 @@ static int bfnf_dispatch(struct bfnf_file *f, const void *buf, size_t len)
 
 	switch (hdr->type) {
 	case BFNF_MSG_INFO_REQ:
-		return bfnf_do_info(f);
+		return bfc_queue_info(&f->base, (const u64 __percpu *)bn->cnt, BFNF_CNT_MAX);
 	case BFNF_MSG_DUMP_REQ:
 		return bfnf_do_dump(f);
 	case BFNF_MSG_ENTRY_SET:
 		return bfnf_do_entry_set(f, buf);
 	case BFNF_MSG_ROTATE:
-		bfnf_secret_rotate(bn, NULL, ktime_get_ns(), 1);
-		return 0;
+		return bfnf_secret_rotate(bn, NULL, 1);
 	case BFNF_MSG_SERVICE_SET: {
 		const struct bfnf_service_set *rec = buf;
 
@@ -335,9 +278,9 @@ static ssize_t bfnf_write(struct file *file, const char __user *ubuf, size_t cou
 		err = PTR_ERR(buf);
 		goto err_count;
 	}
-	mutex_lock(&f->lock);
+	mutex_lock(&f->base.lock);
 	err = bfnf_dispatch(f, buf, count);
-	mutex_unlock(&f->lock);
+	mutex_unlock(&f->base.lock);
 	kfree(buf);
 	if (err)
 		goto err_count;
@@ -352,28 +295,16 @@ static ssize_t bfnf_read(struct file *file, char __user *ubuf, size_t count, lof
 {
 	struct bfnf_file *f = file->private_data;
 	struct bfnf_event *ev;
-	struct bfnf_reply *r, *tmp;
-	size_t done = 0, n;
+	ssize_t done;
+	size_t n;
 
-	mutex_lock(&f->lock);
-	if (f->n_replies) {
-		list_for_each_entry_safe(r, tmp, &f->replies, list) {
-			if (done + r->len > count)
-				break;
-			if (copy_to_user(ubuf + done, r->data, r->len)) {
-				mutex_unlock(&f->lock);
-				return done ? done : -EFAULT;
-			}
-			done += r->len;
-			list_del(&r->list);
-			kfree(r);
-			WRITE_ONCE(f->n_replies, f->n_replies - 1);
-		}
-		mutex_unlock(&f->lock);
-		/* the next reply does not fit the buffer */
-		return done ? done : -EINVAL;
+	mutex_lock(&f->base.lock);
+	if (f->base.n_replies) {
+		done = bfc_replies_read(&f->base, ubuf, count);
+		mutex_unlock(&f->base.lock);
+		return done;
 	}
-	mutex_unlock(&f->lock);
+	mutex_unlock(&f->base.lock);
 
 	n = min_t(size_t, count / sizeof(*ev), BFNF_EVENTS_PER_READ);
 	if (!n)
@@ -394,61 +325,28 @@ static ssize_t bfnf_read(struct file *file, char __user *ubuf, size_t count, lof
 static __poll_t bfnf_poll(struct file *file, poll_table *wait)
 {
 	struct bfnf_file *f = file->private_data;
-	__poll_t mask = EPOLLOUT | EPOLLWRNORM;
 
 	poll_wait(file, &f->bn->event_wq, wait);
-	if (READ_ONCE(f->n_replies) || bfnf_events_pending(f->bn))
-		mask |= EPOLLIN | EPOLLRDNORM;
-	return mask;
+	return bfc_poll(&f->base, file, wait, bfnf_events_pending(f->bn));
 }
 
 static int bfnf_open(struct inode *inode, struct file *file)
 {
-	struct bfnf_file *f = kzalloc(sizeof(*f), GFP_KERNEL);
+	struct bfnf_file *f = bfc_file_open(inode, file, sizeof(*f), &bfnf_abi);
 
-	if (!f)
-		return -ENOMEM;
-	f->net = get_net(current->nsproxy->net_ns);
-	f->bn = bfnf_pernet(f->net);
-	mutex_init(&f->lock);
-	INIT_LIST_HEAD(&f->replies);
-	file->private_data = f;
-	return stream_open(inode, file);
+	if (IS_ERR(f))
+		return PTR_ERR(f);
+	f->bn = bfnf_pernet(f->base.net);
+	return 0;
 }
 
 static int bfnf_release(struct inode *inode, struct file *file)
 {
 	struct bfnf_file *f = file->private_data;
 
-	bfnf_replies_free(&f->replies);
 	kfree(f->asm_entry);
-	put_net(f->net);
-	kfree(f);
+	bfc_file_release(&f->base);
 	return 0;
 }
 
-static const struct file_operations bfnf_fops = {
-	.owner = THIS_MODULE,
-	.open = bfnf_open,
-	.release = bfnf_release,
-	.read = bfnf_read,
-	.write = bfnf_write,
-	.poll = bfnf_poll,
-};
-
-static struct miscdevice bfnf_misc = {
-	.minor = MISC_DYNAMIC_MINOR,
-	.name = "bifrost_nf",
-	.fops = &bfnf_fops,
-	.mode = 0600,
-};
-
-int bfnf_chardev_init(void)
-{
-	return misc_register(&bfnf_misc);
-}
-
-void bfnf_chardev_exit(void)
-{
-	misc_deregister(&bfnf_misc);
-}
+BFC_DEFINE_DEVICE(bfnf, "bifrost_nf");

@@ -44,12 +44,30 @@ static enum bfnf_freshness bfnf_entry_state(const struct bfnf_entry *e, u64 now)
 
 	if (!e)
 		return BFNF_UNUSABLE;
-	age_ms = div_u64(now - e->stored_ns, NSEC_PER_MSEC);
+	age_ms = div_u64(bfnf_age_ns(now, e->stored_ns), NSEC_PER_MSEC);
 	if (age_ms < e->ttl_ms)
 		return BFNF_FRESH;
 	if (age_ms < (u64)e->ttl_ms + e->max_stale_ms)
 		return BFNF_STALE;
 	return BFNF_UNUSABLE;
+}
+
+/*
+ * The UDP checksum covers the UDP length, which may be shorter than the IP
+ * payload (trailing bytes after the datagram are legal and ignored).
+ * nf_ip_checksum() sums to the end of the skb, so it is only right when the
+ * two agree.
+ */
+static bool bfnf_udp_csum_bad(struct sk_buff *skb, unsigned int hook, unsigned int ihl,
+			      unsigned int ulen)
+{
+	const struct iphdr *iph = ip_hdr(skb);
+	__wsum csum;
+
+	if (ulen == skb->len - ihl)
+		return nf_ip_checksum(skb, hook, ihl, IPPROTO_UDP) != 0;
+	csum = skb_checksum(skb, ihl, ulen, 0);
+	return csum_tcpudp_magic(iph->saddr, iph->daddr, ulen, IPPROTO_UDP, csum) != 0;
 }
 
 /* Returns the payload bytes sent. */
@@ -103,7 +121,11 @@ static unsigned int bfnf_hook(void *priv, struct sk_buff *skb, const struct nf_h
 	u8 qtype;
 	u64 now;
 
-	if (iph->protocol != IPPROTO_UDP || ip_is_fragment(iph))
+	/*
+	 * A GRO-merged skb holds several datagrams behind one header: not a
+	 * query we can parse; fragments carry no (or part of a) UDP header.
+	 */
+	if (iph->protocol != IPPROTO_UDP || ip_is_fragment(iph) || skb_is_gso(skb))
 		return NF_ACCEPT;
 	ihl = ip_hdrlen(skb);
 	uh = skb_header_pointer(skb, ihl, sizeof(_uh), &_uh);
@@ -127,7 +149,7 @@ static unsigned int bfnf_hook(void *priv, struct sk_buff *skb, const struct nf_h
 		bfnf_count(bn, BFNF_CNT_PASSED_OTHER);
 		return NF_ACCEPT;
 	}
-	if (uh->check && nf_ip_checksum(skb, state->hook, ihl, IPPROTO_UDP))
+	if (uh->check && bfnf_udp_csum_bad(skb, state->hook, ihl, ntohs(uh->len)))
 		goto malformed;
 
 	switch (p[4]) {

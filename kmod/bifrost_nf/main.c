@@ -13,19 +13,6 @@
 
 unsigned int bfnf_net_id __read_mostly;
 
-void bfnf_counters_read(struct bfnf_net *bn, u64 *out)
-{
-	int cpu, i;
-
-	memset(out, 0, sizeof(u64) * BFNF_CNT_MAX);
-	for_each_possible_cpu(cpu) {
-		const struct bfnf_counters *c = per_cpu_ptr(bn->cnt, cpu);
-
-		for (i = 0; i < BFNF_CNT_MAX; i++)
-			out[i] += READ_ONCE(c->c[i]);
-	}
-}
-
 static int __net_init bfnf_net_init(struct net *net)
 {
 	struct bfnf_net *bn = bfnf_pernet(net);
@@ -51,12 +38,24 @@ err_free_counters:
 	return err;
 }
 
-static void __net_exit bfnf_net_exit(struct net *net)
+/*
+ * Unhook first: a CPU may still be inside bfnf_hook() after
+ * nf_unregister_net_hook() returns. The netns core calls synchronize_rcu()
+ * between every .pre_exit and every .exit (netns dismantle and module unload
+ * alike), so by .exit no packet can see the state it frees.
+ */
+static void __net_exit bfnf_net_pre_exit(struct net *net)
 {
 	struct bfnf_net *bn = bfnf_pernet(net);
 
 	/* No file holds this netns (each holds a reference), so no writer runs. */
 	bfnf_hook_unregister(bn);
+}
+
+static void __net_exit bfnf_net_exit(struct net *net)
+{
+	struct bfnf_net *bn = bfnf_pernet(net);
+
 	bfnf_services_free_all(bn);
 	bfnf_rl_free(bn);
 	bfnf_secret_free(bn);
@@ -65,6 +64,7 @@ static void __net_exit bfnf_net_exit(struct net *net)
 
 static struct pernet_operations bfnf_net_ops = {
 	.init = bfnf_net_init,
+	.pre_exit = bfnf_net_pre_exit,
 	.exit = bfnf_net_exit,
 	.id = &bfnf_net_id,
 	.size = sizeof(struct bfnf_net),
@@ -80,7 +80,7 @@ static int __init bfnf_init(void)
 	err = bfnf_chardev_init();
 	if (err)
 		goto err_unregister_pernet;
-	pr_info("loaded, version %s, ABI %d\n", BFNF_MODULE_VERSION, BFNF_ABI_VERSION);
+	pr_info("loaded, version %s, ABI %d\n", BIFROST_VERSION, BFNF_ABI_VERSION);
 	return 0;
 
 err_unregister_pernet:
@@ -101,4 +101,4 @@ module_init(bfnf_init);
 module_exit(bfnf_exit);
 MODULE_LICENSE("GPL");
 MODULE_DESCRIPTION("Bifrost: A2S query cache answered from netfilter");
-MODULE_VERSION(BFNF_MODULE_VERSION);
+MODULE_VERSION(BIFROST_VERSION);

@@ -3,8 +3,11 @@
  * Per-source query rate limit: a token bucket in GCRA form (one timestamp per
  * source) in a fixed, direct-mapped table, so memory stays bounded whatever
  * the number of sources. A source that lands on a slot held by another takes
- * it over (the newest wins: LRU-ish). Slots are updated without a lock; a race
- * only makes the limit slightly loose, never unsafe.
+ * it over only when that bucket has drained (its theoretical arrival time is
+ * past); until then the two share the bucket. Letting a newcomer reset a busy
+ * bucket would let a spoofer who churns sources (or a flood that collides)
+ * wipe every source's history, so nobody would ever be limited. Slots are
+ * updated without a lock; a race only makes the limit slightly loose.
  */
 #include <linux/hash.h>
 #include <linux/jhash.h>
@@ -45,12 +48,12 @@ bool bfnf_rl_allow(struct bfnf_net *bn, __be32 saddr, u64 now)
 	interval = div_u64(NSEC_PER_SEC, rate);
 	slot = &bn->rl[hash_32(jhash_1word((__force u32)saddr, bn->rl_seed), BFNF_RL_BITS)];
 	tat = READ_ONCE(slot->tat_ns);
-	if (READ_ONCE(slot->addr) != (__force u32)saddr) {
-		WRITE_ONCE(slot->addr, (__force u32)saddr);
+	if ((s64)(tat - now) <= 0) {
+		/* drained: whoever held it has nothing left to remember */
 		tat = now;
+		if (READ_ONCE(slot->addr) != (__force u32)saddr)
+			WRITE_ONCE(slot->addr, (__force u32)saddr);
 	}
-	if (tat < now)
-		tat = now;
 	if (tat - now >= (u64)burst * interval)
 		return false;
 	WRITE_ONCE(slot->tat_ns, tat + interval);

@@ -3,6 +3,10 @@
  * Replies are new packets built here, from the service's address and port to
  * the client, routed like any locally generated packet (so they follow the
  * netns's routes, neighbours and OUTPUT/POSTROUTING rules).
+ *
+ * DF is set only on a reply that fits the route's MTU, as __ip_make_skb()
+ * does for a UDP socket: a bigger answer (up to 1428 bytes) on a smaller-MTU
+ * uplink is fragmented by ip_output() instead of dropped.
  */
 #include <linux/ip.h>
 #include <linux/skbuff.h>
@@ -62,7 +66,7 @@ int bfnf_send(struct net *net, __be32 saddr, __be16 sport, __be32 daddr, __be16 
 	iph->ihl = sizeof(*iph) / 4;
 	iph->tos = 0;
 	iph->tot_len = htons(skb->len);
-	iph->frag_off = htons(IP_DF);
+	iph->frag_off = skb->len <= dst_mtu(&rt->dst) ? htons(IP_DF) : 0;
 	iph->ttl = ip4_dst_hoplimit(&rt->dst);
 	iph->protocol = IPPROTO_UDP;
 	iph->saddr = fl4.saddr;

@@ -5,125 +5,72 @@
  * sees and changes only that container's table.
  *
  * write() takes exactly one record (uapi/fou_map.h); replies queue up per
- * file and are read() back in order. A dump walks the hash table across as
- * many read()s as it takes.
+ * file and are read() back in order; poll() says when. A dump snapshots the
+ * clients and returns them across as many read()s as it takes.
  */
-#include <linux/fs.h>
-#include <linux/miscdevice.h>
-#include <linux/module.h>
-#include <linux/mutex.h>
-#include <linux/nsproxy.h>
-#include <linux/slab.h>
-#include <linux/uaccess.h>
 #include <linux/jiffies.h>
+#include <linux/sort.h>
 
 #include "fm.h"
+#include "bifrost_chardev.h"
 
 /* Unread replies a file may hold: a writer that never reads gets ENOBUFS. */
 #define FM_MAX_PENDING 16
 /* The largest record anyone may write (and the largest reply). */
 #define FM_MAX_RECORD sizeof(struct fm_info_reply)
 
-struct fm_reply {
-	struct list_head list;
-	size_t len;
-	union {
-		struct fm_hdr hdr;
-		struct fm_info_reply info;
-		struct fm_config cfg;
-		struct fm_stats_reply stats;
-	} u;
+BFC_ASSERT_LAYOUT(struct fm_hdr, struct fm_info_reply);
+
+static const struct bfc_abi fm_abi = {
+	.magic = FM_MAGIC,
+	.version = FM_ABI_VERSION,
+	.info_reply_type = FM_MSG_INFO_REPLY,
+	.too_small_err = -EMSGSIZE,
+	.max_replies = FM_MAX_PENDING,
 };
 
+/*
+ * A dump is a snapshot of the clients (keys) present at DUMP_REQ; each read()
+ * looks the next ones up again and returns those still there, with their
+ * values as of that read. The cursor is an index into the snapshot, so
+ * entries removed between reads (GC, eviction) cannot make it skip others,
+ * as a hash-table walk resumed across reads can.
+ */
 struct fm_file {
-	struct net *net;
-	struct mutex lock;	/* everything below */
-	struct list_head replies;
-	unsigned int n_replies;
-	bool dumping;
-	bool dump_held;		/* held: an entry that did not fit the last read */
-	struct rhashtable_iter iter;
+	/* first: bfc_file_open() allocates the whole; base.lock also guards the rest */
+	struct bfc_file base;
+	__be32 *dump_keys;	/* kvmalloc'ed; NULL when no dump is under way */
+	u32 dump_n;
+	u32 dump_next;
 	u64 dumped;
-	struct fm_entry held;
 	u8 wbuf[FM_MAX_RECORD];
 };
+static_assert(offsetof(struct fm_file, base) == 0);
 
-static void fm_hdr_init(struct fm_hdr *hdr, u16 type, u32 len)
+/* A zeroed reply of len bytes in batch; the caller fills it, then queues the batch. */
+static void *fm_reply(struct fm_file *ff, struct list_head *batch, u16 type, size_t len)
 {
-	hdr->magic = FM_MAGIC;
-	hdr->version = FM_ABI_VERSION;
-	hdr->type = type;
-	hdr->length = len;
-	hdr->flags = 0;
-}
-
-static struct fm_reply *fm_reply_new(struct fm_file *ff, u16 type, size_t len)
-{
-	struct fm_reply *r;
-
-	if (ff->n_replies >= FM_MAX_PENDING)
-		return ERR_PTR(-ENOBUFS);
-	r = kzalloc(sizeof(*r), GFP_KERNEL);
-	if (!r)
-		return ERR_PTR(-ENOMEM);
-	r->len = len;
-	fm_hdr_init(&r->u.hdr, type, len);
-	return r;
-}
-
-static void fm_reply_queue(struct fm_file *ff, struct fm_reply *r)
-{
-	list_add_tail(&r->list, &ff->replies);
-	ff->n_replies++;
-}
-
-static void fm_sum_counters(struct fm_net *fn, u64 *out)
-{
-	int cpu, i;
-
-	for (i = 0; i < FM_CNT_MAX; i++)
-		out[i] = 0;
-	for_each_possible_cpu(cpu) {
-		const struct fm_counters *c = per_cpu_ptr(fn->counters, cpu);
-
-		for (i = 0; i < FM_CNT_MAX; i++)
-			out[i] += READ_ONCE(c->cnt[i]);
-	}
-}
-
-static int fm_do_info(struct fm_file *ff, struct fm_net *fn)
-{
-	struct fm_reply *r = fm_reply_new(ff, FM_MSG_INFO_REPLY, sizeof(struct fm_info_reply));
-
-	if (IS_ERR(r))
-		return PTR_ERR(r);
-	BUILD_BUG_ON(FM_CNT_MAX > ARRAY_SIZE(r->u.info.counters));
-	r->u.info.abi_version = FM_ABI_VERSION;
-	r->u.info.n_counters = FM_CNT_MAX;
-	r->u.info.netns_inum = ff->net->ns.inum;
-	strscpy(r->u.info.module_version, FM_MODULE_VERSION, sizeof(r->u.info.module_version));
-	fm_sum_counters(fn, r->u.info.counters);
-	fm_reply_queue(ff, r);
-	return 0;
+	return bfc_reply_alloc(&ff->base, batch, type, len);
 }
 
 static int fm_do_config_get(struct fm_file *ff, struct fm_net *fn)
 {
-	struct fm_reply *r = fm_reply_new(ff, FM_MSG_CONFIG, sizeof(struct fm_config));
+	struct fm_config *rep;
 	const struct fm_cfg *cfg;
+	LIST_HEAD(batch);
 
-	if (IS_ERR(r))
-		return PTR_ERR(r);
+	rep = fm_reply(ff, &batch, FM_MSG_CONFIG, sizeof(*rep));
+	if (!rep)
+		return -ENOMEM;
 	rcu_read_lock();
 	cfg = rcu_dereference(fn->cfg);
-	r->u.cfg.n_ports = cfg->n_ports;
-	r->u.cfg.idle_timeout_ms = cfg->idle_timeout_ms;
-	r->u.cfg.max_entries = cfg->max_entries;
-	r->u.cfg.miss_policy = cfg->miss_policy;
-	memcpy(r->u.cfg.ports, cfg->ports, sizeof(r->u.cfg.ports));
+	rep->n_ports = cfg->n_ports;
+	rep->idle_timeout_ms = cfg->idle_timeout_ms;
+	rep->max_entries = cfg->max_entries;
+	rep->miss_policy = cfg->miss_policy;
+	memcpy(rep->ports, cfg->ports, sizeof(rep->ports));
 	rcu_read_unlock();
-	fm_reply_queue(ff, r);
-	return 0;
+	return bfc_replies_queue(&ff->base, &batch, 1);
 }
 
 static int fm_do_config_set(struct fm_net *fn, const struct fm_config *rec)
@@ -152,43 +99,91 @@ static int fm_do_config_set(struct fm_net *fn, const struct fm_config *rec)
 
 static int fm_do_stats(struct fm_file *ff, struct fm_net *fn)
 {
-	struct fm_reply *r = fm_reply_new(ff, FM_MSG_STATS_REPLY, sizeof(struct fm_stats_reply));
+	struct fm_stats_reply *rep;
 	u32 entries, buckets;
+	LIST_HEAD(batch);
 
-	if (IS_ERR(r))
-		return PTR_ERR(r);
+	rep = fm_reply(ff, &batch, FM_MSG_STATS_REPLY, sizeof(*rep));
+	if (!rep)
+		return -ENOMEM;
 	spin_lock_bh(&fn->lock);
 	entries = fn->n_learned + fn->n_static;
-	r->u.stats.static_entries = fn->n_static;
-	r->u.stats.max_entries = rcu_dereference_protected(fn->cfg,
-							   lockdep_is_held(&fn->lock))->max_entries;
+	rep->static_entries = fn->n_static;
+	rep->max_entries = rcu_dereference_protected(fn->cfg,
+						     lockdep_is_held(&fn->lock))->max_entries;
 	spin_unlock_bh(&fn->lock);
 	buckets = fm_table_buckets(fn);
-	r->u.stats.entries = entries;
-	r->u.stats.buckets = buckets;
-	r->u.stats.entry_size = kmem_cache_size(fm_entry_cache);
-	r->u.stats.created_ns = fn->created_ns;
-	r->u.stats.table_bytes = (u64)entries * kmem_cache_size(fm_entry_cache) +
-				 (u64)buckets * sizeof(void *);
-	fm_reply_queue(ff, r);
-	return 0;
+	rep->entries = entries;
+	rep->buckets = buckets;
+	rep->entry_size = kmem_cache_size(fm_entry_cache);
+	rep->created_ns = fn->created_ns;
+	rep->table_bytes = (u64)entries * kmem_cache_size(fm_entry_cache) +
+			   (u64)buckets * sizeof(void *);
+	return bfc_replies_queue(&ff->base, &batch, 1);
 }
 
 static void fm_dump_stop(struct fm_file *ff)
 {
-	if (ff->dumping) {
-		rhashtable_walk_exit(&ff->iter);
-		ff->dumping = false;
-		ff->dump_held = false;
-	}
+	kvfree(ff->dump_keys);
+	ff->dump_keys = NULL;
 }
 
+static int fm_key_cmp(const void *a, const void *b)
+{
+	u32 x = *(const u32 *)a, y = *(const u32 *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Collect every client key in one RCU walk. A resize during it makes the
+ * walk go on in the new table (-EAGAIN), so keys may repeat but none is
+ * missed; sorting drops the repeats. Clients learned meanwhile may overflow
+ * the estimate: then try again with more room.
+ */
 static int fm_do_dump(struct fm_file *ff, struct fm_net *fn)
 {
-	/* A new dump replaces one that was not read to its end. */
+	struct rhashtable_iter iter;
+	struct fm_map_entry *e;
+	u32 cap, n, i, uniq;
+	__be32 *keys;
+	bool full;
+
 	fm_dump_stop(ff);
-	rhashtable_walk_enter(&fn->table, &ff->iter);
-	ff->dumping = true;
+	spin_lock_bh(&fn->lock);
+	cap = fn->n_learned + fn->n_static;
+	spin_unlock_bh(&fn->lock);
+	do {
+		cap += cap / 4 + 64;
+		keys = kvmalloc_array(cap, sizeof(*keys), GFP_KERNEL);
+		if (!keys)
+			return -ENOMEM;
+		n = 0;
+		full = false;
+		rhashtable_walk_enter(&fn->table, &iter);
+		rhashtable_walk_start(&iter);
+		while ((e = rhashtable_walk_next(&iter)) != NULL) {
+			if (IS_ERR(e))
+				continue;	/* -EAGAIN: resized, the walk goes on */
+			if (n == cap) {
+				full = true;
+				break;
+			}
+			keys[n++] = e->client;
+		}
+		rhashtable_walk_stop(&iter);
+		rhashtable_walk_exit(&iter);
+		if (full)
+			kvfree(keys);
+		cond_resched();
+	} while (full);
+	sort(keys, n, sizeof(*keys), fm_key_cmp, NULL);
+	for (i = 0, uniq = 0; i < n; i++)
+		if (!uniq || keys[i] != keys[uniq - 1])
+			keys[uniq++] = keys[i];
+	ff->dump_keys = keys;
+	ff->dump_n = uniq;
+	ff->dump_next = 0;
 	ff->dumped = 0;
 	return 0;
 }
@@ -239,7 +234,7 @@ static size_t fm_record_size(u16 type)
 static int fm_handle(struct fm_file *ff, size_t len)
 {
 	const struct fm_hdr *hdr = (const struct fm_hdr *)ff->wbuf;
-	struct fm_net *fn = fm_pernet(ff->net);
+	struct fm_net *fn = fm_pernet(ff->base.net);
 	size_t want;
 
 	if (len < sizeof(*hdr) || hdr->magic != FM_MAGIC)
@@ -252,7 +247,7 @@ static int fm_handle(struct fm_file *ff, size_t len)
 
 	switch (hdr->type) {
 	case FM_MSG_INFO_REQ:
-		return fm_do_info(ff, fn);
+		return bfc_queue_info(&ff->base, (const u64 __percpu *)fn->counters, FM_CNT_MAX);
 	case FM_MSG_CONFIG:
 		return fm_do_config_set(fn, (const struct fm_config *)ff->wbuf);
 	case FM_MSG_CONFIG_GET:
@@ -282,6 +277,11 @@ static int fm_handle(struct fm_file *ff, size_t len)
 	return -EINVAL;
 }
 
+/*
+ * BAD_WRITES counts refused records; ENOMEM, ENOBUFS (replies unread) and
+ * ENOENT (DEL of a client already gone, e.g. expired) are not the writer's
+ * fault and are not counted (uapi/fou_map.h).
+ */
 static ssize_t fm_write(struct file *file, const char __user *buf, size_t len, loff_t *ppos)
 {
 	struct fm_file *ff = file->private_data;
@@ -291,79 +291,63 @@ static ssize_t fm_write(struct file *file, const char __user *buf, size_t len, l
 		err = -E2BIG;
 		goto out_bad;
 	}
-	mutex_lock(&ff->lock);
+	mutex_lock(&ff->base.lock);
 	if (copy_from_user(ff->wbuf, buf, len)) {
-		mutex_unlock(&ff->lock);
+		mutex_unlock(&ff->base.lock);
 		return -EFAULT;
 	}
 	err = fm_handle(ff, len);
-	mutex_unlock(&ff->lock);
+	mutex_unlock(&ff->base.lock);
 	if (!err)
 		return len;
 	if (err == -ENOMEM || err == -ENOBUFS || err == -ENOENT)
 		return err;
 out_bad:
-	fm_count(fm_pernet(ff->net), FM_CNT_BAD_WRITES);
+	fm_count(fm_pernet(ff->base.net), FM_CNT_BAD_WRITES);
 	return err;
 }
 
 static void fm_entry_to_rec(const struct fm_map_entry *e, struct fm_entry *rec, u32 now)
 {
-	fm_hdr_init(&rec->hdr, FM_MSG_ENTRY, sizeof(*rec));
+	bfc_hdr_fill(&fm_abi, rec, FM_MSG_ENTRY, sizeof(*rec));
 	rec->client = e->client;
 	rec->pop = READ_ONCE(e->pop);
 	rec->age_ms = jiffies_to_msecs(now - READ_ONCE(e->last_seen));
-	rec->entry_flags = e->flags & FM_ENTRY_STATIC;
-	rec->packets = READ_ONCE(e->packets);
+	rec->entry_flags = READ_ONCE(e->flags) & FM_ENTRY_STATIC;
+	rec->packets = atomic64_read(&e->packets);
 }
 
-/* Fill kbuf (room bytes) with ENTRY records; the DUMP_END when the walk ends. */
-static size_t fm_dump_fill(struct fm_file *ff, u8 *kbuf, size_t room)
+/*
+ * Fill kbuf (room bytes) with ENTRY records of the snapshot's clients still
+ * present, then the DUMP_END once they are all out and it fits.
+ */
+static size_t fm_dump_fill(struct fm_file *ff, struct fm_net *fn, u8 *kbuf, size_t room)
 {
 	const size_t esz = sizeof(struct fm_entry);
 	u32 now = fm_now();
 	struct fm_map_entry *e;
 	size_t used = 0;
 
-	if (ff->dump_held) {
-		if (room < esz)
-			return 0;
-		memcpy(kbuf, &ff->held, esz);
-		used = esz;
-		ff->dump_held = false;
-		ff->dumped++;
-	}
-	rhashtable_walk_start(&ff->iter);
-	while (true) {
-		e = rhashtable_walk_next(&ff->iter);
-		if (IS_ERR(e)) {
-			/* -EAGAIN: a resize restarted the walk; entries may repeat. */
-			continue;
-		}
+	rcu_read_lock();
+	while (ff->dump_next < ff->dump_n && room - used >= esz) {
+		e = rhashtable_lookup(&fn->table, &ff->dump_keys[ff->dump_next],
+				      fm_table_params);
+		ff->dump_next++;
 		if (!e)
-			break;
-		fm_entry_to_rec(e, &ff->held, now);
-		if (room - used < esz) {
-			ff->dump_held = true;
-			break;
-		}
-		memcpy(kbuf + used, &ff->held, esz);
+			continue;	/* gone since DUMP_REQ: not live */
+		fm_entry_to_rec(e, (struct fm_entry *)(kbuf + used), now);
 		used += esz;
 		ff->dumped++;
 	}
-	rhashtable_walk_stop(&ff->iter);
+	rcu_read_unlock();
 
-	if (!e && room - used >= sizeof(struct fm_dump_end)) {
-		struct fm_dump_end end = {};
+	if (ff->dump_next == ff->dump_n && room - used >= sizeof(struct fm_dump_end)) {
+		struct fm_dump_end *end = (struct fm_dump_end *)(kbuf + used);
 
-		fm_hdr_init(&end.hdr, FM_MSG_DUMP_END, sizeof(end));
-		end.count = ff->dumped;
-		memcpy(kbuf + used, &end, sizeof(end));
-		used += sizeof(end);
-		rhashtable_walk_exit(&ff->iter);
-		ff->dumping = false;
-	} else if (!e) {
-		/* Room for the end record next time: walk again finds nothing. */
+		bfc_hdr_fill(&fm_abi, end, FM_MSG_DUMP_END, sizeof(*end));
+		end->count = ff->dumped;
+		used += sizeof(*end);
+		fm_dump_stop(ff);
 	}
 	return used;
 }
@@ -371,29 +355,16 @@ static size_t fm_dump_fill(struct fm_file *ff, u8 *kbuf, size_t room)
 static ssize_t fm_read(struct file *file, char __user *buf, size_t len, loff_t *ppos)
 {
 	struct fm_file *ff = file->private_data;
-	struct fm_reply *r, *tmp;
-	size_t used = 0, room;
+	size_t used, room;
 	ssize_t ret;
 	u8 *kbuf;
 
-	mutex_lock(&ff->lock);
-	if (!list_empty(&ff->replies)) {
-		list_for_each_entry_safe(r, tmp, &ff->replies, list) {
-			if (r->len > len - used)
-				break;
-			if (copy_to_user(buf + used, &r->u, r->len)) {
-				ret = -EFAULT;
-				goto out_unlock;
-			}
-			used += r->len;
-			list_del(&r->list);
-			ff->n_replies--;
-			kfree(r);
-		}
-		ret = used ? used : -EMSGSIZE;
+	mutex_lock(&ff->base.lock);
+	if (ff->base.n_replies) {
+		ret = bfc_replies_read(&ff->base, buf, len);
 		goto out_unlock;
 	}
-	if (!ff->dumping) {
+	if (!ff->dump_keys) {
 		ret = 0;
 		goto out_unlock;
 	}
@@ -402,70 +373,43 @@ static ssize_t fm_read(struct file *file, char __user *buf, size_t len, loff_t *
 		ret = -EMSGSIZE;
 		goto out_unlock;
 	}
-	kbuf = kvmalloc(room, GFP_KERNEL);
+	kbuf = kvzalloc(room, GFP_KERNEL);
 	if (!kbuf) {
 		ret = -ENOMEM;
 		goto out_unlock;
 	}
-	used = fm_dump_fill(ff, kbuf, room);
+	used = fm_dump_fill(ff, fm_pernet(ff->base.net), kbuf, room);
 	ret = used;
 	if (copy_to_user(buf, kbuf, used))
 		ret = -EFAULT;
 	kvfree(kbuf);
 out_unlock:
-	mutex_unlock(&ff->lock);
+	mutex_unlock(&ff->base.lock);
 	return ret;
+}
+
+/* Readable while replies are queued or a dump has records left. */
+static __poll_t fm_poll(struct file *file, poll_table *wait)
+{
+	struct fm_file *ff = file->private_data;
+
+	return bfc_poll(&ff->base, file, wait, READ_ONCE(ff->dump_keys) != NULL);
 }
 
 static int fm_open(struct inode *inode, struct file *file)
 {
-	struct fm_file *ff;
+	struct fm_file *ff = bfc_file_open(inode, file, sizeof(*ff), &fm_abi);
 
-	ff = kvzalloc(sizeof(*ff), GFP_KERNEL);
-	if (!ff)
-		return -ENOMEM;
-	ff->net = get_net(current->nsproxy->net_ns);
-	mutex_init(&ff->lock);
-	INIT_LIST_HEAD(&ff->replies);
-	file->private_data = ff;
-	return stream_open(inode, file);
+	return PTR_ERR_OR_ZERO(ff);
 }
 
 static int fm_release(struct inode *inode, struct file *file)
 {
 	struct fm_file *ff = file->private_data;
-	struct fm_reply *r, *tmp;
 
 	fm_dump_stop(ff);
-	list_for_each_entry_safe(r, tmp, &ff->replies, list)
-		kfree(r);
-	put_net(ff->net);
-	mutex_destroy(&ff->lock);
-	kvfree(ff);
+	bfc_file_release(&ff->base);
 	return 0;
 }
 
-static const struct file_operations fm_fops = {
-	.owner = THIS_MODULE,
-	.open = fm_open,
-	.release = fm_release,
-	.read = fm_read,
-	.write = fm_write,
-};
-
-static struct miscdevice fm_misc = {
-	.minor = MISC_DYNAMIC_MINOR,
-	.name = "fou_map",
-	.fops = &fm_fops,
-	.mode = 0600,
-};
-
-int fm_chardev_init(void)
-{
-	return misc_register(&fm_misc);
-}
-
-void fm_chardev_exit(void)
-{
-	misc_deregister(&fm_misc);
-}
+BFC_DEFINE_DEVICE(fm, "fou_map");

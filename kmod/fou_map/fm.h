@@ -7,6 +7,10 @@
  * client, GC, the chardev) takes fm_net.lock. Learned entries sit on an LRU
  * list ordered by the time they were last placed there; static entries on
  * their own list, so neither GC nor eviction ever looks at them.
+ *
+ * Symbols are prefixed fm_ (Fou Map), not fou_map_: short as WireGuard's
+ * wg_, and distinct from the other module's bfnf_ (bifrost_nf); the module,
+ * device and uapi header carry the full name fou_map.
  */
 #ifndef _FM_H
 #define _FM_H
@@ -22,8 +26,8 @@
 #include <net/netns/generic.h>
 
 #include "fou_map.h"
+#include "bifrost_version.h"
 
-#define FM_MODULE_VERSION "0.1.0"
 
 /*
  * The hash table never grows past this many buckets, so 2x that many
@@ -53,11 +57,11 @@ struct fm_map_entry {
 		struct rcu_head rcu;
 	};
 	__be32 client;		/* key: inner source address */
-	__be32 pop;		/* outer source address; written without the lock */
+	__be32 pop;		/* outer source address; written under fn->lock */
 	u32 last_seen;		/* (u32)jiffies of the last packet */
 	u32 lru_stamp;		/* last_seen when placed at the LRU tail */
-	u64 packets;
-	u32 flags;		/* FM_ENTRY_STATIC */
+	atomic64_t packets;	/* every CPU's ingress adds to it */
+	u32 flags;		/* FM_ENTRY_STATIC; written under fn->lock */
 };
 
 struct fm_counters {
@@ -109,6 +113,7 @@ int fm_del(struct fm_net *fn, __be32 client);
 void fm_flush(struct fm_net *fn, bool statics);
 void fm_shrink_to(struct fm_net *fn, u32 max);
 void fm_gc_schedule(struct fm_net *fn, unsigned long delay);
+void fm_gc_kick(struct fm_net *fn);
 u32 fm_table_buckets(struct fm_net *fn);
 
 /* hooks.c */

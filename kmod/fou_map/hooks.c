@@ -100,6 +100,30 @@ static unsigned int fm_ingress(void *priv, struct sk_buff *skb,
 	return NF_ACCEPT;
 }
 
+/*
+ * The outer UDP checksum after udp_set_csum() (encap-csum) is one of two
+ * things. With GSO, or when the outer header is what the checksum offload
+ * will finish (CHECKSUM_PARTIAL starting at it), it is the pseudo-header
+ * seed: inet_proto_csum_replace4() updates that. When the inner packet was
+ * CHECKSUM_PARTIAL, udp_set_csum() completed the outer checksum in software
+ * (local checksum offload) while ip_summed stays CHECKSUM_PARTIAL for the
+ * inner one: it is then a complete checksum, which only csum_replace4() is
+ * right for; inet_proto_csum_replace4() would treat it as a seed and break
+ * it.
+ */
+static void fm_outer_csum_update(struct sk_buff *skb, struct udphdr *uh, __be32 from,
+				 __be32 to)
+{
+	if (skb_is_gso(skb) ||
+	    (skb->ip_summed == CHECKSUM_PARTIAL && skb_checksum_start(skb) == (u8 *)uh)) {
+		inet_proto_csum_replace4(&uh->check, skb, from, to, true);
+		return;
+	}
+	csum_replace4(&uh->check, from, to);
+	if (!uh->check)
+		uh->check = CSUM_MANGLED_0;
+}
+
 static unsigned int fm_miss(struct fm_net *fn, const struct fm_cfg *cfg)
 {
 	if (cfg->miss_policy == FM_MISS_DROP) {
@@ -159,11 +183,8 @@ static unsigned int fm_egress(void *priv, struct sk_buff *skb,
 	iph->daddr = pop;
 	csum_replace4(&iph->check, old, pop);
 	/* fou sends a zero checksum unless encap-csum; zero means "none". */
-	if (uh->check) {
-		inet_proto_csum_replace4(&uh->check, skb, old, pop, true);
-		if (!uh->check)
-			uh->check = CSUM_MANGLED_0;
-	}
+	if (uh->check)
+		fm_outer_csum_update(skb, uh, old, pop);
 	/*
 	 * The tunnel routed towards its own remote: route to the POP instead.
 	 * The source is the tunnel's local address (RTN_LOCAL spares a lookup).

@@ -21,9 +21,13 @@ struct kmem_cache *fm_entry_cache __read_mostly;
  * The hooks are registered only while FOU ports are configured, so a netns
  * that does not use fou_map (the POPs, every container without a game
  * server) pays nothing for it on its packet path.
+ *
+ * All of it under cfg_lock, and only from the caller's copy of the values:
+ * once another writer swaps the config, ours may be freed.
  */
 int fm_config_set(struct fm_net *fn, const struct fm_cfg *newcfg)
 {
+	u32 max_entries = newcfg->max_entries;
 	struct fm_cfg *cfg, *old;
 	int err = 0;
 
@@ -31,7 +35,7 @@ int fm_config_set(struct fm_net *fn, const struct fm_cfg *newcfg)
 	if (!cfg)
 		return -ENOMEM;
 	mutex_lock(&fn->cfg_lock);
-	if (cfg->n_ports && !fn->hooks_on) {
+	if (newcfg->n_ports && !fn->hooks_on) {
 		err = fm_hooks_register(fn->net);
 		if (err) {
 			mutex_unlock(&fn->cfg_lock);
@@ -44,15 +48,16 @@ int fm_config_set(struct fm_net *fn, const struct fm_cfg *newcfg)
 	old = rcu_dereference_protected(fn->cfg, lockdep_is_held(&fn->lock));
 	rcu_assign_pointer(fn->cfg, cfg);
 	spin_unlock_bh(&fn->lock);
-	if (!cfg->n_ports && fn->hooks_on) {
-		/* Waits for packets still in the hooks. */
+	if (!newcfg->n_ports && fn->hooks_on) {
+		/* Packets may still be in the hooks; they only read fn state. */
 		fm_hooks_unregister(fn->net);
 		fn->hooks_on = false;
 	}
-	mutex_unlock(&fn->cfg_lock);
 	if (old)
 		kfree_rcu(old, rcu);
-	fm_shrink_to(fn, cfg->max_entries);
+	/* In process context, a batch per lock hold: learning evicts little. */
+	fm_shrink_to(fn, max_entries);
+	mutex_unlock(&fn->cfg_lock);
 	/* A shorter timeout must take effect now, not after the old period. */
 	fm_gc_schedule(fn, 0);
 	return 0;
@@ -98,14 +103,26 @@ err_free_counters:
 	return err;
 }
 
+/*
+ * nf_unregister_net_hooks() does not wait for CPUs still inside a hook: it
+ * only unpublishes it. Unhook in .pre_exit; the netns core runs
+ * synchronize_rcu() before any .exit (on netns dismantle and on module
+ * unload alike), so by fm_net_exit() no packet can reach the table.
+ */
+static void __net_exit fm_net_pre_exit(struct net *net)
+{
+	struct fm_net *fn = fm_pernet(net);
+
+	/* No file holds the netns (each holds a reference): no config writer. */
+	if (fn->hooks_on)
+		fm_hooks_unregister(net);
+	fn->hooks_on = false;
+}
+
 static void __net_exit fm_net_exit(struct net *net)
 {
 	struct fm_net *fn = fm_pernet(net);
 
-	/* nf_unregister_net_hooks() waits for packets still in the hooks. */
-	if (fn->hooks_on)
-		fm_hooks_unregister(net);
-	fn->hooks_on = false;
 	fm_table_exit(fn);
 	kfree(rcu_dereference_protected(fn->cfg, true));
 	free_percpu(fn->counters);
@@ -113,6 +130,7 @@ static void __net_exit fm_net_exit(struct net *net)
 
 static struct pernet_operations fm_net_ops = {
 	.init = fm_net_init,
+	.pre_exit = fm_net_pre_exit,
 	.exit = fm_net_exit,
 	.id = &fm_net_id,
 	.size = sizeof(struct fm_net),
@@ -135,7 +153,7 @@ static int __init fm_init(void)
 	if (err)
 		goto err_unregister_pernet;
 
-	pr_info("loaded, version %s, ABI %d, entry %u bytes\n", FM_MODULE_VERSION,
+	pr_info("loaded, version %s, ABI %d, entry %u bytes\n", BIFROST_VERSION,
 		FM_ABI_VERSION, kmem_cache_size(fm_entry_cache));
 	return 0;
 
@@ -161,4 +179,4 @@ module_exit(fm_exit);
 
 MODULE_LICENSE("GPL");
 MODULE_DESCRIPTION("FOU return path: send replies back through the client's POP");
-MODULE_VERSION(FM_MODULE_VERSION);
+MODULE_VERSION(BIFROST_VERSION);

@@ -3,8 +3,9 @@
  * The client -> POP table: an rhashtable (lock-free lookups), an LRU list of
  * learned entries for expiry and eviction, and a GC work item.
  *
- * The packet path refreshes an entry without any lock (last_seen, packets,
- * pop); it takes fn->lock only to insert a new client. The LRU list is kept
+ * The packet path refreshes an entry without any lock (last_seen, packets);
+ * it takes fn->lock to insert a new client or to move one to another POP
+ * (rare), so that an operator's pin (fm_add) and a move never interleave. The LRU list is kept
  * in placement order and corrected lazily ("second chance"): an entry at the
  * head whose last_seen moved since it was placed is re-placed at the tail
  * instead of being evicted or expired.
@@ -19,6 +20,13 @@
 #define FM_LOCK_BATCH 256
 /* Re-placements tried before eviction falls back to the list head. */
 #define FM_EVICT_TRIES 64
+/*
+ * Evictions one learning packet may do (in softirq, under the lock): room for
+ * itself plus one. After max_entries went down, fm_shrink_to() does the rest
+ * in process context, a batch per lock hold; until then new clients are
+ * refused (LEARN_FULL), never a million evictions in one packet.
+ */
+#define FM_LEARN_EVICT 2
 
 const struct rhashtable_params fm_table_params = {
 	.key_len = sizeof(__be32),
@@ -90,20 +98,44 @@ static bool fm_evict_one(struct fm_net *fn)
 	return true;
 }
 
-/* Make room for one more entry; false when only static entries are left. */
-static bool fm_make_room(struct fm_net *fn)
+/*
+ * Make room for one more entry, evicting at most budget learned ones; false
+ * when that is not enough (or only static entries are left).
+ */
+static bool fm_make_room(struct fm_net *fn, unsigned int budget)
 {
 	lockdep_assert_held(&fn->lock);
 	while (fn->n_learned + fn->n_static >= fm_max_entries(fn)) {
-		if (!fm_evict_one(fn))
+		if (!budget-- || !fm_evict_one(fn))
 			return false;
 	}
 	return true;
 }
 
+/* rhashtable_lookup_fast() takes the RCU read lock that fn->lock is not. */
 static struct fm_map_entry *fm_lookup(struct fm_net *fn, __be32 client)
 {
-	return rhashtable_lookup(&fn->table, &client, fm_table_params);
+	return rhashtable_lookup_fast(&fn->table, &client, fm_table_params);
+}
+
+/* The first learned entry starts the GC; with none left it stops. */
+void fm_gc_kick(struct fm_net *fn)
+{
+	queue_delayed_work(system_power_efficient_wq, &fn->gc_work, HZ / 20);
+}
+
+/* Move a learned client to another POP, unless it was pinned meanwhile. */
+static void fm_move(struct fm_net *fn, struct fm_map_entry *e, __be32 pop)
+{
+	spin_lock_bh(&fn->lock);
+	if (READ_ONCE(e->flags) & FM_ENTRY_STATIC) {
+		spin_unlock_bh(&fn->lock);
+		fm_count(fn, FM_CNT_LEARN_STATIC);
+		return;
+	}
+	WRITE_ONCE(e->pop, pop);
+	spin_unlock_bh(&fn->lock);
+	fm_count(fn, FM_CNT_MOVED);
 }
 
 /* Packet path, under RCU (netfilter hooks run under rcu_read_lock). */
@@ -113,20 +145,18 @@ void fm_learn(struct fm_net *fn, __be32 client, __be32 pop)
 	u32 now = fm_now();
 	int err;
 
-	e = fm_lookup(fn, client);
+	e = rhashtable_lookup(&fn->table, &client, fm_table_params);
 	if (likely(e)) {
 		if (READ_ONCE(e->last_seen) != now)
 			WRITE_ONCE(e->last_seen, now);
-		WRITE_ONCE(e->packets, READ_ONCE(e->packets) + 1);
-		if (likely(READ_ONCE(e->pop) == pop)) {
+		atomic64_inc(&e->packets);
+		if (likely(READ_ONCE(e->pop) == pop))
 			fm_count(fn, FM_CNT_REFRESHED);
-		} else if (e->flags & FM_ENTRY_STATIC) {
+		else if (READ_ONCE(e->flags) & FM_ENTRY_STATIC)
 			/* The operator pinned this client; learning does not move it. */
 			fm_count(fn, FM_CNT_LEARN_STATIC);
-		} else {
-			WRITE_ONCE(e->pop, pop);
-			fm_count(fn, FM_CNT_MOVED);
-		}
+		else
+			fm_move(fn, e, pop);
 		return;
 	}
 
@@ -139,11 +169,11 @@ void fm_learn(struct fm_net *fn, __be32 client, __be32 pop)
 	e->pop = pop;
 	e->last_seen = now;
 	e->lru_stamp = now;
-	e->packets = 1;
+	atomic64_set(&e->packets, 1);
 	e->flags = 0;
 
 	spin_lock_bh(&fn->lock);
-	if (!fm_make_room(fn)) {
+	if (!fm_make_room(fn, FM_LEARN_EVICT)) {
 		spin_unlock_bh(&fn->lock);
 		kmem_cache_free(fm_entry_cache, e);
 		fm_count(fn, FM_CNT_LEARN_FULL);
@@ -155,6 +185,7 @@ void fm_learn(struct fm_net *fn, __be32 client, __be32 pop)
 		fn->n_learned++;
 		spin_unlock_bh(&fn->lock);
 		fm_count(fn, FM_CNT_LEARNED);
+		fm_gc_kick(fn);
 		return;
 	}
 	spin_unlock_bh(&fn->lock);
@@ -167,12 +198,25 @@ void fm_learn(struct fm_net *fn, __be32 client, __be32 pop)
 		fm_count(fn, FM_CNT_REFRESHED);
 }
 
+/*
+ * max_entries bounds every entry, static ones included: learned entries exist
+ * only while the total fits, so turning a static entry into a learned one in
+ * a table already over its maximum is refused (ENOSPC) like adding one.
+ */
 int fm_add(struct fm_net *fn, __be32 client, __be32 pop, u32 flags, u32 age_ms)
 {
 	bool is_static = flags & FM_ENTRY_STATIC;
 	struct fm_map_entry *e, *old;
 	u32 now = fm_now();
 	u32 seen = now - msecs_to_jiffies(is_static ? 0 : age_ms);
+	u32 max;
+
+	rcu_read_lock();
+	max = rcu_dereference(fn->cfg)->max_entries;
+	rcu_read_unlock();
+	/* A new client: leave the lock-held eviction below one batch at most. */
+	if (!fm_lookup(fn, client))
+		fm_shrink_to(fn, max - 1);
 
 	e = kmem_cache_alloc(fm_entry_cache, GFP_KERNEL);
 	if (!e)
@@ -181,33 +225,47 @@ int fm_add(struct fm_net *fn, __be32 client, __be32 pop, u32 flags, u32 age_ms)
 	e->pop = pop;
 	e->last_seen = seen;
 	e->lru_stamp = seen;
-	e->packets = 0;
+	atomic64_set(&e->packets, 0);
 	e->flags = is_static ? FM_ENTRY_STATIC : 0;
 
 	spin_lock_bh(&fn->lock);
 	old = fm_lookup(fn, client);
 	if (old) {
-		/* Replace in place: lookups see either the old or the new pop. */
-		WRITE_ONCE(old->pop, pop);
-		if (is_static && !(old->flags & FM_ENTRY_STATIC)) {
-			old->flags |= FM_ENTRY_STATIC;
+		bool was_static = old->flags & FM_ENTRY_STATIC;
+
+		if (!is_static && was_static &&
+		    fn->n_learned + fn->n_static > fm_max_entries(fn)) {
+			spin_unlock_bh(&fn->lock);
+			kmem_cache_free(fm_entry_cache, e);
+			return -ENOSPC;
+		}
+		/*
+		 * Replace in place: lookups see either the old or the new pop.
+		 * The flag goes first; a learner moves a client only under
+		 * this lock, after checking it (fm_move()).
+		 */
+		if (is_static && !was_static) {
+			WRITE_ONCE(old->flags, old->flags | FM_ENTRY_STATIC);
 			list_move_tail(&old->lru, &fn->statics);
 			fn->n_learned--;
 			fn->n_static++;
-		} else if (!is_static && (old->flags & FM_ENTRY_STATIC)) {
-			old->flags &= ~FM_ENTRY_STATIC;
+		} else if (!is_static && was_static) {
+			WRITE_ONCE(old->flags, old->flags & ~FM_ENTRY_STATIC);
 			WRITE_ONCE(old->last_seen, seen);
 			old->lru_stamp = seen;
 			list_move_tail(&old->lru, &fn->lru);
 			fn->n_static--;
 			fn->n_learned++;
 		}
+		WRITE_ONCE(old->pop, pop);
 		spin_unlock_bh(&fn->lock);
 		kmem_cache_free(fm_entry_cache, e);
 		fm_count(fn, FM_CNT_ADDED);
+		if (!is_static)
+			fm_gc_kick(fn);
 		return 0;
 	}
-	if (!fm_make_room(fn)) {
+	if (!fm_make_room(fn, FM_LOCK_BATCH)) {
 		spin_unlock_bh(&fn->lock);
 		kmem_cache_free(fm_entry_cache, e);
 		return -ENOSPC;
@@ -228,6 +286,8 @@ int fm_add(struct fm_net *fn, __be32 client, __be32 pop, u32 flags, u32 age_ms)
 	}
 	spin_unlock_bh(&fn->lock);
 	fm_count(fn, FM_CNT_ADDED);
+	if (!is_static)
+		fm_gc_kick(fn);
 	return 0;
 }
 
@@ -345,12 +405,21 @@ static unsigned long fm_gc_period(struct fm_net *fn)
 	return clamp_t(u32, t, HZ / 20, 5 * HZ);
 }
 
+/*
+ * Runs only while the netns has learned entries (fm_gc_kick() restarts it),
+ * so netns that do not use fou_map are never woken.
+ */
 static void fm_gc_work(struct work_struct *work)
 {
 	struct fm_net *fn = container_of(to_delayed_work(work), struct fm_net, gc_work);
+	bool more;
 
 	fm_gc(fn);
-	queue_delayed_work(system_power_efficient_wq, &fn->gc_work, fm_gc_period(fn));
+	spin_lock_bh(&fn->lock);
+	more = fn->n_learned > 0;
+	spin_unlock_bh(&fn->lock);
+	if (more)
+		queue_delayed_work(system_power_efficient_wq, &fn->gc_work, fm_gc_period(fn));
 }
 
 void fm_gc_schedule(struct fm_net *fn, unsigned long delay)
@@ -379,7 +448,6 @@ int fm_table_init(struct fm_net *fn)
 		return err;
 	fn->table_ready = true;
 	INIT_DELAYED_WORK(&fn->gc_work, fm_gc_work);
-	queue_delayed_work(system_power_efficient_wq, &fn->gc_work, fm_gc_period(fn));
 	return 0;
 }
 
@@ -388,7 +456,7 @@ static void fm_entry_free_now(void *ptr, void *arg)
 	kmem_cache_free(fm_entry_cache, ptr);
 }
 
-/* The hooks are gone and no file holds the netns: nobody reads the table. */
+/* The hooks are gone (fm_net_pre_exit) and no file holds the netns: nobody reads the table. */
 void fm_table_exit(struct fm_net *fn)
 {
 	if (!fn->table_ready)

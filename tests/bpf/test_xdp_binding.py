@@ -68,11 +68,13 @@ def test_map_specs_match_the_objects_map_definitions(
     assert set(maps.MAP_SPECS) == set(defs)
     for name, spec in maps.MAP_SPECS.items():
         d = defs[name]
-        assert (d.type, d.key_size, d.value_size, d.max_entries) == (
+        mmapable = d.flags & libbpf.BPF_F_MMAPABLE
+        assert (d.type, d.key_size, d.value_size, d.max_entries, mmapable) == (
             spec.type,
             spec.key_size,
             spec.value_size,
             spec.max_entries,
+            spec.flags,
         ), name
 
 

@@ -171,7 +171,7 @@ def test_topology_attaches_both_programs_and_removes_everything(
 
 def test_tx_checksum_off_helper() -> None:
     """The lab helper really turns veth TX checksum offload off."""
-    from bifrost_testing.lab.xdp import tx_checksum_off
+    from bifrost_testing.topology import tx_checksum_off
 
     a, b = Namespace("bfx-csum-a"), Namespace("bfx-csum-b")
     try:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -246,6 +248,22 @@ def test_sighup_applies_the_changed_config_and_keeps_it_on_a_bad_file(
     assert "xdp.rule[0].game_server = '10.9.1.300': expected an IPv4 address" in svc.text()
     assert svc.proc.poll() is None
     assert pop.verdict(27016) == "REDIRECT"
+
+
+def test_serves_per_rule_and_reason_counters_to_prometheus(pop: Pop, svc: Service) -> None:
+    """The daemons' metrics base (prometheus-client) on xdp.metrics_port, in the POP's netns."""
+    assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE, 3), svc.text()
+    for _ in range(3):
+        assert pop.verdict() == "REDIRECT"
+    assert pop.verdict(27016) == "DROP"  # an anycast address without a rule for the port
+
+    url = "http://127.0.0.1:9470/metrics"
+    with pop.hosts.pop.entered(), urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    assert 'bifrost_xdp_packets_total{reason="tx_forward",rule="game"} 3.0' in text, text
+    assert 'bifrost_xdp_packets_total{reason="drop_no_rule",rule="-"} 1.0' in text
+    assert re.search(r'bifrost_xdp_bytes_total\{reason="tx_forward",rule="game"\} [1-9]', text)
+    assert 'bifrost_metrics_source_up{source="xdp"} 1.0' in text
 
 
 def test_sigterm_leaves_the_program_attached_and_detach_takes_it_off(

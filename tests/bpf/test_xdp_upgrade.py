@@ -157,6 +157,28 @@ def test_a_changed_state_map_layout_is_refused_unless_migrated(pop: Pop) -> None
         loader.detach("x0", pop.base)
 
 
+def test_a_changed_config_map_layout_gives_the_new_object_a_whole_config_set(pop: Pop) -> None:
+    """Config maps need no migration (the config refills them), but they go together:
+    one changed layout and the new object gets all of them (and config_gen) afresh,
+    so the old program reads a complete, untouched set until the swap."""
+    cfg = plain_config()
+    with pop.ns.entered():
+        loader.attach(cfg, "x0", obj=pop.with_srcds, pin_base=pop.base)
+        spec = maps.MAP_SPECS["anycast"]
+        fd = libbpf.map_create(spec.type, "anycast", spec.key_size, spec.value_size, 100)
+        pins.replace_pin(fd, pop.pdir / "anycast")
+        os.close(fd)
+        up = loader.upgrade(cfg, "x0", obj=pop.without, pin_base=pop.base)
+        assert up.swapped
+        assert set(up.fresh) == set(pins.CONFIG_GROUP)
+        assert {"rate_limit", "rule_names", "counters"} <= set(up.reused)
+        with maps.MapSet.from_pins(pop.pdir) as ms:  # every pin has this build's layout
+            (settings,) = maps.in_force(ms, "settings").values()
+            assert S["settings"].unpack(settings)["fou_port"] == cfg.fou_port
+            assert maps.rule_names(ms, cfg) == {r.id: r.name for r in cfg.rules}
+        loader.detach("x0", pop.base)
+
+
 def test_a_config_needing_a_module_the_object_lacks_is_refused(pop: Pop) -> None:
     plain = plain_config()
     srcds = make_config()  # rule 'srcds' asks for the SRCDS module

@@ -1,4 +1,9 @@
-"""Shared by the bifrost_nf kernel tests: module loading, the client/POP/server topology."""
+"""Shared by the bifrost_nf kernel tests: module loading, the one test network with one POP.
+
+The network is bifrost_testing.topology's (client -- net -- pop, gs): the
+POP's own address is the cached service here (no XDP program in front), and
+the game server's uplink address is where bifrost-cached asks.
+"""
 
 from __future__ import annotations
 
@@ -17,17 +22,17 @@ from bifrost import netns
 from bifrost.bifrost_nf.nf import CacheDevice
 from bifrost.vm.kernlog import dmesg as dmesg
 from bifrost.vm.kernlog import kernel_trouble as kernel_trouble
+from bifrost_testing import topology
 
 MODULE = "bifrost_nf"
 DEV = Path("/dev/bifrost_nf")
 PY = sys.executable
 
-# client 10.71.0.2 -- 10.71.0.1 pop 10.72.0.1 -- 10.72.0.2 gameserver
-CLIENT_IP = "10.71.0.2"
-POP_CLIENT_IP = "10.71.0.1"
-POP_SERVER_IP = "10.72.0.1"
-SERVER_IP = "10.72.0.2"
-GAME_PORT = 27015
+CLIENT_IP = topology.client_ip(0)
+POP_CLIENT_IP = topology.pop_ip(1)  # the service address clients query
+POP_SERVER_IP = topology.pop_ip(1)  # where the daemon's queries come from (one uplink)
+SERVER_IP = topology.GS_IP
+GAME_PORT = topology.GAME_PORT
 
 
 def load() -> None:
@@ -51,10 +56,20 @@ def open_in(ns: netns.Namespace) -> CacheDevice:
 
 @dataclass
 class Topo:
-    client: netns.Namespace
-    pop: netns.Namespace
-    server: netns.Namespace
+    nw: topology.Network
     procs: list[subprocess.Popen[bytes]]
+
+    @property
+    def client(self) -> netns.Namespace:
+        return self.nw.client
+
+    @property
+    def pop(self) -> netns.Namespace:
+        return self.nw.pop(1)
+
+    @property
+    def server(self) -> netns.Namespace:
+        return self.nw.gs
 
     def close(self) -> None:
         for p in self.procs:
@@ -65,8 +80,7 @@ class Topo:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-        for ns in (self.client, self.pop, self.server):
-            ns.close()
+        self.nw.close()
 
     def client_socket(self, timeout: float = 1.0) -> socket.socket:
         s = self.client.socket()
@@ -76,14 +90,7 @@ class Topo:
 
 
 def make_topo(tag: str) -> Topo:
-    client = netns.Namespace(f"bfc-{tag}")
-    pop = netns.Namespace(f"bfp-{tag}")
-    server = netns.Namespace(f"bfs-{tag}")
-    netns.link(client, "eth0", f"{CLIENT_IP}/24", pop, "c0", f"{POP_CLIENT_IP}/24")
-    netns.link(pop, "s0", f"{POP_SERVER_IP}/24", server, "eth0", f"{SERVER_IP}/24")
-    client.route("default", gateway=POP_CLIENT_IP)
-    server.route("default", gateway=POP_SERVER_IP)
-    return Topo(client, pop, server, [])
+    return Topo(topology.build(pops=1, prefix=f"bf{tag}"), [])
 
 
 @contextlib.contextmanager
@@ -114,12 +121,7 @@ def start_refserver(t: Topo, control: Path, *extra: str) -> subprocess.Popen[byt
 
 
 def wait_for(pred: object, timeout: float, step: float = 0.1) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():  # type: ignore[operator]
-            return True
-        time.sleep(step)
-    return bool(pred())  # type: ignore[operator]
+    return topology.wait_for(pred, timeout, step)  # type: ignore[arg-type]
 
 
 def proc_env() -> dict[str, str]:

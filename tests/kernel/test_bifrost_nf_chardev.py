@@ -5,12 +5,14 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import random
 import stat
 import struct
 
 import cache_env
 import pytest
 
+import bifrost
 from bifrost import netns
 from bifrost.abi import bifrost_nf as codec
 from bifrost.bifrost_nf.nf import CacheDevice
@@ -99,7 +101,7 @@ def test_info_answers_with_versions_and_netns():
     with CacheDevice() as dev:
         info = dev.info()
     assert info["abi_version"] == codec.ABI_VERSION
-    assert info["module_version"] == "0.1.0"
+    assert info["module_version"] == bifrost.__version__
     assert info["netns_inum"] == os.stat("/proc/self/ns/net").st_ino
     assert set(info["counters"]) == set(codec.COUNTERS)
 
@@ -141,7 +143,7 @@ def test_partial_answer_is_not_published_and_bad_sequence_refused():
         [ans] = svc.answers
         assert (ans.qtype, ans.packets, ans.bytes, ans.ttl_ms) == ("rules", 2, 1407, 1000)
         dev.del_service("10.9.8.7", 27016)
-        assert all(s.port != 27016 for s in dev.dump())
+        assert 27016 not in {s.port for s in dev.dump()}
 
 
 def test_state_is_per_netns():
@@ -151,11 +153,12 @@ def test_state_is_per_netns():
         cache_env.open_in(other) as there,
     ):
         here.set_service("10.5.5.5", 27017)
-        assert there.info()["netns_inum"] != here.info()["netns_inum"]
-        assert all(s.port != 27017 for s in there.dump())
         there.set_service("10.6.6.6", 27018)
-        assert all(s.port != 27018 for s in here.dump())
-        assert any(s.port == 27017 for s in here.dump())
+        assert there.info()["netns_inum"] != here.info()["netns_inum"]
+        # each dump holds its own service and not the other's
+        assert {s.port for s in there.dump()} == {27018}
+        here_ports = {s.port for s in here.dump()}
+        assert 27017 in here_ports and 27018 not in here_ports
         here.del_service("10.5.5.5", 27017)
 
 
@@ -165,3 +168,143 @@ def test_unload_and_reload_clean():
     cache_env.load()
     with CacheDevice() as dev:
         assert dev.info()["counters"]["bad_writes"] == 0
+
+
+def _valid_records() -> list[codec.Record]:  # type: ignore[name-defined]
+    a = ipaddress.IPv4Address("10.9.9.9")
+    return [
+        codec.InfoReq(),
+        codec.DumpReq(),
+        codec.Flush(),
+        codec.Rotate(),
+        codec.ServiceSet(addr=a, port=27015),
+        codec.ServiceDel(addr=a, port=27015),
+        codec.EntryDel(addr=a, port=27015, qtype=1),
+        codec.ConfigSet(rate_pps=10, rate_burst=20, rotate_s=60),
+        codec.EntrySet(
+            addr=a,
+            port=27015,
+            qtype=1,
+            index=0,
+            count=1,
+            length=10,
+            ttl_ms=1000,
+            payload=b"x" * codec.PAYLOAD_MAX,
+        ),
+    ]
+
+
+# Field values that make a well-formed record invalid: (record type, field, value).
+_BAD_FIELDS = [
+    (codec.ServiceSet, "port", 0),
+    (codec.ServiceSet, "addr", ipaddress.IPv4Address("0.0.0.0")),
+    (codec.ServiceSet, "svc_flags", 4),
+    (codec.ServiceSet, "svc_flags", 0x8000),
+    (codec.ServiceDel, "reserved", 1),
+    (codec.EntryDel, "qtype", 4),
+    (codec.EntryDel, "reserved", 9),
+    (codec.ConfigSet, "rotate_s", 0),
+    (codec.ConfigSet, "rotate_s", 86401),
+    (codec.ConfigSet, "rate_pps", 10_000_001),
+    (codec.ConfigSet, "rate_burst", 0),
+    (codec.ConfigSet, "rate_burst", 1_000_001),
+    (codec.ConfigSet, "reserved", 1),
+    (codec.EntrySet, "qtype", 0),
+    (codec.EntrySet, "qtype", 4),
+    (codec.EntrySet, "count", 0),
+    (codec.EntrySet, "count", codec.MAX_PACKETS + 1),
+    (codec.EntrySet, "index", 1),
+    (codec.EntrySet, "length", 0),
+    (codec.EntrySet, "length", codec.PAYLOAD_MAX + 1),
+    (codec.EntrySet, "ttl_ms", 0),
+    (codec.EntrySet, "reserved0", 1),
+    (codec.EntrySet, "reserved1", 1),
+    (codec.EntrySet, "port", 0),
+]
+# Types no writer may send (replies, events, unknown); never a valid request type.
+_NOT_REQUESTS = [0, codec.InfoReply.TYPE, codec.ServiceInfo.TYPE, codec.DumpEnd.TYPE,
+                 codec.Event.TYPE, 14, 200, 0xFFFF]  # fmt: skip
+
+
+def mutated_records(n: int, seed: int = 11) -> list[tuple[bytes, int]]:
+    """n records, each one valid record broken by one mutation, with the errno it must get."""
+    rng = random.Random(seed)
+    valid = _valid_records()
+    out: list[tuple[bytes, int]] = []
+    while len(out) < n:
+        rec = rng.choice(valid)
+        data = bytearray(rec.pack())
+        kind = rng.randrange(8)
+        if kind == 0:  # magic
+            data[rng.randrange(4)] ^= 1 << rng.randrange(8)
+            want = errno.EINVAL
+        elif kind == 1:  # ABI version
+            data[4:6] = struct.pack("<H", rng.choice([0, 2, 3, 0x100, 0xFFFF]))
+            want = errno.EPROTO
+        elif kind == 2:  # type
+            data[6:8] = struct.pack("<H", rng.choice(_NOT_REQUESTS))
+            want = errno.EINVAL
+        elif kind == 3:  # length field disagrees with the write
+            data[8:12] = struct.pack("<I", len(data) + rng.choice([-9, -1, 1, 4, 1 << 20]))
+            want = errno.EINVAL
+        elif kind == 4:  # header flags
+            data[12:16] = struct.pack("<I", 1 << rng.randrange(32))
+            want = errno.EINVAL
+        elif kind == 5:  # truncated
+            data = data[: rng.randrange(len(data))]
+            want = errno.EINVAL
+        elif kind == 6:  # extended
+            extra = rng.choice([1, 8, codec.EntrySet.SIZE])
+            data += rng.randbytes(extra)
+            want = errno.E2BIG if len(data) > codec.EntrySet.SIZE else errno.EINVAL
+        else:  # one field out of range
+            typ, field, value = rng.choice(_BAD_FIELDS)
+            base = next(r for r in valid if isinstance(r, typ))
+            data = bytearray(typ(**{**base.__dict__, field: value}).pack())
+            want = errno.EINVAL
+        out.append((bytes(data), want))
+    return out
+
+
+def _state(dev: CacheDevice) -> list[tuple[object, ...]]:
+    """What the netns holds, without the ages (which move with time)."""
+    return sorted(
+        (str(s.addr), s.port, s.no_challenge, s.miss_pass,
+         tuple((a.qtype, a.bytes, a.packets, a.ttl_ms, a.max_stale_ms) for a in s.answers))
+        for s in dev.dump()
+    )  # fmt: skip
+
+
+def test_mutated_records_get_errnos_and_change_nothing():
+    """Issue 14: 10,000 records made by mutating valid ones; after EACH, the reply queue
+    is empty (read() returns nothing) and the dump is what it was before."""
+    cases = mutated_records(10_000)
+    before_dmesg = cache_env.dmesg()
+    with CacheDevice() as dev:
+        dev.set_service("10.9.9.9", 27015)
+        dev.set_answer("10.9.9.9", 27015, "info", [b"i" * 50], 60_000, 1000)
+        dev.set_service("10.9.9.8", 27016, no_challenge=True)
+        state0 = _state(dev)
+        assert len(state0) == 2 and any(svc[4] for svc in state0), "the state checked is not empty"
+        c0 = dev.counters()
+        wrong, changed = [], []
+        for i, (data, want) in enumerate(cases):
+            try:
+                os.write(dev.fd, data)
+                got = 0
+            except OSError as e:
+                got = e.errno
+            if got != want:
+                wrong.append((i, data[:20].hex(), len(data), want, got))
+            leftover = os.read(dev.fd, 1 << 16)
+            if leftover or _state(dev) != state0:
+                changed.append((i, data[:20].hex(), len(leftover)))
+        c1 = dev.counters()
+        dev.del_service("10.9.9.9", 27015)
+        dev.del_service("10.9.9.8", 27016)
+    assert not wrong, f"{len(wrong)} wrong errnos, e.g. {wrong[:5]}"
+    assert not changed, f"{len(changed)} writes changed state, e.g. {changed[:5]}"
+    assert c1["bad_writes"] - c0["bad_writes"] == len(cases)
+    assert c1["rotations"] == c0["rotations"] and c1["entries_set"] == c0["entries_set"]
+    new = cache_env.dmesg()[len(before_dmesg) :]
+    assert cache_env.kernel_trouble(new) == []

@@ -1,7 +1,8 @@
 """bifrost_nf with real packets: client -> POP (bifrost_nf + bifrost-cached) -> refserver.
 
-client 10.71.0.2 --veth-- 10.71.0.1 POP 10.72.0.1 --veth-- 10.72.0.2 gameserver
-                          (service 10.71.0.1:27015)        (refserver :27015)
+client 10.99.0.10 -- net -- 10.41.1.1 POP -- net -- 10.42.0.1 gameserver
+                          (service 10.41.1.1:27015)        (refserver :27015)
+(bifrost_testing.topology, pops=1; addresses in cache_env)
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def test_python_a2s_gets_server_data_from_the_kernel(lab):
     assert after["answer_packets"] - before["answer_packets"] >= 4  # rules answer is split
     assert after["challenges_sent"] - before["challenges_sent"] == 3
     assert CLIENT_IP not in stats["queries"]
-    assert stats["queries"].get("10.72.0.1", 0) > 0  # the daemon's queries
+    assert stats["queries"].get(cache_env.POP_SERVER_IP, 0) > 0  # the daemon's queries
 
 
 def test_raw_info_without_challenge_gets_exactly_9_bytes(lab):
@@ -198,7 +199,7 @@ def test_other_netns_is_not_affected(lab):
     client2 = netns.Namespace("bfc2")
     pop2 = netns.Namespace("bfp2")
     try:
-        netns.link(client2, "eth0", f"{CLIENT_IP}/24", pop2, "c0", f"{POP_CLIENT_IP}/24")
+        netns.link(client2, "eth0", f"{CLIENT_IP}/8", pop2, "c0", f"{POP_CLIENT_IP}/8")
         before = cache_env.pop_counters(lab)
         s = client2.socket()
         s.settimeout(1.0)

@@ -12,6 +12,7 @@ import struct
 import foumap_topology as topo
 import pytest
 
+import bifrost
 from bifrost import netns
 from bifrost.abi import fou_map as abi
 from bifrost.fou_map.control import FouMap, TableConfig
@@ -60,7 +61,7 @@ def test_info_names_the_openers_netns(ns):
     with topo.open_in(ns) as fm:
         inner = fm.info()
     assert host["abi_version"] == abi.ABI_VERSION == inner["abi_version"]
-    assert host["module_version"] == "0.1.0"
+    assert host["module_version"] == bifrost.__version__
     assert host["netns_inum"] == os.stat("/proc/self/ns/net").st_ino
     assert inner["netns_inum"] == os.stat(f"/run/netns/{ns.name}").st_ino
     assert inner["netns_inum"] != host["netns_inum"]

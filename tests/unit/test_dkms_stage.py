@@ -54,6 +54,8 @@ def staged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (kmod / "fake" / "uapi").mkdir(parents=True)
     (kmod / "fake" / "main.c").write_text("int x;\n")
     (kmod / "fake" / "uapi" / "fake.h").write_text("/* h */\n")
+    (kmod / "common").mkdir()
+    (kmod / "common" / "shared.h").write_text("/* shared */\n")
     (kmod / "fake" / "main.o").write_bytes(b"\x7fELF")
     (kmod / "fake" / ".main.o.cmd").write_text("cmd\n")
     (kmod / "fake" / "fake.ko").write_bytes(b"\x7fELF")
@@ -69,8 +71,18 @@ def test_stage_copies_sources_without_build_artifacts(staged) -> None:
     _src, dst, calls = staged
     assert dkms.stage("fake") is True
     staged_files = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file())
-    assert staged_files == ["dkms.conf", "main.c", "uapi/fake.h"]
+    assert staged_files == [
+        "common/bifrost_version.h",
+        "common/shared.h",
+        "dkms.conf",
+        "main.c",
+        "uapi/fake.h",
+    ]
     assert 'PACKAGE_NAME="fake"' in (dst / "dkms.conf").read_text()
+    assert (
+        f'#define BIFROST_VERSION "{__version__}"'
+        in (dst / "common" / "bifrost_version.h").read_text()
+    )
     assert calls == []
 
 
@@ -81,8 +93,10 @@ def test_stage_is_idempotent_and_restages_changed_sources(staged) -> None:
     (src / "main.c").write_text("int y;\n")
     assert dkms.stage("fake") is True
     assert (dst / "main.c").read_text() == "int y;\n"
+    (src.parent / "common" / "shared.h").write_text("/* changed */\n")
+    assert dkms.stage("fake") is True  # the shared header is part of each tree
     # DKMS must forget the old build of the same version before the new source counts.
-    assert calls == [["dkms", "remove", f"fake/{__version__}", "--all"]]
+    assert calls == [["dkms", "remove", f"fake/{__version__}", "--all"]] * 2
 
 
 def test_status_parses_dkms_output(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,3 +119,18 @@ def test_status_parses_dkms_output(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_headers_names_the_package() -> None:
     with pytest.raises(dkms.DkmsError, match=r"apt-get install linux-headers-9\.9\.9-nope"):
         dkms.require_headers("9.9.9-nope")
+
+
+def test_version_is_defined_once() -> None:
+    """pyproject and the modules derive the version from bifrost.__version__."""
+    import tomllib
+    from importlib import metadata
+
+    project = tomllib.loads((dkms.KMOD_DIR.parent / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert metadata.version("bifrost") == __version__
+    # the repository copy (for builds without DKMS) matches what staging renders
+    assert (dkms.KMOD_DIR / dkms.VERSION_HEADER).read_text() == dkms.version_header()
+    for module in MODULES:
+        for path in (dkms.KMOD_DIR / module).rglob("*.[ch]"):
+            assert '"' + __version__ + '"' not in path.read_text(), path

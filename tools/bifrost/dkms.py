@@ -87,25 +87,51 @@ def _parts(rel: Path) -> list[Path]:
     return [Path(*rel.parts[: i + 1]) for i in range(len(rel.parts))]
 
 
-def _same_tree(src: Path, dst: Path) -> bool:
-    staged = _source_files(dst)
-    staged.pop("dkms.conf", None)
-    return _source_files(src) == staged
+COMMON = "common"
+VERSION_HEADER = f"{COMMON}/bifrost_version.h"
+
+
+def version_header(version: str = __version__) -> str:
+    """The modules' version, derived from bifrost.__version__ (defined once)."""
+    return (
+        "/* SPDX-License-Identifier: GPL-2.0 */\n"
+        "/* GENERATED from bifrost.__version__ by tools/bifrost/dkms.py; do not edit. */\n"
+        "#ifndef _BIFROST_VERSION_H\n"
+        "#define _BIFROST_VERSION_H\n"
+        f'#define BIFROST_VERSION "{version}"\n'
+        "#endif\n"
+    )
+
+
+def staged_tree(module: str) -> dict[str, bytes]:
+    """relative path -> content of what /usr/src/<module>-<version> must hold.
+
+    DKMS builds each module from its own tree, so the chardev helpers both
+    modules share (kmod/common/) are copied in as common/, with the version
+    header rendered fresh from bifrost.__version__.
+    """
+    files = _source_files(KMOD_DIR / module)
+    for rel, data in _source_files(KMOD_DIR / COMMON).items():
+        files[f"{COMMON}/{rel}"] = data
+    files[VERSION_HEADER] = version_header().encode()
+    files["dkms.conf"] = codegen.render_dkms_conf(module).encode()
+    return files
 
 
 def stage(module: str) -> bool:
-    """Copy kmod/<module> and its dkms.conf to /usr/src; True when it changed."""
-    src = KMOD_DIR / module
+    """Write kmod/<module>, kmod/common and its dkms.conf to /usr/src; True when it changed."""
+    want = staged_tree(module)
     dst = source_dir(module)
-    conf = codegen.render_dkms_conf(module)
-    if dst.is_dir() and _same_tree(src, dst) and (dst / "dkms.conf").read_text() == conf:
+    if dst.is_dir() and _source_files(dst) == want:
         return False
     if dst.exists():
         # The source changed under the same version: DKMS must forget the old build.
         _run(["dkms", "remove", f"{module}/{__version__}", "--all"], check=False)
         shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst, ignore=_IGNORE)
-    (dst / "dkms.conf").write_text(conf)
+    for rel, data in want.items():
+        path = dst / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
     return True
 
 

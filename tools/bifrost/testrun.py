@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 RESULTS_DIR = BUILD_DIR / "test-results"
 TIERS = ("unit", "bpf", "kernel", "upgrade")
-KERNEL_TIER_TIMEOUT = 1500  # seconds per guest boot; the tier aims at ~5 min per component
+# seconds per guest boot: the tier aims at ~5 min per component, but issue 11's
+# acceptance (200 unloads under traffic, a 1M-entry table) takes far longer under TCG
+KERNEL_TIER_TIMEOUT = 3600
 
 
 def kernel_lines() -> list[str]:

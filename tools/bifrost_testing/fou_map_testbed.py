@@ -1,15 +1,15 @@
-"""A client / two POPs / game-server testbed in network namespaces, for tests, bench and lab.
+"""fou_map's testbed: the one test network (bifrost_testing.topology) with the kernel's
+FOU on the POPs instead of the XDP program, for fou_map's tests and benchmark.
 
 ```
-            10.31.1.0/24             10.41.1.0/24
-         +---- c1 ---- pop1 (fou 5555, ipip -> GS) ---- g1 ----+
- client  |                                                      |  gameserver
- 10.99.0.x (lo)                                                 |  10.200.0.1 (lo, tunnel local)
-         +---- c2 ---- pop2 (fou 5555, ipip -> GS) ---- g2 ----+  fm0: 198.51.100.10 (service)
-            10.31.2.0/24             10.41.2.0/24                  10.99.0.0/24 via pop1 onlink
+ client 10.99.0.x -- net -- popN 10.41.N.1: fou port 5555, fmpop: ipip/fou -> 10.200.0.1
+                       `--- gs: lo 10.200.0.1 (tunnel local),
+                                fm0 (`bifrost endpoint`): 198.51.100.10 (service),
+                                10.99.0.0/24 via pop1 onlink
 ```
-Client traffic to the service goes client -> popN -> (kernel FOU) -> gameserver; the
-game server's echo replies leave by fm0 (kernel ipip/fou) and fou_map picks the POP.
+Client traffic to the service goes client -> popN (the backbone's anycast route,
+use_pop) -> (kernel FOU) -> gameserver; the game server's echo replies leave by
+fm0 (kernel ipip/fou) and fou_map picks the POP.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bifrost import netns
@@ -28,13 +28,17 @@ from bifrost.fou_map import endpoint
 from bifrost.fou_map.control import FouMap, TableConfig
 from bifrost.vm.kernlog import dmesg as dmesg
 from bifrost.vm.kernlog import kernel_trouble as kernel_trouble
+from bifrost_testing import topology as network
+from bifrost_testing.topology import FOU_PORT, GAME_PORT, GS_LOCAL, SERVICE_IP, client_ip, pop_ip
+from bifrost_testing.topology import wait_for as wait_for
 
 MODULE = "fou_map"
 DEV = Path("/dev/fou_map")
-FOU_PORT = 5555
-SERVICE_IP = "198.51.100.10"
-GAME_PORT = 27015
-GS_LOCAL = "10.200.0.1"
+__all__ = [
+    "DEV", "FOU_PORT", "GAME_PORT", "GS_LOCAL", "MODULE", "SERVICE_IP", "EchoServer", "Topology",
+    "build", "client_ip", "dmesg", "gs_endpoint", "kernel_trouble", "load", "loaded", "open_in",
+    "pop_ip", "topology", "unload", "wait_for",
+]  # fmt: skip
 
 
 def load() -> None:
@@ -59,15 +63,6 @@ def open_in(ns: netns.Namespace) -> FouMap:
     """The device opened from inside ns, so the kernel binds it to ns."""
     with ns.entered():
         return FouMap(DEV)
-
-
-def pop_ip(n: int) -> str:
-    """The POP's address on its link to the game server: the outer source it sends from."""
-    return f"10.41.{n}.1"
-
-
-def client_ip(i: int) -> str:
-    return f"10.99.0.{10 + i}"
 
 
 class EchoServer:
@@ -102,22 +97,33 @@ class EchoServer:
 
 @dataclass
 class Topology:
-    client: netns.Namespace
-    pops: list[netns.Namespace]
-    gs: netns.Namespace
+    nw: network.Network
     echo: EchoServer | None = None
-    clients: int = 4
-    closers: list[object] = field(default_factory=list)
+
+    @property
+    def client(self) -> netns.Namespace:
+        return self.nw.client
+
+    @property
+    def pops(self) -> list[netns.Namespace]:
+        return self.nw.pops
+
+    @property
+    def gs(self) -> netns.Namespace:
+        return self.nw.gs
+
+    @property
+    def clients(self) -> int:
+        return self.nw.clients
 
     def close(self) -> None:
         if self.echo:
             self.echo.close()
-        for ns in (self.client, *self.pops, self.gs):
-            ns.close()
+        self.nw.close()
 
     def use_pop(self, n: int) -> None:
-        """Route the client's traffic to the service through POP n (1 or 2)."""
-        self.client.run(["ip", "route", "replace", f"{SERVICE_IP}/32", "via", f"10.31.{n}.1"])
+        """The anycast route moves: the client's traffic reaches the service by POP n."""
+        self.nw.use_pop(n)
 
     def client_socket(self, i: int = 0, timeout: float = 2.0) -> socket.socket:
         s = self.client.socket()
@@ -144,8 +150,9 @@ class Topology:
         return open_in(self.gs)
 
 
-def gs_endpoint(gs: netns.Namespace) -> endpoint.Endpoint:
+def gs_endpoint(gs: netns.Namespace, encap_csum: bool = False) -> endpoint.Endpoint:
     return endpoint.Endpoint(
+        encap_csum=encap_csum,
         local=GS_LOCAL,
         gateway=pop_ip(1),
         netns=gs.name,
@@ -156,41 +163,30 @@ def gs_endpoint(gs: netns.Namespace) -> endpoint.Endpoint:
     )
 
 
-def build(clients: int = 4, echo: bool = True, cfg: TableConfig | None = None) -> Topology:
-    client = netns.Namespace("fmc")
-    pops = [netns.Namespace("fmp1"), netns.Namespace("fmp2")]
-    gs = netns.Namespace("fmgs")
-    topo = Topology(client=client, pops=pops, gs=gs, clients=clients)
+def build(
+    clients: int = 4, echo: bool = True, cfg: TableConfig | None = None, encap_csum: bool = False
+) -> Topology:
+    """encap_csum: outer UDP checksums on every tunnel (the POPs' and the game server's)."""
+    topo = Topology(network.build(pops=2, clients=clients, prefix="fm"))
     try:
-        for ns in (client, *pops, gs):
-            ns.sysctl("net.ipv4.conf.all.rp_filter", "0")
-            ns.sysctl("net.ipv4.conf.default.rp_filter", "0")
-        for i in range(clients):
-            client.run(["ip", "addr", "add", f"{client_ip(i)}/32", "dev", "lo"])
-        gs.run(["ip", "addr", "add", f"{GS_LOCAL}/32", "dev", "lo"])
-        for n, pop in enumerate(pops, start=1):
-            pop.sysctl("net.ipv4.ip_forward", "1")
-            netns.link(client, f"c{n}", f"10.31.{n}.2/24", pop, "cl", f"10.31.{n}.1/24")
-            netns.link(pop, "gs", f"{pop_ip(n)}/24", gs, f"g{n}", f"10.41.{n}.2/24")
-            pop.run(["ip", "route", "add", "10.99.0.0/24", "via", f"10.31.{n}.2"])
-            pop.run(["ip", "route", "add", f"{GS_LOCAL}/32", "via", f"10.41.{n}.2"])
+        for n, pop in enumerate(topo.pops, start=1):
             pop.run(["ip", "fou", "add", "port", str(FOU_PORT), "ipproto", "4"])
             pop.run(
                 [
                     "ip", "link", "add", "fmpop", "type", "ipip", "remote", GS_LOCAL,
                     "local", pop_ip(n), "ttl", "64", "encap", "fou", "encap-sport", "auto",
                     "encap-dport", str(FOU_PORT),
+                    "encap-csum" if encap_csum else "noencap-csum",
                 ]
             )  # fmt: skip
             pop.run(["ip", "link", "set", "fmpop", "up"])
             pop.run(["ip", "route", "add", f"{SERVICE_IP}/32", "dev", "fmpop"])
-        endpoint.up(gs_endpoint(gs))
-        topo.use_pop(1)
+        endpoint.up(gs_endpoint(topo.gs, encap_csum))
         if cfg is not None:
             with topo.fou_map() as fm:
                 fm.configure(cfg)
         if echo:
-            topo.echo = EchoServer(gs)
+            topo.echo = EchoServer(topo.gs)
     except BaseException:
         topo.close()
         raise
@@ -204,12 +200,3 @@ def topology(**kw: object) -> Iterator[Topology]:
         yield topo
     finally:
         topo.close()
-
-
-def wait_for(pred: object, timeout: float = 5.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return True
-        time.sleep(step)
-    return bool(pred())  # type: ignore[operator]

@@ -5,13 +5,20 @@
  *
  * /dev/fou_map: ABI version 1.
  *
- * Control device of the fou_map module. Each open() is bound to the opener's
- * network namespace. write() takes exactly one record; a malformed one fails with
- * EINVAL (bad magic, type, length, flags, reserved or values), EPROTO (other ABI
- * version), E2BIG (longer than any record), ENOSPC (table full of static entries),
- * ENOENT (DEL of a missing client), ENOBUFS (too many unread replies) and changes
- * nothing. Replies are read() back in order; read() returns whole records only and
- * 0 when nothing is pending. A dump (DUMP_REQ) continues over several read()s.
+ * Control device of the fou_map module. open() needs CAP_NET_ADMIN in the user
+ * namespace owning the opener's network namespace (EPERM otherwise) and binds the
+ * file to that netns. write() takes exactly one record; a refused one changes
+ * nothing and fails with EINVAL (bad magic, type, length, flags, reserved or
+ * values), EPROTO (other ABI version), E2BIG (longer than any record), ENOSPC (no
+ * room: max_entries bounds every entry, static ones included, so a learned-like
+ * ADD, new or turning a static entry learned, is refused when the table is full of
+ * static entries or already over max_entries), ENOENT (DEL of a missing client),
+ * ENOMEM, or ENOBUFS (too many unread replies). bad_writes counts the refusals
+ * that are the writer's fault: not ENOENT, ENOMEM or ENOBUFS. Replies are read()
+ * back in order; read() returns whole records only (EMSGSIZE when the buffer
+ * cannot hold the next one) and 0 when nothing is pending. A dump (DUMP_REQ)
+ * continues over several read()s. poll() reports POLLIN while a reply or dump
+ * records are pending.
  *
  * Every record starts with struct fm_hdr: magic 0x464f554d, version
  * 1, the record type and the record's exact length. All fields are
@@ -159,7 +166,7 @@ struct fm_entry {
 	__u64 packets;	/* packets learned from */
 };
 
-/* Ends a dump. A resize during the dump may repeat entries. */
+/* Ends a dump. A dump returns, once each, every client present from DUMP_REQ until its record is read; clients learned after DUMP_REQ may be missing. */
 struct fm_dump_end {
 	struct fm_hdr hdr;
 	__u64 count;	/* ENTRY records returned by this dump */

@@ -228,7 +228,9 @@ class Entry(Record):
 
 @dataclass
 class DumpEnd(Record):
-    """Ends a dump. A resize during the dump may repeat entries."""
+    """Ends a dump. A dump returns, once each, every client present from DUMP_REQ until its record
+    is read; clients learned after DUMP_REQ may be missing.
+    """
 
     TYPE: ClassVar[int] = 9
     FORMAT: ClassVar[str] = "<IHHIIQ"

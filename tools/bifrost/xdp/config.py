@@ -116,6 +116,8 @@ class XdpConfig:
     rate_limit_burst: int = 0
     nexthop_ttl_ms: int = 1000
     srcds_ttl_s: int = 300
+    metrics_address: str = "127.0.0.1"  # bifrost-xdp.service's Prometheus listener
+    metrics_port: int = 9470  # 0: no metrics listener
     rules: tuple[Rule, ...] = ()
 
     def all_game_servers(self) -> list[ipaddress.IPv4Address]:
@@ -182,6 +184,8 @@ def parse(sec: Reader) -> XdpConfig:
         rate_limit_burst=burst,
         nexthop_ttl_ms=sec.integer("nexthop_ttl_ms", default=1000, lo=1, hi=3_600_000),
         srcds_ttl_s=sec.integer("srcds_ttl_s", default=300, lo=1, hi=86_400),
+        metrics_address=str(sec.ipv4("metrics_address", "127.0.0.1")),
+        metrics_port=sec.integer("metrics_port", default=9470, lo=0, hi=65535),
         rules=rules,
     )
     if rules and pop is None:

@@ -7,7 +7,7 @@ import ipaddress
 import struct
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bifrost.xdp import libbpf, maps_def
@@ -27,6 +27,7 @@ class MapSpec:
     key_size: int
     value_size: int  # per CPU for per-CPU maps
     max_entries: int
+    flags: int = 0
 
     @property
     def percpu(self) -> bool:
@@ -42,7 +43,8 @@ MAP_SPECS: dict[str, MapSpec] = {
     "settings": MapSpec(A, 4, S["settings"].size, G),
     "rule_names": MapSpec(A, 4, S["rule_name"].size, D.MAX_RULES + 1),
     "rules": MapSpec(A, 4, S["rule"].size, G * (D.MAX_RULES + 1)),
-    "rule_slots": MapSpec(A, 4, S["rule_slot"].size, G * D.RULE_SLOTS),
+    # mmap-able: apply reads a generation's 131072 slots without a per-slot copy.
+    "rule_slots": MapSpec(A, 4, S["rule_slot"].size, G * D.RULE_SLOTS, libbpf.BPF_F_MMAPABLE),
     "rule_overflow": MapSpec(H, S["rule_key"].size, S["rule_ref"].size, G * D.MAX_RULE_KEYS),
     "rule_modules": MapSpec(A, 4, S["rule_modules"].size, G * (D.MAX_RULES + 1)),
     "anycast": MapSpec(H, 4, S["anycast"].size, G * D.MAX_ANYCAST),
@@ -65,8 +67,11 @@ class MapMismatch(ValueError):
 def check_pinned(name: str, info: libbpf.MapDef) -> None:
     """Refuse a pinned map whose kernel-side type, sizes or capacity differ from MAP_SPECS."""
     spec = MAP_SPECS[name]
-    want = libbpf.MapDef(name, spec.type, spec.key_size, spec.value_size, spec.max_entries, 0)
-    diff = [d for d in want.differences(info) if not d.startswith("flags")]
+    want = libbpf.MapDef(
+        name, spec.type, spec.key_size, spec.value_size, spec.max_entries, spec.flags
+    )
+    mask = libbpf.BPF_F_MMAPABLE  # the only flag this side depends on
+    diff = want.differences(replace(info, flags=info.flags & mask))
     if diff:
         raise MapMismatch(
             f"pinned map {name}: the kernel's map differs from this bifrost's layout "
@@ -105,7 +110,8 @@ class MapSet:
         for name, fd in fds.items():
             if name in MAP_SPECS:
                 sp = MAP_SPECS[name]
-                out.maps[name] = Map(fd, sp.key_size, sp.value_size, sp.percpu)
+                mm = bool(sp.flags & libbpf.BPF_F_MMAPABLE)
+                out.maps[name] = Map(fd, sp.key_size, sp.value_size, sp.percpu, mmapable=mm)
         return out
 
     @classmethod
@@ -120,7 +126,10 @@ class MapSet:
                     continue
                 fd = libbpf.get_pinned(str(p))
                 sp = MAP_SPECS[p.name]
-                out.maps[p.name] = Map(fd, sp.key_size, sp.value_size, sp.percpu, owned=True)
+                mm = bool(sp.flags & libbpf.BPF_F_MMAPABLE)
+                out.maps[p.name] = Map(
+                    fd, sp.key_size, sp.value_size, sp.percpu, owned=True, mmapable=mm
+                )
                 check_pinned(p.name, libbpf.map_info(fd))
         except BaseException:
             out.close()

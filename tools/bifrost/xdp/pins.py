@@ -27,6 +27,7 @@ from bifrost.xdp.libbpf import BpfObject, Map
 log = logging.getLogger(__name__)
 
 MIGRATIONS = ("reset", "copy")
+CONFIG_GROUP = (*maps.CONFIG_MAPS, "config_gen")
 
 
 class LayoutChanged(RuntimeError):
@@ -101,12 +102,20 @@ def load_reusing(obj_path: Path, pdir: Path, migrate: dict[str, str] | None = No
     copy_from: dict[str, int] = {}
     try:
         problems = []
-        for name, want in bo.map_defs().items():
-            have = pinned_def(pdir / name)
-            if have is None:
+        defs = bo.map_defs()
+        pinned = {name: pinned_def(pdir / name) for name in defs}
+        diffs = {n: d.differences(defs[n]) for n, d in pinned.items() if d is not None}
+        # The config maps and config_gen go together: the old program must keep reading
+        # a complete set until the swap, so one changed layout makes the new object
+        # get all of them afresh (filled from the config before the swap).
+        group = [n for n in defs if n in CONFIG_GROUP]
+        split = any(pinned[n] is None or diffs[n] for n in group)
+        for name, want in defs.items():
+            have = pinned[name]
+            if have is None or (split and name in CONFIG_GROUP):
                 res.fresh.append(name)
                 continue
-            diff = have.differences(want)
+            diff = diffs[name]
             if not diff:
                 fd = libbpf.get_pinned(str(pdir / name))
                 try:

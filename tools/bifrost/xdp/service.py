@@ -9,7 +9,9 @@ rtnetlink and re-installs them through the loader as soon as one it recorded
 is deleted or a link comes back up, and re-checks every `recheck` seconds as
 a safety net (lost netlink events, a route that moved to a new gateway).
 
-SIGHUP re-reads the config and re-applies it. SIGTERM/SIGINT stop the process
+Per-rule, per-reason counters are served to Prometheus on
+xdp.metrics_address:metrics_port (bifrost.daemon.MetricsServer, as the
+daemons do). SIGHUP re-reads the config and re-applies it. SIGTERM/SIGINT stop the process
 and leave the program attached through its pinned bpf_link, with its maps
 (traffic keeps flowing): a restart adopts it, swapping in a newly built
 object if --obj is one (maps kept, pins.load_reusing). Only `bifrost xdp
@@ -28,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client.core import Metric
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_NEIGH
@@ -35,7 +38,8 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from bifrost import config as cfgmod
 from bifrost.sdnotify import sd_notify
-from bifrost.xdp import loader, pins
+from bifrost.daemon import MetricsServer, labelled_counter
+from bifrost.xdp import loader, maps, pins
 from bifrost.xdp.config import XdpConfig
 from bifrost.xdp.libbpf import BpfError
 
@@ -156,6 +160,10 @@ class Service:
             try:
                 up = loader.upgrade(self.cfg, self.iface, self.obj, self.pin_base, self.migrate)
                 log.info("%s", up)
+                if up.swapped:  # the config went in with the new program
+                    log.info("%s: config applied: %s", self.iface, up.report)
+                    self.ensure("start")
+                    return
             except (pins.LayoutChanged, loader.ModuleMissing, BpfError) as e:
                 # The running program keeps serving; the operator decides the migration.
                 log.error("%s: not swapping in %s: %s", self.iface, self.obj, e)
@@ -172,6 +180,35 @@ class Service:
             "%s: stopping; the program stays attached (`bifrost xdp detach` takes it off)",
             self.iface,
         )
+
+    # -- metrics -------------------------------------------------------------
+
+    def collect(self) -> list[Metric]:
+        """Per-rule, per-reason packet and byte counters, read at each scrape (the
+        daemons' MetricsServer: an unreadable map costs only these families)."""
+        with maps.MapSet.from_pins(loader.pin_dir_for(self.pin_base, self.iface)) as ms:
+            cfg = self.cfg
+            names = maps.rule_names(ms, cfg)
+            counts = maps.counters(ms)
+        rows = {
+            (names.get(rid, f"#{rid}") if rid else "-", reason): c
+            for (rid, reason), c in counts.items()
+        }
+        labels = ("rule", "reason")
+        return [
+            labelled_counter(
+                "bifrost_xdp_packets",
+                "packets by forward rule (- : none) and why they ended where they did",
+                labels,
+                [(k, c.packets) for k, c in rows.items()],
+            ),
+            labelled_counter(
+                "bifrost_xdp_bytes",
+                "bytes by forward rule (- : none) and reason",
+                labels,
+                [(k, c.bytes) for k, c in rows.items()],
+            ),
+        ]
 
     # -- neighbours ----------------------------------------------------------
 
@@ -286,9 +323,12 @@ class Service:
         # Watching starts before the attach so no deletion in between goes unseen.
         watch = _open_watch()
         marshal = MarshalRtnl()
+        metrics = MetricsServer(self.cfg.metrics_address, self.cfg.metrics_port)
+        metrics.add("xdp", self.collect)
         try:
             self._seed_links()
             self.start()
+            metrics.start()
             sd_notify("READY=1")
             while True:
                 timeout = max(0.0, self.next_check - time.monotonic())
@@ -307,6 +347,7 @@ class Service:
                 elif time.monotonic() >= self.next_check:
                     self.ensure("re-check")
         finally:
+            metrics.close()
             signal.set_wakeup_fd(-1)
             for s in (wake_r, wake_w, watch):
                 s.close()

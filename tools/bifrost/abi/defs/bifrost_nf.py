@@ -116,14 +116,22 @@ DEVICE = Device(
     magic=0x42464E46,  # "BFNF"
     abi_version=1,
     doc="""
-Control device of the bifrost_nf module. Each open() is bound to the opener's
-network namespace. write() takes exactly one record; a malformed one fails with
-EINVAL (bad magic, type, length or values), EPROTO (other ABI version), E2BIG
-(longer than any record), ENOSPC (table full), ENOENT (no such service) and
-changes nothing. Replies are read() back in order; when none is queued, read()
-returns pending refresh EVENT records (one per service and query type, however
-often it was asked for), and 0 when there is nothing. poll() reports POLLIN for
-either.
+Control device of the bifrost_nf module. open() needs CAP_NET_ADMIN in the user
+namespace owning the opener's network namespace (EPERM otherwise) and binds the
+file to that netns. write() takes exactly one record; a refused one changes
+nothing (an out-of-sequence ENTRY_SET packet keeps the answer being assembled)
+and fails with EINVAL (bad magic, type, length, flags, reserved or values:
+CONFIG_SET needs 1 <= rotate_s <= 86400, rate_pps <= 10000000, rate_burst <=
+1000000 and rate_burst >= 1 when rate_pps is set), EPROTO (other ABI version),
+E2BIG (longer than any record), ENOSPC (service table full), ENOENT (no such
+service), ENOMEM (a ROTATE or an answer's memory could not be had: no rotation
+happened) or ENOBUFS (the file already holds too many unread replies: read them
+first). Every refused write counts in bad_writes. Replies are read() back in
+order, whole records only (EINVAL when the buffer cannot hold the next one);
+when none is queued, read() returns pending refresh EVENT records (one per
+service and query type, however often it was asked for), and 0 when there is
+nothing. poll() reports POLLIN for either, and wakes for replies queued by
+another thread's write().
 """,
     records=(
         common.INFO_REQUEST,

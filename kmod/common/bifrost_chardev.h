@@ -1,0 +1,281 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The control-device plumbing both Bifrost modules share: a misc device whose
+ * every open() is bound to the opener's netns (as drivers/net/tun.c does), one
+ * record per write(), replies queued per file and read() back whole, in order.
+ *
+ * DKMS builds each module from its own /usr/src/<module>-<version> tree, so
+ * this header is copied into both trees (tools/bifrost/dkms.py stages it);
+ * hence static inline functions, not a third module.
+ *
+ * Prefix bfc_ ("Bifrost chardev"): short, as WireGuard's wg_, because every
+ * symbol of a module carries it.
+ */
+#ifndef _BIFROST_CHARDEV_H
+#define _BIFROST_CHARDEV_H
+
+#include <linux/capability.h>
+#include <linux/fs.h>
+#include <linux/list.h>
+#include <linux/miscdevice.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/nsproxy.h>
+#include <linux/percpu.h>
+#include <linux/poll.h>
+#include <linux/sched.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+#include <linux/wait.h>
+#include <net/net_namespace.h>
+
+#include "bifrost_version.h"
+
+/* The record header of both ABIs (struct bfnf_hdr, struct fm_hdr). */
+struct bfc_hdr {
+	u32 magic;
+	u16 version;
+	u16 type;
+	u32 length;
+	u32 flags;
+};
+
+/* The INFO reply of both ABIs (struct bfnf_info_reply, struct fm_info_reply). */
+#define BFC_MAX_COUNTERS 64
+struct bfc_info_reply {
+	struct bfc_hdr hdr;
+	u32 abi_version;
+	u32 n_counters;
+	u32 netns_inum;
+	u32 reserved;
+	u8 module_version[32];
+	u64 counters[BFC_MAX_COUNTERS];
+};
+
+/* What differs between the two devices. */
+struct bfc_abi {
+	u32 magic;
+	u16 version;
+	u16 info_reply_type;
+	/* errno of a read() whose buffer cannot hold the next reply */
+	int too_small_err;
+	/* unread replies a file may hold: a writer that never reads gets ENOBUFS */
+	unsigned int max_replies;
+};
+
+/* The per-open state both devices keep; each embeds it. */
+struct bfc_file {
+	const struct bfc_abi *abi;
+	struct net *net;
+	/* protects replies and whatever the embedding struct says */
+	struct mutex lock;
+	struct list_head replies;
+	unsigned int n_replies;
+	/* poll() waits here for replies queued by another thread's write() */
+	wait_queue_head_t wq;
+};
+
+struct bfc_reply {
+	struct list_head list;
+	u32 len;
+	u8 data[];
+};
+
+static inline void bfc_hdr_fill(const struct bfc_abi *abi, void *rec, u16 type, u32 len)
+{
+	struct bfc_hdr *hdr = rec;
+
+	hdr->magic = abi->magic;
+	hdr->version = abi->version;
+	hdr->type = type;
+	hdr->length = len;
+	hdr->flags = 0;
+}
+
+/*
+ * Open: only a netns's administrator controls its tables. The file mode
+ * (0600) alone would let any root-owned process without CAP_NET_ADMIN in
+ * (for example a capability-dropped daemon) change the data path.
+ *
+ * Allocates the device's per-open struct (size bytes, struct bfc_file first),
+ * binds it to the opener's netns and makes it the file's private data.
+ */
+static inline void *bfc_file_open(struct inode *inode, struct file *file, size_t size,
+				  const struct bfc_abi *abi)
+{
+	struct net *net = current->nsproxy->net_ns;
+	struct bfc_file *f;
+
+	if (!ns_capable(net->user_ns, CAP_NET_ADMIN))
+		return ERR_PTR(-EPERM);
+	f = kvzalloc(size, GFP_KERNEL);
+	if (!f)
+		return ERR_PTR(-ENOMEM);
+	f->abi = abi;
+	f->net = get_net(net);
+	mutex_init(&f->lock);
+	INIT_LIST_HEAD(&f->replies);
+	init_waitqueue_head(&f->wq);
+	file->private_data = f;
+	stream_open(inode, file);
+	return f;
+}
+
+static inline void bfc_replies_free(struct list_head *list)
+{
+	struct bfc_reply *r, *tmp;
+
+	list_for_each_entry_safe(r, tmp, list, list) {
+		list_del(&r->list);
+		kfree(r);
+	}
+}
+
+/* Frees what bfc_file_open() made; the device frees its own parts first. */
+static inline void bfc_file_release(struct bfc_file *f)
+{
+	bfc_replies_free(&f->replies);
+	put_net(f->net);
+	mutex_destroy(&f->lock);
+	kvfree(f);
+}
+
+/* A zeroed reply of len bytes, header filled, added to batch (not yet queued). */
+static inline void *bfc_reply_alloc(struct bfc_file *f, struct list_head *batch, u16 type,
+				    u32 len)
+{
+	struct bfc_reply *r = kzalloc(sizeof(*r) + len, GFP_KERNEL);
+
+	if (!r)
+		return NULL;
+	r->len = len;
+	bfc_hdr_fill(f->abi, r->data, type, len);
+	list_add_tail(&r->list, batch);
+	return r->data;
+}
+
+/*
+ * Queue a batch of n replies whole, or none of them (-ENOBUFS frees the
+ * batch). Caller holds f->lock.
+ */
+static inline int bfc_replies_queue(struct bfc_file *f, struct list_head *batch, unsigned int n)
+{
+	lockdep_assert_held(&f->lock);
+	if (f->n_replies + n > f->abi->max_replies) {
+		bfc_replies_free(batch);
+		return -ENOBUFS;
+	}
+	list_splice_tail_init(batch, &f->replies);
+	WRITE_ONCE(f->n_replies, f->n_replies + n);
+	wake_up_interruptible(&f->wq);
+	return 0;
+}
+
+/*
+ * Copy as many whole replies as fit in count bytes; *done is set to the bytes
+ * copied. Returns 0, -EFAULT, or the ABI's too-small errno when not even the
+ * first reply fits. Caller holds f->lock and has checked n_replies.
+ */
+static inline ssize_t bfc_replies_read(struct bfc_file *f, char __user *ubuf, size_t count)
+{
+	struct bfc_reply *r, *tmp;
+	size_t done = 0;
+
+	lockdep_assert_held(&f->lock);
+	list_for_each_entry_safe(r, tmp, &f->replies, list) {
+		if (r->len > count - done)
+			break;
+		if (copy_to_user(ubuf + done, r->data, r->len))
+			return done ? done : -EFAULT;
+		done += r->len;
+		list_del(&r->list);
+		kfree(r);
+		WRITE_ONCE(f->n_replies, f->n_replies - 1);
+	}
+	return done ? done : f->abi->too_small_err;
+}
+
+/* Sum n per-CPU u64 counters (an array of n u64 per CPU) into out[]. */
+static inline void bfc_counters_sum(const u64 __percpu *base, unsigned int n, u64 *out)
+{
+	unsigned int i;
+	int cpu;
+
+	memset(out, 0, sizeof(*out) * n);
+	for_each_possible_cpu(cpu) {
+		const u64 *c = per_cpu_ptr(base, cpu);
+
+		for (i = 0; i < n; i++)
+			out[i] += READ_ONCE(c[i]);
+	}
+}
+
+/* Queue the INFO reply: versions, the bound netns and every counter. */
+static inline int bfc_queue_info(struct bfc_file *f, const u64 __percpu *counters,
+				 unsigned int n_counters)
+{
+	struct bfc_info_reply *rep;
+	LIST_HEAD(batch);
+
+	rep = bfc_reply_alloc(f, &batch, f->abi->info_reply_type, sizeof(*rep));
+	if (!rep)
+		return -ENOMEM;
+	rep->abi_version = f->abi->version;
+	rep->n_counters = n_counters;
+	rep->netns_inum = f->net->ns.inum;
+	strscpy(rep->module_version, BIFROST_VERSION, sizeof(rep->module_version));
+	bfc_counters_sum(counters, n_counters, rep->counters);
+	return bfc_replies_queue(f, &batch, 1);
+}
+
+/* poll(): readable while replies are queued; extra is the device's own reason. */
+static inline __poll_t bfc_poll(struct bfc_file *f, struct file *file, poll_table *wait,
+				bool extra)
+{
+	__poll_t mask = EPOLLOUT | EPOLLWRNORM;
+
+	poll_wait(file, &f->wq, wait);
+	if (READ_ONCE(f->n_replies) || extra)
+		mask |= EPOLLIN | EPOLLRDNORM;
+	return mask;
+}
+
+/*
+ * Check at build time that a device's uapi header and the shared layout
+ * agree; use once per module with its own record structs.
+ */
+#define BFC_ASSERT_LAYOUT(hdr_t, info_t)						\
+	static_assert(sizeof(hdr_t) == sizeof(struct bfc_hdr) &&			\
+		      sizeof(info_t) == sizeof(struct bfc_info_reply) &&		\
+		      offsetof(info_t, counters) ==					\
+		      offsetof(struct bfc_info_reply, counters))
+
+/*
+ * The misc device, root-only node, and its init/exit, for a device whose
+ * handlers are named <prefix>_open, _release, _read, _write and _poll.
+ */
+#define BFC_DEFINE_DEVICE(prefix, devname)					\
+	static const struct file_operations prefix##_fops = {			\
+		.owner = THIS_MODULE,						\
+		.open = prefix##_open,						\
+		.release = prefix##_release,					\
+		.read = prefix##_read,						\
+		.write = prefix##_write,					\
+		.poll = prefix##_poll,						\
+	};									\
+	static struct miscdevice prefix##_misc = {				\
+		.minor = MISC_DYNAMIC_MINOR,					\
+		.name = devname,						\
+		.fops = &prefix##_fops,						\
+		.mode = 0600,							\
+	};									\
+	int prefix##_chardev_init(void)						\
+	{									\
+		return misc_register(&prefix##_misc);				\
+	}									\
+	void prefix##_chardev_exit(void)					\
+	{									\
+		misc_deregister(&prefix##_misc);				\
+	}
+
+#endif /* _BIFROST_CHARDEV_H */

@@ -1,0 +1,234 @@
+"""The one test network: a client, N POPs and one game-server machine, each its own netns.
+
+::
+
+                                   [net] the Internet / backbone router
+             10.98.0.0/24          /   |   \\          10.41.n.0/24 (n = 1..N)
+  [client] eth0 .2 ------- .1 c0       |    pn .254 ------- .1 eth0 [popn]
+    lo: 10.99.0.10+i (clients)         |
+                                       g0 .254 ---- 10.42.0.0/24 ---- .1 eth0 [gs]
+                                                                      svc0 .254
+                                                   10.200.0.0/24 (container=True) |
+                                                                  .1 eth0 [service]
+  anycast 198.51.100.10 (the game service): net routes it to one POP (use_pop)
+
+Every POP has ONE interface, as a POP with one uplink does: clients come in
+on it and the game servers are reached through it, so the one XDP program on
+it (`bifrost xdp run`) sees both directions. The game-server machine's
+endpoint address GS_LOCAL (10.200.0.1) is either on its loopback or, with
+container=True, the address of a container-like netns behind it that holds
+the game service (`bifrost endpoint up --netns`). What runs on each host
+(XDP, modules, daemons, kernel fou) is the caller's: the network is plain
+routing.
+
+Two things a NIC does that a veth does not. TX checksums are computed in
+software on every end (tx checksum offload off: a veth leaves them to an
+"offload" that native XDP frames lose, and the receiver drops the packet). And
+the router's end of each POP link has GRO on, which gives a veth NAPI: veth
+hands XDP_TX/REDIRECT frames only to a peer with NAPI. Only there: a NAPI veth
+queues in a 256-packet ring instead of the backlog, and drops a burst.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from bifrost.netns import Namespace, link
+
+SERVICE_IP = "198.51.100.10"  # the anycast address of the game service
+GAME_PORT = 27015
+FOU_PORT = 5555
+CLIENT_NET = "10.99.0.0/24"  # the client's addresses (on its loopback)
+CLIENT_LINK_IP, NET_CLIENT_IP = "10.98.0.2", "10.98.0.1"
+GS_IP, NET_GS_IP = "10.42.0.1", "10.42.0.254"  # the game-server machine's uplink
+GS_LOCAL = "10.200.0.1"  # the FOU endpoint: where POPs send, outer source of replies
+GS_HOST_SVC_IP = "10.200.0.254"  # the machine's end of the container link
+
+
+def client_ip(i: int = 0) -> str:
+    """The i-th client address (a /32 on the client's loopback)."""
+    return f"10.99.0.{10 + i}"
+
+
+def pop_ip(n: int) -> str:
+    """POP n's address (1-based): the outer source of its FOU, its XDP pop_address."""
+    return f"10.41.{n}.1"
+
+
+def net_pop_ip(n: int) -> str:
+    return f"10.41.{n}.254"
+
+
+def set_nic_features(ns: Namespace, ifname: str, napi: bool = False) -> None:
+    """tx checksum offload off; with napi, GRO on (the module docstring says why)."""
+    from pyroute2.ethtool import Ethtool
+
+    with ns.entered():
+        et = Ethtool()
+        try:
+            feats = et.get_features(ifname)
+            for name in ("tx-checksum-ip-generic", "tx-checksum-ipv4"):
+                if name in feats.features:
+                    feats.features[name].enable = False
+            if napi and "rx-gro" in feats.features:
+                feats.features["rx-gro"].enable = True
+            et.set_features(ifname, feats)
+        finally:
+            et.close()
+
+
+def tx_checksum_off(ns: Namespace, ifname: str) -> bool:
+    """set_nic_features(); True when TX checksum offload is off afterwards."""
+    from pyroute2.ethtool import Ethtool
+
+    set_nic_features(ns, ifname)
+    with ns.entered():
+        et = Ethtool()
+        try:
+            after = et.get_features(ifname).features
+        finally:
+            et.close()
+    names = ("tx-checksum-ip-generic", "tx-checksum-ipv4")
+    return not any(after[n].enable for n in names if n in after)
+
+
+@dataclass
+class Network:
+    """The namespaces; pops[0] is POP 1. Close it (or use network()) to remove them all."""
+
+    net: Namespace
+    client: Namespace
+    pops: list[Namespace]
+    gs: Namespace
+    service: Namespace | None = None  # the container netns, with container=True
+    clients: int = 1
+    active_pop: int = 1
+    links: list[tuple[str, str, str, str, str, str]] = field(default_factory=list)
+
+    @property
+    def endpoint_ns(self) -> Namespace:
+        """Where the game service and its FOU endpoint live (container or machine)."""
+        return self.service or self.gs
+
+    @property
+    def namespaces(self) -> dict[str, Namespace]:
+        roles = {"client": self.client, "net": self.net}
+        roles.update({f"pop{n}": ns for n, ns in enumerate(self.pops, start=1)})
+        roles["gs"] = self.gs
+        if self.service:
+            roles["service"] = self.service
+        return roles
+
+    def pop(self, n: int) -> Namespace:
+        return self.pops[n - 1]
+
+    def use_pop(self, n: int) -> None:
+        """The anycast route moves: the backbone sends the service's traffic to POP n."""
+        self.net.route(f"{SERVICE_IP}/32", gateway=pop_ip(n))
+        self.active_pop = n
+
+    def describe(self) -> str:
+        lines = ["namespaces:"]
+        lines += [f"  {role:<8} {ns.name}" for role, ns in self.namespaces.items()]
+        lines.append("links:")
+        lines += [f"  {a}:{ai} {ac}  <->  {b}:{bi} {bc}" for a, ai, ac, b, bi, bc in self.links]
+        lines.append(
+            f"clients {', '.join(client_ip(i) for i in range(self.clients))}; anycast "
+            f"{SERVICE_IP}:{GAME_PORT} routed to pop{self.active_pop}; endpoint {GS_LOCAL} "
+            f"in {'service' if self.service else 'gs'}"
+        )
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        for ns in reversed(list(self.namespaces.values())):
+            ns.close()
+
+
+def _wire(
+    nw: Network, a: str, a_if: str, a_cidr: str, b: str, b_if: str, b_cidr: str, napi: bool = False
+) -> None:
+    """A link a:a_if <-> b:b_if; napi: the b end gets NAPI (GRO on)."""
+    ns_a, ns_b = nw.namespaces[a], nw.namespaces[b]
+    link(ns_a, a_if, a_cidr, ns_b, b_if, b_cidr)
+    set_nic_features(ns_a, a_if)
+    set_nic_features(ns_b, b_if, napi=napi)
+    nw.links.append((a, a_if, a_cidr, b, b_if, b_cidr))
+
+
+def build(pops: int = 2, clients: int = 1, container: bool = False, prefix: str = "bf") -> Network:
+    """Create and wire the namespaces; on failure remove what was made."""
+    made: list[Namespace] = []
+
+    def ns(role: str) -> Namespace:
+        made.append(Namespace(f"{prefix}-{role}"))
+        return made[-1]
+
+    try:
+        nw = Network(
+            net=ns("net"),
+            client=ns("c"),
+            pops=[ns(f"p{n}") for n in range(1, pops + 1)],
+            gs=ns("gs"),
+            clients=clients,
+        )
+        if container:
+            nw.service = ns("svc")
+        for each in made:
+            each.sysctl("net.ipv4.conf.all.rp_filter", "0")
+            each.sysctl("net.ipv4.conf.default.rp_filter", "0")
+        for fwd in (nw.net, *nw.pops, nw.gs):
+            # A POP forwards (else bpf_fib_lookup says FWD_DISABLED; the kernel-fou
+            # flavour routes through it); the machine forwards to its container.
+            fwd.sysctl("net.ipv4.ip_forward", "1")
+        _wire(nw, "client", "eth0", f"{CLIENT_LINK_IP}/24", "net", "c0", f"{NET_CLIENT_IP}/24")
+        for i in range(clients):
+            nw.client.address("lo", f"{client_ip(i)}/32")
+        # Unbound sockets (python-a2s) speak as the first client address.
+        nw.client.run(["ip", "route", "add", "default", "via", NET_CLIENT_IP, "src", client_ip(0)])
+        nw.net.route(CLIENT_NET, gateway=CLIENT_LINK_IP)
+        for n in range(1, pops + 1):
+            pop_cidr, net_cidr = f"{pop_ip(n)}/24", f"{net_pop_ip(n)}/24"
+            # The POP's XDP program sends XDP_TX frames to the router's end: NAPI there.
+            _wire(nw, f"pop{n}", "eth0", pop_cidr, "net", f"p{n}", net_cidr, napi=True)
+            nw.pop(n).route("default", gateway=net_pop_ip(n))
+        _wire(nw, "gs", "eth0", f"{GS_IP}/24", "net", "g0", f"{NET_GS_IP}/24")
+        nw.gs.route("default", gateway=NET_GS_IP)
+        nw.net.route("10.200.0.0/24", gateway=GS_IP)
+        if nw.service:
+            _wire(nw, "gs", "svc0", f"{GS_HOST_SVC_IP}/24", "service", "eth0", f"{GS_LOCAL}/24")
+            nw.service.route("default", gateway=GS_HOST_SVC_IP)
+        else:
+            nw.gs.address("lo", f"{GS_LOCAL}/32")
+        nw.use_pop(1)
+        return nw
+    except BaseException:
+        for each in reversed(made):
+            each.close()
+        raise
+
+
+@contextlib.contextmanager
+def network(**kw: object) -> Iterator[Network]:
+    nw = build(**kw)  # type: ignore[arg-type]
+    try:
+        yield nw
+    finally:
+        nw.close()
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 5.0, step: float = 0.05) -> bool:
+    """Poll pred until it is true or timeout passes; its last value decides."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
+
+
+def ipv4(text: str) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(text)
