@@ -190,7 +190,8 @@ def test_pinning_a_client_while_its_traffic_flows():
         procs = [learner(t, n, "10.99.0.77", 40000, step=0) for n in (1, 2)]
         wrong = []
         with t.fou_map() as fm:
-            assert topo.wait_for(lambda: "10.99.0.77" in fm.table(), 60)
+            # the senders import scapy first: slow under TCG on a busy host
+            assert topo.wait_for(lambda: "10.99.0.77" in fm.table(), 300)
             for i in range(300):
                 pin = topo.pop_ip(1 + i % 2)
                 fm.add("10.99.0.77", pin)
