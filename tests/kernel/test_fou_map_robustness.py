@@ -102,7 +102,7 @@ def test_two_config_writers(ns):
         for i in range(300):
             fm.add(ipaddress.IPv4Address(int(ipaddress.IPv4Address("10.97.0.1")) + i),
                    "10.41.1.1", static=False)  # fmt: skip
-        procs = [ns.popen([PY, "-c", CONFIG_WRITER, str(w), "3000"], stdout=subprocess.PIPE)
+        procs = [ns.popen([PY, "-c", CONFIG_WRITER, str(w), "1000"], stdout=subprocess.PIPE)
                  for w in range(3)]  # fmt: skip
         for p in procs:
             out, _ = p.communicate(timeout=600)
