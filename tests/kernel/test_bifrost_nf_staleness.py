@@ -115,7 +115,10 @@ def test_cli_show_stats_flush():
     with cache_env.topo(f"cli{os.getpid() % 10000}") as t, cache_env.open_in(t.pop) as dev:
         dev.set_service(POP_CLIENT_IP, GAME_PORT, miss_pass=True)
         info = a2s.build_info(a2s.Info("cli", "de_vertigo", "csgo", "cs"))
-        dev.set_answer(POP_CLIENT_IP, GAME_PORT, "info", [info], ttl_ms=60_000, max_stale_ms=1000)
+        # fresh for an hour: the CLI's start-up alone took minutes on a loaded TCG host
+        dev.set_answer(
+            POP_CLIENT_IP, GAME_PORT, "info", [info], ttl_ms=3_600_000, max_stale_ms=1000
+        )
         # No config: the default device (an explicit -c must name an existing file).
         cli = [sys.executable, "-m", "bifrost.cli.main", "cache"]
         # Generous: the CLI imports every component, slow over 9p under TCG (as in
