@@ -41,6 +41,7 @@ BIFROST = Path(sys.executable).parent / "bifrost"
 GS1, GS2 = topo.GS_IP, "10.9.1.3"
 CLIENT_PORT = 40123
 SEND_EVERY_S = 0.001
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h; root may exceed net.core.rmem_max
 
 RULE = """
 [[xdp.rule]]
@@ -198,6 +199,9 @@ def test_a_validated_client_loses_nothing_through_restarts_rule_removal_and_upgr
     servers = []
     for ip, got, answer in ((GS1, got1, True), (GS2, got2, False)):
         sock = h.gs.socket()
+        # Room for seconds of traffic: on a loaded machine the receiving thread may
+        # not run for a while, and a full socket queue is not the POP losing packets.
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
         sock.bind((ip, 5555))
         t = threading.Thread(target=serve, args=(sock, got, stop, answer), daemon=True)
         t.start()
@@ -268,7 +272,10 @@ def test_a_validated_client_loses_nothing_through_restarts_rule_removal_and_upgr
     assert total > 1000
     missing = sorted(set(range(total)) - set(got1.seqs))
     # The last few may still be in flight when the sender stopped; nothing before them.
-    assert [s for s in missing if s < total - 50] == [], (len(missing), missing[:20], live.log())
+    lost = [s for s in missing if s < total - 50]
+    if lost:  # where: the POP's counters and the game server's socket drops
+        udp = h.gs.run(["grep", "^Udp:", "/proc/net/snmp"]).stdout
+        pytest.fail(f"{len(lost)} lost, first {lost[:20]}\n{udp}\n{live.cli('stats')}")
     assert got2.seqs == [] and got2.foreign == [], "a packet went to the wrong game server"
     assert got1.foreign == []
     # Validated throughout: the SRCDS module never dropped the client.

@@ -72,3 +72,9 @@ def test_alternate_runs_until_the_interval_is_narrow_and_says_when_it_is_not() -
     wide, why = alternate(lambda: next(noisy), lambda: 1.0, 6, 10, half_width=0.03, label="x")
     assert len(wide.rounds) == 10
     assert why.startswith("could not narrow the 95% interval of x to +-0.03 in 10 rounds")
+
+
+def test_alternate_stops_at_once_when_told() -> None:
+    calls: list[int] = []
+    ratio, _ = alternate(lambda: calls.append(1) or 1.0, lambda: 1.0, 6, 30, stop=lambda: True)
+    assert len(ratio.rounds) == 1 and calls == [1]

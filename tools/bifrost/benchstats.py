@@ -80,10 +80,12 @@ def alternate(
     half_width: float = 0.0,
     budget_s: float = math.inf,
     label: str = "a / b",
+    stop: Callable[[], bool] = lambda: False,
 ) -> tuple[Ratio, str]:
     """Rounds of a and b side by side (A B, then B A, so neither always goes first)
     until the ratio's 95% interval is within +-half_width, max_rounds or the time
-    budget is reached (never fewer than min_rounds). Returns the ratio and, when the
+    budget is reached (never fewer than min_rounds), or at once when stop() says so
+    (e.g. a round could not prove what it measured). Returns the ratio and, when the
     interval is still wider than asked, a sentence that says so."""
     xs: list[float] = []
     ys: list[float] = []
@@ -98,6 +100,8 @@ def alternate(
             xs.append(a())
         ratio = Ratio.of(xs, ys)
         print(f"{label} round {i + 1}: {xs[-1]:.0f} / {ys[-1]:.0f}: {ratio}", flush=True)
+        if stop():
+            break
         if i + 1 >= min_rounds and (
             ratio.half_width <= half_width or time.monotonic() - start > budget_s
         ):
