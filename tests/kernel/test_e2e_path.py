@@ -37,8 +37,8 @@ def sysm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[system.System]:
     work = tmp_path_factory.mktemp("e2e")
     with system.running(work, OBJECT, prefix="e2e") as s:
         yield s
-    # Everything it made is gone: namespaces, pins (bifrost xdp run unpinned, and the
-    # system removed the then empty pin directories), the services.
+    # Everything it made is gone: namespaces, pins (`bifrost xdp detach` unpinned, and
+    # the system removed the then empty pin directories), the services.
     assert not [p for p in Path("/run/netns").glob("e2e-*")]
     assert not any(p.exists() for p in s.pin_bases.values())
     assert all(svc.proc.returncode is not None for svc in s.services.values())

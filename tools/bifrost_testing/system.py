@@ -208,9 +208,13 @@ def running(work: Path, obj: Path = OBJECT, prefix: str = "bfe") -> Iterator[Sys
             # the endpoint (tunnel, fou port) and the modules' per-netns state with them.
             for svc in reversed(list(system.services.values())):
                 svc.stop()
-            # Each service unpinned its <pin_dir>/eth0; the pin dir itself is ours. Not
-            # empty = something was left pinned: rmdir fails and says so.
-            for base in pin_bases.values():
+            # A stopped bifrost xdp run leaves the program attached (traffic keeps
+            # flowing); the operator's `bifrost xdp detach` takes it off and unpins.
+            for n, base in pin_bases.items():
+                with nw.pop(n).entered(), contextlib.suppress(FileNotFoundError, ValueError):
+                    loader.detach("eth0", base)
+                # The pin dir itself is ours. Not empty = something was left pinned:
+                # rmdir fails and says so.
                 with contextlib.suppress(FileNotFoundError):
                     base.rmdir()
 
