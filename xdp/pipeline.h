@@ -228,8 +228,11 @@ static __always_inline int bfx_process(struct xdp_md *ctx)
 	if (ip->daddr == s->pop_addr) {
 		struct udphdr *udp = (void *)ip + (ihl & 0x3c);
 
+		/* The UDP header must lie inside the IP packet, not in padding after it. */
 		if (ip->protocol == IPPROTO_UDP && !(ip->frag_off & bpf_htons(BFX_IP_FRAG_MASK)) &&
-		    (void *)(udp + 1) <= data_end && udp->dest == bpf_htons(s->fou_port))
+		    (void *)(udp + 1) <= data_end &&
+		    (ihl & 0x3c) + sizeof(*udp) <= bpf_ntohs(ip->tot_len) &&
+		    udp->dest == bpf_htons(s->fou_port))
 			return bfx_return_path(ctx, eth, ip, udp, data_end, s, gen, bytes);
 		return bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
 	}

@@ -196,11 +196,9 @@ class Reference:
                 return Outcome("PASS", 0, "pass_host")
             if ip.ihl + 8 <= ip.tot_len:
                 return self._return_path(frame, ip)  # which checks the UDP length
-            # Reported: the program takes a "UDP header" that lies beyond the IP
-            # length (in the Ethernet padding) for one and drops the packet as a
-            # malformed return packet; the contract says it is not a datagram to
-            # the FOU port, so the host's. Either way nothing is transmitted.
-            return Outcome("PASS", 0, "pass_host"), self._return_path(frame, ip)
+            # A "UDP header" beyond the IP length lies in the Ethernet padding:
+            # not a datagram to the FOU port, so the host's.
+            return Outcome("PASS", 0, "pass_host")
         if l4 is not None:
             rule = self.rule_for(ip.dst, l4.dport, ip.proto)
             if rule is not None:
