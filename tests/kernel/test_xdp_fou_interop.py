@@ -127,7 +127,7 @@ def test_kernel_fou_accepts_encap_and_xdp_decaps_kernel_fou(lab: Lab) -> None:
     t.start()
     cl = no_check(lab.client.socket())
     cl.bind((CLIENT_IP, 40000))
-    cl.settimeout(1)
+    cl.settimeout(5)  # TCG under load: echoes have come back over 1 s late
     got = []
     try:
         for n in range(10):
