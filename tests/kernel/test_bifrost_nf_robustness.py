@@ -165,7 +165,7 @@ def test_churning_sources_cannot_reset_a_busy_bucket(lab):
 
     def send(src: str) -> None:
         info = struct.pack("=I4s4s", 0, socket.inet_aton(src), bytes(4))
-        s.sendmsg([a2s.request("info")], [(socket.IPPROTO_IP, IP_PKTINFO, info)], SERVICE)
+        s.sendmsg([a2s.request("info")], [(socket.IPPROTO_IP, IP_PKTINFO, info)], 0, SERVICE)
 
     reader = threading.Thread(target=drain)
     reader.start()
