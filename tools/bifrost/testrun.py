@@ -12,6 +12,7 @@ ran no test, or when a kernel-tier test was skipped.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shlex
@@ -280,6 +281,9 @@ def run(tiers: tuple[str, ...] = TIERS, kernels: list[str] | None = None) -> int
     lines = kernel_lines()
     kernels = kernels or lines
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    if not os.access(RESULTS_DIR, os.W_OK):
+        # pytest would only find out when it writes its junit file, with a traceback.
+        raise PermissionError(errno.EACCES, "cannot write test results", str(RESULTS_DIR))
     for stale in RESULTS_DIR.glob("*.xml"):
         stale.unlink()
     results: list[TierResult] = []
