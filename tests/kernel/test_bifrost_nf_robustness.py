@@ -27,6 +27,7 @@ from cache_env import CLIENT_IP, GAME_PORT, POP_CLIENT_IP, PY
 from bifrost.abi import bifrost_nf as codec
 from bifrost.abi import fou_map as fm_codec
 from bifrost.bifrost_nf import a2s
+from bifrost_testing import topology
 
 pytestmark = pytest.mark.kernel
 SERVICE = (POP_CLIENT_IP, GAME_PORT)
@@ -138,7 +139,8 @@ def test_churning_sources_cannot_reset_a_busy_bucket(lab):
     3,840 one-shot sources (4,096 slots): some one-shot sources land on a busy
     slot and must be limited (before the fix every one of them was answered)."""
     lab.client.run(["ip", "route", "replace", "local", "10.80.0.0/16", "dev", "lo"])
-    lab.pop.run(["ip", "route", "replace", "10.80.0.0/16", "via", CLIENT_IP])
+    # The POP answers by its default route, the backbone router: it routes them on.
+    lab.nw.net.run(["ip", "route", "replace", "10.80.0.0/16", "via", topology.CLIENT_LINK_IP])
     heavy = [f"10.80.0.{i + 1}" for i in range(64)]
     churn = [f"10.80.{1 + i // 250}.{1 + i % 250}" for i in range(3840)]
     s = lab.client.socket()
@@ -201,7 +203,7 @@ def test_big_answer_reaches_a_client_behind_a_smaller_mtu(lab):
     was lost (counted as tx_errors); now it is fragmented and reassembled."""
     big = b"\xff\xff\xff\xffE" + bytes(range(256)) * 5 + b"r" * 115  # 1,400 bytes
     assert len(big) == 1400
-    lab.pop.run(["ip", "link", "set", "c0", "mtu", "1300"])
+    lab.pop.run(["ip", "link", "set", "eth0", "mtu", "1300"])  # the POP's one uplink
     lab.client.run(["ip", "link", "set", "eth0", "mtu", "1300"])
     try:
         with cache_env.open_in(lab.pop) as dev:
@@ -216,7 +218,7 @@ def test_big_answer_reaches_a_client_behind_a_smaller_mtu(lab):
                 assert s.recv(4096) == big
             after = dev.counters()
     finally:
-        lab.pop.run(["ip", "link", "set", "c0", "mtu", "1500"])
+        lab.pop.run(["ip", "link", "set", "eth0", "mtu", "1500"])
         lab.client.run(["ip", "link", "set", "eth0", "mtu", "1500"])
     assert after["tx_errors"] == before["tx_errors"]
     assert after["answers"] - before["answers"] == 1
