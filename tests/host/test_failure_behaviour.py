@@ -73,6 +73,8 @@ def _scratch_module(root: Path, warning: bool) -> None:
     without one added compiler warning in main.c."""
     dst = root / SCRATCH
     shutil.copytree(KMOD_DIR / "fou_map", dst, ignore=shutil.ignore_patterns("*.o", "*.ko*"))
+    # The staging copies kmod/common (the shared chardev header) into each tree.
+    shutil.copytree(KMOD_DIR / dkms.COMMON, root / dkms.COMMON, dirs_exist_ok=True)
     kbuild = (dst / "Kbuild").read_text()
     (dst / "Kbuild").write_text(kbuild.replace("fou_map", SCRATCH))
     if warning:
