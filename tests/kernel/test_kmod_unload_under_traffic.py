@@ -206,8 +206,11 @@ def test_unload_reload_200_times_under_traffic(tmp_path):
         assert sum(r.get("echoes", 0) for r in results) > 0
         rmmod_retry("bifrost_nf", "fou_map")
         # Objects freed by RCU callbacks go after a grace period: wait for the count.
-        assert topo.wait_for(lambda: not grown(slab0, slab_objects(), CYCLES // 2), 60), grown(
-            slab0, slab_objects(), CYCLES // 2
+        # A leak of anything per cycle grows a cache by CYCLES or more; the rest of
+        # the guest moves kmalloc caches too (6.12: kmalloc-96 +168 once), so less
+        # than one object per cycle is not counted as a leak.
+        assert topo.wait_for(lambda: not grown(slab0, slab_objects(), CYCLES - 1), 60), grown(
+            slab0, slab_objects(), CYCLES - 1
         )
     new = cache_env.dmesg()[len(before_dmesg) :]
     assert not cache_env.kernel_trouble(new), cache_env.kernel_trouble(new)
