@@ -268,8 +268,7 @@ def test_encap_csum_replies_keep_a_valid_outer_checksum():
     udp_set_csum() had already completed as if it were a pseudo-header seed, so POPs
     running the kernel's fou dropped the rewritten replies (UDP InCsumErrors)."""
     with topo.topology(cfg=TableConfig(ports=PORTS), encap_csum=True) as t:
-        for ifname in ("g1", "g2"):
-            checksum_offload_off(t.gs, ifname)
+        checksum_offload_off(t.gs, "eth0")  # the machine's one uplink to both POPs
         errs = [in_csum_errors(p) for p in t.pops]
         s = t.client_socket(0)
         assert t.echo_once(s), "via POP 1: the tunnel's own remote, no rewrite"
@@ -288,14 +287,25 @@ def test_packets_counted_exactly_from_two_cpus():
     send 20,000 packets each for one client."""
     with topo.topology(cfg=TableConfig(ports=PORTS), echo=False) as t:
         n = 20000
+        with t.fou_map() as fm:
+            rx0 = fm.counters()["rx_fou"]
         procs = [learner(t, 1, "10.99.0.55", n, step=0, cpu=cpu) for cpu in (0, 1)]
         for p in procs:
             out, _ = p.communicate(timeout=600)
             assert out.strip() == b"sent"
+        # The backbone's NAPI veth ring may drop some of a burst: count what arrived.
+        seen: list[int] = []
+
+        def settled() -> bool:
+            with t.fou_map() as fm:
+                seen.append(fm.counters()["rx_fou"] - rx0)
+            return len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]
+
+        assert topo.wait_for(settled, 60, step=0.5)
         with t.fou_map() as fm:
-            assert topo.wait_for(lambda: fm.counters()["rx_fou"] >= 2 * n, 30)
             [e] = [e for e in fm.dump() if str(e.client) == "10.99.0.55"]
-        assert e.packets == 2 * n
+        assert seen[-1] > n, seen  # both senders' packets overlapped in the module
+        assert e.packets == seen[-1]
 
 
 TRACING = Path("/sys/kernel/tracing")
