@@ -10,14 +10,13 @@ back, so there is no import cycle.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bifrost.bifrost_nf.config import CacheConfig
 from bifrost.bifrost_nf.config import parse as parse_cache
-from bifrost.config_schema import ConfigError, Reader
+from bifrost.config_schema import ConfigError, Reader, read_toml
 from bifrost.fou_map.config import FouMapConfig
 from bifrost.fou_map.config import parse as parse_fou_map
 from bifrost.paths import DEFAULT_CONFIG
@@ -53,17 +52,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
 
 
 def load(path: Path) -> Config:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file does not exist") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return parse(data, path)
+    return parse(read_toml(path, "config"), path)
 
 
 def load_for_cli(path: Path | None) -> Config:

@@ -8,7 +8,9 @@ It imports no schema, so ``bifrost.config`` can import every component's.
 from __future__ import annotations
 
 import ipaddress
+import tomllib
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -134,3 +136,18 @@ def port_of(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise ValueError("expected a port number 1..65535")
     return value
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The TOML table in path; a missing, unreadable or invalid file is a ConfigError
+    naming the file and saying which kind it is (what: "config", "inventory")."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} file does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read {what}: {e.strerror}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import paramiko
 
 from bifrost import config as hostconfig
-from bifrost.config_schema import ConfigError, Reader
+from bifrost.config_schema import ConfigError, Reader, read_toml
 
 ROLES = ("pop", "gameserver")
 
@@ -158,14 +157,4 @@ def parse(data: dict[str, Any], source: Path) -> Inventory:
 
 
 def load(path: Path) -> Inventory:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: inventory file does not exist") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read inventory: {e.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return parse(data, path.resolve())
+    return parse(read_toml(path, "inventory"), path.resolve())
