@@ -163,7 +163,7 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 		return bfx_count(id, BFX_DROP_RATE_LIMIT, bytes, XDP_DROP);
 
 	bits = bfx_rule_module_bits(gen, id);
-	if (bits && !bfx_modules_forward(bits, ip, l4, data_end, s))
+	if (bits && !bfx_modules_forward(bits, ip, l4, data_end, s, id))
 		return bfx_count(id, BFX_DROP_MODULE, bytes, XDP_DROP);
 
 	if ((rule->flags & BFX_RULE_CACHE) && ip->protocol == IPPROTO_UDP &&

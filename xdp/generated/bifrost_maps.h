@@ -14,6 +14,7 @@
 #define BFX_MOD_SRCDS 1	/* rule_modules bit: srcds */
 #define BFX_MOD_RUST 2	/* rule_modules bit: rust */
 #define BFX_MOD_UE3 4	/* rule_modules bit: ue3 */
+#define BFX_MOD_STEAM 8	/* rule_modules bit: steam */
 #define BFX_SET_HAVE_FIREWALL 1	/* settings flag: firewall trie not empty */
 #define BFX_FW_ALLOW 1	/* firewall value: allow-listed source */
 #define BFX_FW_BLOCK 2	/* firewall value: block-listed source */
@@ -33,6 +34,8 @@
 #define BFX_MAX_RATE_SOURCES 131072	/* LRU: (source, rule) buckets */
 #define BFX_MAX_NEXTHOPS 65536	/* LRU: destination -> MACs cache */
 #define BFX_MAX_SRCDS_CLIENTS 131072	/* LRU: validated SRCDS clients */
+#define BFX_MAX_GAME_CLIENTS 131072	/* LRU: validated rust/steam/ue3 clients */
+#define BFX_GAME_HANDSHAKE_PPS 1024	/* unvalidated handshakes per rule and CPU */
 
 /* Why a packet ended where it did: one counter per (rule, reason). */
 enum bfx_reason {

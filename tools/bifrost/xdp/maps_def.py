@@ -82,8 +82,9 @@ class GameModule:
 
 GAME_MODULES: tuple[GameModule, ...] = (
     GameModule("srcds", 1 << 0, "SRCDS_HANDSHAKE"),
-    GameModule("rust", 1 << 1, None),
-    GameModule("ue3", 1 << 2, None),
+    GameModule("rust", 1 << 1, "RUST_HANDSHAKE"),  # RakNet or Steam networking
+    GameModule("ue3", 1 << 2, "UE3_HANDSHAKE"),  # Unreal: UE4's stateless handshake
+    GameModule("steam", 1 << 3, "STEAM_HANDSHAKE"),  # Steam networking (CS2)
 )
 # What the config accepts: the modules the program implements.
 AVAILABLE_MODULES = {m.name: m for m in GAME_MODULES if m.define}
@@ -117,6 +118,10 @@ MAX_PREFIXES = 16384  # per list; the firewall trie holds both
 MAX_RATE_SOURCES = 131072
 MAX_NEXTHOPS = 65536
 MAX_SRCDS_CLIENTS = 131072
+MAX_GAME_CLIENTS = 131072  # validated clients of the rust, steam and ue3 modules
+# Handshake packets from clients not yet validated, per rule and CPU, a second's worth
+# of burst (rust, steam, ue3): what a spoofed-handshake flood gets to the game server.
+GAME_HANDSHAKE_PPS = 1024
 
 CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("NR_REASONS", len(REASONS), "counters per rule"),
@@ -141,6 +146,8 @@ CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("MAX_RATE_SOURCES", MAX_RATE_SOURCES, "LRU: (source, rule) buckets"),
     ("MAX_NEXTHOPS", MAX_NEXTHOPS, "LRU: destination -> MACs cache"),
     ("MAX_SRCDS_CLIENTS", MAX_SRCDS_CLIENTS, "LRU: validated SRCDS clients"),
+    ("MAX_GAME_CLIENTS", MAX_GAME_CLIENTS, "LRU: validated rust/steam/ue3 clients"),
+    ("GAME_HANDSHAKE_PPS", GAME_HANDSHAKE_PPS, "unvalidated handshakes per rule and CPU"),
 )
 
 F = Field

@@ -1,0 +1,117 @@
+"""Game modules from the config to the program: rules enable them by name, the
+unvalidated-handshake budget caps a spoofed handshake flood per rule, and a module
+not compiled in does nothing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import game_fixtures as gf
+import pytest
+from xdp_harness import CLIENT, GS, Xdp, client_frame, loaded
+from xdp_modules_harness import (
+    ALL_MODULES,
+    GAMES,
+    RUST_PORT,
+    from_service,
+    games_loaded,
+    rule_id,
+    send_forward,
+    send_return,
+    to_service,
+)
+
+from bifrost import config as host_config
+from bifrost.xdp import libbpf, maps, maps_def
+
+pytestmark = pytest.mark.bpf
+
+
+@pytest.fixture
+def xdp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xdp]:
+    with games_loaded(tmp_path_factory.mktemp("games")) as x:
+        yield x
+
+
+def test_rules_enable_modules_through_the_config(xdp: Xdp, tmp_path: Path) -> None:
+    """A TOML [xdp] section naming each module: parsed, applied, each rule's bit set."""
+    toml = tmp_path / "bifrost.toml"
+    toml.write_text(
+        '[xdp]\nmodules = ["srcds", "rust", "steam", "ue3"]\npop_address = "198.51.100.1"\n'
+        + "".join(
+            f'[[xdp.rule]]\nname = "{name}"\nanycast = "198.51.100.10"\nports = [{port}]\n'
+            f'game_server = "10.0.0.2"\nmodules = {mods}\n'
+            for name, port, mods in (
+                ("rust", 28015, '["rust"]'),
+                ("cs2", 27015, '["steam"]'),
+                ("unreal", 7777, '["ue3"]'),
+                ("both", 28016, '["rust", "steam"]'),
+            )
+        )
+    )
+    cfg = host_config.load(toml).xdp
+    assert cfg is not None
+    xdp.apply(cfg)
+    ids = {n: i for i, n in maps.rule_names(xdp.ms, cfg).items()}
+    in_force = maps.in_force(xdp.ms, "rule_modules")
+    unpack = maps_def.BY_NAME["rule_modules"].unpack
+    bits = {name: unpack(in_force[i.to_bytes(4, "little")])["bits"] for name, i in ids.items()}
+    b = maps_def.MODULE_BITS
+    assert bits == {
+        "rust": b["rust"],
+        "cs2": b["steam"],
+        "unreal": b["ue3"],
+        "both": b["rust"] | b["steam"],
+    }
+    # And they act: an unvalidated RakNet data packet to the rust rule is dropped.
+    verdict = xdp.run(client_frame(to_service(gf.raknet_datagram(), 28015))).verdict
+    assert verdict == "DROP"
+    assert xdp.counts()[(ids["rust"], "drop_module")] == 1
+
+
+def test_handshake_budget_caps_unvalidated_handshakes(xdp: Xdp) -> None:
+    """GAME_HANDSHAKE_PPS per rule and CPU (a second's burst), no per-source state.
+
+    RakNet's 1492-byte MTU probe is forwarded by the module and then dropped as too
+    big for the 1500-byte link (drop_too_big, the frame unchanged), so one
+    BPF_PROG_TEST_RUN repeats it on one CPU and the counters split module vs. budget.
+    """
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    rid = rule_id(xdp, "rust")
+    n = 3 * maps_def.GAME_HANDSHAKE_PPS
+    frames = [client_frame(to_service(gf.raknet_request1(1492), RUST_PORT, src=f"192.0.2.{i}"))
+              for i in (60, 61)]  # fmt: skip
+    res = xdp.run(frames[0])
+    assert res.verdict == "DROP" and xdp.counts()[(rid, "drop_too_big")] == 1
+    res = libbpf.test_run(xdp.prog, frames[1], repeat=n)
+    counts = xdp.counts()
+    passed, refused = counts[(rid, "drop_too_big")] - 1, counts.get((rid, "drop_module"), 0)
+    assert passed + refused == n
+    # The full burst passes, then only what refilled during the run (µs-ns per packet).
+    refill = res.duration_ns * n * maps_def.GAME_HANDSHAKE_PPS // 10**9 + 1
+    assert maps_def.GAME_HANDSHAKE_PPS - 1 <= passed <= maps_def.GAME_HANDSHAKE_PPS + refill
+    assert refused >= n - maps_def.GAME_HANDSHAKE_PPS - refill
+    # No per-source state: the flood inserted nothing anywhere.
+    assert list(xdp.ms["game_clients"].keys()) == []
+    assert list(xdp.ms["rate_limit"].keys()) == []
+    # A validated client is not charged: its data passes while the budget is empty.
+    reply2 = gf.raknet_reply2(CLIENT, 40000)
+    assert send_return(xdp, GS, from_service(reply2, RUST_PORT))[0] == "TX"
+    game = GAMES["rust-raknet"]
+    for _ in range(10):
+        assert send_forward(xdp, game, game.data)[0] == "TX"
+
+
+def test_module_not_compiled_in_is_inert(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """An object built with srcds only: no game_clients map; the rust bit does nothing."""
+    with loaded(tmp_path_factory.mktemp("srcds-only"), modules=("srcds",)) as x:
+        assert "game_clients" not in x.ms and "game_handshake_budget" not in x.ms
+        x.ms["rule_modules"].update(
+            (1).to_bytes(4, "little"),
+            maps_def.BY_NAME["rule_modules"].pack(bits=maps_def.MODULE_BITS["rust"]),
+        )
+        frame = client_frame(to_service(gf.raknet_datagram(), 27015))
+        assert x.run(frame).verdict == "TX"
+    assert set(ALL_MODULES) == set(maps_def.AVAILABLE_MODULES)

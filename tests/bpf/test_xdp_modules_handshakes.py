@@ -1,0 +1,118 @@
+"""Game modules rust, steam and ue3 through BPF_PROG_TEST_RUN: a fixture table per game.
+
+Before validation a client gets only well-formed handshake packets through; each
+malformed variant is dropped and counted under the rule's drop_module. Only the game
+server's reply that proves the address (RakNet reply 2, Steam ConnectOK, Unreal's
+challenge ack), relayed by the return path, validates the client: for that service
+and client port only; one from elsewhere or for another rule validates nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from xdp_harness import CLIENT, GS, VIP, VIP2, Xdp
+from xdp_modules_harness import (
+    CLIENT_PORT,
+    GAMES,
+    GS_OTHER,
+    OTHER_PORT,
+    RULE_OTHER,
+    Game,
+    client_key,
+    from_service,
+    games_loaded,
+    rule_id,
+    send_forward,
+    send_return,
+)
+
+from bifrost.xdp import maps_def
+
+pytestmark = pytest.mark.bpf
+
+
+@pytest.fixture
+def xdp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xdp]:
+    with games_loaded(tmp_path_factory.mktemp("games")) as x:
+        yield x
+
+
+@pytest.fixture(params=sorted(GAMES))
+def game(request: pytest.FixtureRequest) -> Game:
+    return GAMES[request.param]
+
+
+def test_handshakes_forwarded_before_validation(xdp: Xdp, game: Game) -> None:
+    for name, payload in game.handshakes.items():
+        verdict, moved = send_forward(xdp, game, payload)
+        assert (verdict, moved) == ("TX", {(rule_id(xdp, game.rule), "tx_forward"): 1}), name
+    assert xdp.ms["game_clients"].lookup(client_key(CLIENT, CLIENT_PORT, VIP, game.port)) is None
+
+
+def test_malformed_dropped_and_counted(xdp: Xdp, game: Game) -> None:
+    for name, payload in game.malformed.items():
+        verdict, moved = send_forward(xdp, game, payload)
+        assert (verdict, moved) == ("DROP", {(rule_id(xdp, game.rule), "drop_module"): 1}), name
+    # Positive control: the same client's well-formed handshake still passes.
+    first = next(iter(game.handshakes.values()))
+    assert send_forward(xdp, game, first)[0] == "TX"
+
+
+def test_validated_by_the_servers_proof_only(xdp: Xdp, game: Game) -> None:
+    assert send_forward(xdp, game, game.data) == (
+        "DROP",
+        {(rule_id(xdp, game.rule), "drop_module"): 1},
+    )
+    # Server replies that are not the proof are relayed and validate nothing.
+    for name, payload in game.not_proof.items():
+        verdict, moved = send_return(xdp, GS, from_service(payload, game.port))
+        assert (verdict, moved) == ("TX", {(rule_id(xdp, game.rule), "tx_return"): 1}), name
+        assert send_forward(xdp, game, game.data)[0] == "DROP", f"validated by {name}"
+    verdict, _ = send_return(xdp, GS, from_service(game.proof(CLIENT, CLIENT_PORT), game.port))
+    assert verdict == "TX"
+    assert send_forward(xdp, game, game.data) == (
+        "TX",
+        {(rule_id(xdp, game.rule), "tx_forward"): 1},
+    )
+    # That client port only: another port of the same address is another connection.
+    other = send_forward(xdp, game, game.data, sport=CLIENT_PORT + 1)
+    assert other == ("DROP", {(rule_id(xdp, game.rule), "drop_module"): 1})
+    # Expiry (xdp.srcds_ttl_s applies to every module): aged out, unvalidated again.
+    key = client_key(CLIENT, CLIENT_PORT, VIP, game.port)
+    assert xdp.ms["game_clients"].lookup(key) is not None
+    xdp.ms["game_clients"].update(key, maps_def.BY_NAME["srcds_state"].pack(expires_ns=1))
+    assert send_forward(xdp, game, game.data)[0] == "DROP"
+
+
+def test_spoofed_validation_attempts_validate_nothing(xdp: Xdp, game: Game) -> None:
+    proof = game.proof(CLIENT, CLIENT_PORT)
+    attempts = {
+        # Outer source not a game server: dropped before any module sees it.
+        "from a non-game-server": ("192.0.2.77", from_service(proof, game.port), "drop_unknown_gs"),
+        # Another rule's game server claiming this service: the relay check drops it.
+        "from another rule's server": (GS_OTHER, from_service(proof, game.port), "drop_relay"),
+        # The pop's own address as the outer source.
+        "from the POP itself": ("198.51.100.1", from_service(proof, game.port), "drop_unknown_gs"),
+    }
+    for name, (outer, inner, reason) in attempts.items():
+        verdict, moved = send_return(xdp, outer, inner)
+        assert (verdict, moved) == ("DROP", {(0, reason): 1}), name
+        assert send_forward(xdp, game, game.data)[0] == "DROP", f"validated {name}"
+    # The other rule's own server validating the client for ITS service (VIP2, rust):
+    # relayed, and it validates nothing for this rule.
+    other = from_service(proof, OTHER_PORT, vip=VIP2)
+    verdict, moved = send_return(xdp, GS_OTHER, other)
+    assert (verdict, moved) == ("TX", {(rule_id(xdp, RULE_OTHER), "tx_return"): 1})
+    assert send_forward(xdp, game, game.data) == (
+        "DROP",
+        {(rule_id(xdp, game.rule), "drop_module"): 1},
+    )
+    # The proof for another client validates that client, not this one.
+    elsewhere = from_service(game.proof("192.0.2.99", CLIENT_PORT), game.port, dst="192.0.2.99")
+    send_return(xdp, GS, elsewhere)  # relayed or not (no next hop for it): no matter
+    assert send_forward(xdp, game, game.data)[0] == "DROP"
+    # Positive control: the real proof from the real server does validate.
+    assert send_return(xdp, GS, from_service(proof, game.port))[0] == "TX"
+    assert send_forward(xdp, game, game.data)[0] == "TX"

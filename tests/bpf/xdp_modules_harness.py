@@ -1,0 +1,275 @@
+"""The game-module tests' program, config and per-game case table (see game_fixtures).
+
+Rules, one per module, all on VIP and game server GS, and one more "rust" rule on VIP2
+served by GS_OTHER: its server's replies must validate nothing for the first ones.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import game_fixtures as gf
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from xdp_harness import (
+    CLIENT,
+    CLIENT_DMAC,
+    GS,
+    NH_SMAC,
+    VIP,
+    VIP2,
+    Xdp,
+    client_frame,
+    expected_encap,
+    fou_frame,
+    loaded,
+    make_config,
+)
+
+from bifrost.xdp import maps, maps_def
+from bifrost.xdp.config import Rule, XdpConfig
+
+ALL_MODULES = ("srcds", "rust", "steam", "ue3")
+GS_OTHER = "10.0.0.3"  # GS_SRCDS in xdp_harness: has a next hop there
+CLIENT_PORT = 40000
+RUST_PORT, CS2_PORT, UE_PORT, OTHER_PORT = 28015, 27015, 7777, 28015
+RULE_RUST, RULE_STEAM, RULE_UE, RULE_OTHER = "rust", "cs2", "unreal", "rust-other"
+
+
+def _rule(rid: int, name: str, vip: str, port: int, gs: str, modules: tuple[str, ...]) -> Rule:
+    a = ipaddress.IPv4Address
+    return Rule(rid, name, a(vip), ((port, port),), "udp", a(gs), 5555, False, modules, 0, 0)
+
+
+def games_config() -> XdpConfig:
+    return replace(
+        make_config(modules=ALL_MODULES),
+        block=(),
+        allow=(),
+        rules=(
+            _rule(1, RULE_RUST, VIP, RUST_PORT, GS, ("rust",)),
+            _rule(2, RULE_STEAM, VIP, CS2_PORT, GS, ("steam",)),
+            _rule(3, RULE_UE, VIP, UE_PORT, GS, ("ue3",)),
+            _rule(4, RULE_OTHER, VIP2, OTHER_PORT, GS_OTHER, ("rust",)),
+        ),
+    )
+
+
+@contextmanager
+def games_loaded(tmp: Path) -> Iterator[Xdp]:
+    """The program with every module compiled in and games_config() applied."""
+    with loaded(tmp, modules=ALL_MODULES) as x:
+        x.apply(games_config())
+        yield x
+
+
+def to_service(payload: bytes, port: int, src: str = CLIENT, sport: int = CLIENT_PORT) -> IP:
+    return IP(src=src, dst=VIP) / UDP(sport=sport, dport=port) / payload
+
+
+def from_service(
+    payload: bytes, port: int, dst: str = CLIENT, dport: int = CLIENT_PORT, vip: str = VIP
+) -> IP:
+    return IP(src=vip, dst=dst) / UDP(sport=port, dport=dport) / payload
+
+
+def decap_of(inner: IP) -> bytes:
+    return bytes(Ether(src=NH_SMAC, dst=CLIENT_DMAC) / inner)
+
+
+@dataclass(frozen=True)
+class Game:
+    """What one module must do, as fixture payloads."""
+
+    module: str
+    rule: str  # its name: ids are allocated by name (see rule_id)
+    port: int
+    handshakes: dict[str, bytes]  # client -> server before validation: forwarded
+    malformed: dict[str, bytes]  # client -> server before validation: dropped
+    not_proof: dict[str, bytes]  # server -> client, relayed, validates nothing
+    proof: Callable[[str, int], bytes]  # server -> client (address, port): validates
+    data: bytes  # client -> server after validation
+
+
+def _raknet_request2() -> bytes:
+    return gf.raknet_request2("198.51.100.10", RUST_PORT)
+
+
+def _flip(payload: bytes, at: int, mask: int = 0x01) -> bytes:
+    b = bytearray(payload)
+    b[at] ^= mask
+    return bytes(b)
+
+
+RAKNET_HANDSHAKES = {
+    "ping": gf.raknet_ping(),
+    "ping open connections": gf.raknet_ping(open_connections=True),
+    "request 1 mtu 1200": gf.raknet_request1(1200),
+    "request 1 mtu 576": gf.raknet_request1(576),
+    "request 2": _raknet_request2(),
+    "a2s info (unbudgeted, as without a module)": gf.A2S_INFO,
+}
+RAKNET_MALFORMED = {
+    "ping truncated": gf.raknet_ping()[:32],
+    "ping padded": gf.raknet_ping() + b"\x00",
+    "ping bad magic": _flip(gf.raknet_ping(), 9 + 15),
+    "request 1 not a probed mtu": gf.raknet_request1(1000),
+    "request 1 bad magic": _flip(gf.raknet_request1(576), 1),
+    "request 2 with cookie (security)": _raknet_request2()[:17]
+    + b"\x00\x00\x00\x01\x00"
+    + _raknet_request2()[17:],
+    "request 2 ipv6 binding address": _flip(_raknet_request2(), 17, 0x02),
+    "request 2 truncated": _raknet_request2()[:33],
+    "reply 1 from a client": gf.raknet_reply1(),
+    "connected datagram": gf.raknet_datagram(),
+    "empty": b"",
+    "unknown id": b"\x13" + gf.RAKNET_MAGIC + bytes(17),
+}
+STEAM_HANDSHAKES = {
+    "challenge request": gf.steam_challenge_request(),
+    "challenge request 1300": gf.steam_challenge_request(1300),
+    "connect request": gf.steam_connect_request(),
+    "connection closed": gf.steam_connection_closed(),
+    "no connection": gf.steam_no_connection(),
+    "a2s info (unbudgeted, as without a module)": gf.A2S_INFO,
+}
+STEAM_MALFORMED = {
+    "challenge request unpadded": gf.steam_challenge_request(100),
+    "challenge request 511": gf.steam_challenge_request(512)[:511],
+    "challenge request over 1300": gf.steam_challenge_request(1301),
+    "challenge request no connection id": _flip(gf.steam_challenge_request(), 3, 0x08),
+    "challenge request length 0": gf.steam_challenge_request()[:1]
+    + b"\x00\x00"
+    + gf.steam_challenge_request()[3:],
+    "challenge request length past the end": gf.steam_challenge_request()[:1]
+    + (510).to_bytes(2, "little")
+    + gf.steam_challenge_request()[3:],
+    "connect request no challenge": gf.steam_connect_request()[:6]
+    + b"\x19"
+    + gf.steam_connect_request()[7:],
+    "connect request truncated": gf.steam_connect_request()[:14],
+    "connect ok from a client": gf.steam_connect_ok(),
+    "challenge reply from a client": gf.steam_challenge_reply(),
+    "no connection too long": gf.steam_no_connection() + b"\x00",
+    "data packet": gf.steam_data(),
+    "4 bytes": b"\x20\x00\x00\x0d",
+    "a2s info padded": gf.A2S_INFO + b"\x00",
+}
+UE_MALFORMED = {
+    "data packet": gf.ue_data(),
+    "no handshake bit": _flip(gf.ue_connect(), 0),
+    "no termination bit": gf.ue_connect()[:28] + b"\x00",
+    "bits after the termination bit": _flip(gf.ue_connect(), 28, 0x10),
+    "one byte short": gf.ue_connect()[:28],
+    "one byte long": gf.ue_connect() + b"\x00",
+    "restart request from a client": gf.ue_restart_request(),
+    "restart response truncated": gf.ue_restart_response()[:48],
+    "empty": b"",
+}
+
+GAMES: dict[str, Game] = {
+    "rust-raknet": Game(
+        "rust",
+        RULE_RUST,
+        RUST_PORT,
+        RAKNET_HANDSHAKES,
+        RAKNET_MALFORMED,
+        {
+            "reply 1": gf.raknet_reply1(),
+            "pong": b"\x1c" + bytes(16) + gf.RAKNET_MAGIC + b"rust",
+            "reply 2 with security": gf.raknet_reply2(CLIENT, CLIENT_PORT, security=True),
+            "reply 2 naming another client": gf.raknet_reply2("192.0.2.99", CLIENT_PORT),
+            "reply 2 naming another port": gf.raknet_reply2(CLIENT, CLIENT_PORT + 1),
+            "reply 2 padded": gf.raknet_reply2(CLIENT, CLIENT_PORT) + b"\x00",
+        },
+        gf.raknet_reply2,
+        gf.raknet_datagram(),
+    ),
+    "rust-steam": Game(
+        "rust",
+        RULE_RUST,
+        RUST_PORT,
+        STEAM_HANDSHAKES,
+        {},
+        {"challenge reply": gf.steam_challenge_reply()},
+        lambda addr, port: gf.steam_connect_ok(),
+        gf.steam_data(),
+    ),
+    "steam": Game(
+        "steam",
+        RULE_STEAM,
+        CS2_PORT,
+        STEAM_HANDSHAKES,
+        {**STEAM_MALFORMED, "raknet request 2": _raknet_request2()},
+        {
+            "challenge reply": gf.steam_challenge_reply(),
+            "connect ok without connection id": gf.steam_connect_ok()[:1]
+            + b"\x15"
+            + gf.steam_connect_ok()[2:],
+            "raknet reply 2": gf.raknet_reply2(CLIENT, CLIENT_PORT),
+        },
+        lambda addr, port: gf.steam_connect_ok(),
+        gf.steam_data(),
+    ),
+    "ue": Game(
+        "ue3",
+        RULE_UE,
+        UE_PORT,
+        {
+            "connect": gf.ue_connect(),
+            "challenge response": gf.ue_challenge_response(),
+            "restart response": gf.ue_restart_response(),
+        },
+        UE_MALFORMED,
+        {
+            "challenge": gf.ue_challenge(),
+            "restart request": gf.ue_restart_request(),
+            "ack with timestamp -2": gf.ue_handshake(secret=1, timestamp=-2.0),
+            "ack as a restart response": gf.ue_handshake(
+                secret=1, timestamp=-1.0, orig_cookie=bytes(20)
+            ),
+        },
+        lambda addr, port: gf.ue_challenge_ack(),
+        gf.ue_data(),
+    ),
+}
+
+
+def rule_id(xdp: Xdp, name: str) -> int:
+    """The id the program counts a rule under (allocated by name, not position)."""
+    return {n: i for i, n in maps.rule_names(xdp.ms, games_config()).items()}[name]
+
+
+def delta(xdp: Xdp, before: dict[tuple[int, str], int]) -> dict[tuple[int, str], int]:
+    """Counters that moved since before."""
+    after = xdp.counts()
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+def send_forward(xdp: Xdp, game: Game, payload: bytes, **kw) -> tuple[str, dict]:
+    """A client datagram to the game's service: (verdict, counters moved)."""
+    before = xdp.counts()
+    inner = to_service(payload, game.port, **kw)
+    res = xdp.run(client_frame(inner))
+    if res.verdict == "TX":
+        assert res.data == expected_encap(bytes(inner), GS), "forwarded as FOU to GS"
+    return res.verdict, delta(xdp, before)
+
+
+def send_return(xdp: Xdp, gs: str, inner: IP) -> tuple[str, dict]:
+    """A FOU packet from gs carrying inner: (verdict, counters moved)."""
+    before = xdp.counts()
+    res = xdp.run(fou_frame(gs, inner))
+    if res.verdict == "TX":
+        assert res.data == decap_of(inner)
+    return res.verdict, delta(xdp, before)
+
+
+def client_key(client: str, port: int, service: str = VIP, service_port: int = 0) -> bytes:
+    return maps_def.BY_NAME["srcds_key"].pack(
+        client=client, service=service, client_port=port, service_port=service_port
+    )
