@@ -1,6 +1,7 @@
 """Game modules from the config to the program: rules enable them by name, the
-unvalidated-handshake budget caps a spoofed handshake flood per rule, and a module
-not compiled in does nothing."""
+unvalidated-handshake budget caps a spoofed handshake flood per rule, the validated
+clients' table fills without evicting a live client, and a module not compiled in
+does nothing."""
 
 from __future__ import annotations
 
@@ -10,16 +11,21 @@ from pathlib import Path
 
 import game_fixtures as gf
 import pytest
-from xdp_harness import CLIENT, GS, Xdp, client_frame, loaded
+from xdp_harness import CLIENT, GS, VIP, Xdp, client_frame, loaded
 from xdp_modules_harness import (
     ALL_MODULES,
     GAMES,
     RUST_PORT,
+    client_key,
     from_service,
+    game_clients,
+    game_set_index,
     games_loaded,
     rule_id,
     send_forward,
     send_return,
+    set_expiry,
+    set_flags,
     to_service,
 )
 
@@ -94,7 +100,8 @@ def test_handshake_budget_caps_unvalidated_handshakes(xdp: Xdp) -> None:
     assert maps_def.GAME_HANDSHAKE_PPS - 1 <= passed <= maps_def.GAME_HANDSHAKE_PPS + refill
     assert refused >= n - maps_def.GAME_HANDSHAKE_PPS - refill
     # No per-source state: the flood inserted nothing anywhere.
-    assert list(xdp.ms["game_clients"].keys()) == []
+    assert game_clients(xdp) == {}
+    assert list(xdp.ms["game_clients_overflow"].keys()) == []
     assert list(xdp.ms["rate_limit"].keys()) == []
     # A validated client is not charged: its data passes while the budget is empty.
     reply2 = gf.raknet_reply2(CLIENT, 40000)
@@ -115,3 +122,34 @@ def test_module_not_compiled_in_is_inert(tmp_path_factory: pytest.TempPathFactor
         frame = client_frame(to_service(gf.raknet_datagram(), 27015))
         assert x.run(frame).verdict == "TX"
     assert set(ALL_MODULES) == set(maps_def.AVAILABLE_MODULES)
+
+
+def test_full_set_overflows_and_never_replaces_a_live_client(xdp: Xdp) -> None:
+    """Six clients whose keys share a set: four ways there, two in the overflow LRU (the
+    set marked), all six validated; an expired way is reused before the overflow."""
+    by_set: dict[int, list[int]] = {}
+    for port in range(1024, 65536):
+        by_set.setdefault(game_set_index(CLIENT, port, VIP, RUST_PORT), []).append(port)
+    idx, ports = next((i, p[:7]) for i, p in by_set.items() if len(p) >= 7)
+    game = GAMES["rust-raknet"]
+
+    def validate(port: int) -> None:
+        send_return(xdp, GS, from_service(gf.raknet_reply2(CLIENT, port), RUST_PORT, dport=port))
+
+    for port in ports[:6]:
+        validate(port)
+    ways = game_clients(xdp)
+    assert {k[1] for k in ways} == set(ports[:4]) and {w.set for w in ways.values()} == {idx}
+    assert set_flags(xdp, idx) & maps_def.GAME_SET_OVERFLOW
+    overflow = {client_key(CLIENT, p, VIP, RUST_PORT) for p in ports[4:6]}
+    assert set(xdp.ms["game_clients_overflow"].keys()) == overflow
+    for port in ports[:6]:
+        assert send_forward(xdp, game, game.data, sport=port)[0] == "TX", port
+    assert send_forward(xdp, game, game.data, sport=ports[6])[0] == "DROP"
+    # Expire the first way: the seventh client takes it, not the overflow.
+    set_expiry(xdp, ways[(CLIENT, ports[0], VIP, RUST_PORT)], 1)
+    validate(ports[6])
+    assert (CLIENT, ports[6], VIP, RUST_PORT) in game_clients(xdp)
+    assert len(list(xdp.ms["game_clients_overflow"].keys())) == 2
+    assert send_forward(xdp, game, game.data, sport=ports[6])[0] == "TX"
+    assert send_forward(xdp, game, game.data, sport=ports[0])[0] == "DROP", "expired"

@@ -20,15 +20,14 @@ from xdp_modules_harness import (
     OTHER_PORT,
     RULE_OTHER,
     Game,
-    client_key,
     from_service,
+    game_clients,
     games_loaded,
     rule_id,
     send_forward,
     send_return,
+    set_expiry,
 )
-
-from bifrost.xdp import maps_def
 
 pytestmark = pytest.mark.bpf
 
@@ -48,7 +47,7 @@ def test_handshakes_forwarded_before_validation(xdp: Xdp, game: Game) -> None:
     for name, payload in game.handshakes.items():
         verdict, moved = send_forward(xdp, game, payload)
         assert (verdict, moved) == ("TX", {(rule_id(xdp, game.rule), "tx_forward"): 1}), name
-    assert xdp.ms["game_clients"].lookup(client_key(CLIENT, CLIENT_PORT, VIP, game.port)) is None
+    assert game_clients(xdp) == {}, "no handshake validates"
 
 
 def test_malformed_dropped_and_counted(xdp: Xdp, game: Game) -> None:
@@ -80,9 +79,8 @@ def test_validated_by_the_servers_proof_only(xdp: Xdp, game: Game) -> None:
     other = send_forward(xdp, game, game.data, sport=CLIENT_PORT + 1)
     assert other == ("DROP", {(rule_id(xdp, game.rule), "drop_module"): 1})
     # Expiry (xdp.srcds_ttl_s applies to every module): aged out, unvalidated again.
-    key = client_key(CLIENT, CLIENT_PORT, VIP, game.port)
-    assert xdp.ms["game_clients"].lookup(key) is not None
-    xdp.ms["game_clients"].update(key, maps_def.BY_NAME["srcds_state"].pack(expires_ns=1))
+    assert set(game_clients(xdp)) == {(CLIENT, CLIENT_PORT, VIP, game.port)}
+    set_expiry(xdp, game_clients(xdp)[(CLIENT, CLIENT_PORT, VIP, game.port)], 1)
     assert send_forward(xdp, game, game.data)[0] == "DROP"
 
 

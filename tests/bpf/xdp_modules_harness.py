@@ -7,6 +7,7 @@ served by GS_OTHER: its server's replies must validate nothing for the first one
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -269,7 +270,57 @@ def send_return(xdp: Xdp, gs: str, inner: IP) -> tuple[str, dict]:
     return res.verdict, delta(xdp, before)
 
 
+def game_set_index(client: str, port: int, service: str, service_port: int) -> int:
+    a = ipaddress.IPv4Address
+    return maps_def.game_set_index(a(client).packed, port, a(service).packed, service_port)
+
+
+@dataclass(frozen=True)
+class Way:
+    """A validated-clients table entry: where it is and until when."""
+
+    set: int
+    way: int
+    expires_ns: int
+
+
+def game_clients(xdp: Xdp) -> dict[tuple[str, int, str, int], Way]:
+    """(client, port, service, service port) -> its way, for every used way."""
+    st = maps_def.BY_NAME["game_client_set"]
+
+    def addr(u32: int) -> str:
+        return str(ipaddress.IPv4Address(u32.to_bytes(4, "little")))
+
+    out = {}
+    for idx, raw in xdp.ms["game_clients"].nonzero(maps_def.GAME_CLIENT_SETS).items():
+        v = st.unpack(raw)
+        for w in range(maps_def.GAME_CLIENT_WAYS):
+            if v["expires_ns"][w]:
+                cport, sport = struct.unpack("!HH", v["ports"][w].to_bytes(4, "little"))
+                key = (addr(v["client"][w]), cport, addr(v["service"][w]), sport)
+                out[key] = Way(idx, w, v["expires_ns"][w])
+    return out
+
+
+def set_expiry(xdp: Xdp, way: Way, expires_ns: int) -> None:
+    st = maps_def.BY_NAME["game_client_set"]
+    key = way.set.to_bytes(4, "little")
+    raw = xdp.ms["game_clients"].lookup(key)
+    assert raw is not None
+    v = st.unpack(raw)
+    exp = list(v["expires_ns"])
+    exp[way.way] = expires_ns
+    xdp.ms["game_clients"].update(key, st.pack(**{**v, "expires_ns": exp}))
+
+
+def set_flags(xdp: Xdp, set_idx: int) -> int:
+    raw = xdp.ms["game_clients"].lookup(set_idx.to_bytes(4, "little"))
+    assert raw is not None
+    return int(maps_def.BY_NAME["game_client_set"].unpack(raw)["flags"])
+
+
 def client_key(client: str, port: int, service: str = VIP, service_port: int = 0) -> bytes:
+    """A game_clients_overflow key."""
     return maps_def.BY_NAME["srcds_key"].pack(
         client=client, service=service, client_port=port, service_port=service_port
     )

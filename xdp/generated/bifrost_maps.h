@@ -34,7 +34,10 @@
 #define BFX_MAX_RATE_SOURCES 131072	/* LRU: (source, rule) buckets */
 #define BFX_MAX_NEXTHOPS 65536	/* LRU: destination -> MACs cache */
 #define BFX_MAX_SRCDS_CLIENTS 131072	/* LRU: validated SRCDS clients */
-#define BFX_MAX_GAME_CLIENTS 131072	/* LRU: validated rust/steam/ue3 clients */
+#define BFX_GAME_CLIENT_WAYS 4	/* validated clients per game_client_set */
+#define BFX_GAME_CLIENT_SETS 32768	/* game_clients sets (power of two) */
+#define BFX_MAX_GAME_CLIENTS_OVERFLOW 16384	/* LRU: a full set's clients */
+#define BFX_GAME_SET_OVERFLOW 1	/* game_client_set flag: look in the overflow */
 #define BFX_GAME_HANDSHAKE_PPS 1024	/* unvalidated handshakes per rule and CPU */
 
 /* Why a packet ended where it did: one counter per (rule, reason). */
@@ -154,6 +157,16 @@ struct bfx_srcds_key {
 /* srcds_clients value */
 struct bfx_srcds_state {
 	__u64 expires_ns;
+};
+
+/* game_clients value (index: hash of the key): a set of validated clients, by way */
+struct bfx_game_client_set {
+	__u32 lock;	/* struct bpf_spin_lock: held by the return path's insert */
+	__u32 flags;	/* GAME_SET_* */
+	__u32 client[4];	/* network order */
+	__u32 service[4];	/* network order */
+	__u32 ports[4];	/* client then service port, network order */
+	__u64 expires_ns[4];	/* 0: free; bfx_now() after which not */
 };
 
 /* settings[gen]: POP-wide parameters, changed without reloading */

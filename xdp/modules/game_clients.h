@@ -19,21 +19,60 @@
 #ifndef BIFROST_XDP_MODULE_GAME_CLIENTS_H
 #define BIFROST_XDP_MODULE_GAME_CLIENTS_H
 
+#include "../hash.h"
 #include "../maps.h"
 #include "../parsing.h"
 
 /*
  * Validated clients of every rule that enables rust, steam or ue3 (the key
- * names the service, so a validation holds for that service only). The
- * key and value are SRCDS's: the same thing, a client of a service and
- * its expiry (xdp.srcds_ttl_s, sliding with traffic, like SRCDS's).
+ * names the service, so a validation holds for that service only), with
+ * their expiry (xdp.srcds_ttl_s, sliding with traffic, like SRCDS's).
+ *
+ * Every forward packet of a game in progress asks this table, so it is an
+ * array of 4-way sets at a hash of the key: one array lookup, which the
+ * verifier inlines, and four compares. An LRU hash costs 0.5x the parse-only
+ * baseline more (benchmarks/bench_xdp_modules.py), the whole budget. Inserts
+ * come only from the authenticated return path: they take a free or expired
+ * way under the set's lock; a set whose four clients are all live sends
+ * the fifth to game_clients_overflow (an LRU) and is marked, so only
+ * lookups in such a set pay for a hash lookup. A live client is never
+ * replaced in its set. Readers take no lock: an insert writes the key
+ * first and the expiry last, so a half-written way reads as expired.
  */
+struct bfx_game_client_set_locked {
+	struct bpf_spin_lock lock;
+	__u32 flags;
+	__be32 client[BFX_GAME_CLIENT_WAYS];
+	__be32 service[BFX_GAME_CLIENT_WAYS];
+	__u32 ports[BFX_GAME_CLIENT_WAYS];
+	__u64 expires_ns[BFX_GAME_CLIENT_WAYS];
+};
+
+/* The layout Python reads (maps_def game_client_set), with the lock's BTF type. */
+#define BFX_SAME_AT(f) \
+	_Static_assert(__builtin_offsetof(struct bfx_game_client_set_locked, f) == \
+			       __builtin_offsetof(struct bfx_game_client_set, f), #f)
+BFX_SAME_AT(flags);
+BFX_SAME_AT(client);
+BFX_SAME_AT(service);
+BFX_SAME_AT(ports);
+BFX_SAME_AT(expires_ns);
+_Static_assert(sizeof(struct bfx_game_client_set_locked) == sizeof(struct bfx_game_client_set),
+	       "game_client_set size");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BFX_GAME_CLIENT_SETS);
+	__type(key, __u32);
+	__type(value, struct bfx_game_client_set_locked);
+} game_clients SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, BFX_MAX_GAME_CLIENTS);
+	__uint(max_entries, BFX_MAX_GAME_CLIENTS_OVERFLOW);
 	__type(key, struct bfx_srcds_key);
 	__type(value, struct bfx_srcds_state);
-} game_clients SEC(".maps");
+} game_clients_overflow SEC(".maps");
 
 /* Handshake budget per rule and CPU: a token bucket in ns of credit (see bfx_rate_ok). */
 struct {
@@ -46,28 +85,85 @@ struct {
 #define BFX_GAME_HANDSHAKE_COST_NS (1000000000ULL / BFX_GAME_HANDSHAKE_PPS)
 #define BFX_GAME_HANDSHAKE_BURST_NS (BFX_GAME_HANDSHAKE_COST_NS * BFX_GAME_HANDSHAKE_PPS)
 
+/*
+ * A client of a service as the table holds it: the addresses and the ports as
+ * they lie in a client -> service packet (ports: its UDP header's first four
+ * bytes, as one load reads them), so a forward packet needs no byte swap and
+ * three compares.
+ */
+struct bfx_game_key {
+	__be32 client;
+	__be32 service;
+	__u32 ports;
+};
+
+static __always_inline __u32 bfx_game_set_index(const struct bfx_game_key *k)
+{
+	return bfx_fmix32(k->client ^ (k->service * 0x9e3779b1U) ^ k->ports) &
+	       (BFX_GAME_CLIENT_SETS - 1);
+}
+
+/* The way of set holding k, or BFX_GAME_CLIENT_WAYS. */
+static __always_inline __u32 bfx_game_way(const struct bfx_game_client_set_locked *set,
+					  const struct bfx_game_key *k)
+{
+	__u32 i;
+
+#pragma unroll
+	for (i = 0; i < BFX_GAME_CLIENT_WAYS; i++)
+		if (set->client[i] == k->client && set->ports[i] == k->ports &&
+		    set->service[i] == k->service)
+			return i;
+	return BFX_GAME_CLIENT_WAYS;
+}
+
+/* game_clients_overflow's key (srcds_key: ports in host order). */
+static __always_inline void bfx_game_overflow_key(struct bfx_srcds_key *o,
+						  const struct bfx_game_key *k)
+{
+	o->client = k->client;
+	o->service = k->service;
+	o->client_port = bpf_ntohs(k->ports & 0xffff);
+	o->service_port = bpf_ntohs(k->ports >> 16);
+}
+
+/* A live entry: slide its expiry with traffic, but write only once per half TTL. */
+static __always_inline int bfx_game_live(__u64 *expires_ns, const struct bfx_settings *s)
+{
+	__u64 now = bfx_now(s), exp = *(volatile __u64 *)expires_ns;
+
+	if (now >= exp)
+		return 0;
+	if (exp - now < s->srcds_ttl_ns / 2)
+		*expires_ns = now + s->srcds_ttl_ns;
+	return 1;
+}
+
 /* 1 when the sender of this forward packet is a validated client of its service. */
 static __always_inline int bfx_game_validated(const struct iphdr *ip, const struct bfx_l4 *l4,
 					      const struct bfx_settings *s)
 {
-	struct bfx_srcds_key key = {};
+	struct bfx_game_key key = {
+		.client = ip->saddr,
+		.service = ip->daddr,
+		.ports = (__u32)l4->sport | (__u32)l4->dport << 16,
+	};
+	struct bfx_game_client_set_locked *set;
+	struct bfx_srcds_key okey = {};
 	struct bfx_srcds_state *st;
-	__u64 now;
+	__u32 idx = bfx_game_set_index(&key), way;
 
-	key.client = ip->saddr;
-	key.service = ip->daddr;
-	key.client_port = bpf_ntohs(l4->sport);
-	key.service_port = bpf_ntohs(l4->dport);
-	st = bpf_map_lookup_elem(&game_clients, &key);
-	if (!st)
+	set = bpf_map_lookup_elem(&game_clients, &idx);
+	if (!set)
 		return 0;
-	now = bfx_now(s);
-	if (now >= st->expires_ns)
+	way = bfx_game_way(set, &key);
+	if (way < BFX_GAME_CLIENT_WAYS)
+		return bfx_game_live(&set->expires_ns[way & (BFX_GAME_CLIENT_WAYS - 1)], s);
+	if (!(set->flags & BFX_GAME_SET_OVERFLOW))
 		return 0;
-	/* Slide the expiry with traffic, but write only once per half TTL. */
-	if (st->expires_ns - now < s->srcds_ttl_ns / 2)
-		st->expires_ns = now + s->srcds_ttl_ns;
-	return 1;
+	bfx_game_overflow_key(&okey, &key);
+	st = bpf_map_lookup_elem(&game_clients_overflow, &okey);
+	return st && bfx_game_live(&st->expires_ns, s);
 }
 
 /* 1 when the rule's handshake budget on this CPU still has room for one packet. */
@@ -92,33 +188,47 @@ static __always_inline int bfx_game_budget_ok(__u32 rule_id, const struct bfx_se
 	return 1;
 }
 
-/*
- * The forward decision of every module here: a validated client passes;
- * anyone else only with a well-formed handshake packet (handshake: the
- * module's verdict on this packet) and room in the rule's budget.
- */
-static __always_inline int bfx_game_forward(int handshake, const struct iphdr *ip,
-					    const struct bfx_l4 *l4, const struct bfx_settings *s,
-					    __u32 rule_id)
-{
-	if (bfx_game_validated(ip, l4, s))
-		return 1;
-	return handshake && bfx_game_budget_ok(rule_id, s);
-}
-
 /* Return path: the game server's reply proved the client's address: validate it. */
 static __always_inline void bfx_game_validate(const struct bfx_inner *in, const struct bfx_l4 *l4,
 					      const struct bfx_settings *s)
 {
-	struct bfx_srcds_key key = {};
+	struct bfx_game_key key = {
+		.client = in->daddr,
+		.service = in->saddr,
+		.ports = (__u32)l4->dport | (__u32)l4->sport << 16,	/* as the client sends */
+	};
+	struct bfx_game_client_set_locked *set;
+	struct bfx_srcds_key okey = {};
 	struct bfx_srcds_state st;
+	__u64 now = bfx_now(s);
+	__u32 idx = bfx_game_set_index(&key), i, way;
 
-	key.client = in->daddr;
-	key.service = in->saddr;
-	key.client_port = bpf_ntohs(l4->dport);
-	key.service_port = bpf_ntohs(l4->sport);
-	st.expires_ns = bfx_now(s) + s->srcds_ttl_ns;
-	bpf_map_update_elem(&game_clients, &key, &st, BPF_ANY);
+	st.expires_ns = now + s->srcds_ttl_ns;
+	set = bpf_map_lookup_elem(&game_clients, &idx);
+	if (!set)
+		return;
+	bpf_spin_lock(&set->lock);
+	/* Renew it where it is (live or not), else take the first free or expired way. */
+	way = bfx_game_way(set, &key);
+#pragma unroll
+	for (i = 0; i < BFX_GAME_CLIENT_WAYS; i++)
+		if (way == BFX_GAME_CLIENT_WAYS && set->expires_ns[i] <= now)
+			way = i;
+	if (way < BFX_GAME_CLIENT_WAYS) {
+		way &= BFX_GAME_CLIENT_WAYS - 1;
+		set->client[way] = key.client;
+		set->service[way] = key.service;
+		set->ports[way] = key.ports;
+		/* The key before the expiry: a reader never sees a live half-written way. */
+		asm volatile("" ::: "memory");
+		set->expires_ns[way] = st.expires_ns;
+		bpf_spin_unlock(&set->lock);
+		return;
+	}
+	set->flags |= BFX_GAME_SET_OVERFLOW;
+	bpf_spin_unlock(&set->lock);
+	bfx_game_overflow_key(&okey, &key);
+	bpf_map_update_elem(&game_clients_overflow, &okey, &st, BPF_ANY);
 }
 
 /* The payload's first n bytes are inside the packet: the verifier needs it per access. */

@@ -107,13 +107,13 @@ static __always_inline int bfx_rust_forward(const struct iphdr *ip, const struct
 					    void *data_end, const struct bfx_settings *s,
 					    __u32 rule_id)
 {
-	int handshake;
-
 	/* A2S queries as in bfx_steam_forward: Rust answers them too (-queryport or game port). */
-	if (bfx_is_a2s_query(l4->payload, l4->payload_len, data_end))
+	if (bfx_game_validated(ip, l4, s) ||
+	    bfx_is_a2s_query(l4->payload, l4->payload_len, data_end))
 		return 1;
-	handshake = bfx_raknet_handshake(l4, data_end) || bfx_steam_handshake(l4, data_end);
-	return bfx_game_forward(handshake, ip, l4, s, rule_id);
+	if (!bfx_raknet_handshake(l4, data_end) && !bfx_steam_handshake(l4, data_end))
+		return 0;
+	return bfx_game_budget_ok(rule_id, s);
 }
 
 static __always_inline void bfx_rust_return(const struct bfx_inner *in, const struct bfx_l4 *l4,

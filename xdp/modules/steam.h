@@ -105,9 +105,11 @@ static __always_inline int bfx_steam_forward(const struct iphdr *ip, const struc
 					     void *data_end, const struct bfx_settings *s,
 					     __u32 rule_id)
 {
-	if (bfx_is_a2s_query(l4->payload, l4->payload_len, data_end))
+	/* A validated client's game traffic first: that is nearly every packet. */
+	if (bfx_game_validated(ip, l4, s) ||
+	    bfx_is_a2s_query(l4->payload, l4->payload_len, data_end))
 		return 1;
-	return bfx_game_forward(bfx_steam_handshake(l4, data_end), ip, l4, s, rule_id);
+	return bfx_steam_handshake(l4, data_end) && bfx_game_budget_ok(rule_id, s);
 }
 
 /* Return path (UDP only): ConnectOK validates the client it is addressed to. */

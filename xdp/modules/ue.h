@@ -72,9 +72,9 @@ static __always_inline int bfx_ue_forward(const struct iphdr *ip, const struct b
 					  void *data_end, const struct bfx_settings *s,
 					  __u32 rule_id)
 {
-	int handshake = bfx_ue_shape(l4->payload, l4->payload_len, data_end);
-
-	return bfx_game_forward(handshake, ip, l4, s, rule_id);
+	if (bfx_game_validated(ip, l4, s))
+		return 1;
+	return bfx_ue_shape(l4->payload, l4->payload_len, data_end) && bfx_game_budget_ok(rule_id, s);
 }
 
 static __always_inline void bfx_ue_return(const struct bfx_inner *in, const struct bfx_l4 *l4,
