@@ -45,7 +45,7 @@ static __always_inline int bfx_encap_floor(struct xdp_md *ctx)
 	struct bfx_nexthop nh = { .smac = { 2 }, .dmac = { 4 } };
 	struct bfx_inner in = { .tot_len = 88, .proto = IPPROTO_UDP };
 
-	if (bfx_fou_encap(ctx, &in, &nh, 1, 2, 5555))
+	if (bfx_fou_encap(ctx, &in, &nh, 1, 2, 5555, 0))
 		return XDP_DROP;
 	return XDP_TX;
 }

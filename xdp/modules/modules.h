@@ -36,20 +36,29 @@ static __always_inline __u32 bfx_rule_module_bits(__u32 gen, __u32 rule_id)
 	return m ? m->bits : 0;
 }
 
-/* Forward path: 1 when every module that applies lets the packet through. */
+/*
+ * Forward path: 1 when every module that applies lets the packet through.
+ * Runs before any per-source state is inserted (issue 10): a packet a module
+ * drops costs no rate-limit bucket. *own: set to the validated client's state
+ * (with its own rate bucket) when a module vouches for the source.
+ */
 static __always_inline int bfx_modules_forward(__u32 bits, const struct iphdr *ip,
 					       const struct bfx_l4 *l4, void *data_end,
-					       const struct bfx_settings *s)
+					       const struct bfx_settings *s,
+					       struct bfx_srcds_state **own)
 {
 #ifdef SRCDS_HANDSHAKE
 	if ((bits & BFX_MOD_SRCDS) && ip->protocol == IPPROTO_UDP &&
-	    !bfx_srcds_forward(ip, l4, data_end, s))
+	    !bfx_srcds_forward(ip, l4, data_end, s, own))
 		return 0;
 #endif
 	return 1;
 }
 
-/* Return path: modules learn from what the server sends. */
+/*
+ * Return path: modules learn from what the server sends; called only for
+ * authenticated FOU (issue 10: an off-path spoofer validates nobody).
+ */
 static __always_inline void bfx_modules_return(__u32 bits, const struct bfx_inner *in,
 					       const struct bfx_l4 *l4, void *data_end,
 					       const struct bfx_settings *s)

@@ -57,6 +57,10 @@ MAP_SPECS: dict[str, MapSpec] = {
     "counters": MapSpec(
         libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["counter"].size, (D.MAX_RULES + 1) * len(D.REASONS)
     ),
+    "flood": MapSpec(libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["flood_state"].size, 1),
+    "flood_budget": MapSpec(
+        libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["rate_state"].size, D.MAX_RULES + 1
+    ),
 }
 
 
@@ -169,6 +173,16 @@ def rate_params(pps: int, burst: int) -> tuple[int, int]:
     return cost, cost * (burst if burst > 0 else pps)
 
 
+def auth_keys_field(keys: tuple[bytes, ...]) -> bytes:
+    """settings.auth_keys: every key in wire order, unused slots repeating the send
+    key (the program compares all AUTH_KEYS slots); zeros when auth is off."""
+    if not keys:
+        return bytes(D.AUTH_KEYS * D.AUTH_KEY_BYTES)
+    if len(keys) > D.AUTH_KEYS or any(len(k) != D.AUTH_KEY_BYTES for k in keys):
+        raise ValueError(f"auth keys: 1..{D.AUTH_KEYS} keys of {D.AUTH_KEY_BYTES} bytes")
+    return b"".join(keys + (keys[0],) * (D.AUTH_KEYS - len(keys)))
+
+
 def _stride(name: str) -> int:
     """Entries per generation of a config array (index = gen * stride + i)."""
     return MAP_SPECS[name].max_entries // D.GENERATIONS
@@ -221,6 +235,9 @@ def desired(
         key = S["lpm_key"].pack(prefixlen=net.prefixlen, addr=net.network_address)
         out["firewall"][key] = _u32(verdict)
     flags = maps_def.SET_HAVE_FIREWALL if out["firewall"] else 0
+    if cfg.auth_keys:
+        flags |= maps_def.SET_AUTH
+    flood_cost, flood_burst = rate_params(cfg.flood_budget_pps, cfg.flood_budget_pps)
     out["settings"][_u32(gen)] = S["settings"].pack(
         pop_addr=cfg.pop_address,
         fou_port=cfg.fou_port,
@@ -229,6 +246,10 @@ def desired(
         nexthop_ttl_ns=cfg.nexthop_ttl_ms * 1_000_000,
         srcds_ttl_ns=cfg.srcds_ttl_s * 1_000_000_000,
         ns_per_jiffy=ns_per_jiffy,
+        flood_new_sources=cfg.flood_new_sources_pps,
+        auth_keys=auth_keys_field(cfg.auth_keys),
+        flood_cost_ns=flood_cost,
+        flood_burst_ns=flood_burst,
     )
     return out
 
