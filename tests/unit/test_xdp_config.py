@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import tomllib
@@ -180,3 +181,13 @@ def test_rules_need_pop_address() -> None:
 def test_minimal_section_still_parses() -> None:
     x = load('[xdp]\nmodules = ["srcds"]\n')
     assert x.modules == ("srcds",) and x.rules == ()
+
+
+def test_reload_log_names_key_changes_but_never_the_keys() -> None:
+    from bifrost.xdp.service import config_changes
+
+    on = load(GOOD)
+    off = dataclasses.replace(on, auth_keys=())
+    lines = config_changes(off, on)
+    assert lines == ["auth.keys: 0 -> 2 keys (values not logged)"]
+    assert not any("0123456789abcdef" in line or "\\x01" in line for line in lines)

@@ -553,6 +553,19 @@ def in_force(ms: MapSet, name: str) -> dict[bytes, bytes]:
     return {_u32(i): v for i, v in ms[name].nonzero(stride, gen * stride).items()}
 
 
+def auth_in_force(ms: MapSet) -> int:
+    """How many distinct FOU keys the generation in force accepts; 0: auth is off."""
+    raw = ms["settings"].lookup(_u32(active_generation(ms)))
+    if raw is None:
+        return 0
+    st = S["settings"].unpack(raw)
+    if not st["flags"] & D.SET_AUTH:
+        return 0
+    keys = st["auth_keys"]
+    n = D.AUTH_KEY_BYTES
+    return len({keys[i : i + n] for i in range(0, len(keys), n)})
+
+
 def rule_names(ms: MapSet, cfg: XdpConfig) -> dict[int, str]:
     """Rule id -> name for cfg's rules that have an id (for counters)."""
     by_digest = {_digest(r.name): r.name for r in cfg.rules}
