@@ -133,12 +133,15 @@ struct {
 } firewall SEC(".maps");
 
 /*
- * Token buckets; LRU so a spoofed-source flood evicts old buckets, not new
- * ones. Such a flood inserts on every packet, so each CPU gets its own LRU
- * list (BPF_F_NO_COMMON_LRU: made for "external traffic facing machines
- * under attack"): RSS spreads a flood over every queue, and one common list
- * would serialize them on its lock. The price: a CPU evicts from its own
- * share (max_entries / CPUs); a client's flow stays on one queue anyway.
+ * Token buckets of sources no module vouches for; LRU so old buckets go
+ * first. Each CPU gets its own LRU list (BPF_F_NO_COMMON_LRU: made for
+ * "external traffic facing machines under attack"): RSS spreads a flood over
+ * every queue, and one common list would serialize them on its lock. The
+ * price: a CPU evicts from its own share (max_entries / CPUs); a client's
+ * flow stays on one queue anyway. Under a spoofed-source flood the program
+ * stops inserting here (flood mode, bfx_rate_check()), and validated clients
+ * keep their buckets in their module's own map (srcds_clients), which only
+ * authenticated return traffic inserts into: a flood evicts neither.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -147,6 +150,28 @@ struct {
 	__type(value, struct bfx_rate_state);
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 } rate_limit SEC(".maps");
+
+/*
+ * Flood mode (bfx_under_flood()): per CPU, how many sources without a bucket
+ * arrived in the current one-second window.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bfx_flood_state);
+} flood SEC(".maps");
+
+/*
+ * In flood mode, the one bucket per rule (per CPU, index rule id) that every
+ * source without a bucket of its own is charged to.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BFX_MAX_RULES + 1);
+	__type(key, __u32);
+	__type(value, struct bfx_rate_state);
+} flood_budget SEC(".maps");
 
 /*
  * destination -> MACs and egress device. bpf_fib_lookup costs as much as the

@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import game_fixtures as gf
 import pytest
-from xdp_harness import CLIENT, GS, VIP, Xdp, client_frame, loaded
+from xdp_harness import CLIENT, GS, KEY, VIP, Xdp, client_frame, loaded
 from xdp_modules_harness import (
     ALL_MODULES,
     GAMES,
+    RULE_STEAM,
     RUST_PORT,
     client_key,
     from_service,
     game_clients,
     game_set_index,
+    games_config,
     games_loaded,
     rule_id,
     send_forward,
@@ -30,6 +33,7 @@ from xdp_modules_harness import (
 )
 
 from bifrost import config as host_config
+from bifrost.config_schema import ConfigError
 from bifrost.xdp import libbpf, maps, maps_def
 
 pytestmark = pytest.mark.bpf
@@ -44,7 +48,7 @@ def xdp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xdp]:
 def test_rules_enable_modules_through_the_config(xdp: Xdp, tmp_path: Path) -> None:
     """A TOML [xdp] section naming each module: parsed, applied, each rule's bit set."""
     toml = tmp_path / "bifrost.toml"
-    toml.write_text(
+    xdp_section = (
         '[xdp]\nmodules = ["srcds", "rust", "steam", "ue3"]\npop_address = "198.51.100.1"\n'
         + "".join(
             f'[[xdp.rule]]\nname = "{name}"\nanycast = "198.51.100.10"\nports = [{port}]\n'
@@ -57,6 +61,13 @@ def test_rules_enable_modules_through_the_config(xdp: Xdp, tmp_path: Path) -> No
             )
         )
     )
+    # Without [auth] no module may be enabled: it would validate from spoofable FOU.
+    toml.write_text(xdp_section)
+    with pytest.raises(
+        ConfigError, match=r"xdp\.rule\[0\]\.modules: rule 'rust' .* needs \[auth\]"
+    ):
+        host_config.load(toml)
+    toml.write_text(f'[auth]\nkeys = ["{KEY.hex()}"]\n' + xdp_section)
     cfg = host_config.load(toml).xdp
     assert cfg is not None
     xdp.apply(cfg)
@@ -153,3 +164,24 @@ def test_full_set_overflows_and_never_replaces_a_live_client(xdp: Xdp) -> None:
     assert len(list(xdp.ms["game_clients_overflow"].keys())) == 2
     assert send_forward(xdp, game, game.data, sport=ports[6])[0] == "TX"
     assert send_forward(xdp, game, game.data, sport=ports[0])[0] == "DROP", "expired"
+
+
+def test_validated_client_has_its_own_rate_bucket(xdp: Xdp) -> None:
+    """A validated client's rate bucket lives in its way (the pipeline's own state), not
+    in the rate_limit LRU that unknown sources fill: 1 pps, burst 2."""
+    cfg = games_config()
+    limited = tuple(
+        replace(r, rate_limit_pps=1, rate_limit_burst=2) if r.name == RULE_STEAM else r
+        for r in cfg.rules
+    )
+    xdp.apply(replace(cfg, rules=limited))
+    game = GAMES["steam"]
+    assert send_return(xdp, GS, from_service(gf.steam_connect_ok(), game.port))[0] == "TX"
+    frame = client_frame(to_service(game.data, game.port))
+    verdicts = [xdp.run(frame).verdict for _ in range(4)]  # well within a second
+    assert verdicts == ["TX", "TX", "DROP", "DROP"]
+    assert xdp.counts()[(rule_id(xdp, RULE_STEAM), "drop_rate_limit")] == 2
+    assert list(xdp.ms["rate_limit"].keys()) == [], "no bucket in the shared LRU"
+    # An unvalidated source of the same rule gets an LRU bucket as before.
+    assert send_forward(xdp, game, gf.steam_challenge_request(), src="192.0.2.70")[0] == "TX"
+    assert len(list(xdp.ms["rate_limit"].keys())) == 1

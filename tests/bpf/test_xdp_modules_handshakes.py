@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from xdp_harness import CLIENT, GS, VIP, VIP2, Xdp
+from xdp_harness import CLIENT, GS, KEY_OLD, VIP, VIP2, Xdp
 from xdp_modules_harness import (
     CLIENT_PORT,
     GAMES,
@@ -93,9 +93,12 @@ def test_spoofed_validation_attempts_validate_nothing(xdp: Xdp, game: Game) -> N
         "from another rule's server": (GS_OTHER, from_service(proof, game.port), "drop_relay"),
         # The pop's own address as the outer source.
         "from the POP itself": ("198.51.100.1", from_service(proof, game.port), "drop_unknown_gs"),
+        # The right server's address, but not authenticated: no token, a wrong one.
+        "without the token": (GS, from_service(proof, game.port), "drop_auth", b""),
+        "with a wrong token": (GS, from_service(proof, game.port), "drop_auth", bytes(8)),
     }
-    for name, (outer, inner, reason) in attempts.items():
-        verdict, moved = send_return(xdp, outer, inner)
+    for name, (outer, inner, reason, *token) in attempts.items():
+        verdict, moved = send_return(xdp, outer, inner, *token)
         assert (verdict, moved) == ("DROP", {(0, reason): 1}), name
         assert send_forward(xdp, game, game.data)[0] == "DROP", f"validated {name}"
     # The other rule's own server validating the client for ITS service (VIP2, rust):
@@ -111,6 +114,10 @@ def test_spoofed_validation_attempts_validate_nothing(xdp: Xdp, game: Game) -> N
     elsewhere = from_service(game.proof("192.0.2.99", CLIENT_PORT), game.port, dst="192.0.2.99")
     send_return(xdp, GS, elsewhere)  # relayed or not (no next hop for it): no matter
     assert send_forward(xdp, game, game.data)[0] == "DROP"
-    # Positive control: the real proof from the real server does validate.
+    # Positive control: the real proof from the real server does validate, with the
+    # key being rolled in (accepted, not yet sent) too.
+    assert send_return(xdp, GS, from_service(proof, game.port), token=KEY_OLD)[0] == "TX"
+    assert send_forward(xdp, game, game.data)[0] == "TX"
+    set_expiry(xdp, game_clients(xdp)[(CLIENT, CLIENT_PORT, VIP, game.port)], 1)
     assert send_return(xdp, GS, from_service(proof, game.port))[0] == "TX"
     assert send_forward(xdp, game, game.data)[0] == "TX"

@@ -20,6 +20,8 @@ from xdp_harness import (
     CLIENT,
     CLIENT_DMAC,
     GS,
+    KEY,
+    KEY_OLD,
     NH_SMAC,
     VIP,
     VIP2,
@@ -47,8 +49,10 @@ def _rule(rid: int, name: str, vip: str, port: int, gs: str, modules: tuple[str,
 
 
 def games_config() -> XdpConfig:
+    """Authenticated FOU (KEY sent, KEY and KEY_OLD accepted): modules need it."""
     return replace(
         make_config(modules=ALL_MODULES),
+        auth_keys=(KEY, KEY_OLD),
         block=(),
         allow=(),
         rules=(
@@ -257,14 +261,14 @@ def send_forward(xdp: Xdp, game: Game, payload: bytes, **kw) -> tuple[str, dict]
     inner = to_service(payload, game.port, **kw)
     res = xdp.run(client_frame(inner))
     if res.verdict == "TX":
-        assert res.data == expected_encap(bytes(inner), GS), "forwarded as FOU to GS"
+        assert res.data == expected_encap(bytes(inner), GS, token=KEY), "FOU to GS, with KEY"
     return res.verdict, delta(xdp, before)
 
 
-def send_return(xdp: Xdp, gs: str, inner: IP) -> tuple[str, dict]:
-    """A FOU packet from gs carrying inner: (verdict, counters moved)."""
+def send_return(xdp: Xdp, gs: str, inner: IP, token: bytes = KEY) -> tuple[str, dict]:
+    """An authenticated FOU packet from gs carrying inner: (verdict, counters moved)."""
     before = xdp.counts()
-    res = xdp.run(fou_frame(gs, inner))
+    res = xdp.run(fou_frame(gs, inner, token=token))
     if res.verdict == "TX":
         assert res.data == decap_of(inner)
     return res.verdict, delta(xdp, before)
@@ -295,10 +299,11 @@ def game_clients(xdp: Xdp) -> dict[tuple[str, int, str, int], Way]:
     for idx, raw in xdp.ms["game_clients"].nonzero(maps_def.GAME_CLIENT_SETS).items():
         v = st.unpack(raw)
         for w in range(maps_def.GAME_CLIENT_WAYS):
-            if v["expires_ns"][w]:
+            state = v["state"][3 * w : 3 * w + 3]  # expires_ns, last_ns, credit_ns
+            if state[0]:
                 cport, sport = struct.unpack("!HH", v["ports"][w].to_bytes(4, "little"))
                 key = (addr(v["client"][w]), cport, addr(v["service"][w]), sport)
-                out[key] = Way(idx, w, v["expires_ns"][w])
+                out[key] = Way(idx, w, state[0])
     return out
 
 
@@ -308,9 +313,9 @@ def set_expiry(xdp: Xdp, way: Way, expires_ns: int) -> None:
     raw = xdp.ms["game_clients"].lookup(key)
     assert raw is not None
     v = st.unpack(raw)
-    exp = list(v["expires_ns"])
-    exp[way.way] = expires_ns
-    xdp.ms["game_clients"].update(key, st.pack(**{**v, "expires_ns": exp}))
+    state = list(v["state"])
+    state[3 * way.way] = expires_ns
+    xdp.ms["game_clients"].update(key, st.pack(**{**v, "state": state}))
 
 
 def set_flags(xdp: Xdp, set_idx: int) -> int:

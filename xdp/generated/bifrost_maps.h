@@ -9,13 +9,16 @@
 
 #include <linux/types.h>
 
-#define BFX_NR_REASONS 20	/* counters per rule */
+#define BFX_NR_REASONS 23	/* counters per rule */
 #define BFX_RULE_CACHE 1	/* rule flag: pass well-formed A2S queries up */
 #define BFX_MOD_SRCDS 1	/* rule_modules bit: srcds */
 #define BFX_MOD_RUST 2	/* rule_modules bit: rust */
 #define BFX_MOD_UE3 4	/* rule_modules bit: ue3 */
 #define BFX_MOD_STEAM 8	/* rule_modules bit: steam */
 #define BFX_SET_HAVE_FIREWALL 1	/* settings flag: firewall trie not empty */
+#define BFX_SET_AUTH 2	/* settings flag: FOU is authenticated (token after the inner packet) */
+#define BFX_AUTH_KEY_BYTES 8	/* the FOU token's size */
+#define BFX_AUTH_KEYS 4	/* accepted keys per generation (settings.auth_keys) */
 #define BFX_FW_ALLOW 1	/* firewall value: allow-listed source */
 #define BFX_FW_BLOCK 2	/* firewall value: block-listed source */
 #define BFX_FW_GEN_BITS 16	/* firewall value: bits per config generation */
@@ -62,6 +65,9 @@ enum bfx_reason {
 	BFX_PASS_RETURN_NEIGH,	/* decapsulated, client next hop not resolved: the stack sends it */
 	BFX_DROP_UNKNOWN_GS,	/* FOU to the POP port from an address not a game-server machine */
 	BFX_DROP_RELAY,	/* return path inner source is not a service forwarded to that machine */
+	BFX_DROP_AUTH,	/* auth on: FOU without the exact length or an accepted key (AUTH.md) */
+	BFX_DROP_MARTIAN,	/* martian client source, or a return-path destination that is martian, the POP or a game server */
+	BFX_DROP_FLOOD,	/* flood mode: an unknown source over the rule's aggregate budget */
 };
 
 /* rule_overflow key: anycast address, destination port (0 = any), protocol */
@@ -154,9 +160,17 @@ struct bfx_srcds_key {
 	__u16 service_port;
 };
 
-/* srcds_clients value */
+/* srcds_clients value: a validated client, with its own rate bucket, out of the reach of unknown sources (only an authenticated server accept inserts) */
 struct bfx_srcds_state {
 	__u64 expires_ns;
+	__u64 last_ns;	/* token bucket (as rate_state); 0: full */
+	__u64 credit_ns;
+};
+
+/* flood value (per CPU): new sources in the current one-second window */
+struct bfx_flood_state {
+	__u64 window_ns;	/* bfx_now() the window started */
+	__u64 new_sources;
 };
 
 /* game_clients value (index: hash of the key): a set of validated clients, by way */
@@ -166,7 +180,7 @@ struct bfx_game_client_set {
 	__u32 client[4];	/* network order */
 	__u32 service[4];	/* network order */
 	__u32 ports[4];	/* client then service port, network order */
-	__u64 expires_ns[4];	/* 0: free; bfx_now() after which not */
+	__u64 state[12];	/* srcds_state by way */
 };
 
 /* settings[gen]: POP-wide parameters, changed without reloading */
@@ -178,7 +192,10 @@ struct bfx_settings {
 	__u64 nexthop_ttl_ns;	/* how long a next-hop entry is trusted */
 	__u64 srcds_ttl_ns;	/* how long a validated SRCDS client stays valid */
 	__u32 ns_per_jiffy;	/* 1e9/HZ, calibrated by the loader; 0: use ktime */
-	__u32 reserved;
+	__u32 flood_new_sources;	/* new sources per second per CPU: flood above */
+	__u8 auth_keys[32];	/* AUTH_KEYS keys in wire order; [0] is sent; unused slots repeat [0] */
+	__u64 flood_cost_ns;	/* aggregate bucket of unknown sources per rule/CPU */
+	__u64 flood_burst_ns;
 };
 
 /* counters value (per CPU) */

@@ -37,7 +37,9 @@
  * the fifth to game_clients_overflow (an LRU) and is marked, so only
  * lookups in such a set pay for a hash lookup. A live client is never
  * replaced in its set. Readers take no lock: an insert writes the key
- * first and the expiry last, so a half-written way reads as expired.
+ * first and the expiry last, so a half-written way reads as expired. Each
+ * way carries the client's rate bucket (the pipeline's *own): a validated
+ * client's rate state is out of the reach of unknown sources.
  */
 struct bfx_game_client_set_locked {
 	struct bpf_spin_lock lock;
@@ -45,7 +47,8 @@ struct bfx_game_client_set_locked {
 	__be32 client[BFX_GAME_CLIENT_WAYS];
 	__be32 service[BFX_GAME_CLIENT_WAYS];
 	__u32 ports[BFX_GAME_CLIENT_WAYS];
-	__u64 expires_ns[BFX_GAME_CLIENT_WAYS];
+	/* Expiry and the client's own rate bucket (see bfx_rate_check()), by way. */
+	struct bfx_srcds_state state[BFX_GAME_CLIENT_WAYS];
 };
 
 /* The layout Python reads (maps_def game_client_set), with the lock's BTF type. */
@@ -56,7 +59,7 @@ BFX_SAME_AT(flags);
 BFX_SAME_AT(client);
 BFX_SAME_AT(service);
 BFX_SAME_AT(ports);
-BFX_SAME_AT(expires_ns);
+BFX_SAME_AT(state);
 _Static_assert(sizeof(struct bfx_game_client_set_locked) == sizeof(struct bfx_game_client_set),
 	       "game_client_set size");
 
@@ -128,20 +131,21 @@ static __always_inline void bfx_game_overflow_key(struct bfx_srcds_key *o,
 }
 
 /* A live entry: slide its expiry with traffic, but write only once per half TTL. */
-static __always_inline int bfx_game_live(__u64 *expires_ns, const struct bfx_settings *s)
+static __always_inline int bfx_game_live(struct bfx_srcds_state *st, const struct bfx_settings *s)
 {
-	__u64 now = bfx_now(s), exp = *(volatile __u64 *)expires_ns;
+	__u64 now = bfx_now(s), exp = *(volatile __u64 *)&st->expires_ns;
 
 	if (now >= exp)
 		return 0;
 	if (exp - now < s->srcds_ttl_ns / 2)
-		*expires_ns = now + s->srcds_ttl_ns;
+		st->expires_ns = now + s->srcds_ttl_ns;
 	return 1;
 }
 
 /* 1 when the sender of this forward packet is a validated client of its service. */
 static __always_inline int bfx_game_validated(const struct iphdr *ip, const struct bfx_l4 *l4,
-					      const struct bfx_settings *s)
+					      const struct bfx_settings *s,
+					      struct bfx_srcds_state **own)
 {
 	struct bfx_game_key key = {
 		.client = ip->saddr,
@@ -157,13 +161,20 @@ static __always_inline int bfx_game_validated(const struct iphdr *ip, const stru
 	if (!set)
 		return 0;
 	way = bfx_game_way(set, &key);
-	if (way < BFX_GAME_CLIENT_WAYS)
-		return bfx_game_live(&set->expires_ns[way & (BFX_GAME_CLIENT_WAYS - 1)], s);
-	if (!(set->flags & BFX_GAME_SET_OVERFLOW))
+	if (way < BFX_GAME_CLIENT_WAYS) {
+		st = &set->state[way & (BFX_GAME_CLIENT_WAYS - 1)];
+	} else {
+		if (!(set->flags & BFX_GAME_SET_OVERFLOW))
+			return 0;
+		bfx_game_overflow_key(&okey, &key);
+		st = bpf_map_lookup_elem(&game_clients_overflow, &okey);
+		if (!st)
+			return 0;
+	}
+	if (!bfx_game_live(st, s))
 		return 0;
-	bfx_game_overflow_key(&okey, &key);
-	st = bpf_map_lookup_elem(&game_clients_overflow, &okey);
-	return st && bfx_game_live(&st->expires_ns, s);
+	*own = st;
+	return 1;
 }
 
 /* 1 when the rule's handshake budget on this CPU still has room for one packet. */
@@ -199,7 +210,7 @@ static __always_inline void bfx_game_validate(const struct bfx_inner *in, const 
 	};
 	struct bfx_game_client_set_locked *set;
 	struct bfx_srcds_key okey = {};
-	struct bfx_srcds_state st;
+	struct bfx_srcds_state st = {};	/* last_ns 0: the bucket starts full */
 	__u64 now = bfx_now(s);
 	__u32 idx = bfx_game_set_index(&key), i, way;
 
@@ -212,16 +223,22 @@ static __always_inline void bfx_game_validate(const struct bfx_inner *in, const 
 	way = bfx_game_way(set, &key);
 #pragma unroll
 	for (i = 0; i < BFX_GAME_CLIENT_WAYS; i++)
-		if (way == BFX_GAME_CLIENT_WAYS && set->expires_ns[i] <= now)
+		if (way == BFX_GAME_CLIENT_WAYS && set->state[i].expires_ns <= now)
 			way = i;
 	if (way < BFX_GAME_CLIENT_WAYS) {
 		way &= BFX_GAME_CLIENT_WAYS - 1;
-		set->client[way] = key.client;
-		set->service[way] = key.service;
-		set->ports[way] = key.ports;
-		/* The key before the expiry: a reader never sees a live half-written way. */
-		asm volatile("" ::: "memory");
-		set->expires_ns[way] = st.expires_ns;
+		if (set->client[way] != key.client || set->ports[way] != key.ports ||
+		    set->service[way] != key.service) {
+			/* A new client: the key, a full bucket, then the expiry. */
+			set->client[way] = key.client;
+			set->service[way] = key.service;
+			set->ports[way] = key.ports;
+			set->state[way].last_ns = 0;
+			set->state[way].credit_ns = 0;
+			/* A reader never sees a live half-written way. */
+			asm volatile("" ::: "memory");
+		}
+		set->state[way].expires_ns = st.expires_ns;
 		bpf_spin_unlock(&set->lock);
 		return;
 	}

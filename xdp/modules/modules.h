@@ -64,37 +64,44 @@ static __always_inline __u32 bfx_rule_module_bits(__u32 gen, __u32 rule_id)
 
 /*
  * Forward path: 1 when every module that applies lets the packet through.
- * Runs before any per-source state is inserted (issue 10): the modules
- * insert none on this path (their budget is per rule).
+ * Runs before any per-source state is inserted (issue 10): a packet a module
+ * drops costs no rate-limit bucket, and the modules insert none on this path
+ * (the handshake budget of rust, steam, ue3 is per rule). *own: set to the
+ * validated client's state (with its own rate bucket) when a module vouches
+ * for the source.
  */
 static __always_inline int bfx_modules_forward(__u32 bits, const struct iphdr *ip,
 					       const struct bfx_l4 *l4, void *data_end,
-					       const struct bfx_settings *s, __u32 rule_id)
+					       const struct bfx_settings *s, __u32 rule_id,
+					       struct bfx_srcds_state **own)
 {
 #ifdef SRCDS_HANDSHAKE
 	if ((bits & BFX_MOD_SRCDS) && ip->protocol == IPPROTO_UDP &&
-	    !bfx_srcds_forward(ip, l4, data_end, s))
+	    !bfx_srcds_forward(ip, l4, data_end, s, own))
 		return 0;
 #endif
 #ifdef RUST_HANDSHAKE
 	if ((bits & BFX_MOD_RUST) && ip->protocol == IPPROTO_UDP &&
-	    !bfx_rust_forward(ip, l4, data_end, s, rule_id))
+	    !bfx_rust_forward(ip, l4, data_end, s, rule_id, own))
 		return 0;
 #endif
 #ifdef STEAM_HANDSHAKE
 	if ((bits & BFX_MOD_STEAM) && ip->protocol == IPPROTO_UDP &&
-	    !bfx_steam_forward(ip, l4, data_end, s, rule_id))
+	    !bfx_steam_forward(ip, l4, data_end, s, rule_id, own))
 		return 0;
 #endif
 #ifdef UE3_HANDSHAKE
 	if ((bits & BFX_MOD_UE3) && ip->protocol == IPPROTO_UDP &&
-	    !bfx_ue_forward(ip, l4, data_end, s, rule_id))
+	    !bfx_ue_forward(ip, l4, data_end, s, rule_id, own))
 		return 0;
 #endif
 	return 1;
 }
 
-/* Return path: modules learn from what the server sends. */
+/*
+ * Return path: modules learn from what the server sends; called only for
+ * authenticated FOU (issue 10: an off-path spoofer validates nobody).
+ */
 static __always_inline void bfx_modules_return(__u32 bits, const struct bfx_inner *in,
 					       const struct bfx_l4 *l4, void *data_end,
 					       const struct bfx_settings *s)

@@ -105,10 +105,10 @@ static __always_inline int bfx_raknet_reply2(const struct bfx_inner *in, const s
 
 static __always_inline int bfx_rust_forward(const struct iphdr *ip, const struct bfx_l4 *l4,
 					    void *data_end, const struct bfx_settings *s,
-					    __u32 rule_id)
+					    __u32 rule_id, struct bfx_srcds_state **own)
 {
 	/* A2S queries as in bfx_steam_forward: Rust answers them too (-queryport or game port). */
-	if (bfx_game_validated(ip, l4, s) ||
+	if (bfx_game_validated(ip, l4, s, own) ||
 	    bfx_is_a2s_query(l4->payload, l4->payload_len, data_end))
 		return 1;
 	if (!bfx_raknet_handshake(l4, data_end) && !bfx_steam_handshake(l4, data_end))

@@ -103,10 +103,10 @@ static __always_inline int bfx_steam_connect_ok(const struct bfx_l4 *l4, void *d
  */
 static __always_inline int bfx_steam_forward(const struct iphdr *ip, const struct bfx_l4 *l4,
 					     void *data_end, const struct bfx_settings *s,
-					     __u32 rule_id)
+					     __u32 rule_id, struct bfx_srcds_state **own)
 {
 	/* A validated client's game traffic first: that is nearly every packet. */
-	if (bfx_game_validated(ip, l4, s) ||
+	if (bfx_game_validated(ip, l4, s, own) ||
 	    bfx_is_a2s_query(l4->payload, l4->payload_len, data_end))
 		return 1;
 	return bfx_steam_handshake(l4, data_end) && bfx_game_budget_ok(rule_id, s);

@@ -70,9 +70,9 @@ static __always_inline int bfx_ue_challenge_ack(const struct bfx_l4 *l4, void *d
 
 static __always_inline int bfx_ue_forward(const struct iphdr *ip, const struct bfx_l4 *l4,
 					  void *data_end, const struct bfx_settings *s,
-					  __u32 rule_id)
+					  __u32 rule_id, struct bfx_srcds_state **own)
 {
-	if (bfx_game_validated(ip, l4, s))
+	if (bfx_game_validated(ip, l4, s, own))
 		return 1;
 	return bfx_ue_shape(l4->payload, l4->payload_len, data_end) && bfx_game_budget_ok(rule_id, s);
 }

@@ -64,6 +64,10 @@ MAP_SPECS: dict[str, MapSpec] = {
     "counters": MapSpec(
         libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["counter"].size, (D.MAX_RULES + 1) * len(D.REASONS)
     ),
+    "flood": MapSpec(libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["flood_state"].size, 1),
+    "flood_budget": MapSpec(
+        libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["rate_state"].size, D.MAX_RULES + 1
+    ),
 }
 
 
@@ -176,6 +180,16 @@ def rate_params(pps: int, burst: int) -> tuple[int, int]:
     return cost, cost * (burst if burst > 0 else pps)
 
 
+def auth_keys_field(keys: tuple[bytes, ...]) -> bytes:
+    """settings.auth_keys: every key in wire order, unused slots repeating the send
+    key (the program compares all AUTH_KEYS slots); zeros when auth is off."""
+    if not keys:
+        return bytes(D.AUTH_KEYS * D.AUTH_KEY_BYTES)
+    if len(keys) > D.AUTH_KEYS or any(len(k) != D.AUTH_KEY_BYTES for k in keys):
+        raise ValueError(f"auth keys: 1..{D.AUTH_KEYS} keys of {D.AUTH_KEY_BYTES} bytes")
+    return b"".join(keys + (keys[0],) * (D.AUTH_KEYS - len(keys)))
+
+
 def _stride(name: str) -> int:
     """Entries per generation of a config array (index = gen * stride + i)."""
     return MAP_SPECS[name].max_entries // D.GENERATIONS
@@ -228,6 +242,9 @@ def desired(
         key = S["lpm_key"].pack(prefixlen=net.prefixlen, addr=net.network_address)
         out["firewall"][key] = _u32(verdict)
     flags = maps_def.SET_HAVE_FIREWALL if out["firewall"] else 0
+    if cfg.auth_keys:
+        flags |= maps_def.SET_AUTH
+    flood_cost, flood_burst = rate_params(cfg.flood_budget_pps, cfg.flood_budget_pps)
     out["settings"][_u32(gen)] = S["settings"].pack(
         pop_addr=cfg.pop_address,
         fou_port=cfg.fou_port,
@@ -236,6 +253,10 @@ def desired(
         nexthop_ttl_ns=cfg.nexthop_ttl_ms * 1_000_000,
         srcds_ttl_ns=cfg.srcds_ttl_s * 1_000_000_000,
         ns_per_jiffy=ns_per_jiffy,
+        flood_new_sources=cfg.flood_new_sources_pps,
+        auth_keys=auth_keys_field(cfg.auth_keys),
+        flood_cost_ns=flood_cost,
+        flood_burst_ns=flood_burst,
     )
     return out
 
@@ -537,6 +558,19 @@ def in_force(ms: MapSet, name: str) -> dict[bytes, bytes]:
         return {k: v for k, v in _hash_entries(ms[name]).items() if k[at] == gen}
     stride = _stride(name)
     return {_u32(i): v for i, v in ms[name].nonzero(stride, gen * stride).items()}
+
+
+def auth_in_force(ms: MapSet) -> int:
+    """How many distinct FOU keys the generation in force accepts; 0: auth is off."""
+    raw = ms["settings"].lookup(_u32(active_generation(ms)))
+    if raw is None:
+        return 0
+    st = S["settings"].unpack(raw)
+    if not st["flags"] & D.SET_AUTH:
+        return 0
+    keys = st["auth_keys"]
+    n = D.AUTH_KEY_BYTES
+    return len({keys[i : i + n] for i in range(0, len(keys), n)})
 
 
 def rule_names(ms: MapSet, cfg: XdpConfig) -> dict[int, str]:

@@ -81,6 +81,11 @@ REASONS: tuple[tuple[str, str], ...] = (
     ("pass_return_neigh", "decapsulated, client next hop not resolved: the stack sends it"),
     ("drop_unknown_gs", "FOU to the POP port from an address not a game-server machine"),
     ("drop_relay", "return path inner source is not a service forwarded to that machine"),
+    # Appended, so the counters of the reasons above keep their indices.
+    ("drop_auth", "auth on: FOU without the exact length or an accepted key (AUTH.md)"),
+    ("drop_martian", "martian client source, or a return-path destination that is martian, "
+     "the POP or a game server"),
+    ("drop_flood", "flood mode: an unknown source over the rule's aggregate budget"),
 )
 REASON_INDEX = {name: i for i, (name, _) in enumerate(REASONS)}
 
@@ -112,6 +117,11 @@ MODULE_BITS = {m.name: m.bit for m in GAME_MODULES}
 
 # settings.flags
 SET_HAVE_FIREWALL = 1  # skip the LPM lookup when the block and allow lists are empty
+SET_AUTH = 2  # FOU carries an 8-byte token after the inner packet (settings.auth_keys)
+
+# Authenticated FOU (AUTH.md): the token's size and how many keys a generation accepts.
+AUTH_KEY_BYTES = 8
+AUTH_KEYS = 4
 
 # firewall (LPM trie) values: what the longest matching prefix says.
 FW_ALLOW = 1  # exempt from rate limits (and from any block prefix it is inside)
@@ -153,6 +163,9 @@ CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("RULE_CACHE", RULE_CACHE, "rule flag: pass well-formed A2S queries up"),
     *((f"MOD_{m.name.upper()}", m.bit, f"rule_modules bit: {m.name}") for m in GAME_MODULES),
     ("SET_HAVE_FIREWALL", SET_HAVE_FIREWALL, "settings flag: firewall trie not empty"),
+    ("SET_AUTH", SET_AUTH, "settings flag: FOU is authenticated (token after the inner packet)"),
+    ("AUTH_KEY_BYTES", AUTH_KEY_BYTES, "the FOU token's size"),
+    ("AUTH_KEYS", AUTH_KEYS, "accepted keys per generation (settings.auth_keys)"),
     ("FW_ALLOW", FW_ALLOW, "firewall value: allow-listed source"),
     ("FW_BLOCK", FW_BLOCK, "firewall value: block-listed source"),
     ("FW_GEN_BITS", FW_GEN_BITS, "firewall value: bits per config generation"),
@@ -269,7 +282,21 @@ STRUCTS: tuple[Struct, ...] = (
             F("service_port", "u16"),
         ),
     ),
-    Struct("srcds_state", "srcds_clients value", (F("expires_ns", "u64"),)),
+    Struct(
+        "srcds_state",
+        "srcds_clients value: a validated client, with its own rate bucket, out of the "
+        "reach of unknown sources (only an authenticated server accept inserts)",
+        (
+            F("expires_ns", "u64"),
+            F("last_ns", "u64", doc="token bucket (as rate_state); 0: full"),
+            F("credit_ns", "u64"),
+        ),
+    ),
+    Struct(
+        "flood_state",
+        "flood value (per CPU): new sources in the current one-second window",
+        (F("window_ns", "u64", doc="bfx_now() the window started"), F("new_sources", "u64")),
+    ),
     Struct(
         "game_client_set",
         "game_clients value (index: hash of the key): a set of validated clients, by way",
@@ -281,7 +308,9 @@ STRUCTS: tuple[Struct, ...] = (
             F("client", "u32", GAME_CLIENT_WAYS, doc="network order"),
             F("service", "u32", GAME_CLIENT_WAYS, doc="network order"),
             F("ports", "u32", GAME_CLIENT_WAYS, doc="client then service port, network order"),
-            F("expires_ns", "u64", GAME_CLIENT_WAYS, doc="0: free; bfx_now() after which not"),
+            # A srcds_state per way (C: struct bfx_srcds_state state[WAYS]): expires_ns
+            # (0: free), then the client's own rate bucket, last_ns and credit_ns.
+            F("state", "u64", 3 * GAME_CLIENT_WAYS, doc="srcds_state by way"),
         ),
     ),
     Struct(
@@ -295,7 +324,15 @@ STRUCTS: tuple[Struct, ...] = (
             F("nexthop_ttl_ns", "u64", doc="how long a next-hop entry is trusted"),
             F("srcds_ttl_ns", "u64", doc="how long a validated SRCDS client stays valid"),
             F("ns_per_jiffy", "u32", doc="1e9/HZ, calibrated by the loader; 0: use ktime"),
-            F("reserved", "u32"),
+            F("flood_new_sources", "u32", doc="new sources per second per CPU: flood above"),
+            F(
+                "auth_keys",
+                "u8",
+                AUTH_KEYS * AUTH_KEY_BYTES,
+                doc="AUTH_KEYS keys in wire order; [0] is sent; unused slots repeat [0]",
+            ),
+            F("flood_cost_ns", "u64", doc="aggregate bucket of unknown sources per rule/CPU"),
+            F("flood_burst_ns", "u64"),
         ),
     ),
     Struct("counter", "counters value (per CPU)", (F("packets", "u64"), F("bytes", "u64"))),
