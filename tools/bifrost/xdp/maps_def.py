@@ -22,6 +22,16 @@ from bifrost.paths import XDP_DIR
 HEADER_PATH = XDP_DIR / "generated" / "bifrost_maps.h"
 
 
+def fmix32(h: int) -> int:
+    """murmur3's 32-bit finalizer, as bfx_fmix32() in xdp/hash.h."""
+    m = 0xFFFFFFFF
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & m
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & m
+    return h ^ (h >> 16)
+
+
 def rule_slot_index(addr: bytes, port: int, proto: int) -> int:
     """The rule_slots index of a rule key; the same function as bfx_rule_hash() in xdp/rules.h.
 
@@ -30,12 +40,7 @@ def rule_slot_index(addr: bytes, port: int, proto: int) -> int:
     """
     m = 0xFFFFFFFF
     h = int.from_bytes(addr, "little") ^ ((((port << 8) | proto) * 0x9E3779B1) & m)
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & m
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & m
-    h ^= h >> 16
-    return h & (RULE_SLOTS - 1)
+    return fmix32(h) & (RULE_SLOTS - 1)
 
 
 def game_ports(port: int, service_port: int) -> int:
@@ -49,13 +54,9 @@ def game_set_index(client: bytes, port: int, service: bytes, service_port: int) 
     packet (loaded little-endian there too); ports in host order."""
     m = 0xFFFFFFFF
     c, s = int.from_bytes(client, "little"), int.from_bytes(service, "little")
-    h = c ^ ((s * 0x9E3779B1) & m) ^ game_ports(port, service_port)
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & m
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & m
-    h ^= h >> 16
-    return h & (GAME_CLIENT_SETS - 1)
+    return fmix32(c ^ ((s * 0x9E3779B1) & m) ^ game_ports(port, service_port)) & (
+        GAME_CLIENT_SETS - 1
+    )
 
 
 # Why a packet ended where it did. Every packet the program sees increments
