@@ -120,7 +120,7 @@ def main() -> int:
         rows[label] = (_frame(port, DATA[name]), "TX", ((rid, "tx_forward"),), name != "none")
     # Reference rows: a Steam ChallengeRequest over the budget (spent before the
     # rounds; what refills between rounds, ~1 per ms, is forwarded) and a malformed
-    # RakNet packet, from clients never validated.
+    # RakNet packet, from clients never validated: what a spoofed flood costs.
     steam_rid, steam_port, _ = RULES["steam"]
     challenge = b"\x20\x0b\x00\x0d\x44\x33\x22\x11" + bytes(504)
     rows["steam handshake over budget"] = (
@@ -131,7 +131,7 @@ def main() -> int:
     )
     rust_rid, rust_port, _ = RULES["rust"]
     rows["rust malformed (drop)"] = (
-        _frame(rust_port, DATA["rust"], src="192.0.2.61"),
+        _frame(rust_port, b"\x13" + bytes(59), src="192.0.2.61"),  # no such offline id
         "DROP",
         ((rust_rid, "drop_module"),),
         False,

@@ -88,9 +88,11 @@ def raknet_reply2(client: str, port: int, security: bool = False) -> bytes:
     )
 
 
-def raknet_datagram() -> bytes:
-    """A connected datagram (reliability layer): the 0x80 bit set."""
-    return b"\x84\x00\x00\x00" + b"\x40\x00\x90" + b"game data"
+def raknet_datagram(size: int = 16) -> bytes:
+    """A connected datagram (ReliabilityLayer.cpp DatagramHeaderFormat): isValid (0x80)
+    and flags, the datagram number (uint24), then messages."""
+    head = b"\x84\x00\x00\x00" + b"\x40\x00\x90"
+    return head + b"game data" + bytes(max(size - len(head) - 9, 0))
 
 
 # --- Steam networking (GameNetworkingSockets) -----------------------------------------
@@ -194,9 +196,10 @@ def steam_no_connection() -> bytes:
     )
 
 
-def steam_data() -> bytes:
+def steam_data(size: int = 23, to: int = SERVER_CONNECTION_ID) -> bytes:
     """UDPDataMsgHdr (udp.h:28-40): flags with 0x80 (udp.cpp:548), to-connection id, seq."""
-    return b"\x80" + struct.pack("<IH", SERVER_CONNECTION_ID, 1) + b"encrypted frames"
+    head = b"\x80" + struct.pack("<IH", to, 1)
+    return head + b"encrypted frames" + bytes(max(size - len(head) - 16, 0))
 
 
 # --- Unreal Engine 4 stateless handshake ----------------------------------------------
@@ -265,6 +268,7 @@ def ue_restart_response() -> bytes:
     return ue_handshake(restart=1, secret=0, timestamp=99.0, orig_cookie=bytes(range(40, 60)))
 
 
-def ue_data() -> bytes:
-    """A game packet: handshake bit 0, then packet header and bunches."""
-    return ue_bits([0, *_bytes_bits(b"\x12\x34\x56 bunch data")])
+def ue_data(size: int = 15) -> bytes:
+    """A game packet: handshake bit 0, then packet header and bunches, termination bit."""
+    body = b"\x12\x34\x56 bunch data"
+    return ue_bits([0, *_bytes_bits(body + bytes(max(size - len(body) - 1, 0)))])

@@ -30,6 +30,7 @@ from xdp_modules_harness import (
     set_expiry,
     set_flags,
     to_service,
+    validated,
 )
 
 from bifrost import config as host_config
@@ -82,8 +83,8 @@ def test_rules_enable_modules_through_the_config(xdp: Xdp, tmp_path: Path) -> No
         "unreal": b["ue3"],
         "both": b["rust"] | b["steam"],
     }
-    # And they act: an unvalidated RakNet data packet to the rust rule is dropped.
-    verdict = xdp.run(client_frame(to_service(gf.raknet_datagram(), 28015))).verdict
+    # And they act: a malformed RakNet packet to the rust rule is dropped.
+    verdict = xdp.run(client_frame(to_service(gf.raknet_datagram()[:3], 28015))).verdict
     assert verdict == "DROP"
     assert xdp.counts()[(ids["rust"], "drop_module")] == 1
 
@@ -156,14 +157,14 @@ def test_full_set_overflows_and_never_replaces_a_live_client(xdp: Xdp) -> None:
     assert set(xdp.ms["game_clients_overflow"].keys()) == overflow
     for port in ports[:6]:
         assert send_forward(xdp, game, game.data, sport=port)[0] == "TX", port
-    assert send_forward(xdp, game, game.data, sport=ports[6])[0] == "DROP"
+    assert not validated(xdp, game, sport=ports[6])
     # Expire the first way: the seventh client takes it, not the overflow.
     set_expiry(xdp, ways[(CLIENT, ports[0], VIP, RUST_PORT)], 1)
     validate(ports[6])
     assert (CLIENT, ports[6], VIP, RUST_PORT) in game_clients(xdp)
     assert len(list(xdp.ms["game_clients_overflow"].keys())) == 2
     assert send_forward(xdp, game, game.data, sport=ports[6])[0] == "TX"
-    assert send_forward(xdp, game, game.data, sport=ports[0])[0] == "DROP", "expired"
+    assert not validated(xdp, game, sport=ports[0]), "expired"
 
 
 def test_validated_client_has_its_own_rate_bucket(xdp: Xdp) -> None:

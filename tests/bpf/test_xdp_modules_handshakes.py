@@ -27,6 +27,7 @@ from xdp_modules_harness import (
     send_forward,
     send_return,
     set_expiry,
+    validated,
 )
 
 pytestmark = pytest.mark.bpf
@@ -60,28 +61,40 @@ def test_malformed_dropped_and_counted(xdp: Xdp, game: Game) -> None:
 
 
 def test_validated_by_the_servers_proof_only(xdp: Xdp, game: Game) -> None:
-    assert send_forward(xdp, game, game.data) == (
-        "DROP",
-        {(rule_id(xdp, game.rule), "drop_module"): 1},
-    )
+    assert not validated(xdp, game), "game data before validation: the budget only"
     # Server replies that are not the proof are relayed and validate nothing.
     for name, payload in game.not_proof.items():
         verdict, moved = send_return(xdp, GS, from_service(payload, game.port))
         assert (verdict, moved) == ("TX", {(rule_id(xdp, game.rule), "tx_return"): 1}), name
-        assert send_forward(xdp, game, game.data)[0] == "DROP", f"validated by {name}"
+        assert not validated(xdp, game), f"validated by {name}"
     verdict, _ = send_return(xdp, GS, from_service(game.proof(CLIENT, CLIENT_PORT), game.port))
     assert verdict == "TX"
+    assert validated(xdp, game)
     assert send_forward(xdp, game, game.data) == (
         "TX",
         {(rule_id(xdp, game.rule), "tx_forward"): 1},
     )
     # That client port only: another port of the same address is another connection.
-    other = send_forward(xdp, game, game.data, sport=CLIENT_PORT + 1)
-    assert other == ("DROP", {(rule_id(xdp, game.rule), "drop_module"): 1})
+    assert not validated(xdp, game, sport=CLIENT_PORT + 1)
     # Expiry (xdp.srcds_ttl_s applies to every module): aged out, unvalidated again.
     assert set(game_clients(xdp)) == {(CLIENT, CLIENT_PORT, VIP, game.port)}
     set_expiry(xdp, game_clients(xdp)[(CLIENT, CLIENT_PORT, VIP, game.port)], 1)
-    assert send_forward(xdp, game, game.data)[0] == "DROP"
+    assert not validated(xdp, game)
+
+
+def test_session_reply_validates_a_client_that_moved_here(xdp: Xdp, game: Game) -> None:
+    """Issue 13 deliver 2 at one POP: a client validated elsewhere sends game data here;
+    it goes through on the budget (so fou_map learns the move), and the game server's
+    authenticated session reply through this POP validates it here."""
+    assert send_forward(xdp, game, game.data)[0] == "TX", "within the budget"
+    assert game_clients(xdp) == {}
+    verdict, _ = send_return(xdp, GS, from_service(game.session, game.port))
+    assert verdict == "TX"
+    assert validated(xdp, game)
+    # Replies to a validated client leave its entry alone (a lockless check).
+    before = game_clients(xdp)
+    assert send_return(xdp, GS, from_service(game.session, game.port))[0] == "TX"
+    assert game_clients(xdp) == before
 
 
 def test_spoofed_validation_attempts_validate_nothing(xdp: Xdp, game: Game) -> None:
@@ -96,28 +109,28 @@ def test_spoofed_validation_attempts_validate_nothing(xdp: Xdp, game: Game) -> N
         # The right server's address, but not authenticated: no token, a wrong one.
         "without the token": (GS, from_service(proof, game.port), "drop_auth", b""),
         "with a wrong token": (GS, from_service(proof, game.port), "drop_auth", bytes(8)),
+        "session data without the token": (
+            GS,
+            from_service(game.session, game.port),
+            "drop_auth",
+            b"",
+        ),
     }
     for name, (outer, inner, reason, *token) in attempts.items():
         verdict, moved = send_return(xdp, outer, inner, *token)
         assert (verdict, moved) == ("DROP", {(0, reason): 1}), name
-        assert send_forward(xdp, game, game.data)[0] == "DROP", f"validated {name}"
+        assert game_clients(xdp) == {}, f"validated {name}"
     # The other rule's own server validating the client for ITS service (VIP2, rust):
     # relayed, and it validates nothing for this rule.
     other = from_service(proof, OTHER_PORT, vip=VIP2)
     verdict, moved = send_return(xdp, GS_OTHER, other)
     assert (verdict, moved) == ("TX", {(rule_id(xdp, RULE_OTHER), "tx_return"): 1})
-    assert send_forward(xdp, game, game.data) == (
-        "DROP",
-        {(rule_id(xdp, game.rule), "drop_module"): 1},
-    )
+    assert not validated(xdp, game)
     # The proof for another client validates that client, not this one.
     elsewhere = from_service(game.proof("192.0.2.99", CLIENT_PORT), game.port, dst="192.0.2.99")
     send_return(xdp, GS, elsewhere)  # relayed or not (no next hop for it): no matter
-    assert send_forward(xdp, game, game.data)[0] == "DROP"
+    assert not validated(xdp, game)
     # Positive control: the real proof from the real server does validate, with the
     # key being rolled in (accepted, not yet sent) too.
     assert send_return(xdp, GS, from_service(proof, game.port), token=KEY_OLD)[0] == "TX"
-    assert send_forward(xdp, game, game.data)[0] == "TX"
-    set_expiry(xdp, game_clients(xdp)[(CLIENT, CLIENT_PORT, VIP, game.port)], 1)
-    assert send_return(xdp, GS, from_service(proof, game.port))[0] == "TX"
-    assert send_forward(xdp, game, game.data)[0] == "TX"
+    assert validated(xdp, game)

@@ -7,6 +7,7 @@ served by GS_OTHER: its server's replies must validate nothing for the first one
 from __future__ import annotations
 
 import ipaddress
+import os
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from xdp_harness import (
     GS,
     KEY,
     KEY_OLD,
+    NH_DMAC,
     NH_SMAC,
     VIP,
     VIP2,
@@ -33,7 +35,7 @@ from xdp_harness import (
     make_config,
 )
 
-from bifrost.xdp import maps, maps_def
+from bifrost.xdp import libbpf, maps, maps_def
 from bifrost.xdp.config import Rule, XdpConfig
 
 ALL_MODULES = ("srcds", "rust", "steam", "ue3")
@@ -66,10 +68,16 @@ def games_config() -> XdpConfig:
 
 @contextmanager
 def games_loaded(tmp: Path) -> Iterator[Xdp]:
-    """The program with every module compiled in and games_config() applied."""
-    with loaded(tmp, modules=ALL_MODULES) as x:
-        x.apply(games_config())
-        yield x
+    """The program with every module compiled in and games_config() applied, run on one
+    CPU: the handshake budget is per CPU."""
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        with loaded(tmp, modules=ALL_MODULES) as x:
+            x.apply(games_config())
+            yield x
+    finally:
+        os.sched_setaffinity(0, cpus)
 
 
 def to_service(payload: bytes, port: int, src: str = CLIENT, sport: int = CLIENT_PORT) -> IP:
@@ -97,7 +105,9 @@ class Game:
     malformed: dict[str, bytes]  # client -> server before validation: dropped
     not_proof: dict[str, bytes]  # server -> client, relayed, validates nothing
     proof: Callable[[str, int], bytes]  # server -> client (address, port): validates
-    data: bytes  # client -> server after validation
+    data: bytes  # client -> server: a validated client's, or budgeted (a route move)
+    big_data: bytes  # the same kind, too big for the shrunk MTU of module_split()
+    session: bytes  # server -> client game data: validates (a client that moved here)
 
 
 def _raknet_request2() -> bytes:
@@ -130,7 +140,8 @@ RAKNET_MALFORMED = {
     "request 2 ipv6 binding address": _flip(_raknet_request2(), 17, 0x02),
     "request 2 truncated": _raknet_request2()[:33],
     "reply 1 from a client": gf.raknet_reply1(),
-    "connected datagram": gf.raknet_datagram(),
+    "connected datagram too short": gf.raknet_datagram()[:3],
+    "connected datagram over the mtu": gf.raknet_datagram(1465),
     "empty": b"",
     "unknown id": b"\x13" + gf.RAKNET_MAGIC + bytes(17),
 }
@@ -160,13 +171,16 @@ STEAM_MALFORMED = {
     "connect ok from a client": gf.steam_connect_ok(),
     "challenge reply from a client": gf.steam_challenge_reply(),
     "no connection too long": gf.steam_no_connection() + b"\x00",
-    "data packet": gf.steam_data(),
+    "data packet too short": gf.steam_data()[:6],
+    "data packet over 1300": gf.steam_data(1301),
+    "source connectionless packet": b"\xff\xff\xff\xffq" + bytes(10),
     "4 bytes": b"\x20\x00\x00\x0d",
     "a2s info padded": gf.A2S_INFO + b"\x00",
 }
 UE_MALFORMED = {
-    "data packet": gf.ue_data(),
-    "no handshake bit": _flip(gf.ue_connect(), 0),
+    "data packet without termination bit": gf.ue_data()[:-1] + b"\x00",
+    "data packet over 1472": gf.ue_data(1473),
+    "one byte": b"\x02",
     "no termination bit": gf.ue_connect()[:28] + b"\x00",
     "bits after the termination bit": _flip(gf.ue_connect(), 28, 0x10),
     "one byte short": gf.ue_connect()[:28],
@@ -190,8 +204,11 @@ GAMES: dict[str, Game] = {
             "reply 2 naming another client": gf.raknet_reply2("192.0.2.99", CLIENT_PORT),
             "reply 2 naming another port": gf.raknet_reply2(CLIENT, CLIENT_PORT + 1),
             "reply 2 padded": gf.raknet_reply2(CLIENT, CLIENT_PORT) + b"\x00",
+            "incompatible protocol": b"\x19\x06" + gf.RAKNET_MAGIC + gf.SERVER_GUID,
         },
         gf.raknet_reply2,
+        gf.raknet_datagram(),
+        gf.raknet_datagram(1464),
         gf.raknet_datagram(),
     ),
     "rust-steam": Game(
@@ -203,6 +220,8 @@ GAMES: dict[str, Game] = {
         {"challenge reply": gf.steam_challenge_reply()},
         lambda addr, port: gf.steam_connect_ok(),
         gf.steam_data(),
+        gf.steam_data(1300),
+        gf.steam_data(to=gf.CLIENT_CONNECTION_ID),
     ),
     "steam": Game(
         "steam",
@@ -216,9 +235,14 @@ GAMES: dict[str, Game] = {
             + b"\x15"
             + gf.steam_connect_ok()[2:],
             "raknet reply 2": gf.raknet_reply2(CLIENT, CLIENT_PORT),
+            "no connection": gf.steam_no_connection(),
+            "connection closed": gf.steam_connection_closed(),
+            "source connectionless": b"\xff\xff\xff\xffA" + bytes(4),
         },
         lambda addr, port: gf.steam_connect_ok(),
         gf.steam_data(),
+        gf.steam_data(1300),
+        gf.steam_data(to=gf.CLIENT_CONNECTION_ID),
     ),
     "ue": Game(
         "ue3",
@@ -237,8 +261,11 @@ GAMES: dict[str, Game] = {
             "ack as a restart response": gf.ue_handshake(
                 secret=1, timestamp=-1.0, orig_cookie=bytes(20)
             ),
+            "data without termination bit": gf.ue_data()[:-1] + b"\x00",
         },
         lambda addr, port: gf.ue_challenge_ack(),
+        gf.ue_data(),
+        gf.ue_data(1464),
         gf.ue_data(),
     ),
 }
@@ -272,6 +299,44 @@ def send_return(xdp: Xdp, gs: str, inner: IP, token: bytes = KEY) -> tuple[str, 
     if res.verdict == "TX":
         assert res.data == decap_of(inner)
     return res.verdict, delta(xdp, before)
+
+
+def module_split(xdp: Xdp, game: Game, n: int, **kw) -> tuple[int, int]:
+    """game.big_data from a client n times in one BPF_PROG_TEST_RUN (one CPU, about a
+    microsecond apart): (let through by the module, dropped by it). The game server's
+    MTU is shrunk for the run, so what the module lets through ends as drop_too_big,
+    the frame unchanged for the next repeat."""
+    rid = rule_id(xdp, game.rule)
+    frame = client_frame(to_service(game.big_data, game.port, **kw))
+    before = xdp.counts()
+    _gs_mtu(xdp, 1000)
+    try:
+        assert xdp.run(frame).verdict == "DROP"
+        libbpf.test_run(xdp.prog, frame, repeat=n - 1)
+    finally:
+        _gs_mtu(xdp, 1500)
+    moved = delta(xdp, before)
+    passed, dropped = moved.get((rid, "drop_too_big"), 0), moved.get((rid, "drop_module"), 0)
+    assert passed + dropped == n and sum(moved.values()) == n, moved
+    return passed, dropped
+
+
+def validated(xdp: Xdp, game: Game, **kw) -> bool:
+    """Whether the client (kw: src, sport) is validated: three seconds' worth of the
+    rule's budget at once all pass only for a validated client."""
+    n = 3 * maps_def.GAME_HANDSHAKE_PPS
+    passed, dropped = module_split(xdp, game, n, **kw)
+    if dropped:
+        # Not validated: the budget (a second's worth) and what refilled, no more.
+        assert passed <= maps_def.GAME_HANDSHAKE_PPS + 64, (passed, dropped)
+    return dropped == 0
+
+
+def _gs_mtu(xdp: Xdp, mtu: int) -> None:
+    """GS's next-hop MTU (slot 0: the lowest game server, as xdp_harness sets it)."""
+    nh = maps_def.BY_NAME["nexthop"]
+    value = nh.pack(smac=NH_SMAC, dmac=NH_DMAC, ifindex=1, mtu=mtu, dst=GS, expires_ns=2**63)
+    xdp.ms["gs_nexthops"].update(bytes(4), value)
 
 
 def game_set_index(client: str, port: int, service: str, service_port: int) -> int:

@@ -6,15 +6,21 @@
  * A client (address and port, of one service) is validated only by the
  * return path, when the game server's reply that proves the client's
  * address (RakNet open connection reply 2, Steam networking ConnectOK,
- * Unreal's challenge ack) passes through this POP: bfx_modules_return()
- * runs only after the return packet passed the game-server and relay checks
- * (and the FOU authentication), so an off-path spoofer cannot forge it.
+ * Unreal's challenge ack) passes through this POP, or its session data,
+ * which a server sends only on a connection it made after such a proof:
+ * bfx_modules_return() runs only after the return packet passed the
+ * game-server and relay checks and the FOU authentication, so an off-path
+ * spoofer cannot forge either.
  *
- * Until then, a client may send only well-formed handshake packets (each
- * module says which), and only within a per-rule aggregate budget: a flood
- * of spoofed handshakes reaches the game server at no more than
- * BFX_GAME_HANDSHAKE_PPS per CPU, and inserts no per-source state (the
- * budget is an array slot per rule, not a bucket per source).
+ * Until then, a client may send only well-formed packets (each module says
+ * which): handshakes, and game data, which is what a client validated at
+ * another POP sends when its route moves here (issue 13 deliver 2: that
+ * data reaches the server, fou_map learns the move, the server's session
+ * replies come back this way and validate the client here). Both only within
+ * a per-rule aggregate budget: a spoofed flood of either reaches the game
+ * server at no more than BFX_GAME_HANDSHAKE_PPS per CPU, and inserts no
+ * per-source state (the budget is an array slot per rule, not a bucket per
+ * source).
  */
 #ifndef BIFROST_XDP_MODULE_GAME_CLIENTS_H
 #define BIFROST_XDP_MODULE_GAME_CLIENTS_H
@@ -197,6 +203,39 @@ static __always_inline int bfx_game_budget_ok(__u32 rule_id, const struct bfx_se
 	}
 	b->credit_ns = credit - BFX_GAME_HANDSHAKE_COST_NS;
 	return 1;
+}
+
+/*
+ * Return path, a session reply (the server's game data to the client, which
+ * a server sends only on a connection it made after the handshake): the
+ * client is validated here too, which is how a client whose route moved to
+ * this POP gets validated without a handshake (issue 13 deliver 2: its first
+ * packets here came through on the rule's budget, fou_map learned the move,
+ * and the server's replies now come this way). Most replies find the client
+ * live already: a lockless check first, the locked insert only when not.
+ */
+static __always_inline void bfx_game_validate(const struct bfx_inner *in, const struct bfx_l4 *l4,
+					      const struct bfx_settings *s);
+
+static __always_inline void bfx_game_session(const struct bfx_inner *in, const struct bfx_l4 *l4,
+					     const struct bfx_settings *s)
+{
+	struct bfx_game_key key = {
+		.client = in->daddr,
+		.service = in->saddr,
+		.ports = (__u32)l4->dport | (__u32)l4->sport << 16,
+	};
+	struct bfx_game_client_set_locked *set;
+	__u32 idx = bfx_game_set_index(&key), way;
+
+	set = bpf_map_lookup_elem(&game_clients, &idx);
+	if (!set)
+		return;
+	way = bfx_game_way(set, &key);
+	if (way < BFX_GAME_CLIENT_WAYS &&
+	    set->state[way & (BFX_GAME_CLIENT_WAYS - 1)].expires_ns > bfx_now(s))
+		return;
+	bfx_game_validate(in, l4, s);
 }
 
 /* Return path: the game server's reply proved the client's address: validate it. */

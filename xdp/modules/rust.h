@@ -51,6 +51,9 @@
 #define BFX_RAKNET_PING_LEN 33
 #define BFX_RAKNET_OCR2_LEN 34
 #define BFX_RAKNET_OCREPLY2_LEN 35
+/* A connected datagram: the isValid bit, a datagram number (uint24), at most the MTU. */
+#define BFX_RAKNET_DATAGRAM_MIN 4
+#define BFX_RAKNET_DATAGRAM_MAX (1492 - 28)
 
 static __always_inline int bfx_raknet_magic_at(const __u8 *p, __u32 off, void *data_end)
 {
@@ -85,6 +88,23 @@ static __always_inline int bfx_raknet_handshake(const struct bfx_l4 *l4, void *d
 	return 0;
 }
 
+/*
+ * 1: a connected datagram (ReliabilityLayer.cpp's DatagramHeaderFormat: the
+ * isValid bit 0x80, then flags and the datagram number), which a peer sends
+ * only to a system in its remoteSystemList (RakPeer.cpp: offline messages are
+ * the ones below 0x80).
+ */
+static __always_inline int bfx_raknet_datagram(const struct bfx_l4 *l4, void *data_end)
+{
+	const __u8 *p = l4->payload;
+	__u32 len = l4->payload_len;
+
+	if (len < BFX_RAKNET_DATAGRAM_MIN || len > BFX_RAKNET_DATAGRAM_MAX ||
+	    !BFX_HAVE(p, BFX_RAKNET_DATAGRAM_MIN, data_end))
+		return 0;
+	return (p[0] & 0x80) && *(const __u32 *)p != BFX_CONNECTIONLESS;
+}
+
 /* 1: open connection reply 2 (no security) to exactly the packet's destination. */
 static __always_inline int bfx_raknet_reply2(const struct bfx_inner *in, const struct bfx_l4 *l4,
 					     void *data_end)
@@ -111,7 +131,9 @@ static __always_inline int bfx_rust_forward(const struct iphdr *ip, const struct
 	if (bfx_game_validated(ip, l4, s, own) ||
 	    bfx_is_a2s_query(l4->payload, l4->payload_len, data_end))
 		return 1;
-	if (!bfx_raknet_handshake(l4, data_end) && !bfx_steam_handshake(l4, data_end))
+	/* A handshake, or session data of a client whose route moved here (game_clients.h). */
+	if (!bfx_raknet_handshake(l4, data_end) && !bfx_steam_handshake(l4, data_end) &&
+	    !bfx_raknet_datagram(l4, data_end) && !bfx_steam_data(l4, data_end))
 		return 0;
 	return bfx_game_budget_ok(rule_id, s);
 }
@@ -119,7 +141,10 @@ static __always_inline int bfx_rust_forward(const struct iphdr *ip, const struct
 static __always_inline void bfx_rust_return(const struct bfx_inner *in, const struct bfx_l4 *l4,
 					    void *data_end, const struct bfx_settings *s)
 {
-	if (bfx_raknet_reply2(in, l4, data_end) || bfx_steam_connect_ok(l4, data_end))
+	/* Both transports' data have 0x80 set: one check covers RakNet's and Steam's. */
+	if (bfx_raknet_datagram(l4, data_end))
+		bfx_game_session(in, l4, s);
+	else if (bfx_raknet_reply2(in, l4, data_end) || bfx_steam_connect_ok(l4, data_end))
 		bfx_game_validate(in, l4, s);
 }
 

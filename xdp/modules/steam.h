@@ -12,7 +12,8 @@
  *   clientlib/steamnetworkingsockets_udp.h:19-26  padded messages: id (u8),
  *     protobuf length (u16 LE), protobuf, zero padding to at least 512 bytes
  *   clientlib/steamnetworkingsockets_udp.h:28-40  data packets: flags byte
- *     with 0x80 set (steamnetworkingsockets_udp.cpp:548), connection id, seq
+ *     with 0x80 set (steamnetworkingsockets_udp.cpp:548), connection id (4),
+ *     seq (2): 7 bytes at least; sent only on a connection
  *   steamnetworkingsockets_internal.h:266  no message over 1300 bytes
  *   clientlib/steamnetworkingsockets_udp.cpp:181-245 (ReceivedFromUnknownHost):
  *     what a server accepts from an address with no connection: >= 5 bytes;
@@ -83,6 +84,17 @@ static __always_inline int bfx_steam_handshake(const struct bfx_l4 *l4, void *da
 	return 0;
 }
 
+/* 1: a data packet (udp.h:28-40), not a Source connectionless one (udp.cpp:195-200). */
+static __always_inline int bfx_steam_data(const struct bfx_l4 *l4, void *data_end)
+{
+	const __u8 *p = l4->payload;
+	__u32 len = l4->payload_len;
+
+	if (len < 7 || len > BFX_STEAM_MAX_MSG || !BFX_HAVE(p, 7, data_end))
+		return 0;
+	return (p[0] & 0x80) && *(const __u32 *)p != BFX_CONNECTIONLESS;
+}
+
 /* 1: the server's ConnectOK (sent by SendMsg: id + protobuf, not padded). */
 static __always_inline int bfx_steam_connect_ok(const struct bfx_l4 *l4, void *data_end)
 {
@@ -109,14 +121,19 @@ static __always_inline int bfx_steam_forward(const struct iphdr *ip, const struc
 	if (bfx_game_validated(ip, l4, s, own) ||
 	    bfx_is_a2s_query(l4->payload, l4->payload_len, data_end))
 		return 1;
-	return bfx_steam_handshake(l4, data_end) && bfx_game_budget_ok(rule_id, s);
+	/* A handshake, or a data packet of a client whose route moved here (game_clients.h). */
+	if (!bfx_steam_handshake(l4, data_end) && !bfx_steam_data(l4, data_end))
+		return 0;
+	return bfx_game_budget_ok(rule_id, s);
 }
 
-/* Return path (UDP only): ConnectOK validates the client it is addressed to. */
+/* Return path (UDP only): ConnectOK, or session data, validates the client it goes to. */
 static __always_inline void bfx_steam_return(const struct bfx_inner *in, const struct bfx_l4 *l4,
 					     void *data_end, const struct bfx_settings *s)
 {
-	if (bfx_steam_connect_ok(l4, data_end))
+	if (bfx_steam_data(l4, data_end))
+		bfx_game_session(in, l4, s);
+	else if (bfx_steam_connect_ok(l4, data_end))
 		bfx_game_validate(in, l4, s);
 }
 

@@ -55,6 +55,28 @@ static __always_inline int bfx_ue_shape(const __u8 *p, __u32 len, void *data_end
 	return 0;
 }
 
+/* Largest UE packet taken as game data (UE's MaxPacket defaults are below 1500 - 28). */
+#define BFX_UE_MAX_PACKET 1472
+
+/*
+ * 1: a game (non-handshake) packet: handshake bit 0 and a termination bit in
+ * the last byte. A server sends these only on a connection (UNetConnection);
+ * to an unknown address it answers with a restart request, a handshake packet.
+ */
+static __always_inline int bfx_ue_data(const struct bfx_l4 *l4, void *data_end)
+{
+	const __u8 *p = l4->payload;
+	__u32 len = l4->payload_len;
+	const __u8 *last;
+
+	if (len < 2 || len > BFX_UE_MAX_PACKET || !BFX_HAVE(p, 1, data_end) || (p[0] & 1))
+		return 0;
+	last = p + ((len - 1) & 0x7ff);
+	if (!BFX_HAVE(last, 1, data_end))
+		return 0;
+	return *last != 0;
+}
+
 /* The server's challenge ack: a 29-byte handshake packet whose timestamp is -1.0. */
 static __always_inline int bfx_ue_challenge_ack(const struct bfx_l4 *l4, void *data_end)
 {
@@ -74,13 +96,18 @@ static __always_inline int bfx_ue_forward(const struct iphdr *ip, const struct b
 {
 	if (bfx_game_validated(ip, l4, s, own))
 		return 1;
-	return bfx_ue_shape(l4->payload, l4->payload_len, data_end) && bfx_game_budget_ok(rule_id, s);
+	/* A handshake, or game data of a client whose route moved here (game_clients.h). */
+	if (!bfx_ue_shape(l4->payload, l4->payload_len, data_end) && !bfx_ue_data(l4, data_end))
+		return 0;
+	return bfx_game_budget_ok(rule_id, s);
 }
 
 static __always_inline void bfx_ue_return(const struct bfx_inner *in, const struct bfx_l4 *l4,
 					  void *data_end, const struct bfx_settings *s)
 {
-	if (bfx_ue_challenge_ack(l4, data_end))
+	if (bfx_ue_data(l4, data_end))
+		bfx_game_session(in, l4, s);
+	else if (bfx_ue_challenge_ack(l4, data_end))
 		bfx_game_validate(in, l4, s);
 }
 
