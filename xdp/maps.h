@@ -62,6 +62,9 @@ struct {
  * The loader places the keys (maps.py), with the same hash (maps_def.py).
  * Each holds both generations: rules[gen * (BFX_MAX_RULES + 1) + id],
  * rule_slots[gen * BFX_RULE_SLOTS + hash], rule_overflow key .gen.
+ * The same tables mark the anycast and game-server addresses (keys with
+ * proto BFX_PROTO_ANYCAST / BFX_PROTO_GAMESERVER, port 0; bfx_addr_is()),
+ * which the per-packet martian and game-server checks read.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -81,7 +84,8 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, BFX_GENERATIONS * BFX_MAX_RULE_KEYS);
+	__uint(max_entries, BFX_GENERATIONS *
+		 (BFX_MAX_RULE_KEYS + BFX_MAX_ANYCAST + BFX_MAX_GAMESERVERS));
 	__type(key, struct bfx_rule_key);
 	__type(value, struct bfx_rule_ref);
 	__uint(map_flags, BPF_F_NO_PREALLOC);

@@ -167,7 +167,7 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 	__u32 ihl, inner_len, udp_len = bpf_ntohs(udp->len);
 	int auth = s->flags & BFX_SET_AUTH;
 
-	if (!bfx_in_gen(bpf_map_lookup_elem(&gameservers, &ip->saddr), gen))
+	if (!bfx_addr_is(gen, ip->saddr, BFX_PROTO_GAMESERVER))
 		return bfx_count(0, BFX_DROP_UNKNOWN_GS, bytes, XDP_DROP);
 	/* The kernel's ipip/fou transmit path never writes outer options. */
 	if (ip->ihl != 5 || udp_len < sizeof(*udp) + sizeof(*inner) ||
@@ -203,7 +203,7 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 	 * destinations, the POP itself, and game-server machines (the sender too).
 	 */
 	if (bfx_martian(inner->daddr) || inner->daddr == s->pop_addr ||
-	    bfx_in_gen(bpf_map_lookup_elem(&gameservers, &inner->daddr), gen))
+	    bfx_addr_is(gen, inner->daddr, BFX_PROTO_GAMESERVER))
 		return bfx_count(rule->id, BFX_DROP_MARTIAN, bytes, XDP_DROP);
 
 	bfx_inner_from(&in, inner, &l4);
@@ -245,7 +245,7 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 
 	/* A client is never martian, the POP itself or an anycast service. */
 	if (bfx_martian(ip->saddr) || ip->saddr == s->pop_addr ||
-	    bfx_in_gen(bpf_map_lookup_elem(&anycast, &ip->saddr), gen))
+	    bfx_addr_is(gen, ip->saddr, BFX_PROTO_ANYCAST))
 		return bfx_count(id, BFX_DROP_MARTIAN, bytes, XDP_DROP);
 	if (s->flags & BFX_SET_HAVE_FIREWALL)
 		fw = bfx_firewall(gen, ip->saddr);
@@ -344,11 +344,11 @@ static __always_inline int bfx_process(struct xdp_md *ctx)
 		rule = bfx_rule_lookup(gen, ip->daddr, bpf_ntohs(l4.dport), ip->protocol);
 		if (rule)
 			return bfx_forward_path(ctx, eth, ip, &l4, rule, data_end, s, gen, bytes);
-		is_anycast = bfx_in_gen(bpf_map_lookup_elem(&anycast, &ip->daddr), gen);
+		is_anycast = bfx_addr_is(gen, ip->daddr, BFX_PROTO_ANYCAST);
 		return is_anycast ? bfx_count(0, BFX_DROP_NO_RULE, bytes, XDP_DROP) :
 				    bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
 	}
-	if (!bfx_in_gen(bpf_map_lookup_elem(&anycast, &ip->daddr), gen))
+	if (!bfx_addr_is(gen, ip->daddr, BFX_PROTO_ANYCAST))
 		return bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
 	if (ip->frag_off & bpf_htons(BFX_IP_FRAG_MASK))
 		return bfx_count(0, BFX_DROP_FRAGMENT, bytes, XDP_DROP);

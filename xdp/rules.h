@@ -54,6 +54,28 @@ static __always_inline struct bfx_rule *bfx_rule_find(__u32 gen, __be32 addr, __
 	return rule && rule->id ? rule : NULL;
 }
 
+/*
+ * Whether addr is an anycast (kind BFX_PROTO_ANYCAST) or a game-server
+ * (BFX_PROTO_GAMESERVER) address in generation gen: a marker key in the rule
+ * tables, so usually one inlined array load instead of a hash lookup.
+ */
+static __always_inline int bfx_addr_is(__u32 gen, __be32 addr, __u8 kind)
+{
+	__u32 idx = gen * BFX_RULE_SLOTS + bfx_rule_hash(addr, 0, kind);
+	struct bfx_rule_slot *slot = bpf_map_lookup_elem(&rule_slots, &idx);
+
+	if (!slot)
+		return 0;
+	if (slot->addr == addr && slot->port == 0 && slot->proto == kind)
+		return 1;
+	if (slot->flags & BFX_SLOT_OVERFLOW) {
+		struct bfx_rule_key key = { .addr = addr, .port = 0, .proto = kind, .gen = gen };
+
+		return bpf_map_lookup_elem(&rule_overflow, &key) != NULL;
+	}
+	return 0;
+}
+
 /* The rule of generation gen for the key (see config_gen in maps.h). */
 static __always_inline struct bfx_rule *bfx_rule_lookup(__u32 gen, __be32 addr, __u16 port,
 							__u8 proto)

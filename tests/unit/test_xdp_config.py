@@ -67,7 +67,13 @@ def test_good_config() -> None:
 
 def test_desired_map_content() -> None:
     want = maps.desired(load(GOOD))
-    assert len(want["rule_slots"]) + len(want["rule_overflow"]) == 5, "one per port key"
+    placed = [maps_def.BY_NAME["rule_slot"].unpack(v) for v in want["rule_slots"].values()]
+    placed += [maps_def.BY_NAME["rule_key"].unpack(k) for k in want["rule_overflow"]]
+    protos = [p["proto"] for p in placed]
+    assert protos.count(17) + protos.count(6) == 5, "one per port key"
+    # The anycast and game-server addresses as marker keys (bfx_addr_is()).
+    assert protos.count(maps_def.PROTO_ANYCAST) == len(load(GOOD).all_anycast()) == 3
+    assert protos.count(maps_def.PROTO_GAMESERVER) == len(load(GOOD).all_game_servers()) == 3
     idx = maps_def.rule_slot_index(ipaddress.IPv4Address("198.51.100.10").packed, 27016, 17)
     slot = maps_def.BY_NAME["rule_slot"].unpack(want["rule_slots"][idx.to_bytes(4, "little")])
     assert slot["port"] == 27016 and slot["proto"] == 17 and slot["rule_id"] == 1

@@ -29,6 +29,8 @@
 #define BFX_IPV6_DROP 1	/* settings.ipv6_policy */
 #define BFX_MAX_RULES 256	/* rule ids are 1..MAX_RULES */
 #define BFX_SLOT_OVERFLOW 1	/* rule_slots flag: a colliding key is in rule_overflow */
+#define BFX_PROTO_ANYCAST 253	/* rule key proto marking an anycast address */
+#define BFX_PROTO_GAMESERVER 254	/* rule key proto marking a game-server address */
 #define BFX_MAX_RULE_KEYS 65536	/* rule keys (one per port) and rule_overflow entries */
 #define BFX_RULE_SLOTS 131072	/* rule_slots entries (power of two) */
 #define BFX_MAX_GAMESERVERS 1024

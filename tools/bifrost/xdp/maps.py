@@ -45,7 +45,12 @@ MAP_SPECS: dict[str, MapSpec] = {
     "rules": MapSpec(A, 4, S["rule"].size, G * (D.MAX_RULES + 1)),
     # mmap-able: apply reads a generation's 131072 slots without a per-slot copy.
     "rule_slots": MapSpec(A, 4, S["rule_slot"].size, G * D.RULE_SLOTS, libbpf.BPF_F_MMAPABLE),
-    "rule_overflow": MapSpec(H, S["rule_key"].size, S["rule_ref"].size, G * D.MAX_RULE_KEYS),
+    "rule_overflow": MapSpec(
+        H,
+        S["rule_key"].size,
+        S["rule_ref"].size,
+        G * (D.MAX_RULE_KEYS + D.MAX_ANYCAST + D.MAX_GAMESERVERS),
+    ),
     "rule_modules": MapSpec(A, 4, S["rule_modules"].size, G * (D.MAX_RULES + 1)),
     "anycast": MapSpec(H, 4, S["anycast"].size, G * D.MAX_ANYCAST),
     "gameservers": MapSpec(H, 4, S["gameserver"].size, G * D.MAX_GAMESERVERS),
@@ -233,6 +238,12 @@ def desired(
         for m in r.modules:
             bits |= maps_def.MODULE_BITS[m]
         out["rule_modules"][_u32(rules_base + rid)] = S["rule_modules"].pack(bits=bits)
+    for kind, addrs in (
+        (maps_def.PROTO_ANYCAST, cfg.all_anycast()),
+        (maps_def.PROTO_GAMESERVER, cfg.all_game_servers()),
+    ):
+        for a in addrs:
+            keys[S["rule_key"].pack(addr=a, port=0, proto=kind, gen=gen)] = 0
     out["rule_slots"], out["rule_overflow"] = place_rule_keys(keys, gen)
     for a in cfg.all_anycast():
         out["anycast"][_ip(a)] = S["anycast"].pack(gens=1 << gen)

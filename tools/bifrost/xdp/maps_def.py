@@ -95,6 +95,12 @@ RULE_CACHE = 1  # well-formed A2S queries are passed up to bifrost_nf
 
 # rule_slots flags: another key hashes to this slot and lives in rule_overflow.
 SLOT_OVERFLOW = 1
+# rule_slots / rule_overflow also mark the anycast and game-server addresses, as
+# keys (address, port 0, one of these protos, which no rule has): the per-packet
+# "is this an anycast / a game-server address" is then an inlined array load, not
+# a hash lookup (the anycast and gameservers hashes stay for the loader's view).
+PROTO_ANYCAST = 253
+PROTO_GAMESERVER = 254
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,8 @@ CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("IPV6_DROP", IPV6_DROP, "settings.ipv6_policy"),
     ("MAX_RULES", MAX_RULES, "rule ids are 1..MAX_RULES"),
     ("SLOT_OVERFLOW", SLOT_OVERFLOW, "rule_slots flag: a colliding key is in rule_overflow"),
+    ("PROTO_ANYCAST", PROTO_ANYCAST, "rule key proto marking an anycast address"),
+    ("PROTO_GAMESERVER", PROTO_GAMESERVER, "rule key proto marking a game-server address"),
     ("MAX_RULE_KEYS", MAX_RULE_KEYS, "rule keys (one per port) and rule_overflow entries"),
     ("RULE_SLOTS", RULE_SLOTS, "rule_slots entries (power of two)"),
     ("MAX_GAMESERVERS", MAX_GAMESERVERS, ""),
