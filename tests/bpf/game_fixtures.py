@@ -4,7 +4,7 @@ Each builder cites where its layout comes from; the C side (xdp/modules/) cites 
 same lines. Payloads only (UDP data): the tests wrap them in IP/UDP.
 
 - RakNet: facebookarchive/RakNet @1a16989, Source/RakPeer.cpp, MessageIdentifiers.h,
-  BitStream.h.
+  BitStream.h; and RAKNET_CAPTURE, a real connection between two RakNet peers.
 - Steam networking: ValveSoftware/GameNetworkingSockets @e707b3a,
   src/common/steamnetworkingsockets_messages_udp.proto and
   src/steamnetworkingsockets/clientlib/steamnetworkingsockets_udp.{h,cpp}.
@@ -86,6 +86,71 @@ def raknet_reply2(client: str, port: int, security: bool = False) -> bytes:
         + struct.pack("!H", 1492)
         + (b"\x80" if security else b"\x00")
     )
+
+
+# A real RakNet connection, captured on lo: raknet-python 0.3.0 (PyPI wheel, the RakNet
+# C++ library, protocol 6), server 127.0.0.1:47015, client 127.0.0.1:43274: ping/pong,
+# request/reply 1 (the 1492 probe: 18 bytes then zeros), request/reply 2, then
+# connected datagrams (0x84 data, 0xc0 ACKs). ("c2s" or "s2c", UDP payload), in order.
+RAKNET_CAPTURE_CLIENT = ("127.0.0.1", 43274)
+RAKNET_CAPTURE: tuple[tuple[str, bytes], ...] = (
+    (
+        "c2s",
+        bytes.fromhex("01000000000000000a00ffff00fefefefefdfdfdfd1234567800066167306edb26"),
+    ),
+    (
+        "s2c",
+        bytes.fromhex("1c000000000000000a00066167306eb16500ffff00fefefefefdfdfdfd12345678"),
+    ),
+    ("c2s", bytes.fromhex("0500ffff00fefefefefdfdfdfd1234567806") + bytes(1446)),
+    ("s2c", bytes.fromhex("0600ffff00fefefefefdfdfdfd1234567800066167306eb1650005d4")),
+    (
+        "c2s",
+        bytes.fromhex("0700ffff00fefefefefdfdfdfd123456780480fffffeb7a705d400066167306edb26"),
+    ),
+    (
+        "s2c",
+        bytes.fromhex("0800ffff00fefefefefdfdfdfd1234567800066167306eb1650480fffffea90a05d400"),
+    ),
+    ("c2s", bytes.fromhex("840000004000900000000900066167306edb26000000000000013a00")),
+    ("s2c", bytes.fromhex("c0000101000000")),
+    (
+        "s2c",
+        bytes.fromhex(
+            "8400000060030000000000000000100480fffffea90a00000480fffffeb7a704"
+            "ffffffff000004ffffffff000004ffffffff000004ffffffff000004ffffffff"
+            "000004ffffffff000004ffffffff000004ffffffff000004ffffffff00000000"
+            "00000000013a000000000000013a"
+        ),
+    ),
+    ("c2s", bytes.fromhex("c0000101000000")),
+    (
+        "c2s",
+        bytes.fromhex(
+            "840100006002f001000000000000130480fffffeb7a70480fffffea90a04ffff"
+            "ffff000004ffffffff000004ffffffff000004ffffffff000004ffffffff0000"
+            "04ffffffff000004ffffffff000004ffffffff000004ffffffff000000000000"
+            "0000013a0000000000000144000048000000000000000144"
+        ),
+    ),
+    (
+        "s2c",
+        bytes.fromhex("8401000000004800000000000000014e000088030000000000000144000000000000014e"),
+    ),
+    ("c2s", bytes.fromhex("8402000000008803000000000000014e000000000000014e")),
+    ("s2c", bytes.fromhex("c0000100010000020000")),
+    ("c2s", bytes.fromhex("c0000101010000")),
+    ("c2s", bytes.fromhex("840300006000080200000100000015")),
+    ("s2c", bytes.fromhex("c0000101030000")),
+)
+
+
+def raknet_capture_readdressed(client: str, port: int) -> list[tuple[str, bytes]]:
+    """RAKNET_CAPTURE with the client's address inside (reply 2 and the server's
+    connected datagrams name it) rewritten to client:port, for a non-martian client."""
+    old = raknet_address(*RAKNET_CAPTURE_CLIENT)
+    new = raknet_address(client, port)
+    return [(d, p.replace(old, new)) for d, p in RAKNET_CAPTURE]
 
 
 def raknet_datagram(size: int = 16) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import game_fixtures as gf
 import pytest
 from xdp_harness import CLIENT, GS, KEY_OLD, VIP, VIP2, Xdp
 from xdp_modules_harness import (
@@ -133,4 +134,27 @@ def test_spoofed_validation_attempts_validate_nothing(xdp: Xdp, game: Game) -> N
     # Positive control: the real proof from the real server does validate, with the
     # key being rolled in (accepted, not yet sent) too.
     assert send_return(xdp, GS, from_service(proof, game.port), token=KEY_OLD)[0] == "TX"
+    assert validated(xdp, game)
+
+
+def test_captured_raknet_connection(xdp: Xdp) -> None:
+    """A real RakNet connection (game_fixtures.RAKNET_CAPTURE), replayed through the POP
+    in order: every client packet passes the rust module, reply 2 validates the client,
+    nothing before it does. The 1492-byte MTU probe passes the module and is dropped as
+    too big for the 1500-byte link (drop_too_big: RakNet then probes 1200)."""
+    game = GAMES["rust-raknet"]
+    rid = rule_id(xdp, game.rule)
+    for i, (direction, payload) in enumerate(gf.raknet_capture_readdressed(CLIENT, CLIENT_PORT)):
+        if direction == "c2s":
+            verdict, moved = send_forward(xdp, game, payload)
+            if len(payload) == 1492 - 28:
+                assert (verdict, moved) == ("DROP", {(rid, "drop_too_big"): 1}), i
+            else:
+                assert (verdict, moved) == ("TX", {(rid, "tx_forward"): 1}), i
+        else:
+            assert send_return(xdp, GS, from_service(payload, game.port))[0] == "TX", i
+            if payload[0] == gf.ID_OPEN_CONNECTION_REPLY_2:
+                assert set(game_clients(xdp)) == {(CLIENT, CLIENT_PORT, VIP, game.port)}
+            elif not game_clients(xdp):
+                assert payload[0] < 0x80, f"{i}: only offline replies before reply 2"
     assert validated(xdp, game)

@@ -33,6 +33,8 @@
  * here (well-formed offline messages only, the budget, the address inside
  * reply 2 equal to the packet's destination) are what a POP can add.
  * Request/reply 2 with security (cookie, public key) are not accepted.
+ * tests/bpf/game_fixtures.py RAKNET_CAPTURE, a connection between two real
+ * RakNet peers (raknet-python 0.3.0), has exactly these sizes and layouts.
  */
 #ifndef BIFROST_XDP_MODULE_RUST_H
 #define BIFROST_XDP_MODULE_RUST_H
