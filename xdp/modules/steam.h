@@ -48,7 +48,7 @@
 #define BFX_PB_FIXED64_2 0x11		/* field 2, wire type 1 */
 #define BFX_PB_FIXED32_2 0x15		/* field 2, wire type 5 */
 
-/* A padded message (udp.h:22-26): its protobuf length fits the packet, as ParsePaddedPacket asks. */
+/* A padded message (udp.h:22-26): its protobuf length fits, as ParsePaddedPacket asks. */
 static __always_inline int bfx_steam_padded(const __u8 *p, __u32 len, void *data_end)
 {
 	__u32 msg_len;
