@@ -22,6 +22,21 @@ from bifrost.paths import XDP_DIR
 HEADER_PATH = XDP_DIR / "generated" / "bifrost_maps.h"
 
 
+def _fmix32(h: int) -> int:
+    m = 0xFFFFFFFF
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & m
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & m
+    h ^= h >> 16
+    return h
+
+
+def addr_slot_index(addr: bytes) -> int:
+    """The addr_slots index of an address; bfx_addr_hash() in xdp/rules.h."""
+    return _fmix32(int.from_bytes(addr, "little")) & (ADDR_SLOTS - 1)
+
+
 def rule_slot_index(addr: bytes, port: int, proto: int) -> int:
     """The rule_slots index of a rule key; the same function as bfx_rule_hash() in xdp/rules.h.
 
@@ -74,12 +89,11 @@ RULE_CACHE = 1  # well-formed A2S queries are passed up to bifrost_nf
 
 # rule_slots flags: another key hashes to this slot and lives in rule_overflow.
 SLOT_OVERFLOW = 1
-# rule_slots / rule_overflow also mark the anycast and game-server addresses, as
-# keys (address, port 0, one of these protos, which no rule has): the per-packet
-# "is this an anycast / a game-server address" is then an inlined array load, not
-# a hash lookup (the anycast and gameservers hashes stay for the loader's view).
-PROTO_ANYCAST = 253
-PROTO_GAMESERVER = 254
+
+# addr_slots flags: what an address is (ADDR_*), and SLOT_OVERFLOW as above: then
+# the program asks the anycast / gameservers hashes.
+ADDR_ANYCAST = 2
+ADDR_GAMESERVER = 4
 
 
 @dataclass(frozen=True)
@@ -127,12 +141,16 @@ IPV6_DROP = 1
 MAX_RULES = 256
 MAX_RULE_KEYS = 65536  # port ranges are expanded to one entry per port
 RULE_SLOTS = 1 << 17  # rule_slots size: a power of two, twice MAX_RULE_KEYS
+# addr_slots per generation: a power of two, twice MAX_ANYCAST + MAX_GAMESERVERS, and
+# small (32 KiB each) so a spoofed source's lookup stays in the CPU's cache.
+ADDR_SLOTS = 1 << 12
 MAX_GAMESERVERS = 1024
 MAX_ANYCAST = 1024
 MAX_PREFIXES = 16384  # per list; the firewall trie holds both
 MAX_RATE_SOURCES = 131072
 MAX_NEXTHOPS = 65536
 MAX_SRCDS_CLIENTS = 131072
+RATE_FILTER_BITS = 1 << 20  # rate_known: a bit per (source, rule) hash given a bucket
 
 CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("NR_REASONS", len(REASONS), "counters per rule"),
@@ -152,16 +170,18 @@ CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("IPV6_DROP", IPV6_DROP, "settings.ipv6_policy"),
     ("MAX_RULES", MAX_RULES, "rule ids are 1..MAX_RULES"),
     ("SLOT_OVERFLOW", SLOT_OVERFLOW, "rule_slots flag: a colliding key is in rule_overflow"),
-    ("PROTO_ANYCAST", PROTO_ANYCAST, "rule key proto marking an anycast address"),
-    ("PROTO_GAMESERVER", PROTO_GAMESERVER, "rule key proto marking a game-server address"),
     ("MAX_RULE_KEYS", MAX_RULE_KEYS, "rule keys (one per port) and rule_overflow entries"),
     ("RULE_SLOTS", RULE_SLOTS, "rule_slots entries (power of two)"),
+    ("ADDR_SLOTS", ADDR_SLOTS, "addr_slots entries per generation (power of two)"),
+    ("ADDR_ANYCAST", ADDR_ANYCAST, "addr_slots flag: an anycast address"),
+    ("ADDR_GAMESERVER", ADDR_GAMESERVER, "addr_slots flag: a game-server address"),
     ("MAX_GAMESERVERS", MAX_GAMESERVERS, ""),
     ("MAX_ANYCAST", MAX_ANYCAST, ""),
     ("MAX_PREFIXES", MAX_PREFIXES, "per block/allow list"),
     ("MAX_RATE_SOURCES", MAX_RATE_SOURCES, "LRU: (source, rule) buckets"),
     ("MAX_NEXTHOPS", MAX_NEXTHOPS, "LRU: destination -> MACs cache"),
     ("MAX_SRCDS_CLIENTS", MAX_SRCDS_CLIENTS, "LRU: validated SRCDS clients"),
+    ("RATE_FILTER_BITS", RATE_FILTER_BITS, "rate_known bits (power of two)"),
 )
 
 F = Field
@@ -188,6 +208,11 @@ STRUCTS: tuple[Struct, ...] = (
         ),
     ),
     Struct("rule_ref", "rule_overflow value", (F("rule_id", "u32"),)),
+    Struct(
+        "addr_slot",
+        "addr_slots value (index: gen * ADDR_SLOTS + addr_slot_index); addr 0 = empty",
+        (F("addr", "ipv4"), F("flags", "u32", doc="ADDR_*, SLOT_OVERFLOW")),
+    ),
     Struct(
         "rule",
         "rules value (index: rule id): where a service goes and what applies to it",
