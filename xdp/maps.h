@@ -13,7 +13,7 @@
 #include "generated/bifrost_maps.h"
 
 /*
- * Config generations. Every map the config fills (settings, rules,
+ * Config generations. Every map the config fills (settings, addr_slots, rules,
  * rule_modules, rule_slots, rule_overflow, anycast, gameservers, firewall)
  * holds two configs side by side, generation 0 and 1; config_gen[0] names
  * the one in force. A packet reads it once and then sees only that
@@ -62,9 +62,6 @@ struct {
  * The loader places the keys (maps.py), with the same hash (maps_def.py).
  * Each holds both generations: rules[gen * (BFX_MAX_RULES + 1) + id],
  * rule_slots[gen * BFX_RULE_SLOTS + hash], rule_overflow key .gen.
- * The same tables mark the anycast and game-server addresses (keys with
- * proto BFX_PROTO_ANYCAST / BFX_PROTO_GAMESERVER, port 0; bfx_addr_is()),
- * which the per-packet martian and game-server checks read.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -84,12 +81,26 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, BFX_GENERATIONS *
-		 (BFX_MAX_RULE_KEYS + BFX_MAX_ANYCAST + BFX_MAX_GAMESERVERS));
+	__uint(max_entries, BFX_GENERATIONS * BFX_MAX_RULE_KEYS);
 	__type(key, struct bfx_rule_key);
 	__type(value, struct bfx_rule_ref);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } rule_overflow SEC(".maps");
+
+/*
+ * The anycast and game-server addresses, direct-mapped like rule_slots but
+ * small enough to stay in cache: the martian and game-server checks run on
+ * every forwarded and returned packet, spoofed ones included, whose random
+ * addresses would miss the cache in a big table. addr_slots[gen * ADDR_SLOTS
+ * + bfx_addr_hash(addr)]; a slot with SLOT_OVERFLOW sends the lookup to the
+ * anycast / gameservers hashes below (bfx_addr_is()).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BFX_GENERATIONS * BFX_ADDR_SLOTS);
+	__type(key, __u32);
+	__type(value, struct bfx_addr_slot);
+} addr_slots SEC(".maps");
 
 /* Which game modules apply to a rule: rule_modules[gen * (BFX_MAX_RULES + 1) + id]. */
 struct {
@@ -165,6 +176,20 @@ struct {
 	__type(key, __u32);
 	__type(value, struct bfx_flood_state);
 } flood SEC(".maps");
+
+/*
+ * A bit per hash of (source, rule) that was ever given a rate_limit bucket,
+ * set on insert and never cleared: a clear bit proves there is no bucket, so
+ * flood mode skips the rate_limit lookup (a random access into its 2 MB of
+ * buckets, most of a flood packet's cost) for sources never seen. A set bit
+ * only costs that lookup; flood mode caps inserts, so the bits fill slowly.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BFX_RATE_FILTER_BITS / 64);
+	__type(key, __u32);
+	__type(value, __u64);
+} rate_known SEC(".maps");
 
 /*
  * In flood mode, the one bucket per rule (per CPU, index rule id) that every

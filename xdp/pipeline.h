@@ -29,6 +29,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "encap.h"
+#include "hash.h"
 #include "maps.h"
 #include "modules/modules.h"
 #include "parsing.h"
@@ -107,6 +108,16 @@ static __always_inline int bfx_under_flood(const struct bfx_settings *s, __u64 n
 
 enum bfx_rate { BFX_RATE_OK, BFX_RATE_OVER, BFX_RATE_FLOOD };
 
+/* The rate_known word and bit of a (source, rule). */
+static __always_inline __u64 *bfx_known_word(__be32 src, __u32 rule_id, __u64 *bit)
+{
+	__u32 h = bfx_fmix32(src ^ (rule_id * 0x9e3779b1U)) & (BFX_RATE_FILTER_BITS - 1);
+	__u32 word = h / 64;
+
+	*bit = 1ULL << (h % 64);
+	return bpf_map_lookup_elem(&rate_known, &word);
+}
+
 /*
  * The rule's rate limit for this source: the validated client's own bucket
  * (own, from a module), else its bucket in rate_limit, else (a new source) a
@@ -117,14 +128,17 @@ static __always_inline enum bfx_rate bfx_rate_check(__be32 src, const struct bfx
 						    struct bfx_srcds_state *own)
 {
 	struct bfx_rate_key key = { .src = src, .rule_id = rule->id };
-	struct bfx_rate_state *st, fresh;
-	__u64 now = bfx_now(s);
+	struct bfx_rate_state *st = NULL, fresh;
+	__u64 now = bfx_now(s), bit;
+	__u64 *known = bfx_known_word(src, rule->id, &bit);
 	__u32 id = rule->id;
 
 	if (own)
 		return bfx_bucket_take(&own->last_ns, &own->credit_ns, now, rule->rate_cost_ns,
 				       rule->rate_burst_ns) ? BFX_RATE_OK : BFX_RATE_OVER;
-	st = bpf_map_lookup_elem(&rate_limit, &key);
+	/* A clear bit in rate_known: no bucket to look for. */
+	if (!known || (*known & bit))
+		st = bpf_map_lookup_elem(&rate_limit, &key);
 	if (st)
 		return bfx_bucket_take(&st->last_ns, &st->credit_ns, now, rule->rate_cost_ns,
 				       rule->rate_burst_ns) ? BFX_RATE_OK : BFX_RATE_OVER;
@@ -138,6 +152,8 @@ static __always_inline enum bfx_rate bfx_rate_check(__be32 src, const struct bfx
 	fresh.last_ns = now;
 	fresh.credit_ns = rule->rate_burst_ns - rule->rate_cost_ns;
 	bpf_map_update_elem(&rate_limit, &key, &fresh, BPF_ANY);
+	if (known && !(*known & bit))
+		__sync_fetch_and_or(known, bit);
 	return BFX_RATE_OK;
 }
 
@@ -167,7 +183,7 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 	__u32 ihl, inner_len, udp_len = bpf_ntohs(udp->len);
 	int auth = s->flags & BFX_SET_AUTH;
 
-	if (!bfx_addr_is(gen, ip->saddr, BFX_PROTO_GAMESERVER))
+	if (!bfx_addr_is(gen, ip->saddr, BFX_ADDR_GAMESERVER))
 		return bfx_count(0, BFX_DROP_UNKNOWN_GS, bytes, XDP_DROP);
 	/* The kernel's ipip/fou transmit path never writes outer options. */
 	if (ip->ihl != 5 || udp_len < sizeof(*udp) + sizeof(*inner) ||
@@ -203,7 +219,7 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 	 * destinations, the POP itself, and game-server machines (the sender too).
 	 */
 	if (bfx_martian(inner->daddr) || inner->daddr == s->pop_addr ||
-	    bfx_addr_is(gen, inner->daddr, BFX_PROTO_GAMESERVER))
+	    bfx_addr_is(gen, inner->daddr, BFX_ADDR_GAMESERVER))
 		return bfx_count(rule->id, BFX_DROP_MARTIAN, bytes, XDP_DROP);
 
 	bfx_inner_from(&in, inner, &l4);
@@ -245,7 +261,7 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 
 	/* A client is never martian, the POP itself or an anycast service. */
 	if (bfx_martian(ip->saddr) || ip->saddr == s->pop_addr ||
-	    bfx_addr_is(gen, ip->saddr, BFX_PROTO_ANYCAST))
+	    bfx_addr_is(gen, ip->saddr, BFX_ADDR_ANYCAST))
 		return bfx_count(id, BFX_DROP_MARTIAN, bytes, XDP_DROP);
 	if (s->flags & BFX_SET_HAVE_FIREWALL)
 		fw = bfx_firewall(gen, ip->saddr);
@@ -344,11 +360,11 @@ static __always_inline int bfx_process(struct xdp_md *ctx)
 		rule = bfx_rule_lookup(gen, ip->daddr, bpf_ntohs(l4.dport), ip->protocol);
 		if (rule)
 			return bfx_forward_path(ctx, eth, ip, &l4, rule, data_end, s, gen, bytes);
-		is_anycast = bfx_addr_is(gen, ip->daddr, BFX_PROTO_ANYCAST);
+		is_anycast = bfx_addr_is(gen, ip->daddr, BFX_ADDR_ANYCAST);
 		return is_anycast ? bfx_count(0, BFX_DROP_NO_RULE, bytes, XDP_DROP) :
 				    bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
 	}
-	if (!bfx_addr_is(gen, ip->daddr, BFX_PROTO_ANYCAST))
+	if (!bfx_addr_is(gen, ip->daddr, BFX_ADDR_ANYCAST))
 		return bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
 	if (ip->frag_off & bpf_htons(BFX_IP_FRAG_MASK))
 		return bfx_count(0, BFX_DROP_FRAGMENT, bytes, XDP_DROP);

@@ -55,25 +55,25 @@ static __always_inline struct bfx_rule *bfx_rule_find(__u32 gen, __be32 addr, __
 }
 
 /*
- * Whether addr is an anycast (kind BFX_PROTO_ANYCAST) or a game-server
- * (BFX_PROTO_GAMESERVER) address in generation gen: a marker key in the rule
- * tables, so usually one inlined array load instead of a hash lookup.
+ * Whether addr is an anycast (BFX_ADDR_ANYCAST) or a game-server
+ * (BFX_ADDR_GAMESERVER) address in generation gen: one inlined load from the
+ * small addr_slots table; a hash lookup only when its slot overflowed.
+ * maps_def.addr_slot_index() is the same hash in Python.
  */
-static __always_inline int bfx_addr_is(__u32 gen, __be32 addr, __u8 kind)
+static __always_inline int bfx_addr_is(__u32 gen, __be32 addr, __u32 kind)
 {
-	__u32 idx = gen * BFX_RULE_SLOTS + bfx_rule_hash(addr, 0, kind);
-	struct bfx_rule_slot *slot = bpf_map_lookup_elem(&rule_slots, &idx);
+	__u32 idx = gen * BFX_ADDR_SLOTS + (bfx_fmix32(addr) & (BFX_ADDR_SLOTS - 1));
+	struct bfx_addr_slot *slot = bpf_map_lookup_elem(&addr_slots, &idx);
 
 	if (!slot)
 		return 0;
-	if (slot->addr == addr && slot->port == 0 && slot->proto == kind)
-		return 1;
-	if (slot->flags & BFX_SLOT_OVERFLOW) {
-		struct bfx_rule_key key = { .addr = addr, .port = 0, .proto = kind, .gen = gen };
-
-		return bpf_map_lookup_elem(&rule_overflow, &key) != NULL;
-	}
-	return 0;
+	if (slot->addr == addr)
+		return !!(slot->flags & kind);
+	if (!(slot->flags & BFX_SLOT_OVERFLOW))
+		return 0;
+	if (kind == BFX_ADDR_ANYCAST)
+		return bfx_in_gen(bpf_map_lookup_elem(&anycast, &addr), gen);
+	return bfx_in_gen(bpf_map_lookup_elem(&gameservers, &addr), gen);
 }
 
 /* The rule of generation gen for the key (see config_gen in maps.h). */

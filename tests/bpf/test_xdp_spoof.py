@@ -382,3 +382,40 @@ def test_validated_client_loses_nothing_to_a_million_spoofed_sources(
     rate_key = S["rate_key"].pack(src=CLIENT, rule_id=2)
     assert ms["rate_limit"].lookup(rate_key) is None
     print(f"{FLOOD_SOURCES} spoofed sources in {elapsed:.1f} s; counters {got}")
+
+
+def _colliding(prefix: str, taken: ipaddress.IPv4Address) -> ipaddress.IPv4Address:
+    """An address under prefix with taken's addr_slots index."""
+    want = maps_def.addr_slot_index(taken.packed)
+    for n in range(1 << 20):
+        a = ipaddress.IPv4Address(f"{prefix}.{n // 250 % 250}.{n % 250 + 1}")
+        if a != taken and maps_def.addr_slot_index(a.packed) == want:
+            return a
+    raise AssertionError("no colliding address")
+
+
+def test_address_checks_through_a_shared_slot(xdp: Xdp) -> None:
+    """Where two addresses share an addr_slots slot, the one not in it is found
+    through the anycast / gameservers hashes: the same answers as in the slot."""
+    base = auth_config()
+    gs_vip = ipaddress.IPv4Address(GS)
+    other_gs = _colliding("10.2", gs_vip)
+    extra_vip = _colliding("198.19", ipaddress.IPv4Address(VIP))
+    rules = tuple(replace(r, game_server=other_gs) if r.name == "game" else r for r in base.rules)
+    cfg = replace(base, rules=rules, game_servers=(gs_vip,), anycast=(extra_vip,))
+    xdp.apply(cfg)
+    slot_of = {
+        bytes(S["addr_slot"].unpack(v)["addr"]): S["addr_slot"].unpack(v)["flags"]
+        for v in maps.in_force(xdp.ms, "addr_slots").values()
+    }
+    assert min(gs_vip.packed, other_gs.packed) in slot_of
+    assert max(gs_vip.packed, other_gs.packed) not in slot_of, "they share one slot"
+    xdp.set_nexthop(CLIENT, NH_SMAC, CLIENT_DMAC)
+    # Return traffic from the game server of rule 'game' (whichever lost the slot).
+    ok = fou_frame(str(other_gs), relayed_reply(CLIENT), token=KEY)
+    assert counted(xdp, ok, (1, "tx_return")).verdict == "TX"
+    to_gs = fou_frame(str(other_gs), relayed_reply(str(gs_vip)), token=KEY)
+    assert counted(xdp, to_gs, (1, "drop_martian")).verdict == "DROP"
+    # Anycast sources, in the slot and out of it, are martian.
+    for src in (VIP, str(extra_vip)):
+        assert counted(xdp, udp_from(src), (1, "drop_martian")).verdict == "DROP"

@@ -67,13 +67,7 @@ def test_good_config() -> None:
 
 def test_desired_map_content() -> None:
     want = maps.desired(load(GOOD))
-    placed = [maps_def.BY_NAME["rule_slot"].unpack(v) for v in want["rule_slots"].values()]
-    placed += [maps_def.BY_NAME["rule_key"].unpack(k) for k in want["rule_overflow"]]
-    protos = [p["proto"] for p in placed]
-    assert protos.count(17) + protos.count(6) == 5, "one per port key"
-    # The anycast and game-server addresses as marker keys (bfx_addr_is()).
-    assert protos.count(maps_def.PROTO_ANYCAST) == len(load(GOOD).all_anycast()) == 3
-    assert protos.count(maps_def.PROTO_GAMESERVER) == len(load(GOOD).all_game_servers()) == 3
+    assert len(want["rule_slots"]) + len(want["rule_overflow"]) == 5, "one per port key"
     idx = maps_def.rule_slot_index(ipaddress.IPv4Address("198.51.100.10").packed, 27016, 17)
     slot = maps_def.BY_NAME["rule_slot"].unpack(want["rule_slots"][idx.to_bytes(4, "little")])
     assert slot["port"] == 27016 and slot["proto"] == 17 and slot["rule_id"] == 1
@@ -197,3 +191,32 @@ def test_reload_log_names_key_changes_but_never_the_keys() -> None:
     lines = config_changes(off, on)
     assert lines == ["auth.keys: 0 -> 2 keys (values not logged)"]
     assert not any("0123456789abcdef" in line or "\\x01" in line for line in lines)
+
+
+def test_addresses_placed_direct_mapped_with_overflow() -> None:
+    """addr_slots: each anycast / game-server address at its hash with what it is; a
+    slot two addresses share holds the smaller, marked SLOT_OVERFLOW."""
+    x = load(GOOD)
+    slots = maps.place_addresses(x)
+    st = maps_def.BY_NAME["addr_slot"]
+    got = {st.unpack(v)["addr"]: st.unpack(v)["flags"] for v in slots.values()}
+    assert got[ipaddress.IPv4Address("198.51.100.10").packed] == maps_def.ADDR_ANYCAST
+    assert got[ipaddress.IPv4Address("10.0.0.2").packed] == maps_def.ADDR_GAMESERVER
+    assert len(got) == 6
+    # Two addresses with one index: find a pair, then place them as game servers.
+    seen: dict[int, ipaddress.IPv4Address] = {}
+    n = 0
+    while True:
+        a = ipaddress.IPv4Address(f"10.1.{n // 250}.{n % 250 + 1}")
+        idx = maps_def.addr_slot_index(a.packed)
+        if idx in seen:
+            break
+        seen[idx] = a
+        n += 1
+    b = seen[idx]
+    pair = dataclasses.replace(x, game_servers=(a, b), anycast=(), rules=())
+    placed = maps.place_addresses(pair, gen=1)
+    assert list(placed) == [(maps_def.ADDR_SLOTS + idx).to_bytes(4, "little")]
+    one = st.unpack(placed[(maps_def.ADDR_SLOTS + idx).to_bytes(4, "little")])
+    assert one["addr"] == min(a.packed, b.packed)
+    assert one["flags"] == maps_def.ADDR_GAMESERVER | maps_def.SLOT_OVERFLOW

@@ -29,10 +29,11 @@
 #define BFX_IPV6_DROP 1	/* settings.ipv6_policy */
 #define BFX_MAX_RULES 256	/* rule ids are 1..MAX_RULES */
 #define BFX_SLOT_OVERFLOW 1	/* rule_slots flag: a colliding key is in rule_overflow */
-#define BFX_PROTO_ANYCAST 253	/* rule key proto marking an anycast address */
-#define BFX_PROTO_GAMESERVER 254	/* rule key proto marking a game-server address */
 #define BFX_MAX_RULE_KEYS 65536	/* rule keys (one per port) and rule_overflow entries */
 #define BFX_RULE_SLOTS 131072	/* rule_slots entries (power of two) */
+#define BFX_ADDR_SLOTS 4096	/* addr_slots entries per generation (power of two) */
+#define BFX_ADDR_ANYCAST 2	/* addr_slots flag: an anycast address */
+#define BFX_ADDR_GAMESERVER 4	/* addr_slots flag: a game-server address */
 #define BFX_MAX_GAMESERVERS 1024
 #define BFX_MAX_ANYCAST 1024
 #define BFX_MAX_PREFIXES 16384	/* per block/allow list */
@@ -44,6 +45,7 @@
 #define BFX_MAX_GAME_CLIENTS_OVERFLOW 16384	/* LRU: a full set's clients */
 #define BFX_GAME_SET_OVERFLOW 1	/* game_client_set flag: look in the overflow */
 #define BFX_GAME_HANDSHAKE_PPS 1024	/* unvalidated handshakes per rule and CPU */
+#define BFX_RATE_FILTER_BITS 1048576	/* rate_known bits (power of two) */
 
 /* Why a packet ended where it did: one counter per (rule, reason). */
 enum bfx_reason {
@@ -92,6 +94,12 @@ struct bfx_rule_slot {
 /* rule_overflow value */
 struct bfx_rule_ref {
 	__u32 rule_id;
+};
+
+/* addr_slots value (index: gen * ADDR_SLOTS + addr_slot_index); addr 0 = empty */
+struct bfx_addr_slot {
+	__be32 addr;
+	__u32 flags;	/* ADDR_*, SLOT_OVERFLOW */
 };
 
 /* rules value (index: rule id): where a service goes and what applies to it */

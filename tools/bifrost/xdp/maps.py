@@ -45,13 +45,9 @@ MAP_SPECS: dict[str, MapSpec] = {
     "rules": MapSpec(A, 4, S["rule"].size, G * (D.MAX_RULES + 1)),
     # mmap-able: apply reads a generation's 131072 slots without a per-slot copy.
     "rule_slots": MapSpec(A, 4, S["rule_slot"].size, G * D.RULE_SLOTS, libbpf.BPF_F_MMAPABLE),
-    "rule_overflow": MapSpec(
-        H,
-        S["rule_key"].size,
-        S["rule_ref"].size,
-        G * (D.MAX_RULE_KEYS + D.MAX_ANYCAST + D.MAX_GAMESERVERS),
-    ),
+    "rule_overflow": MapSpec(H, S["rule_key"].size, S["rule_ref"].size, G * D.MAX_RULE_KEYS),
     "rule_modules": MapSpec(A, 4, S["rule_modules"].size, G * (D.MAX_RULES + 1)),
+    "addr_slots": MapSpec(A, 4, S["addr_slot"].size, G * D.ADDR_SLOTS),
     "anycast": MapSpec(H, 4, S["anycast"].size, G * D.MAX_ANYCAST),
     "gameservers": MapSpec(H, 4, S["gameserver"].size, G * D.MAX_GAMESERVERS),
     "firewall": MapSpec(libbpf.BPF_MAP_TYPE_LPM_TRIE, S["lpm_key"].size, 4, G * 2 * D.MAX_PREFIXES),
@@ -70,6 +66,7 @@ MAP_SPECS: dict[str, MapSpec] = {
         libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["counter"].size, (D.MAX_RULES + 1) * len(D.REASONS)
     ),
     "flood": MapSpec(libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["flood_state"].size, 1),
+    "rate_known": MapSpec(A, 4, 8, D.RATE_FILTER_BITS // 64),
     "flood_budget": MapSpec(
         libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["rate_state"].size, D.MAX_RULES + 1
     ),
@@ -100,6 +97,7 @@ def check_pinned(name: str, info: libbpf.MapDef) -> None:
 # (see config_gen in xdp/maps.h), then switches config_gen.
 CONFIG_MAPS = (
     "settings",
+    "addr_slots",
     "rule_modules",
     "rules",
     "rule_overflow",
@@ -238,13 +236,8 @@ def desired(
         for m in r.modules:
             bits |= maps_def.MODULE_BITS[m]
         out["rule_modules"][_u32(rules_base + rid)] = S["rule_modules"].pack(bits=bits)
-    for kind, addrs in (
-        (maps_def.PROTO_ANYCAST, cfg.all_anycast()),
-        (maps_def.PROTO_GAMESERVER, cfg.all_game_servers()),
-    ):
-        for a in addrs:
-            keys[S["rule_key"].pack(addr=a, port=0, proto=kind, gen=gen)] = 0
     out["rule_slots"], out["rule_overflow"] = place_rule_keys(keys, gen)
+    out["addr_slots"] = place_addresses(cfg, gen)
     for a in cfg.all_anycast():
         out["anycast"][_ip(a)] = S["anycast"].pack(gens=1 << gen)
     for g in cfg.all_game_servers():
@@ -290,6 +283,26 @@ def firewall_prefixes(
     return out
 
 
+def place_addresses(cfg: XdpConfig, gen: int = 0) -> dict[bytes, bytes]:
+    """addr_slots content for generation gen: each anycast and game-server address at
+    addr_slot_index() with what it is; where several share a slot, the bytewise
+    smallest takes it with SLOT_OVERFLOW, and the program asks the anycast and
+    gameservers hashes for the others (they hold every address)."""
+    what: dict[bytes, int] = {}
+    for a in cfg.all_anycast():
+        what[a.packed] = what.get(a.packed, 0) | D.ADDR_ANYCAST
+    for g in cfg.all_game_servers():
+        what[g.packed] = what.get(g.packed, 0) | D.ADDR_GAMESERVER
+    by_slot: dict[int, list[bytes]] = {}
+    for addr in sorted(what):
+        by_slot.setdefault(D.addr_slot_index(addr), []).append(addr)
+    out = {}
+    for idx, group in by_slot.items():
+        flags = what[group[0]] | (D.SLOT_OVERFLOW if len(group) > 1 else 0)
+        out[_u32(gen * D.ADDR_SLOTS + idx)] = S["addr_slot"].pack(addr=group[0], flags=flags)
+    return out
+
+
 def place_rule_keys(
     keys: dict[bytes, int], gen: int = 0
 ) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
@@ -322,7 +335,7 @@ def place_rule_keys(
     return slots, overflow
 
 
-ARRAY_MAPS = ("settings", "rule_modules", "rules", "rule_slots")
+ARRAY_MAPS = ("settings", "addr_slots", "rule_modules", "rules", "rule_slots")
 
 
 @dataclass

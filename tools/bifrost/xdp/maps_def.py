@@ -22,14 +22,19 @@ from bifrost.paths import XDP_DIR
 HEADER_PATH = XDP_DIR / "generated" / "bifrost_maps.h"
 
 
-def fmix32(h: int) -> int:
-    """murmur3's 32-bit finalizer, as bfx_fmix32() in xdp/hash.h."""
+def _fmix32(h: int) -> int:
     m = 0xFFFFFFFF
     h ^= h >> 16
     h = (h * 0x85EBCA6B) & m
     h ^= h >> 13
     h = (h * 0xC2B2AE35) & m
-    return h ^ (h >> 16)
+    h ^= h >> 16
+    return h
+
+
+def addr_slot_index(addr: bytes) -> int:
+    """The addr_slots index of an address; bfx_addr_hash() in xdp/rules.h."""
+    return _fmix32(int.from_bytes(addr, "little")) & (ADDR_SLOTS - 1)
 
 
 def rule_slot_index(addr: bytes, port: int, proto: int) -> int:
@@ -40,7 +45,7 @@ def rule_slot_index(addr: bytes, port: int, proto: int) -> int:
     """
     m = 0xFFFFFFFF
     h = int.from_bytes(addr, "little") ^ ((((port << 8) | proto) * 0x9E3779B1) & m)
-    return fmix32(h) & (RULE_SLOTS - 1)
+    return _fmix32(h) & (RULE_SLOTS - 1)
 
 
 def game_ports(port: int, service_port: int) -> int:
@@ -54,7 +59,7 @@ def game_set_index(client: bytes, port: int, service: bytes, service_port: int) 
     packet (loaded little-endian there too); ports in host order."""
     m = 0xFFFFFFFF
     c, s = int.from_bytes(client, "little"), int.from_bytes(service, "little")
-    return fmix32(c ^ ((s * 0x9E3779B1) & m) ^ game_ports(port, service_port)) & (
+    return _fmix32(c ^ ((s * 0x9E3779B1) & m) ^ game_ports(port, service_port)) & (
         GAME_CLIENT_SETS - 1
     )
 
@@ -95,12 +100,11 @@ RULE_CACHE = 1  # well-formed A2S queries are passed up to bifrost_nf
 
 # rule_slots flags: another key hashes to this slot and lives in rule_overflow.
 SLOT_OVERFLOW = 1
-# rule_slots / rule_overflow also mark the anycast and game-server addresses, as
-# keys (address, port 0, one of these protos, which no rule has): the per-packet
-# "is this an anycast / a game-server address" is then an inlined array load, not
-# a hash lookup (the anycast and gameservers hashes stay for the loader's view).
-PROTO_ANYCAST = 253
-PROTO_GAMESERVER = 254
+
+# addr_slots flags: what an address is (ADDR_*), and SLOT_OVERFLOW as above: then
+# the program asks the anycast / gameservers hashes.
+ADDR_ANYCAST = 2
+ADDR_GAMESERVER = 4
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,9 @@ IPV6_DROP = 1
 MAX_RULES = 256
 MAX_RULE_KEYS = 65536  # port ranges are expanded to one entry per port
 RULE_SLOTS = 1 << 17  # rule_slots size: a power of two, twice MAX_RULE_KEYS
+# addr_slots per generation: a power of two, twice MAX_ANYCAST + MAX_GAMESERVERS, and
+# small (32 KiB each) so a spoofed source's lookup stays in the CPU's cache.
+ADDR_SLOTS = 1 << 12
 MAX_GAMESERVERS = 1024
 MAX_ANYCAST = 1024
 MAX_PREFIXES = 16384  # per list; the firewall trie holds both
@@ -164,6 +171,7 @@ GAME_SET_OVERFLOW = 1  # game_client_set.flags: a client of this set is in the o
 # Handshake packets from clients not yet validated, per rule and CPU, a second's worth
 # of burst (rust, steam, ue3): what a spoofed-handshake flood gets to the game server.
 GAME_HANDSHAKE_PPS = 1024
+RATE_FILTER_BITS = 1 << 20  # rate_known: a bit per (source, rule) hash given a bucket
 
 CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("NR_REASONS", len(REASONS), "counters per rule"),
@@ -183,10 +191,11 @@ CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("IPV6_DROP", IPV6_DROP, "settings.ipv6_policy"),
     ("MAX_RULES", MAX_RULES, "rule ids are 1..MAX_RULES"),
     ("SLOT_OVERFLOW", SLOT_OVERFLOW, "rule_slots flag: a colliding key is in rule_overflow"),
-    ("PROTO_ANYCAST", PROTO_ANYCAST, "rule key proto marking an anycast address"),
-    ("PROTO_GAMESERVER", PROTO_GAMESERVER, "rule key proto marking a game-server address"),
     ("MAX_RULE_KEYS", MAX_RULE_KEYS, "rule keys (one per port) and rule_overflow entries"),
     ("RULE_SLOTS", RULE_SLOTS, "rule_slots entries (power of two)"),
+    ("ADDR_SLOTS", ADDR_SLOTS, "addr_slots entries per generation (power of two)"),
+    ("ADDR_ANYCAST", ADDR_ANYCAST, "addr_slots flag: an anycast address"),
+    ("ADDR_GAMESERVER", ADDR_GAMESERVER, "addr_slots flag: a game-server address"),
     ("MAX_GAMESERVERS", MAX_GAMESERVERS, ""),
     ("MAX_ANYCAST", MAX_ANYCAST, ""),
     ("MAX_PREFIXES", MAX_PREFIXES, "per block/allow list"),
@@ -198,6 +207,7 @@ CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("MAX_GAME_CLIENTS_OVERFLOW", MAX_GAME_CLIENTS_OVERFLOW, "LRU: a full set's clients"),
     ("GAME_SET_OVERFLOW", GAME_SET_OVERFLOW, "game_client_set flag: look in the overflow"),
     ("GAME_HANDSHAKE_PPS", GAME_HANDSHAKE_PPS, "unvalidated handshakes per rule and CPU"),
+    ("RATE_FILTER_BITS", RATE_FILTER_BITS, "rate_known bits (power of two)"),
 )
 
 F = Field
@@ -224,6 +234,11 @@ STRUCTS: tuple[Struct, ...] = (
         ),
     ),
     Struct("rule_ref", "rule_overflow value", (F("rule_id", "u32"),)),
+    Struct(
+        "addr_slot",
+        "addr_slots value (index: gen * ADDR_SLOTS + addr_slot_index); addr 0 = empty",
+        (F("addr", "ipv4"), F("flags", "u32", doc="ADDR_*, SLOT_OVERFLOW")),
+    ),
     Struct(
         "rule",
         "rules value (index: rule id): where a service goes and what applies to it",
