@@ -224,9 +224,11 @@ def test_unload_reload_200_times_under_traffic(tmp_path):
     # kmalloc-192 +161 on 6.12, about two and one objects per cycle, in caches the
     # modules' own structures do not use. Load/unload alone leaves nothing: 60 cycles of
     # both modules with their devices opened changed no kmalloc cache by 20 objects on
-    # 6.1, as for an in-tree module (dummy). So it comes with the per-cycle work under
-    # traffic (daemon re-open and re-config, rmmod retries, ICMP while the modules are
-    # out), and whose objects they are is not known yet. The gate catches what would
+    # 6.1, as for an in-tree module (dummy). On 6.12 the counts move that much with no
+    # Bifrost code at all: 100 load/unload cycles of dummy left kmalloc-96 +120, and of
+    # both modules kmalloc-64 +64 and kmalloc-96 -88. So on 6.1 it comes with the
+    # per-cycle work under traffic (daemon re-open and re-config, rmmod retries, ICMP
+    # while the modules are out), whose objects are not known yet. The gate catches what would
     # hurt a host (a leak per packet: the traffic sends tens of thousands) and lets
     # those per-cycle objects through: three per cycle.
     slack = 3 * CYCLES
