@@ -270,7 +270,7 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 
 	/* Modules before the rate limit: what they drop inserts no per-source state. */
 	bits = bfx_rule_module_bits(gen, id);
-	if (bits && !bfx_modules_forward(bits, ip, l4, data_end, s, &own))
+	if (bits && !bfx_modules_forward(bits, ip, l4, data_end, s, id, &own))
 		return bfx_count(id, BFX_DROP_MODULE, bytes, XDP_DROP);
 	if (fw != BFX_FW_ALLOW && rule->rate_cost_ns) {
 		rate = bfx_rate_check(ip->saddr, rule, s, own);

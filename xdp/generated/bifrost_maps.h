@@ -14,6 +14,7 @@
 #define BFX_MOD_SRCDS 1	/* rule_modules bit: srcds */
 #define BFX_MOD_RUST 2	/* rule_modules bit: rust */
 #define BFX_MOD_UE3 4	/* rule_modules bit: ue3 */
+#define BFX_MOD_STEAM 8	/* rule_modules bit: steam */
 #define BFX_SET_HAVE_FIREWALL 1	/* settings flag: firewall trie not empty */
 #define BFX_SET_AUTH 2	/* settings flag: FOU is authenticated (token after the inner packet) */
 #define BFX_AUTH_KEY_BYTES 8	/* the FOU token's size */
@@ -39,6 +40,11 @@
 #define BFX_MAX_RATE_SOURCES 131072	/* LRU: (source, rule) buckets */
 #define BFX_MAX_NEXTHOPS 65536	/* LRU: destination -> MACs cache */
 #define BFX_MAX_SRCDS_CLIENTS 131072	/* LRU: validated SRCDS clients */
+#define BFX_GAME_CLIENT_WAYS 4	/* validated clients per game_client_set */
+#define BFX_GAME_CLIENT_SETS 32768	/* game_clients sets (power of two) */
+#define BFX_MAX_GAME_CLIENTS_OVERFLOW 16384	/* LRU: a full set's clients */
+#define BFX_GAME_SET_OVERFLOW 1	/* game_client_set flag: look in the overflow */
+#define BFX_GAME_HANDSHAKE_PPS 1024	/* unvalidated handshakes per rule and CPU */
 #define BFX_RATE_FILTER_BITS 1048576	/* rate_known bits (power of two) */
 
 /* Why a packet ended where it did: one counter per (rule, reason). */
@@ -175,6 +181,16 @@ struct bfx_srcds_state {
 struct bfx_flood_state {
 	__u64 window_ns;	/* bfx_now() the window started */
 	__u64 new_sources;
+};
+
+/* game_clients value (index: hash of the key): a set of validated clients, by way */
+struct bfx_game_client_set {
+	__u32 lock;	/* struct bpf_spin_lock: held by the return path's insert */
+	__u32 flags;	/* GAME_SET_* */
+	__u32 client[4];	/* network order */
+	__u32 service[4];	/* network order */
+	__u32 ports[4];	/* client then service port, network order */
+	__u64 state[12];	/* srcds_state by way */
 };
 
 /* settings[gen]: POP-wide parameters, changed without reloading */

@@ -55,6 +55,13 @@ MAP_SPECS: dict[str, MapSpec] = {
     "nexthops": MapSpec(LRU, 4, S["nexthop"].size, D.MAX_NEXTHOPS),
     "gs_nexthops": MapSpec(A, 4, S["nexthop"].size, D.MAX_GAMESERVERS),
     "srcds_clients": MapSpec(LRU, S["srcds_key"].size, S["srcds_state"].size, D.MAX_SRCDS_CLIENTS),
+    "game_clients": MapSpec(A, 4, S["game_client_set"].size, D.GAME_CLIENT_SETS),
+    "game_clients_overflow": MapSpec(
+        LRU, S["srcds_key"].size, S["srcds_state"].size, D.MAX_GAME_CLIENTS_OVERFLOW
+    ),
+    "game_handshake_budget": MapSpec(
+        libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["rate_state"].size, D.MAX_RULES + 1
+    ),
     "counters": MapSpec(
         libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["counter"].size, (D.MAX_RULES + 1) * len(D.REASONS)
     ),

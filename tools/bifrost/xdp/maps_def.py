@@ -45,12 +45,23 @@ def rule_slot_index(addr: bytes, port: int, proto: int) -> int:
     """
     m = 0xFFFFFFFF
     h = int.from_bytes(addr, "little") ^ ((((port << 8) | proto) * 0x9E3779B1) & m)
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & m
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & m
-    h ^= h >> 16
-    return h & (RULE_SLOTS - 1)
+    return _fmix32(h) & (RULE_SLOTS - 1)
+
+
+def game_ports(port: int, service_port: int) -> int:
+    """game_client_set.ports: the two ports' network-order bytes, as one u32 load reads them."""
+    return int.from_bytes(port.to_bytes(2, "big") + service_port.to_bytes(2, "big"), "little")
+
+
+def game_set_index(client: bytes, port: int, service: bytes, service_port: int) -> int:
+    """The game_clients set of a validated client; the same function as
+    bfx_game_set_index() in xdp/modules/game_clients.h. Addresses as they lie in the
+    packet (loaded little-endian there too); ports in host order."""
+    m = 0xFFFFFFFF
+    c, s = int.from_bytes(client, "little"), int.from_bytes(service, "little")
+    return _fmix32(c ^ ((s * 0x9E3779B1) & m) ^ game_ports(port, service_port)) & (
+        GAME_CLIENT_SETS - 1
+    )
 
 
 # Why a packet ended where it did. Every packet the program sees increments
@@ -107,8 +118,9 @@ class GameModule:
 
 GAME_MODULES: tuple[GameModule, ...] = (
     GameModule("srcds", 1 << 0, "SRCDS_HANDSHAKE"),
-    GameModule("rust", 1 << 1, None),
-    GameModule("ue3", 1 << 2, None),
+    GameModule("rust", 1 << 1, "RUST_HANDSHAKE"),  # RakNet or Steam networking
+    GameModule("ue3", 1 << 2, "UE3_HANDSHAKE"),  # Unreal: UE4's stateless handshake
+    GameModule("steam", 1 << 3, "STEAM_HANDSHAKE"),  # Steam networking (CS2)
 )
 # What the config accepts: the modules the program implements.
 AVAILABLE_MODULES = {m.name: m for m in GAME_MODULES if m.define}
@@ -150,6 +162,15 @@ MAX_PREFIXES = 16384  # per list; the firewall trie holds both
 MAX_RATE_SOURCES = 131072
 MAX_NEXTHOPS = 65536
 MAX_SRCDS_CLIENTS = 131072
+# Validated clients of the rust, steam and ue3 modules: GAME_CLIENT_SETS sets of
+# GAME_CLIENT_WAYS (game_client_set), and an LRU for a set's overflow.
+GAME_CLIENT_WAYS = 4
+GAME_CLIENT_SETS = 32768
+MAX_GAME_CLIENTS_OVERFLOW = 16384
+GAME_SET_OVERFLOW = 1  # game_client_set.flags: a client of this set is in the overflow LRU
+# Handshake packets from clients not yet validated, per rule and CPU, a second's worth
+# of burst (rust, steam, ue3): what a spoofed-handshake flood gets to the game server.
+GAME_HANDSHAKE_PPS = 1024
 RATE_FILTER_BITS = 1 << 20  # rate_known: a bit per (source, rule) hash given a bucket
 
 CONSTANTS: tuple[tuple[str, int, str], ...] = (
@@ -181,6 +202,11 @@ CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("MAX_RATE_SOURCES", MAX_RATE_SOURCES, "LRU: (source, rule) buckets"),
     ("MAX_NEXTHOPS", MAX_NEXTHOPS, "LRU: destination -> MACs cache"),
     ("MAX_SRCDS_CLIENTS", MAX_SRCDS_CLIENTS, "LRU: validated SRCDS clients"),
+    ("GAME_CLIENT_WAYS", GAME_CLIENT_WAYS, "validated clients per game_client_set"),
+    ("GAME_CLIENT_SETS", GAME_CLIENT_SETS, "game_clients sets (power of two)"),
+    ("MAX_GAME_CLIENTS_OVERFLOW", MAX_GAME_CLIENTS_OVERFLOW, "LRU: a full set's clients"),
+    ("GAME_SET_OVERFLOW", GAME_SET_OVERFLOW, "game_client_set flag: look in the overflow"),
+    ("GAME_HANDSHAKE_PPS", GAME_HANDSHAKE_PPS, "unvalidated handshakes per rule and CPU"),
     ("RATE_FILTER_BITS", RATE_FILTER_BITS, "rate_known bits (power of two)"),
 )
 
@@ -294,6 +320,22 @@ STRUCTS: tuple[Struct, ...] = (
         "flood_state",
         "flood value (per CPU): new sources in the current one-second window",
         (F("window_ns", "u64", doc="bfx_now() the window started"), F("new_sources", "u64")),
+    ),
+    Struct(
+        "game_client_set",
+        "game_clients value (index: hash of the key): a set of validated clients, by way",
+        (
+            F("lock", "u32", doc="struct bpf_spin_lock: held by the return path's insert"),
+            F("flags", "u32", doc="GAME_SET_*"),
+            # Addresses as they lie in the packet (network order), read as native u32s:
+            # the Python codec has no ipv4 arrays.
+            F("client", "u32", GAME_CLIENT_WAYS, doc="network order"),
+            F("service", "u32", GAME_CLIENT_WAYS, doc="network order"),
+            F("ports", "u32", GAME_CLIENT_WAYS, doc="client then service port, network order"),
+            # A srcds_state per way (C: struct bfx_srcds_state state[WAYS]): expires_ns
+            # (0: free), then the client's own rate bucket, last_ns and credit_ns.
+            F("state", "u64", 3 * GAME_CLIENT_WAYS, doc="srcds_state by way"),
+        ),
     ),
     Struct(
         "settings",
