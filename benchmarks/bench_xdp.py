@@ -45,6 +45,7 @@ ROUNDS = 25
 REPEAT = 250_000
 BASE = "baseline (parse only)"
 FLOOR = "encap floor (no lookups)"
+AUTH_FLOOR = "auth floor (no lookups)"
 
 POP, VIP, GS, CLIENT = "198.51.100.1", "198.51.100.10", "10.0.0.2", "192.0.2.50"
 A2S_INFO = b"\xff\xff\xff\xffTSource Engine Query\x00"
@@ -166,6 +167,8 @@ def main() -> int:
     # rule's budget (most of them drop_flood; the last verdict is either).
     rows[FLOOD] = (obj.prog_fd("bench_pipeline_flood"), rows["forward + firewall"][1], "DROP")
     rows[FLOOR] = (floor_fd, base_frame, "TX")
+    # Encap plus the token, no lookups: what "forward + auth" cannot go below here.
+    rows[AUTH_FLOOR] = (obj.prog_fd("bench_auth_floor"), base_frame, "TX")
     # One CPU: the two cores of these machines run at visibly different speeds
     # at times, and a pair measured on different cores gives a meaningless ratio.
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})

@@ -129,14 +129,14 @@ static __always_inline enum bfx_rate bfx_rate_check(__be32 src, const struct bfx
 {
 	struct bfx_rate_key key = { .src = src, .rule_id = rule->id };
 	struct bfx_rate_state *st = NULL, fresh;
-	__u64 now = bfx_now(s), bit;
-	__u64 *known = bfx_known_word(src, rule->id, &bit);
+	__u64 now = bfx_now(s), bit, *known;
 	__u32 id = rule->id;
 
 	if (own)
 		return bfx_bucket_take(&own->last_ns, &own->credit_ns, now, rule->rate_cost_ns,
 				       rule->rate_burst_ns) ? BFX_RATE_OK : BFX_RATE_OVER;
 	/* A clear bit in rate_known: no bucket to look for. */
+	known = bfx_known_word(src, rule->id, &bit);
 	if (!known || (*known & bit))
 		st = bpf_map_lookup_elem(&rate_limit, &key);
 	if (st)
@@ -226,7 +226,7 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 	/* Modules validate clients only from authenticated traffic (issue 10). */
 	if (auth)
 		bfx_modules_return(bfx_rule_module_bits(gen, rule->id), &in, &l4, data_end, s);
-	if (!auth)
+	else
 		inner_len = 0;	/* decap keeps the tail as it is */
 
 	nh = bfx_nexthop(ctx, in.saddr, in.daddr, s, &res);

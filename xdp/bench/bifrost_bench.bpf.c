@@ -52,6 +52,21 @@ static __always_inline int bfx_encap_floor(struct xdp_md *ctx)
 }
 
 /*
+ * The floor of authenticated encapsulation: the encap floor plus the 8-byte
+ * token (bpf_xdp_adjust_tail, which the wrapper's restore pays again).
+ */
+static __always_inline int bfx_auth_floor(struct xdp_md *ctx)
+{
+	struct bfx_nexthop nh = { .smac = { 2 }, .dmac = { 4 } };
+	struct bfx_inner in = { .tot_len = 88, .proto = IPPROTO_UDP };
+
+	if (bfx_fou_encap(ctx, &in, &nh, 1, 2, 5555, BFX_AUTH_KEY_BYTES) ||
+	    bfx_auth_append(ctx, in.tot_len, 0x0123456789abcdefULL))
+		return XDP_DROP;
+	return XDP_TX;
+}
+
+/*
  * Undo what the pipeline did to the frame's ends: FOU encap pushed 28 bytes at
  * the head (decap pulled them), and with auth the token grew (cut) the tail
  * by 8; a length change is always the one or the other at the head, the rest
@@ -126,5 +141,6 @@ BENCH_PROG(bench_baseline, bfx_parse_only, 0)
 BENCH_PROG(bench_pipeline, bfx_process, 0)
 BENCH_PROG(bench_pipeline_flood, bfx_process, 1)
 BENCH_PROG(bench_encap_floor, bfx_encap_floor, 0)
+BENCH_PROG(bench_auth_floor, bfx_auth_floor, 0)
 
 char _license[] SEC("license") = "GPL";
