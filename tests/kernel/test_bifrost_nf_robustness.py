@@ -22,7 +22,7 @@ import time
 
 import cache_env
 import pytest
-from cache_env import CLIENT_IP, GAME_PORT, POP_CLIENT_IP, PY
+from cache_env import CLIENT_IP, GAME_PORT, POP_CLIENT_IP, PY, ip_udp
 
 from bifrost.abi import bifrost_nf as codec
 from bifrost.abi import fou_map as fm_codec
@@ -222,36 +222,6 @@ def test_big_answer_reaches_a_client_behind_a_smaller_mtu(lab):
         lab.client.run(["ip", "link", "set", "eth0", "mtu", "1500"])
     assert after["tx_errors"] == before["tx_errors"]
     assert after["answers"] - before["answers"] == 1
-
-
-def csum16(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def ip_udp(src: str, sport: int, dst: str, dport: int, payload: bytes, *,
-           udp_len: int | None = None, trailing: bytes = b"", frag: int = 0,
-           good_csum: bool = True, ident: int = 0x1234) -> bytes:  # fmt: skip
-    """A raw IPv4/UDP packet; udp_len may disagree with the payload (malformed on purpose)."""
-    ulen = 8 + len(payload) if udp_len is None else udp_len
-    udp = struct.pack("!HHHH", sport, dport, ulen, 0) + payload
-    covered = udp[: max(ulen, 8)] if ulen <= len(udp) else udp
-    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 17, ulen)
-    check = csum16(pseudo + covered) or 0xFFFF
-    if not good_csum:
-        check ^= 0x5A5A
-    udp = udp[:6] + struct.pack("!H", check) + udp[8:]
-    total = 20 + len(udp) + len(trailing)
-    ip = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, total, ident, frag, 64, 17, 0,
-        socket.inet_aton(src), socket.inet_aton(dst),
-    )  # fmt: skip
-    ip = ip[:10] + struct.pack("!H", csum16(ip)) + ip[12:]
-    return ip + udp + trailing
 
 
 def raw_socket(t) -> socket.socket:
