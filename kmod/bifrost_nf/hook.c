@@ -91,11 +91,12 @@ static bool bfnf_martian_src(__be32 saddr)
 }
 
 /*
- * The route back to the client, or the counter saying why there is none we
- * may use: a source that routes back to one of the POP's own addresses
- * (RTN_LOCAL, as inet_addr_type() would say), or to anything but a unicast
- * route (a subnet broadcast, multicast, or blackhole, unreachable and
- * prohibit routes, which fail the lookup), as fib_validate_source() refuses.
+ * 0 and the route back to the client in back (put it when done), or the
+ * counter saying why there is none we may use (never 0, bad_writes): a
+ * source that routes back to one of the POP's own addresses (RTN_LOCAL, as
+ * inet_addr_type() would say), or to anything but a unicast route (a subnet
+ * broadcast, multicast, or blackhole, unreachable, prohibit and throw routes,
+ * which fail the lookup), as fib_validate_source() refuses.
  */
 static int bfnf_route_check(struct bfnf_net *bn, const struct iphdr *iph,
 			    const struct udphdr *uh, struct bfnf_route *back)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bifrost import netns
+from bifrost.bifrost_nf import a2s
 from bifrost.bifrost_nf.nf import CacheDevice
 from bifrost.vm.kernlog import dmesg as dmesg
 from bifrost.vm.kernlog import kernel_trouble as kernel_trouble
@@ -167,6 +168,17 @@ def start_daemon(t: Topo, config: Path) -> subprocess.Popen[bytes]:
     )
     t.procs.append(p)
     return p
+
+
+def ask_verified(t: Topo, kind: str, timeout: float = 5.0) -> bytes:
+    """One query the way a client asks it: the challenge first, then the answer."""
+    service = (POP_CLIENT_IP, GAME_PORT)
+    with t.client_socket(timeout=timeout) as s:
+        s.sendto(a2s.request(kind), service)
+        chal = a2s.parse_challenge(s.recv(64))
+        assert chal is not None
+        s.sendto(a2s.request(kind, chal), service)
+        return s.recv(4096)
 
 
 def answers_cached(t: Topo, n: int = 3) -> bool:

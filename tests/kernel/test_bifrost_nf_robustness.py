@@ -210,12 +210,7 @@ def test_big_answer_reaches_a_client_behind_a_smaller_mtu(lab):
             dev.configure(rate_pps=0, rate_burst=0, rotate_s=3600)
             dev.set_answer(POP_CLIENT_IP, GAME_PORT, "rules", [big], 3_600_000, 0)
             before = dev.counters()
-            with lab.client_socket(timeout=5) as s:
-                s.sendto(a2s.request("rules"), SERVICE)
-                chal = a2s.parse_challenge(s.recv(64))
-                assert chal is not None
-                s.sendto(a2s.request("rules", chal), SERVICE)
-                assert s.recv(4096) == big
+            assert cache_env.ask_verified(lab, "rules") == big
             after = dev.counters()
     finally:
         lab.pop.run(["ip", "link", "set", "eth0", "mtu", "1500"])
@@ -282,6 +277,10 @@ def test_bad_udp_lengths_and_fragments_are_never_answered(lab):
             raw.sendto(good(), (POP_CLIENT_IP, 0))
             reply = answered(s)
             assert reply is not None and a2s.parse_challenge(reply) is not None, name
+            if counter:  # the control may overtake it through the other CPU's backlog
+                assert cache_env.wait_for(
+                    lambda c=counter, b=before: counters(lab)[c] - b[c] == 1, 10
+                ), name
             assert answered(s, 0.5) is None, f"{name}: answered"
             after = counters(lab)
             assert after["challenges_sent"] - before["challenges_sent"] == 1, name
