@@ -23,6 +23,7 @@
 #include <linux/siphash.h>
 #include <linux/spinlock.h>
 #include <linux/wait.h>
+#include <net/flow.h>
 #include <net/net_namespace.h>
 #include <net/netns/generic.h>
 
@@ -158,7 +159,15 @@ void bfnf_rl_free(struct bfnf_net *bn);
 bool bfnf_rl_allow(struct bfnf_net *bn, __be32 saddr, u64 now);
 
 /* reply.c */
-int bfnf_send(struct net *net, __be32 saddr, __be16 sport, __be32 daddr, __be16 dport,
-	      const u8 *data, unsigned int len);
+/* The route from a service back to one client, shared by every packet of a reply. */
+struct bfnf_route {
+	struct flowi4 fl4;
+	struct rtable *rt;
+};
+
+int bfnf_route_back(struct net *net, __be32 saddr, __be16 sport, __be32 daddr, __be16 dport,
+		    struct bfnf_route *back);
+void bfnf_route_put(struct bfnf_route *back);
+int bfnf_send(struct net *net, const struct bfnf_route *back, const u8 *data, unsigned int len);
 
 #endif /* _BFNF_H */

@@ -9,12 +9,18 @@
  * ever gets the 9-byte S2C_CHALLENGE, never more bytes than its query had
  * (A2S_INFO is 25 bytes, PLAYER/RULES 9), unless the operator turned the
  * challenge off for A2S_INFO on that service.
+ *
+ * Reflection rule: a query is answered only when its source could have sent
+ * it, as the kernel's own input routing would judge it: not a martian, not one
+ * of the POP's own addresses, and with a unicast route back. The others are
+ * dropped before they touch any state, each reason under its own counter.
  */
 #include <linux/ip.h>
 #include <linux/netfilter_ipv4.h>
 #include <linux/skbuff.h>
 #include <linux/udp.h>
 #include <net/ip.h>
+#include <net/route.h>
 #include <linux/version.h>
 /* moved from asm/ to linux/ in 6.12 */
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)
@@ -70,16 +76,52 @@ static bool bfnf_udp_csum_bad(struct sk_buff *skb, unsigned int hook, unsigned i
 	return csum_tcpudp_magic(iph->saddr, iph->daddr, ulen, IPPROTO_UDP, csum) != 0;
 }
 
+/*
+ * Sources no reply may go to, whatever the routes say: "this network" (0/8),
+ * loopback (127/8), multicast (224/4), reserved (240/4) and the limited
+ * broadcast. ip_route_input() drops most of them as martians, but this hook
+ * runs before routing, and 0/8 and 240/4 may have a (default) route.
+ * ipv4_is_zeronet() is 0.0.0.0 alone since Linux 5.3: test 0/8 here.
+ */
+static bool bfnf_martian_src(__be32 saddr)
+{
+	return (saddr & htonl(0xff000000)) == 0 || ipv4_is_loopback(saddr) ||
+	       ipv4_is_multicast(saddr) || ipv4_is_lbcast(saddr) ||
+	       (saddr & htonl(0xf0000000)) == htonl(0xf0000000);
+}
+
+/*
+ * 0 and the route back to the client in back (put it when done), or the
+ * counter saying why there is none we may use (never 0, bad_writes): a
+ * source that routes back to one of the POP's own addresses (RTN_LOCAL, as
+ * inet_addr_type() would say), or to anything but a unicast route (a subnet
+ * broadcast, multicast, or blackhole, unreachable, prohibit and throw routes,
+ * which fail the lookup), as fib_validate_source() refuses.
+ */
+static int bfnf_route_check(struct bfnf_net *bn, const struct iphdr *iph,
+			    const struct udphdr *uh, struct bfnf_route *back)
+{
+	unsigned int type;
+
+	if (bfnf_route_back(bn->net, iph->daddr, uh->dest, iph->saddr, uh->source, back))
+		return BFNF_CNT_NO_UNICAST_ROUTE;
+	type = back->rt->rt_type;
+	if (type == RTN_UNICAST)
+		return 0;
+	bfnf_route_put(back);
+	return type == RTN_LOCAL ? BFNF_CNT_LOCAL_SRC : BFNF_CNT_NO_UNICAST_ROUTE;
+}
+
 /* Returns the payload bytes sent. */
-static unsigned int bfnf_send_challenge(struct bfnf_net *bn, const struct iphdr *iph,
-					const struct udphdr *uh, u64 now)
+static unsigned int bfnf_send_challenge(struct bfnf_net *bn, const struct bfnf_route *back,
+					const struct iphdr *iph, const struct udphdr *uh, u64 now)
 {
 	u8 pkt[9];
 
 	put_unaligned_le32(A2S_HDR, pkt);
 	pkt[4] = S2C_CHALLENGE;
 	put_unaligned_le32(bfnf_challenge_make(bn, iph->saddr, uh->source, now), pkt + 5);
-	if (bfnf_send(bn->net, iph->daddr, uh->dest, iph->saddr, uh->source, pkt, sizeof(pkt))) {
+	if (bfnf_send(bn->net, back, pkt, sizeof(pkt))) {
 		bfnf_count(bn, BFNF_CNT_TX_ERRORS);
 		return 0;
 	}
@@ -87,14 +129,13 @@ static unsigned int bfnf_send_challenge(struct bfnf_net *bn, const struct iphdr 
 	return sizeof(pkt);
 }
 
-static unsigned int bfnf_send_entry(struct bfnf_net *bn, const struct iphdr *iph,
-				    const struct udphdr *uh, const struct bfnf_entry *e)
+static unsigned int bfnf_send_entry(struct bfnf_net *bn, const struct bfnf_route *back,
+				    const struct bfnf_entry *e)
 {
 	unsigned int i, sent = 0;
 
 	for (i = 0; i < e->n_packets; i++) {
-		if (bfnf_send(bn->net, iph->daddr, uh->dest, iph->saddr, uh->source,
-			      e->data + i * BFNF_PAYLOAD_MAX, e->len[i])) {
+		if (bfnf_send(bn->net, back, e->data + i * BFNF_PAYLOAD_MAX, e->len[i])) {
 			bfnf_count(bn, BFNF_CNT_TX_ERRORS);
 			continue;
 		}
@@ -113,11 +154,13 @@ static unsigned int bfnf_hook(void *priv, struct sk_buff *skb, const struct nf_h
 	bool has_chal, verified, want_chal, stale = false;
 	const struct bfnf_entry *entry;
 	struct bfnf_service *svc;
+	struct bfnf_route back;
 	struct udphdr _uh;
 	const struct udphdr *uh;
 	u8 _peek[A2S_PEEK];
 	const u8 *p;
 	u32 chal = 0;
+	int refused;
 	u8 qtype;
 	u64 now;
 
@@ -164,7 +207,6 @@ static unsigned int bfnf_hook(void *priv, struct sk_buff *skb, const struct nf_h
 		/* some clients ask for the INFO challenge with FF FF FF FF appended */
 		has_chal = plen >= A2S_PEEK && chal != 0 && chal != U32_MAX;
 		want_chal = false;
-		bfnf_count(bn, BFNF_CNT_INFO_QUERIES);
 		break;
 	default:
 		if (plen != 5 + A2S_CHAL_LEN)
@@ -173,10 +215,26 @@ static unsigned int bfnf_hook(void *priv, struct sk_buff *skb, const struct nf_h
 		chal = get_unaligned_le32(p + 5);
 		want_chal = chal == 0 || chal == U32_MAX;
 		has_chal = !want_chal;
-		bfnf_count(bn, qtype == BFNF_QT_PLAYER ? BFNF_CNT_PLAYER_QUERIES :
-			   BFNF_CNT_RULES_QUERIES);
 		break;
 	}
+
+	/*
+	 * Whom the answer would go to, before the query touches any state (rate
+	 * limiter, refresh events): a spoofed martian or unroutable source is
+	 * dropped here, counted under its reason and not as a query.
+	 */
+	if (bfnf_martian_src(iph->saddr)) {
+		bfnf_count(bn, BFNF_CNT_MARTIAN_SRC);
+		return NF_DROP;
+	}
+	refused = bfnf_route_check(bn, iph, uh, &back);
+	if (refused) {
+		bfnf_count(bn, refused);
+		return NF_DROP;
+	}
+
+	bfnf_count(bn, qtype == BFNF_QT_INFO ? BFNF_CNT_INFO_QUERIES :
+		   qtype == BFNF_QT_PLAYER ? BFNF_CNT_PLAYER_QUERIES : BFNF_CNT_RULES_QUERIES);
 	bfnf_count(bn, BFNF_CNT_QUERIES);
 	bfnf_count_add(bn, BFNF_CNT_BYTES_IN, plen);
 
@@ -193,6 +251,7 @@ static unsigned int bfnf_hook(void *priv, struct sk_buff *skb, const struct nf_h
 		bfnf_event_raise(bn, svc, qtype, BFNF_EV_MISSING);
 		if (READ_ONCE(svc->flags) & BFNF_SVC_F_MISS_PASS) {
 			bfnf_count(bn, BFNF_CNT_MISS_PASS);
+			bfnf_route_put(&back);
 			return NF_ACCEPT;
 		}
 		bfnf_count(bn, BFNF_CNT_MISS_DROP);
@@ -209,14 +268,14 @@ static unsigned int bfnf_hook(void *priv, struct sk_buff *skb, const struct nf_h
 
 	verified = has_chal && bfnf_challenge_check(bn, iph->saddr, uh->source, chal, now);
 	if (verified) {
-		out = bfnf_send_entry(bn, iph, uh, entry);
+		out = bfnf_send_entry(bn, &back, entry);
 		if (stale)
 			bfnf_count(bn, BFNF_CNT_STALE_ANSWERS);
 	} else if (qtype == BFNF_QT_INFO &&
 		   (READ_ONCE(svc->flags) & BFNF_SVC_F_NO_CHALLENGE)) {
 		/* the operator's explicit choice for games without challenges */
 		bfnf_count(bn, BFNF_CNT_ANSWERS_NO_CHALLENGE);
-		out = bfnf_send_entry(bn, iph, uh, entry);
+		out = bfnf_send_entry(bn, &back, entry);
 		if (stale)
 			bfnf_count(bn, BFNF_CNT_STALE_ANSWERS);
 		bfnf_count_add(bn, BFNF_CNT_UNVERIFIED_BYTES_IN, plen);
@@ -224,16 +283,18 @@ static unsigned int bfnf_hook(void *priv, struct sk_buff *skb, const struct nf_h
 	} else {
 		if (has_chal)
 			bfnf_count(bn, BFNF_CNT_BAD_CHALLENGE);
-		out = bfnf_send_challenge(bn, iph, uh, now);
+		out = bfnf_send_challenge(bn, &back, iph, uh, now);
 		bfnf_count_add(bn, BFNF_CNT_UNVERIFIED_BYTES_IN, plen);
 		bfnf_count_add(bn, BFNF_CNT_UNVERIFIED_BYTES_OUT, out);
 	}
 	bfnf_count_add(bn, BFNF_CNT_BYTES_OUT, out);
-	goto consumed;
+consumed:
+	bfnf_route_put(&back);
+	consume_skb(skb);
+	return NF_STOLEN;
 
 malformed:
 	bfnf_count(bn, BFNF_CNT_MALFORMED);
-consumed:
 	consume_skb(skb);
 	return NF_STOLEN;
 }

@@ -18,7 +18,6 @@ import ipaddress
 import os
 import shutil
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +156,7 @@ def test_attach_makes_the_next_hop_managed_and_reachable_without_traffic(net: Ne
     assert ip_in_receives(net.gs) == 0
     assert net.forward_verdict() == ("REDIRECT", mac(net.gs, "g0"))
     # Re-applying does not disturb a valid entry: the kernel's "last updated" stays old.
-    time.sleep(0.5)
+    assert wait_for(lambda: updated_ticks(net.pop, GS_IP, "p1") >= 30, 5)
     with net.pop.entered():
         assert len(loader.manage_neighbours(config()).managed) == 1
     assert entry(net.pop, GS_IP, "p1") == got
@@ -373,8 +372,18 @@ def test_cli_prints_managed_and_apply_reconciles(net: Net, tmp_path: Path, capsy
         net.gs.run(["ip", "link", "set", "g0", "down"])
         assert wait_for(lambda: entry(net.pop, GS_IP, "p1") is None, 3)
         net.gs.run(["ip", "link", "set", "g0", "up"])
-        time.sleep(1)
+        # The positive control: a managed entry added after the carrier is back
+        # resolves, so the kernel's managed-neighbour work has run on p1 since.
+        net.pop.run(["ip", "neigh", "add", "10.9.1.5", "dev", "p1", "managed"])
+        assert wait_for(
+            lambda: (
+                (e := entry(net.pop, "10.9.1.5", "p1")) is not None
+                and e.state == ndmsg.NUD_REACHABLE
+            ),
+            10,
+        )
         assert entry(net.pop, GS_IP, "p1") is None
+        net.pop.run(["ip", "neigh", "del", "10.9.1.5", "dev", "p1"])
         write("")
         assert main(["-c", str(toml), "xdp", "apply"]) == 0
         assert f"managed neighbour {GS_IP} dev p1" in capsys.readouterr().out

@@ -8,9 +8,11 @@ the game server's uplink address is where bifrost-cached asks.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bifrost import netns
+from bifrost.bifrost_nf import a2s
 from bifrost.bifrost_nf.nf import CacheDevice
 from bifrost.vm.kernlog import dmesg as dmesg
 from bifrost.vm.kernlog import kernel_trouble as kernel_trouble
@@ -35,8 +38,18 @@ SERVER_IP = topology.GS_IP
 GAME_PORT = topology.GAME_PORT
 
 
+# A scratch build to load instead of the DKMS-installed module: the mutation checks
+# (issue 14) run a suite against a copy broken on purpose, which must then fail.
+SCRATCH_KO = os.environ.get("BIFROST_NF_KO")
+
+
 def load() -> None:
-    subprocess.run(["modprobe", "-a", "veth", MODULE], check=True)
+    if SCRATCH_KO:
+        subprocess.run(["modprobe", "veth"], check=True)
+        if not Path(f"/sys/module/{MODULE}").exists():  # as modprobe: loaded is loaded
+            subprocess.run(["insmod", SCRATCH_KO], check=True)
+    else:
+        subprocess.run(["modprobe", "-a", "veth", MODULE], check=True)
     for _ in range(100):
         if DEV.exists():
             return
@@ -157,6 +170,17 @@ def start_daemon(t: Topo, config: Path) -> subprocess.Popen[bytes]:
     return p
 
 
+def ask_verified(t: Topo, kind: str, timeout: float = 5.0) -> bytes:
+    """One query the way a client asks it: the challenge first, then the answer."""
+    service = (POP_CLIENT_IP, GAME_PORT)
+    with t.client_socket(timeout=timeout) as s:
+        s.sendto(a2s.request(kind), service)
+        chal = a2s.parse_challenge(s.recv(64))
+        assert chal is not None
+        s.sendto(a2s.request(kind, chal), service)
+        return s.recv(4096)
+
+
 def answers_cached(t: Topo, n: int = 3) -> bool:
     with open_in(t.pop) as dev:
         return any(len(s.answers) >= n for s in dev.dump())
@@ -171,3 +195,75 @@ def refserver_stats(control: Path) -> dict[str, object]:
     from bifrost_testing import refserver
 
     return refserver.control(control, "stats")
+
+
+def csum16(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ip_udp(src: str, sport: int, dst: str, dport: int, payload: bytes, *,
+           udp_len: int | None = None, trailing: bytes = b"", frag: int = 0,
+           good_csum: bool = True, ident: int = 0x1234) -> bytes:  # fmt: skip
+    """A raw IPv4/UDP packet; udp_len may disagree with the payload (malformed on purpose)."""
+    ulen = 8 + len(payload) if udp_len is None else udp_len
+    udp = struct.pack("!HHHH", sport, dport, ulen, 0) + payload
+    covered = udp[: max(ulen, 8)] if ulen <= len(udp) else udp
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 17, ulen)
+    check = csum16(pseudo + covered) or 0xFFFF
+    if not good_csum:
+        check ^= 0x5A5A
+    udp = udp[:6] + struct.pack("!H", check) + udp[8:]
+    total = 20 + len(udp) + len(trailing)
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, total, ident, frag, 64, 17, 0,
+        socket.inet_aton(src), socket.inet_aton(dst),
+    )  # fmt: skip
+    ip = ip[:10] + struct.pack("!H", csum16(ip)) + ip[12:]
+    return ip + udp + trailing
+
+
+class Wire:
+    """Frames put straight onto the POP's uplink from the router's end (AF_PACKET).
+
+    Any source address arrives as sent: the router's own input routing would drop
+    martian sources before forwarding them, the POP's hook runs before its routing.
+    """
+
+    def __init__(self, t: Topo) -> None:
+        with t.pop.ipr() as ipr:
+            mac = ipr.get_links(ifname="eth0")[0].get_attr("IFLA_ADDRESS")
+        self.dst = ("p1", 0x0800, 0, 0, bytes.fromhex(mac.replace(":", "")))
+        self.sock = t.nw.net.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
+
+    def send(self, packet: bytes) -> None:
+        self.sock.sendto(packet, self.dst)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def nft(ns: netns.Namespace, ruleset: str) -> None:
+    done = subprocess.run(["ip", "netns", "exec", ns.name, "nft", "-f", "-"], input=ruleset,
+                          text=True, capture_output=True)  # fmt: skip
+    assert done.returncode == 0, f"nft -f failed ({done.returncode}): {done.stderr}\n{ruleset}"
+
+
+def nft_packets(ns: netns.Namespace, table: str, chain: str) -> int:
+    """The packet count of the one counter in an ip table's chain."""
+    out = ns.run(["nft", "-j", "list", "chain", "ip", table, chain]).stdout
+    counts = [
+        item["rule"]["expr"][-1]["counter"]["packets"]
+        for item in json.loads(out)["nftables"]
+        if "rule" in item and "counter" in item["rule"]["expr"][-1]
+    ]
+    assert len(counts) == 1, out
+    return int(counts[0])
+
+
+def conntrack_count(ns: netns.Namespace) -> int:
+    return int(ns.run(["sysctl", "-n", "net.netfilter.nf_conntrack_count"]).stdout)

@@ -58,6 +58,9 @@ COUNTERS: tuple[str, ...] = (
     "entries_set",
     "entries_deleted",
     "rotations",
+    "martian_src",
+    "local_src",
+    "no_unicast_route",
 )
 
 

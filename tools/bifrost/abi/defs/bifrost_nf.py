@@ -187,5 +187,9 @@ another thread's write().
         "entries_set",
         "entries_deleted",
         "rotations",
+        # queries dropped unanswered for their source (before they count as queries)
+        "martian_src",
+        "local_src",
+        "no_unicast_route",
     ),
 )
