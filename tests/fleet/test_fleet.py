@@ -70,6 +70,7 @@ def test_apply_installs_builds_and_attaches(lab: FleetLab) -> None:
     rows = {line.split()[0]: line for line in st.stdout.splitlines()[1:]}
     assert set(rows) == {"pop1", "pop2", "gs1"}
     assert "attached (native" in rows["pop1"] and "srcds" in rows["pop1"]
+    assert "; auth off" in rows["pop1"]  # the lab's POPs have no [auth]: the table says so
     assert re.search(r"served [1-9]\d* dropped 0", rows["pop2"]), rows["pop2"]
     assert "bifrost-foumapd=" in rows["gs1"]
     assert "bifrost_nf " in rows["pop1"] and "fou_map " in rows["gs1"]  # the kernel modules

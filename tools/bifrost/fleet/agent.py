@@ -50,7 +50,10 @@ def status(hs: HostState, kernel_module: bool = True) -> dict[str, object]:
         out["kernel_module"] = hs.kernel_module(want.role)
     if want.role == "pop":
         st = hs.xdp("status")
-        out["program"] = (st.stdout or st.stderr).strip()
+        # `bifrost xdp status` prints the program's line, then whether FOU is authenticated.
+        lines = (st.stdout or st.stderr).strip().splitlines() or [""]
+        out["program"] = lines[0]
+        out["auth"] = next((x.removeprefix("auth: ") for x in lines if x.startswith("auth: ")), "-")
         out["attached"] = st.returncode == 0
         out["counters"] = hs.counters() if st.returncode == 0 else {}
     return out

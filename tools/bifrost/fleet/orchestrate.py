@@ -190,7 +190,10 @@ def _status_row(host: Host, st: dict[str, object]) -> tuple[str, ...]:
     if built is not None and built != st.get("modules"):
         modules += f" (built: {','.join(built) or 'none'})"  # type: ignore[arg-type]
     daemons = ", ".join(f"{u.removesuffix('.service')}={s}" for u, s in dict(st["daemons"]).items())  # type: ignore[call-overload]
-    program = str(st.get("program", "-")).split(": ", 1)[-1] if st.get("role") == "pop" else "-"
+    program = "-"
+    if st.get("role") == "pop":
+        auth = str(st.get("auth", "-")).split(" (", 1)[0]  # "off", not its whole warning
+        program = f"{str(st.get('program', '-')).split(': ', 1)[-1]}; auth {auth}"
     c = dict(st.get("counters") or {})  # type: ignore[call-overload]
     counters = f"served {c['served']} dropped {c['dropped']}" if c else "-"
     return (
