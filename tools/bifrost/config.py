@@ -2,7 +2,7 @@
 
 One file per host (default /etc/bifrost/bifrost.toml). Each component owns its
 section's schema (``bifrost.xdp.config``, ``bifrost.bifrost_nf.config``,
-``bifrost.fou_map.config``), written with the reader of
+``bifrost.fou_map.config``, ``bifrost.auth_config`` for [auth]), written with the reader of
 ``bifrost.config_schema``, whose errors always name the full key and the
 offending value. This module puts the sections together; nothing imports it
 back, so there is no import cycle.
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bifrost.auth_config import AuthConfig
+from bifrost.auth_config import parse as parse_auth
 from bifrost.bifrost_nf.config import CacheConfig
 from bifrost.bifrost_nf.config import parse as parse_cache
 from bifrost.config_schema import ConfigError, Reader, read_toml
@@ -34,10 +36,12 @@ class Config:
     xdp: XdpConfig | None
     cache: CacheConfig | None  # [cache]: bifrost_nf and bifrost-cached
     fou_map: FouMapConfig | None
+    auth: AuthConfig | None = None  # [auth]: None means FOU is not authenticated
 
 
 def parse(data: dict[str, Any], source: Path | None = None) -> Config:
     top = Reader(data)
+    auth_sec = top.section("auth", optional=True)
     xdp_sec = top.section("xdp", optional=True)
     cache_sec = top.section("cache", optional=True)
     fm_sec = top.section("fou_map", optional=True)
@@ -46,6 +50,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         xdp=parse_xdp(xdp_sec) if xdp_sec else None,
         cache=parse_cache(cache_sec) if cache_sec else None,
         fou_map=parse_fou_map(fm_sec) if fm_sec else None,
+        auth=parse_auth(auth_sec) if auth_sec else None,
     )
     top.done()
     return cfg
