@@ -88,6 +88,7 @@ def gs_toml(service_netns: str, state_file: Path) -> str:
 # The game-server machine: fou_map and the FOU endpoint of the game service's netns.
 [fou_map]
 ports = [{FOU_PORT}]
+pops = ["{topology.POP_NET}"]
 idle_timeout = 300
 miss_policy = "pass"
 state_file = "{state_file}"
