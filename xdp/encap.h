@@ -147,10 +147,14 @@ struct bfx_inner {
 	__u8 proto;
 };
 
-/* Push outer Ethernet/IPv4/UDP in front of the IPv4 packet; 0 on success. */
+/*
+ * Push outer Ethernet/IPv4/UDP in front of the IPv4 packet; 0 on success.
+ * trailer: bytes the caller appends after the inner packet (the auth token),
+ * which the outer lengths count.
+ */
 static __always_inline int bfx_fou_encap(struct xdp_md *ctx, const struct bfx_inner *in,
 					 const struct bfx_nexthop *nh, __be32 pop_addr,
-					 __be32 gs_addr, __u16 fou_port)
+					 __be32 gs_addr, __u16 fou_port, __u32 trailer)
 {
 	struct ethhdr *eth;
 	struct iphdr *ip;
@@ -174,7 +178,7 @@ static __always_inline int bfx_fou_encap(struct xdp_md *ctx, const struct bfx_in
 	ip->version = 4;
 	ip->ihl = 5;
 	ip->tos = in->tos;
-	ip->tot_len = bpf_htons(in->tot_len + BFX_FOU_OVERHEAD);
+	ip->tot_len = bpf_htons(in->tot_len + BFX_FOU_OVERHEAD + trailer);
 	ip->id = 0;
 	/* Keep the client's DF choice so path MTU discovery still works end to end. */
 	ip->frag_off = in->frag_off & bpf_htons(BFX_IP_DF);
@@ -187,17 +191,32 @@ static __always_inline int bfx_fou_encap(struct xdp_md *ctx, const struct bfx_in
 
 	udp->source = bpf_htons(bfx_flow_port(in->saddr, in->daddr, in->ports, in->proto));
 	udp->dest = bpf_htons(fou_port);
-	udp->len = bpf_htons(in->tot_len + sizeof(*udp));
+	udp->len = bpf_htons(in->tot_len + sizeof(*udp) + trailer);
 	udp->check = 0;
 	return 0;
 }
 
-/* Strip outer IPv4 (20 bytes, no options) + UDP; write the new Ethernet header. */
-static __always_inline int bfx_fou_decap(struct xdp_md *ctx, const struct bfx_nexthop *nh)
+/*
+ * Strip outer IPv4 (20 bytes, no options) + UDP; write the new Ethernet header.
+ * inner_len: non-zero (auth on) cuts the frame to the inner packet, which
+ * removes the token and any Ethernet padding; 0 leaves the tail as it is.
+ */
+static __always_inline int bfx_fou_decap(struct xdp_md *ctx, const struct bfx_nexthop *nh,
+					 __u32 inner_len)
 {
 	struct ethhdr *eth;
 	void *data, *data_end;
 
+	if (inner_len) {
+		int delta;
+
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		delta = (int)(sizeof(*eth) + BFX_FOU_OVERHEAD + inner_len) - (int)(data_end - data);
+
+		if (delta && bpf_xdp_adjust_tail(ctx, delta))
+			return -1;
+	}
 	if (bpf_xdp_adjust_head(ctx, BFX_FOU_OVERHEAD))
 		return -1;
 	data = (void *)(long)ctx->data;
@@ -209,6 +228,46 @@ static __always_inline int bfx_fou_decap(struct xdp_md *ctx, const struct bfx_ne
 	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
 	eth->h_proto = bpf_htons(ETH_P_IP);
 	return 0;
+}
+
+/*
+ * Authenticated FOU (AUTH.md): the send key, 8 bytes in wire order, right
+ * after the inner packet of an encapsulated frame, which then ends there
+ * (Ethernet padding behind the inner packet is cut). 0 on success.
+ */
+static __always_inline int bfx_auth_append(struct xdp_md *ctx, __u32 inner_len, __u64 key)
+{
+	/* An XDP frame fits in a page: the mask only tells the verifier so. */
+	__u32 at = sizeof(struct ethhdr) + BFX_FOU_OVERHEAD + (inner_len & 0x3fff);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	int delta = (int)(at + BFX_AUTH_KEY_BYTES) - (int)(data_end - data);
+	void *tok;
+
+	if (delta && bpf_xdp_adjust_tail(ctx, delta))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	tok = data + at;
+	if (tok + BFX_AUTH_KEY_BYTES > data_end)
+		return -1;
+	*(__u64 *)tok = key;
+	return 0;
+}
+
+/*
+ * Whether the 8 bytes at tok are an accepted key: unused key slots repeat
+ * the send key, so this is four compares, no loop and no count.
+ */
+static __always_inline int bfx_auth_ok(const struct bfx_settings *s, void *tok, void *data_end)
+{
+	const __u64 *keys = (const __u64 *)s->auth_keys;
+	__u64 t;
+
+	if (tok + BFX_AUTH_KEY_BYTES > data_end)
+		return 0;
+	t = *(__u64 *)tok;
+	return (t == keys[0]) | (t == keys[1]) | (t == keys[2]) | (t == keys[3]);
 }
 
 /* Same device: XDP_TX; another: redirect. */

@@ -13,7 +13,7 @@
 #include "generated/bifrost_maps.h"
 
 /*
- * Config generations. Every map the config fills (settings, rules,
+ * Config generations. Every map the config fills (settings, addr_slots, rules,
  * rule_modules, rule_slots, rule_overflow, anycast, gameservers, firewall)
  * holds two configs side by side, generation 0 and 1; config_gen[0] names
  * the one in force. A packet reads it once and then sees only that
@@ -87,6 +87,21 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } rule_overflow SEC(".maps");
 
+/*
+ * The anycast and game-server addresses, direct-mapped like rule_slots but
+ * small enough to stay in cache: the martian and game-server checks run on
+ * every forwarded and returned packet, spoofed ones included, whose random
+ * addresses would miss the cache in a big table. addr_slots[gen * ADDR_SLOTS
+ * + bfx_addr_hash(addr)]; a slot with SLOT_OVERFLOW sends the lookup to the
+ * anycast / gameservers hashes below (bfx_addr_is()).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BFX_GENERATIONS * BFX_ADDR_SLOTS);
+	__type(key, __u32);
+	__type(value, struct bfx_addr_slot);
+} addr_slots SEC(".maps");
+
 /* Which game modules apply to a rule: rule_modules[gen * (BFX_MAX_RULES + 1) + id]. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -133,12 +148,15 @@ struct {
 } firewall SEC(".maps");
 
 /*
- * Token buckets; LRU so a spoofed-source flood evicts old buckets, not new
- * ones. Such a flood inserts on every packet, so each CPU gets its own LRU
- * list (BPF_F_NO_COMMON_LRU: made for "external traffic facing machines
- * under attack"): RSS spreads a flood over every queue, and one common list
- * would serialize them on its lock. The price: a CPU evicts from its own
- * share (max_entries / CPUs); a client's flow stays on one queue anyway.
+ * Token buckets of sources no module vouches for; LRU so old buckets go
+ * first. Each CPU gets its own LRU list (BPF_F_NO_COMMON_LRU: made for
+ * "external traffic facing machines under attack"): RSS spreads a flood over
+ * every queue, and one common list would serialize them on its lock. The
+ * price: a CPU evicts from its own share (max_entries / CPUs); a client's
+ * flow stays on one queue anyway. Under a spoofed-source flood the program
+ * stops inserting here (flood mode, bfx_rate_check()), and validated clients
+ * keep their buckets in their module's own map (srcds_clients), which only
+ * authenticated return traffic inserts into: a flood evicts neither.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -147,6 +165,42 @@ struct {
 	__type(value, struct bfx_rate_state);
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 } rate_limit SEC(".maps");
+
+/*
+ * Flood mode (bfx_under_flood()): per CPU, how many sources without a bucket
+ * arrived in the current one-second window.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bfx_flood_state);
+} flood SEC(".maps");
+
+/*
+ * A bit per hash of (source, rule) that was ever given a rate_limit bucket,
+ * set on insert and never cleared: a clear bit proves there is no bucket, so
+ * flood mode skips the rate_limit lookup (a random access into its 2 MB of
+ * buckets, most of a flood packet's cost) for sources never seen. A set bit
+ * only costs that lookup; flood mode caps inserts, so the bits fill slowly.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BFX_RATE_FILTER_BITS / 64);
+	__type(key, __u32);
+	__type(value, __u64);
+} rate_known SEC(".maps");
+
+/*
+ * In flood mode, the one bucket per rule (per CPU, index rule id) that every
+ * source without a bucket of its own is charged to.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BFX_MAX_RULES + 1);
+	__type(key, __u32);
+	__type(value, struct bfx_rate_state);
+} flood_budget SEC(".maps");
 
 /*
  * destination -> MACs and egress device. bpf_fib_lookup costs as much as the

@@ -5,10 +5,12 @@
  *
  *   IPv6               -> settings.ipv6_policy
  *   not IPv4           -> PASS (ARP...)
- *   to POP:fou_port    -> return path: known game server, inner source is a
- *                         service forwarded to it -> decap -> TX to client
+ *   to POP:fou_port    -> return path: known game server, authenticated (auth
+ *                         on), inner source is a service forwarded to it,
+ *                         destination not martian -> decap -> TX to client
  *   to an anycast addr -> fragments, malformed, no rule: DROP
- *                         block/allow lists, rate limit, game modules
+ *                         martian source, block/allow lists, game modules,
+ *                         rate limit (flood mode: no new per-source state)
  *                         A2S query to a caching rule -> PASS (bifrost_nf)
  *                         else FOU encap -> TX to the game server
  *   anything else      -> PASS (the host's own traffic)
@@ -27,6 +29,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "encap.h"
+#include "hash.h"
 #include "maps.h"
 #include "modules/modules.h"
 #include "parsing.h"
@@ -44,38 +47,114 @@ static __always_inline __u32 bfx_firewall(__u32 gen, __be32 addr)
 }
 
 /*
- * Token bucket per (source, rule), in nanoseconds of credit: a packet costs
- * 1e9/pps, the bucket holds burst packets' worth. No multiplication on the
- * packet path, so nothing overflows. Updates race between CPUs; a client's
+ * 0/8, 127/8, 224/4 (multicast) and 240/4 (reserved, 255.255.255.255 with
+ * it): never a client's address; the kernel's input routing drops them as
+ * martians, and so does the program, both ways (issue 10).
+ */
+static __always_inline int bfx_martian(__be32 addr)
+{
+	__u32 top = bpf_ntohl(addr) >> 24;
+
+	return top == 0 || top == 127 || top >= 224;
+}
+
+/*
+ * A token bucket in nanoseconds of credit: a packet costs cost_ns, the bucket
+ * holds burst_ns. No multiplication on the packet path, so nothing overflows.
+ * A bucket whose last_ns is 0 is full. Updates race between CPUs; a client's
  * flow normally stays on one RX queue, and an approximate limit is fine.
  */
-static __always_inline int bfx_rate_ok(__be32 src, const struct bfx_rule *rule,
-				       const struct bfx_settings *s)
+static __always_inline int bfx_bucket_take(__u64 *last_ns, __u64 *credit_ns, __u64 now,
+					   __u64 cost_ns, __u64 burst_ns)
 {
-	struct bfx_rate_key key = { .src = src, .rule_id = rule->id };
-	__u64 now = bfx_now(s);
-	struct bfx_rate_state *st = bpf_map_lookup_elem(&rate_limit, &key);
-	__u64 credit;
+	__u64 credit = *credit_ns + (now > *last_ns ? now - *last_ns : 0);
 
-	if (!st) {
-		struct bfx_rate_state fresh = {
-			.last_ns = now,
-			.credit_ns = rule->rate_burst_ns - rule->rate_cost_ns,
-		};
-
-		bpf_map_update_elem(&rate_limit, &key, &fresh, BPF_ANY);
-		return 1;
-	}
-	credit = st->credit_ns + (now > st->last_ns ? now - st->last_ns : 0);
-	if (credit > rule->rate_burst_ns)
-		credit = rule->rate_burst_ns;
-	st->last_ns = now;
-	if (credit < rule->rate_cost_ns) {
-		st->credit_ns = credit;
+	if (credit > burst_ns)
+		credit = burst_ns;
+	*last_ns = now;
+	if (credit < cost_ns) {
+		*credit_ns = credit;
 		return 0;
 	}
-	st->credit_ns = credit - rule->rate_cost_ns;
+	*credit_ns = credit - cost_ns;
 	return 1;
+}
+
+#define BFX_NS_PER_SEC 1000000000ULL
+
+/*
+ * Flood mode, as katran does it: is_under_flood() in katran's
+ * lib/bpf/balancer.bpf.c counts new connections per CPU in a one-second
+ * window and, above MAX_CONN_RATE (balancer_consts.h), bypasses its LRU
+ * update. Here: sources without a bucket, per CPU per second, above
+ * settings.flood_new_sources; then no bucket is inserted, so a spoofed-source
+ * flood cannot churn the rate_limit LRU, and its packets are charged to the
+ * rule's aggregate budget instead (bfx_rate_check()).
+ */
+static __always_inline int bfx_under_flood(const struct bfx_settings *s, __u64 now)
+{
+	__u32 zero = 0;
+	struct bfx_flood_state *f = bpf_map_lookup_elem(&flood, &zero);
+
+	if (!f)
+		return 1;
+	if (now - f->window_ns > BFX_NS_PER_SEC) {
+		f->window_ns = now;
+		f->new_sources = 1;
+		return 0;
+	}
+	return ++f->new_sources > s->flood_new_sources;
+}
+
+enum bfx_rate { BFX_RATE_OK, BFX_RATE_OVER, BFX_RATE_FLOOD };
+
+/* The rate_known word and bit of a (source, rule). */
+static __always_inline __u64 *bfx_known_word(__be32 src, __u32 rule_id, __u64 *bit)
+{
+	__u32 h = bfx_fmix32(src ^ (rule_id * 0x9e3779b1U)) & (BFX_RATE_FILTER_BITS - 1);
+	__u32 word = h / 64;
+
+	*bit = 1ULL << (h % 64);
+	return bpf_map_lookup_elem(&rate_known, &word);
+}
+
+/*
+ * The rule's rate limit for this source: the validated client's own bucket
+ * (own, from a module), else its bucket in rate_limit, else (a new source) a
+ * fresh bucket, or in flood mode a share of the rule's aggregate budget.
+ */
+static __always_inline enum bfx_rate bfx_rate_check(__be32 src, const struct bfx_rule *rule,
+						    const struct bfx_settings *s,
+						    struct bfx_srcds_state *own)
+{
+	struct bfx_rate_key key = { .src = src, .rule_id = rule->id };
+	struct bfx_rate_state *st = NULL, fresh;
+	__u64 now = bfx_now(s), bit;
+	__u64 *known = bfx_known_word(src, rule->id, &bit);
+	__u32 id = rule->id;
+
+	if (own)
+		return bfx_bucket_take(&own->last_ns, &own->credit_ns, now, rule->rate_cost_ns,
+				       rule->rate_burst_ns) ? BFX_RATE_OK : BFX_RATE_OVER;
+	/* A clear bit in rate_known: no bucket to look for. */
+	if (!known || (*known & bit))
+		st = bpf_map_lookup_elem(&rate_limit, &key);
+	if (st)
+		return bfx_bucket_take(&st->last_ns, &st->credit_ns, now, rule->rate_cost_ns,
+				       rule->rate_burst_ns) ? BFX_RATE_OK : BFX_RATE_OVER;
+	if (bfx_under_flood(s, now)) {
+		st = bpf_map_lookup_elem(&flood_budget, &id);
+		if (st && bfx_bucket_take(&st->last_ns, &st->credit_ns, now, s->flood_cost_ns,
+					  s->flood_burst_ns))
+			return BFX_RATE_OK;
+		return BFX_RATE_FLOOD;
+	}
+	fresh.last_ns = now;
+	fresh.credit_ns = rule->rate_burst_ns - rule->rate_cost_ns;
+	bpf_map_update_elem(&rate_limit, &key, &fresh, BPF_ANY);
+	if (known && !(*known & bit))
+		__sync_fetch_and_or(known, bit);
+	return BFX_RATE_OK;
 }
 
 static __always_inline void bfx_inner_from(struct bfx_inner *in, const struct iphdr *ip,
@@ -101,17 +180,28 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 	struct bfx_inner in;
 	struct bfx_l4 l4;
 	struct iphdr *inner = (void *)(udp + 1);
-	__u32 ihl, udp_len = bpf_ntohs(udp->len);
+	__u32 ihl, inner_len, udp_len = bpf_ntohs(udp->len);
+	int auth = s->flags & BFX_SET_AUTH;
 
-	if (!bfx_in_gen(bpf_map_lookup_elem(&gameservers, &ip->saddr), gen))
+	if (!bfx_addr_is(gen, ip->saddr, BFX_ADDR_GAMESERVER))
 		return bfx_count(0, BFX_DROP_UNKNOWN_GS, bytes, XDP_DROP);
 	/* The kernel's ipip/fou transmit path never writes outer options. */
 	if (ip->ihl != 5 || udp_len < sizeof(*udp) + sizeof(*inner) ||
 	    udp_len > bpf_ntohs(ip->tot_len) - sizeof(*ip))
 		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
 	ihl = bfx_ipv4_check(inner, data_end);
-	if (!ihl || bpf_ntohs(inner->tot_len) > udp_len - sizeof(*udp))
+	if (!ihl)
 		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
+	inner_len = bfx_load_be16(&inner->tot_len);
+	if (inner_len > udp_len - sizeof(*udp))
+		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
+	/*
+	 * Authenticated FOU (AUTH.md): the token is exactly the 8 bytes after the
+	 * inner packet and must be an accepted key. Before anything is learned.
+	 */
+	if (auth && (udp_len != sizeof(*udp) + inner_len + BFX_AUTH_KEY_BYTES ||
+		     !bfx_auth_ok(s, (void *)inner + (inner_len & 0x3fff), data_end)))
+		return bfx_count(0, BFX_DROP_AUTH, bytes, XDP_DROP);
 	if (inner->frag_off & bpf_htons(BFX_IP_FRAG_MASK))
 		return bfx_count(0, BFX_DROP_FRAGMENT, bytes, XDP_DROP);
 	if (inner->protocol != IPPROTO_UDP && inner->protocol != IPPROTO_TCP)
@@ -124,21 +214,33 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 	if (!rule || rule->gs_addr != ip->saddr)
 		return bfx_count(0, BFX_DROP_RELAY, bytes, XDP_DROP);
 
+	/*
+	 * No reflection to what the kernel's input routing would drop: martian
+	 * destinations, the POP itself, and game-server machines (the sender too).
+	 */
+	if (bfx_martian(inner->daddr) || inner->daddr == s->pop_addr ||
+	    bfx_addr_is(gen, inner->daddr, BFX_ADDR_GAMESERVER))
+		return bfx_count(rule->id, BFX_DROP_MARTIAN, bytes, XDP_DROP);
+
 	bfx_inner_from(&in, inner, &l4);
-	bfx_modules_return(bfx_rule_module_bits(gen, rule->id), &in, &l4, data_end, s);
+	/* Modules validate clients only from authenticated traffic (issue 10). */
+	if (auth)
+		bfx_modules_return(bfx_rule_module_bits(gen, rule->id), &in, &l4, data_end, s);
+	if (!auth)
+		inner_len = 0;	/* decap keeps the tail as it is */
 
 	nh = bfx_nexthop(ctx, in.saddr, in.daddr, s, &res);
 	if (res == BFX_NH_NEIGH) {
 		/* Hand the decapsulated packet to the stack, still addressed to us. */
 		__builtin_memcpy(keep_macs.dmac, eth->h_dest, ETH_ALEN);
 		__builtin_memcpy(keep_macs.smac, eth->h_source, ETH_ALEN);
-		if (bfx_fou_decap(ctx, &keep_macs))
+		if (bfx_fou_decap(ctx, &keep_macs, inner_len))
 			return bfx_count(rule->id, BFX_DROP_ENCAP, bytes, XDP_DROP);
 		return bfx_count(rule->id, BFX_PASS_RETURN_NEIGH, bytes, XDP_PASS);
 	}
 	if (!nh)
 		return bfx_count(rule->id, BFX_DROP_NO_ROUTE, bytes, XDP_DROP);
-	if (bfx_fou_decap(ctx, nh))
+	if (bfx_fou_decap(ctx, nh, inner_len))
 		return bfx_count(rule->id, BFX_DROP_ENCAP, bytes, XDP_DROP);
 	return bfx_count(rule->id, BFX_TX_RETURN, bytes, bfx_transmit(ctx, nh));
 }
@@ -150,28 +252,42 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 					    const struct bfx_settings *s, __u32 gen, __u32 bytes)
 {
 	enum bfx_nh_result res;
+	struct bfx_srcds_state *own = NULL;
 	struct bfx_nexthop *nh;
 	struct bfx_inner in;
 	__u32 id = rule->id;
-	__u32 bits, fw = 0;
+	__u32 bits, fw = 0, trailer = 0;
+	enum bfx_rate rate;
 
+	/* A client is never martian, the POP itself or an anycast service. */
+	if (bfx_martian(ip->saddr) || ip->saddr == s->pop_addr ||
+	    bfx_addr_is(gen, ip->saddr, BFX_ADDR_ANYCAST))
+		return bfx_count(id, BFX_DROP_MARTIAN, bytes, XDP_DROP);
 	if (s->flags & BFX_SET_HAVE_FIREWALL)
 		fw = bfx_firewall(gen, ip->saddr);
 	if (fw == BFX_FW_BLOCK)
 		return bfx_count(id, BFX_DROP_BLOCKED, bytes, XDP_DROP);
-	if (fw != BFX_FW_ALLOW && rule->rate_cost_ns && !bfx_rate_ok(ip->saddr, rule, s))
-		return bfx_count(id, BFX_DROP_RATE_LIMIT, bytes, XDP_DROP);
 
+	/* Modules before the rate limit: what they drop inserts no per-source state. */
 	bits = bfx_rule_module_bits(gen, id);
-	if (bits && !bfx_modules_forward(bits, ip, l4, data_end, s))
+	if (bits && !bfx_modules_forward(bits, ip, l4, data_end, s, id, &own))
 		return bfx_count(id, BFX_DROP_MODULE, bytes, XDP_DROP);
+	if (fw != BFX_FW_ALLOW && rule->rate_cost_ns) {
+		rate = bfx_rate_check(ip->saddr, rule, s, own);
+		if (rate == BFX_RATE_OVER)
+			return bfx_count(id, BFX_DROP_RATE_LIMIT, bytes, XDP_DROP);
+		if (rate == BFX_RATE_FLOOD)
+			return bfx_count(id, BFX_DROP_FLOOD, bytes, XDP_DROP);
+	}
 
 	if ((rule->flags & BFX_RULE_CACHE) && ip->protocol == IPPROTO_UDP &&
 	    bfx_is_a2s_query(l4->payload, l4->payload_len, data_end))
 		return bfx_count(id, BFX_PASS_CACHE, bytes, XDP_PASS);
 
 	bfx_inner_from(&in, ip, l4);
-	if (in.tot_len > 0xffff - BFX_FOU_OVERHEAD)
+	if (s->flags & BFX_SET_AUTH)
+		trailer = BFX_AUTH_KEY_BYTES;
+	if (in.tot_len > 0xffff - BFX_FOU_OVERHEAD - trailer)
 		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
 
 	nh = bfx_gs_nexthop(ctx, rule->gs_slot, s->pop_addr, rule->gs_addr, s, &res);
@@ -185,9 +301,11 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 		return bfx_count(id, BFX_DROP_NO_NEIGH, bytes, XDP_DROP);
 	if (!nh)
 		return bfx_count(id, BFX_DROP_NO_ROUTE, bytes, XDP_DROP);
-	if (in.tot_len + BFX_FOU_OVERHEAD > nh->mtu)
+	if (in.tot_len + BFX_FOU_OVERHEAD + trailer > nh->mtu)
 		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
-	if (bfx_fou_encap(ctx, &in, nh, s->pop_addr, rule->gs_addr, rule->fou_port))
+	if (bfx_fou_encap(ctx, &in, nh, s->pop_addr, rule->gs_addr, rule->fou_port, trailer))
+		return bfx_count(id, BFX_DROP_ENCAP, bytes, XDP_DROP);
+	if (trailer && bfx_auth_append(ctx, in.tot_len, *(const __u64 *)s->auth_keys))
 		return bfx_count(id, BFX_DROP_ENCAP, bytes, XDP_DROP);
 	return bfx_count(id, BFX_TX_FORWARD, bytes, bfx_transmit(ctx, nh));
 }
@@ -242,11 +360,11 @@ static __always_inline int bfx_process(struct xdp_md *ctx)
 		rule = bfx_rule_lookup(gen, ip->daddr, bpf_ntohs(l4.dport), ip->protocol);
 		if (rule)
 			return bfx_forward_path(ctx, eth, ip, &l4, rule, data_end, s, gen, bytes);
-		is_anycast = bfx_in_gen(bpf_map_lookup_elem(&anycast, &ip->daddr), gen);
+		is_anycast = bfx_addr_is(gen, ip->daddr, BFX_ADDR_ANYCAST);
 		return is_anycast ? bfx_count(0, BFX_DROP_NO_RULE, bytes, XDP_DROP) :
 				    bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
 	}
-	if (!bfx_in_gen(bpf_map_lookup_elem(&anycast, &ip->daddr), gen))
+	if (!bfx_addr_is(gen, ip->daddr, BFX_ADDR_ANYCAST))
 		return bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
 	if (ip->frag_off & bpf_htons(BFX_IP_FRAG_MASK))
 		return bfx_count(0, BFX_DROP_FRAGMENT, bytes, XDP_DROP);

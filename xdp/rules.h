@@ -54,6 +54,28 @@ static __always_inline struct bfx_rule *bfx_rule_find(__u32 gen, __be32 addr, __
 	return rule && rule->id ? rule : NULL;
 }
 
+/*
+ * Whether addr is an anycast (BFX_ADDR_ANYCAST) or a game-server
+ * (BFX_ADDR_GAMESERVER) address in generation gen: one inlined load from the
+ * small addr_slots table; a hash lookup only when its slot overflowed.
+ * maps_def.addr_slot_index() is the same hash in Python.
+ */
+static __always_inline int bfx_addr_is(__u32 gen, __be32 addr, __u32 kind)
+{
+	__u32 idx = gen * BFX_ADDR_SLOTS + (bfx_fmix32(addr) & (BFX_ADDR_SLOTS - 1));
+	struct bfx_addr_slot *slot = bpf_map_lookup_elem(&addr_slots, &idx);
+
+	if (!slot)
+		return 0;
+	if (slot->addr == addr)
+		return !!(slot->flags & kind);
+	if (!(slot->flags & BFX_SLOT_OVERFLOW))
+		return 0;
+	if (kind == BFX_ADDR_ANYCAST)
+		return bfx_in_gen(bpf_map_lookup_elem(&anycast, &addr), gen);
+	return bfx_in_gen(bpf_map_lookup_elem(&gameservers, &addr), gen);
+}
+
 /* The rule of generation gen for the key (see config_gen in maps.h). */
 static __always_inline struct bfx_rule *bfx_rule_lookup(__u32 gen, __be32 addr, __u16 port,
 							__u8 proto)

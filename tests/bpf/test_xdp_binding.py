@@ -18,7 +18,7 @@ import pytest
 from xdp_harness import compile_object, make_config
 
 from bifrost.netns import Namespace, link
-from bifrost.xdp import libbpf, loader, maps, pins
+from bifrost.xdp import libbpf, loader, maps, maps_def, pins
 from bifrost.xdp.libbpf import XDP_FLAGS_DRV_MODE, BpfObject
 
 pytestmark = pytest.mark.bpf
@@ -63,7 +63,8 @@ def test_map_specs_match_the_objects_map_definitions(
 ) -> None:
     """The Python side's idea of every map (what it reads and writes, and what pinned maps
     are checked against) is the object's own."""
-    with BpfObject(compile_object(tmp_path_factory.mktemp("specs")), load=False) as bo:
+    every = tuple(maps_def.AVAILABLE_MODULES)  # each module's maps too
+    with BpfObject(compile_object(tmp_path_factory.mktemp("specs"), every), load=False) as bo:
         defs = bo.map_defs()
     assert set(maps.MAP_SPECS) == set(defs)
     for name, spec in maps.MAP_SPECS.items():

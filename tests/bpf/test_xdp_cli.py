@@ -45,7 +45,8 @@ def test_cli_lifecycle(tmp_path_factory: pytest.TempPathFactory, capsys) -> None
             assert main(["-c", str(cfg), "xdp", "attach", "--obj", str(obj)]) == 0
             assert "attached (native)" in capsys.readouterr().out
             assert main(["-c", str(cfg), "xdp", "status"]) == 0
-            assert "native, prog id" in capsys.readouterr().out
+            out = capsys.readouterr().out
+            assert "native, prog id" in out and "auth: off (auth off: FOU packets" in out
             assert (pins / "x0" / "rule_slots").exists()
             # A second attach refuses instead of stacking programs.
             assert main(["-c", str(cfg), "xdp", "attach", "--obj", str(obj)]) == 1
@@ -58,6 +59,12 @@ def test_cli_lifecycle(tmp_path_factory: pytest.TempPathFactory, capsys) -> None
                 maps_def.BY_NAME["settings"].unpack(settings)["ipv6_policy"] == maps_def.IPV6_DROP
             )
             assert "generation 1; settings: +1" in capsys.readouterr().out
+            # [auth] goes in with the config generation; status says what is in force.
+            auth = '[auth]\nkeys = ["0123456789abcdef", "fedcba9876543210"]\n'
+            cfg.write_text(auth + CONFIG.format(mode="auto", pins=pins, ipv6="drop"))
+            assert main(["-c", str(cfg), "xdp", "apply"]) == 0
+            assert main(["-c", str(cfg), "xdp", "status"]) == 0
+            assert "auth: on, 2 key(s) accepted" in capsys.readouterr().out
             # Traffic through the attached program shows up in stats.
             b.run(["ping", "-c", "1", "-W", "1", "10.8.0.1"], check=False)
             capsys.readouterr()

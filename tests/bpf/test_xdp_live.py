@@ -42,6 +42,7 @@ GS1, GS2 = topo.GS_IP, "10.9.1.3"
 CLIENT_PORT = 40123
 SEND_EVERY_S = 0.001
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h; root may exceed net.core.rmem_max
+AUTH_KEY = bytes.fromhex("0123456789abcdef")  # [auth]: a game module needs authenticated FOU
 
 RULE = """
 [[xdp.rule]]
@@ -61,6 +62,7 @@ def config(pins: Path, srcds_module: bool = True, middle: bool = True) -> str:
     rules += [("srcds", 27015, GS1, '["srcds"]' if srcds_module else "[]")]
     rules += [("omega", 27020, GS2, "[]")]
     head = (
+        f'[auth]\nkeys = ["{AUTH_KEY.hex()}"]\n'
         f'[xdp]\nmodules = ["srcds"]\ninterface = "p0"\npin_dir = "{pins}"\n'
         f'pop_address = "{topo.POP_G_IP}"\n'
     )
@@ -101,7 +103,7 @@ def serve(sock: socket.socket, got: Received, stop: threading.Event, answer: boo
                 reply = IP(src=pkt.dst, dst=pkt.src) / UDP(
                     sport=pkt[UDP].dport, dport=pkt[UDP].sport
                 )
-                sock.sendto(bytes(reply / b"\xff\xff\xff\xffB"), (topo.POP_G_IP, 5555))
+                sock.sendto(bytes(reply / b"\xff\xff\xff\xffB") + AUTH_KEY, (topo.POP_G_IP, 5555))
             continue
         if pkt[UDP].sport == CLIENT_PORT and payload[:1] == b"\x01":
             got.seqs.append(struct.unpack("!I", payload[1:5])[0])

@@ -25,12 +25,14 @@ from xdp_harness import (
     GS_NO_RULES,
     GS_SRCDS,
     GS_TCP,
+    KEY,
     NH_SMAC,
     POP,
     VIP,
     VIP2,
     VIP_NO_RULES,
     Xdp,
+    auth_config,
     client_frame,
     expected_encap,
     fou_frame,
@@ -299,6 +301,7 @@ def test_rate_limit_per_source_and_rule(xdp: Xdp) -> None:
 
 
 def test_srcds_validation_on_server_accept(xdp: Xdp) -> None:
+    xdp.apply(auth_config())  # a module validates only from authenticated FOU
     netchan = client_frame(udp_in(b"\x01\x02netchannel", dport=27020))
     assert xdp.run(netchan).verdict == "DROP"
     assert xdp.counts()[(2, "drop_module")] == 1
@@ -306,13 +309,14 @@ def test_srcds_validation_on_server_accept(xdp: Xdp) -> None:
         assert xdp.run(client_frame(udp_in(step, dport=27020))).verdict == "TX"
     # A challenge from the server does not validate; the accept ('B') does.
     chal = reply(b"\xff\xff\xff\xffA\x01\x02\x03\x04", sport=27020)
-    assert xdp.run(fou_frame(GS_SRCDS, chal)).verdict == "TX"
+    assert xdp.run(fou_frame(GS_SRCDS, chal, token=KEY)).verdict == "TX"
     assert xdp.run(netchan).verdict == "DROP"
     accept = reply(b"\xff\xff\xff\xffB" + b"\x00" * 16, sport=27020)
-    res = xdp.run(fou_frame(GS_SRCDS, accept))
+    res = xdp.run(fou_frame(GS_SRCDS, accept, token=KEY))
     assert res.verdict == "TX" and res.data == decap_of(accept)
     assert xdp.run(netchan).verdict == "TX"
     assert Ether(xdp.run(netchan).data)[IP].dst == GS_SRCDS
+    assert xdp.run(netchan).data[-8:] == KEY, "forwarded with the send key"
     # Another port of the same client is another connection.
     other = client_frame(
         IP(src=CLIENT, dst=VIP) / UDP(sport=40001, dport=27020) / b"\x01\x02netchannel"
@@ -463,11 +467,11 @@ def test_clock_calibrated_to_a_kernel_hz(xdp: Xdp) -> None:
 def test_ktime_fallback_when_uncalibrated(xdp: Xdp) -> None:
     """ns_per_jiffy 0: the same expiries on bpf_ktime_get_coarse_ns()."""
     xdp.ns_per_jiffy = 0
-    xdp.apply(make_config())
+    xdp.apply(auth_config())
     frame = client_frame(udp_in(dport=7777, dst=VIP2))
     assert [xdp.run(frame).verdict for _ in range(3)] == ["TX", "TX", "DROP"]
     netchan = client_frame(udp_in(b"\x01\x02netchannel", dport=27020))
     accept = reply(b"\xff\xff\xff\xffB", sport=27020)
     assert xdp.run(netchan).verdict == "DROP"
-    assert xdp.run(fou_frame(GS_SRCDS, accept)).verdict == "TX"
+    assert xdp.run(fou_frame(GS_SRCDS, accept, token=KEY)).verdict == "TX"
     assert xdp.run(netchan).verdict == "TX"

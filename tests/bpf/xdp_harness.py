@@ -42,6 +42,10 @@ IN_DMAC = "02:00:00:00:00:bb"
 
 A2S_INFO = b"\xff\xff\xff\xffTSource Engine Query\x00"
 
+# [auth] keys (AUTH.md): KEY is sent, KEY_OLD accepted too in auth_config().
+KEY = bytes.fromhex("0123456789abcdef")
+KEY_OLD = bytes.fromhex("fedcba9876543210")
+
 
 def _ip(a: str) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Address(a)
@@ -84,6 +88,11 @@ def make_config(**overrides) -> XdpConfig:
         ),
     )
     return replace(cfg, **overrides)
+
+
+def auth_config(**overrides) -> XdpConfig:
+    """make_config() with authenticated FOU: KEY sent, KEY and KEY_OLD accepted."""
+    return make_config(**{"auth_keys": (KEY, KEY_OLD), **overrides})
 
 
 _compiled: dict[tuple[str, ...], Path] = {}
@@ -187,24 +196,30 @@ def client_frame(inner) -> bytes:
     return bytes(Ether(src=IN_SMAC, dst=IN_DMAC) / inner)
 
 
-def expected_encap(inner_bytes: bytes, gs: str, smac=NH_SMAC, dmac=NH_DMAC) -> bytes:
-    """What the kernel's fou+ipip accepts: outer IPv4/UDP to the FOU port, UDP csum 0."""
+def expected_encap(
+    inner_bytes: bytes, gs: str, smac=NH_SMAC, dmac=NH_DMAC, token: bytes = b""
+) -> bytes:
+    """What the kernel's fou+ipip accepts: outer IPv4/UDP to the FOU port, UDP csum 0;
+    token: the auth token after the inner packet, counted in the outer lengths."""
     inner = IP(inner_bytes)
     df = inner.flags & 0x2
     outer = (
         Ether(src=smac, dst=dmac)
         / IP(src=POP, dst=gs, id=0, flags=df, ttl=64, tos=inner.tos, proto=17)
         / UDP(sport=flow_port(inner_bytes), dport=FOU, chksum=0)
-        / inner_bytes
+        / (inner_bytes + token)
     )
     return bytes(outer)
 
 
-def fou_frame(outer_src: str, inner, outer_dst: str = POP, dport: int = FOU) -> bytes:
-    """A FOU packet as the kernel's ipip/fou transmit path emits it (UDP csum 0)."""
+def fou_frame(
+    outer_src: str, inner, outer_dst: str = POP, dport: int = FOU, token: bytes = b""
+) -> bytes:
+    """A FOU packet as the kernel's ipip/fou transmit path emits it (UDP csum 0);
+    token: appended after the inner packet, as fou_map does with auth (AUTH.md)."""
     return bytes(
         Ether(src=IN_SMAC, dst=IN_DMAC)
         / IP(src=outer_src, dst=outer_dst, ttl=64, proto=17)
         / UDP(sport=49999, dport=dport, chksum=0)
-        / bytes(inner)
+        / (bytes(inner) + token)
     )

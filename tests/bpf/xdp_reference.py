@@ -9,6 +9,14 @@ contract gives the program: SRCDS clients validated by a server's accept, and
 the per-(source, rule) token buckets, whose refill depends on the clock and so
 is bounded rather than predicted.
 
+Authenticated FOU (AUTH.md), when the config has auth keys: a return packet
+counts only with UDP length == 8 + inner tot_len + 8 and one of the keys in the
+8 bytes after the inner packet (else drop_auth), and only then may a module
+learn from it; a forwarded packet carries the send key after the inner packet,
+counted in the outer lengths. Martians (issue 10): a client source in 0/8,
+127/8 or 224/3, the POP or an anycast address, and a return destination in
+those prefixes, the POP or a game server, are drop_martian.
+
 What "well formed" means here (the program's documented contract):
 - IPv4: version 4, header 20..60 bytes, total length covering the header and
   within the frame (a longer frame is Ethernet padding).
@@ -34,6 +42,7 @@ from bifrost.xdp.config import Rule, XdpConfig
 ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
 PROTOS = {"udp": 17, "tcp": 6}
 FOU_OVERHEAD = 28
+AUTH_LEN = 8
 OUTER_TTL = 64
 A2S_INFO_BODY = b"TSource Engine Query\x00"
 
@@ -132,6 +141,12 @@ def is_a2s_query(payload: bytes) -> bool:
     return len(payload) in (25, 29) and payload[4:25] == A2S_INFO_BODY
 
 
+def is_martian(addr: str) -> bool:
+    """0/8, 127/8, 224/4 multicast and 240/4 (255.255.255.255 with it)."""
+    top = ipaddress.IPv4Address(addr).packed[0]
+    return top in (0, 127) or top >= 224
+
+
 def _in(addr: str, nets: tuple[ipaddress.IPv4Network, ...]) -> bool:
     a = ipaddress.IPv4Address(addr)
     return any(a in n for n in nets)
@@ -160,6 +175,8 @@ class Reference:
         self.pop = str(self.cfg.pop_address)
         self.game_servers = {str(g) for g in self.cfg.all_game_servers()}
         self.anycast = {str(a) for a in self.cfg.all_anycast()}
+        self.auth = bool(self.cfg.auth_keys)
+        self.trailer = AUTH_LEN if self.auth else 0
         self.keys: dict[tuple[str, int, int], Rule] = {}
         for r in self.cfg.rules:
             for port in r.port_keys():
@@ -214,9 +231,17 @@ class Reference:
     def _forward_path(
         self, frame: bytes, ip: Ipv4, l4: L4, rule: Rule
     ) -> Outcome | tuple[Outcome, ...]:
+        if is_martian(ip.src) or ip.src == self.pop or ip.src in self.anycast:
+            return Outcome("DROP", rule.id, "drop_martian")
         allowed = _in(ip.src, self.cfg.allow)
         if not allowed and _in(ip.src, self.cfg.block):
             return Outcome("DROP", rule.id, "drop_blocked")
+        # Modules before the rate limit: what they drop costs no bucket.
+        if "srcds" in rule.modules and "srcds" in self.cfg.modules and ip.proto == 17:
+            connectionless = l4.payload[:4] == b"\xff\xff\xff\xff"
+            key = (ip.src, ip.dst, l4.sport, l4.dport)
+            if not connectionless and key not in self.validated:
+                return Outcome("DROP", rule.id, "drop_module")
         if not allowed and rule.rate_limit_pps:
             # Which one settle() decides: the clock refills the bucket.
             passed = self._after_rate_limit(frame, ip, l4, rule)
@@ -224,22 +249,19 @@ class Reference:
         return self._after_rate_limit(frame, ip, l4, rule)
 
     def _after_rate_limit(self, frame: bytes, ip: Ipv4, l4: L4, rule: Rule) -> Outcome:
-        if "srcds" in rule.modules and "srcds" in self.cfg.modules and ip.proto == 17:
-            connectionless = l4.payload[:4] == b"\xff\xff\xff\xff"
-            key = (ip.src, ip.dst, l4.sport, l4.dport)
-            if not connectionless and key not in self.validated:
-                return Outcome("DROP", rule.id, "drop_module")
         if rule.cache and ip.proto == 17 and is_a2s_query(l4.payload):
             return Outcome("PASS", rule.id, "pass_cache")
         gs = str(rule.game_server)
-        if ip.tot_len + FOU_OVERHEAD > 0xFFFF:
+        outer_len = ip.tot_len + FOU_OVERHEAD + self.trailer
+        if outer_len > 0xFFFF:
             return Outcome("DROP", rule.id, "drop_too_big")
         if gs not in self.nexthops:
             return Outcome("DROP", rule.id, "drop_no_route")
-        if ip.tot_len + FOU_OVERHEAD > 1500:  # the harness's next hops: MTU 1500
+        if outer_len > 1500:  # the harness's next hops: MTU 1500
             return Outcome("DROP", rule.id, "drop_too_big")
         smac, dmac = self.nexthops[gs]
-        inner = frame[14:]  # Ethernet padding included: it stays behind the packet
+        # Ethernet padding stays behind the packet; with auth the token replaces it.
+        inner = frame[14 : ip.end] + self.cfg.auth_keys[0] if self.auth else frame[14:]
         outer = (
             Ether(src=smac, dst=dmac)
             / IP(
@@ -254,11 +276,11 @@ class Reference:
             / UDP(
                 sport=flow_port(frame[14 : ip.end]),
                 dport=rule.fou_port,
-                len=ip.tot_len + 8,
+                len=ip.tot_len + 8 + self.trailer,
                 chksum=0,  # as the kernel's fou without encap-csum
             )
         )
-        outer[IP].len = ip.tot_len + FOU_OVERHEAD
+        outer[IP].len = outer_len
         return Outcome("TX", rule.id, "tx_forward", bytes(outer) + inner, "game server")
 
     def _return_path(self, frame: bytes, outer: Ipv4) -> Outcome:
@@ -272,6 +294,11 @@ class Reference:
         inner = parse_ipv4(frame, start, len(frame))
         if inner is None or inner.tot_len > udp.len - 8:
             return Outcome("DROP", 0, "drop_malformed")
+        token = frame[inner.end : inner.end + AUTH_LEN]
+        if self.auth and (
+            udp.len != 8 + inner.tot_len + AUTH_LEN or token not in self.cfg.auth_keys
+        ):
+            return Outcome("DROP", 0, "drop_auth")
         if inner.fragment:
             return Outcome("DROP", 0, "drop_fragment")
         if inner.proto not in (6, 17):
@@ -283,8 +310,11 @@ class Reference:
         rule = self.rule_for(inner.src, l4.sport, inner.proto)
         if rule is None or str(rule.game_server) != outer.src:
             return Outcome("DROP", 0, "drop_relay")
+        if is_martian(inner.dst) or inner.dst == self.pop or inner.dst in self.game_servers:
+            return Outcome("DROP", rule.id, "drop_martian")
         if (
-            "srcds" in rule.modules
+            self.auth  # only authenticated FOU validates anybody
+            and "srcds" in rule.modules
             and "srcds" in self.cfg.modules
             and inner.proto == 17
             and l4.payload[:5] == b"\xff\xff\xff\xffB"
@@ -293,7 +323,8 @@ class Reference:
         if inner.dst not in self.nexthops:
             return Outcome("DROP", rule.id, "drop_no_route")
         smac, dmac = self.nexthops[inner.dst]
-        out = bytes(Ether(src=smac, dst=dmac, type=ETH_IPV4)) + frame[start:]
+        rest = frame[start : inner.end] if self.auth else frame[start:]  # auth: token cut
+        out = bytes(Ether(src=smac, dst=dmac, type=ETH_IPV4)) + rest
         return Outcome("TX", rule.id, "tx_return", out, "client")
 
     def settle(self, frame: bytes, allowed: list[Outcome], verdict: str, now_s: float) -> Outcome:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import tomllib
@@ -14,6 +15,9 @@ from bifrost.xdp import maps, maps_def
 pytestmark = pytest.mark.unit
 
 GOOD = """
+[auth]
+keys = ["0123456789abcdef", "fedcba9876543210"]
+
 [xdp]
 modules = ["srcds"]
 interface = "eth0"
@@ -73,8 +77,46 @@ def test_desired_map_content() -> None:
     bits = maps_def.BY_NAME["rule_modules"].unpack(want["rule_modules"][(1).to_bytes(4, "little")])
     assert bits["bits"] == maps_def.MODULE_BITS["srcds"]
     s = maps_def.BY_NAME["settings"].unpack(want["settings"][bytes(4)])
-    assert s["flags"] == maps_def.SET_HAVE_FIREWALL
+    assert s["flags"] == maps_def.SET_HAVE_FIREWALL | maps_def.SET_AUTH
     assert s["ipv6_policy"] == maps_def.IPV6_DROP and s["fou_port"] == 5555
+
+
+def test_auth_keys_and_flood_settings_in_force() -> None:
+    """settings[gen] carries every key (send key first, unused slots repeat it) and
+    the auth flag, so a key change switches with the config generation."""
+    x = load(GOOD)
+    assert x.auth_keys == (bytes.fromhex("0123456789abcdef"), bytes.fromhex("fedcba9876543210"))
+    s = maps_def.BY_NAME["settings"].unpack(maps.desired(x)["settings"][bytes(4)])
+    assert s["flags"] == maps_def.SET_HAVE_FIREWALL | maps_def.SET_AUTH
+    k1, k2 = x.auth_keys
+    assert s["auth_keys"] == k1 + k2 + k1 + k1
+    assert s["flood_new_sources"] == 1000
+    assert (s["flood_cost_ns"], s["flood_burst_ns"]) == (1_000_000, 1_000_000_000)
+    tuned = load(
+        GOOD.replace(
+            "rate_limit_pps = 100\n",
+            "rate_limit_pps = 100\nflood_new_sources_pps = 50\nflood_budget_pps = 10\n",
+            1,
+        )
+    )
+    s = maps_def.BY_NAME["settings"].unpack(maps.desired(tuned)["settings"][bytes(4)])
+    assert (s["flood_new_sources"], s["flood_cost_ns"]) == (50, 100_000_000)
+
+
+def test_auth_off_is_todays_behaviour_and_refuses_game_modules() -> None:
+    """No [auth]: settings without the flag or keys; a rule with a game module is
+    refused, naming the rule and the module (validation needs authenticated FOU)."""
+    no_modules = GOOD.split("[xdp]", 1)[1].replace('cache = true\nmodules = ["srcds"]', "")
+    x = load("[xdp]" + no_modules)
+    assert x.auth_keys == ()
+    s = maps_def.BY_NAME["settings"].unpack(maps.desired(x)["settings"][bytes(4)])
+    assert s["flags"] == maps_def.SET_HAVE_FIREWALL and s["auth_keys"] == bytes(32)
+    with pytest.raises(
+        ConfigError,
+        match=r"^xdp\.rule\[0\]\.modules: rule 'cs2' enables game module 'srcds', which needs "
+        r"\[auth\]",
+    ):
+        load("[xdp]" + GOOD.split("[xdp]", 1)[1])
 
 
 @pytest.mark.parametrize(
@@ -91,6 +133,14 @@ def test_desired_map_content() -> None:
             "xdp.block[0] = '300.1.1.0/24'",
         ),
         (('proto = "tcp"', 'proto = "sctp"'), "xdp.rule[1].proto = 'sctp'"),
+        (
+            ("rate_limit_pps = 100\n", "rate_limit_pps = 100\nflood_new_sources_pps = 0\n"),
+            "xdp.flood_new_sources_pps = 0: must be >= 1",
+        ),
+        (
+            ("rate_limit_pps = 100\n", 'rate_limit_pps = 100\nflood_budget_pps = "x"\n'),
+            "xdp.flood_budget_pps = 'x': expected an integer",
+        ),
         (("cache = true", 'cache = true\ncolour = "red"'), "xdp.rule[0].colour: unknown key"),
         (
             ('modules = ["srcds"]\ninterface', "modules = []\ninterface"),
@@ -131,3 +181,42 @@ def test_rules_need_pop_address() -> None:
 def test_minimal_section_still_parses() -> None:
     x = load('[xdp]\nmodules = ["srcds"]\n')
     assert x.modules == ("srcds",) and x.rules == ()
+
+
+def test_reload_log_names_key_changes_but_never_the_keys() -> None:
+    from bifrost.xdp.service import config_changes
+
+    on = load(GOOD)
+    off = dataclasses.replace(on, auth_keys=())
+    lines = config_changes(off, on)
+    assert lines == ["auth.keys: 0 -> 2 keys (values not logged)"]
+    assert not any("0123456789abcdef" in line or "\\x01" in line for line in lines)
+
+
+def test_addresses_placed_direct_mapped_with_overflow() -> None:
+    """addr_slots: each anycast / game-server address at its hash with what it is; a
+    slot two addresses share holds the smaller, marked SLOT_OVERFLOW."""
+    x = load(GOOD)
+    slots = maps.place_addresses(x)
+    st = maps_def.BY_NAME["addr_slot"]
+    got = {st.unpack(v)["addr"]: st.unpack(v)["flags"] for v in slots.values()}
+    assert got[ipaddress.IPv4Address("198.51.100.10").packed] == maps_def.ADDR_ANYCAST
+    assert got[ipaddress.IPv4Address("10.0.0.2").packed] == maps_def.ADDR_GAMESERVER
+    assert len(got) == 6
+    # Two addresses with one index: find a pair, then place them as game servers.
+    seen: dict[int, ipaddress.IPv4Address] = {}
+    n = 0
+    while True:
+        a = ipaddress.IPv4Address(f"10.1.{n // 250}.{n % 250 + 1}")
+        idx = maps_def.addr_slot_index(a.packed)
+        if idx in seen:
+            break
+        seen[idx] = a
+        n += 1
+    b = seen[idx]
+    pair = dataclasses.replace(x, game_servers=(a, b), anycast=(), rules=())
+    placed = maps.place_addresses(pair, gen=1)
+    assert list(placed) == [(maps_def.ADDR_SLOTS + idx).to_bytes(4, "little")]
+    one = st.unpack(placed[(maps_def.ADDR_SLOTS + idx).to_bytes(4, "little")])
+    assert one["addr"] == min(a.packed, b.packed)
+    assert one["flags"] == maps_def.ADDR_GAMESERVER | maps_def.SLOT_OVERFLOW

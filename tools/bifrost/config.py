@@ -45,12 +45,13 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
     xdp_sec = top.section("xdp", optional=True)
     cache_sec = top.section("cache", optional=True)
     fm_sec = top.section("fou_map", optional=True)
+    auth = parse_auth(auth_sec) if auth_sec else None
     cfg = Config(
         source=source,
-        xdp=parse_xdp(xdp_sec) if xdp_sec else None,
+        xdp=parse_xdp(xdp_sec, auth) if xdp_sec else None,
         cache=parse_cache(cache_sec) if cache_sec else None,
         fou_map=parse_fou_map(fm_sec) if fm_sec else None,
-        auth=parse_auth(auth_sec) if auth_sec else None,
+        auth=auth,
     )
     top.done()
     return cfg

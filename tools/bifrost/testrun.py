@@ -26,6 +26,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from bifrost import __version__, codegen, dkms, vm
 from bifrost.paths import BUILD_DIR, MODULES, SOURCE_ROOT
+from bifrost.vm import kernlog
 from bifrost.xdp import build as xdp_build
 from bifrost.xdp import maps_def
 
@@ -223,7 +224,15 @@ def run_kernel_tier(kver: str) -> TierResult:
     try:
         result = vm.run(kver, script, timeout=KERNEL_TIER_TIMEOUT)
         note = f"guest rc={result.rc} in {result.seconds:.0f}s"
-    except (vm.GuestFailure, RuntimeError) as e:
+    except vm.GuestFailure as e:
+        note = str(e)
+        if e.console:
+            console = RESULTS_DIR / f"console-{kver}.log"
+            console.write_text(e.console)
+            context = kernlog.trouble_context(e.console)
+            note += f"\n      console saved to {console}"
+            note += "".join(f"\n      | {line}" for line in context)
+    except RuntimeError as e:
         note = str(e)
     res = parse_junit(junit, f"kernel {kver}")
     res.notes.append(note)
@@ -284,7 +293,7 @@ def run(tiers: tuple[str, ...] = TIERS, kernels: list[str] | None = None) -> int
     if not os.access(RESULTS_DIR, os.W_OK):
         # pytest would only find out when it writes its junit file, with a traceback.
         raise PermissionError(errno.EACCES, "cannot write test results", str(RESULTS_DIR))
-    for stale in RESULTS_DIR.glob("*.xml"):
+    for stale in [*RESULTS_DIR.glob("*.xml"), *RESULTS_DIR.glob("console-*.log")]:
         stale.unlink()
     results: list[TierResult] = []
     begin = time.monotonic()

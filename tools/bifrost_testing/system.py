@@ -50,10 +50,14 @@ RULE_ID = 1  # the one rule of the POPs' config (ids follow the rules' order)
 READY_TIMEOUT_S = 300.0
 
 
-def pop_toml(n: int, pin_base: Path) -> str:
+def pop_toml(n: int, pin_base: Path, auth_keys: tuple[str, ...] = ()) -> str:
+    """auth_keys: [auth] keys (16 hex digits each) for authenticated FOU; none: auth
+    off, and then the rule has no game module (config validation refuses one)."""
+    auth = f"[auth]\nkeys = {json.dumps(list(auth_keys))}\n\n" if auth_keys else ""
+    modules = list(GAME_MODULES) if auth_keys else []
     return f"""\
 # POP {n}: the XDP program on its uplink, the A2S cache.
-[xdp]
+{auth}[xdp]
 modules = {json.dumps(list(GAME_MODULES))}
 interface = "eth0"
 mode = "native"
@@ -68,7 +72,7 @@ ports = ["{GAME_PORT}"]
 proto = "udp"
 game_server = "{GS_LOCAL}"
 cache = true
-modules = {json.dumps(list(GAME_MODULES))}
+modules = {json.dumps(modules)}
 
 [cache]
 refresh_s = 1.0
@@ -190,8 +194,11 @@ def delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -
 
 
 @contextlib.contextmanager
-def running(work: Path, obj: Path = OBJECT, prefix: str = "bfe") -> Iterator[System]:
-    """Bring the whole system up on a fresh network; tear all of it down on exit."""
+def running(
+    work: Path, obj: Path = OBJECT, prefix: str = "bfe", auth_keys: tuple[str, ...] = ()
+) -> Iterator[System]:
+    """Bring the whole system up on a fresh network; tear all of it down on exit.
+    auth_keys: the POPs' [auth] keys (see pop_toml); none: FOU is not authenticated."""
     if not obj.exists():
         raise FileNotFoundError(f"{obj}: not built (invoke build)")
     work.mkdir(parents=True, exist_ok=True)
@@ -202,7 +209,7 @@ def running(work: Path, obj: Path = OBJECT, prefix: str = "bfe") -> Iterator[Sys
         pin_bases = {n: BPFFS / f"{prefix}-{os.getpid()}-pop{n}" for n in (1, 2)}
         system = System(nw, work, pin_bases, work / "game.sock")
         try:
-            _start(system, obj)
+            _start(system, obj, auth_keys)
             yield system
         finally:
             # Stopping bifrost-xdp detaches and unpins; removing the namespaces takes
@@ -220,7 +227,7 @@ def running(work: Path, obj: Path = OBJECT, prefix: str = "bfe") -> Iterator[Sys
                     base.rmdir()
 
 
-def _start(system: System, obj: Path) -> None:
+def _start(system: System, obj: Path, auth_keys: tuple[str, ...] = ()) -> None:
     """Every host's services, started together (each Python start is slow in a TCG
     guest), then waited for as systemd would: READY=1 from each."""
     nw, work = system.nw, system.work
@@ -240,7 +247,7 @@ def _start(system: System, obj: Path) -> None:
     start("bifrost-foumapd", nw.service, [BIN / "bifrost-foumapd", "-c", gs_conf])
     for n, pin_base in system.pin_bases.items():
         conf = work / f"pop{n}.toml"
-        conf.write_text(pop_toml(n, pin_base))
+        conf.write_text(pop_toml(n, pin_base, auth_keys))
         start(
             f"pop{n}-bifrost-xdp",
             nw.pop(n),

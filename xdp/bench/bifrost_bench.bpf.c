@@ -3,9 +3,10 @@
  * Bench-only wrappers (benchmarks/bench_xdp.py). BPF_PROG_TEST_RUN does not
  * restore the packet between repeats on the hosts we measure on, so an
  * encapsulating program would re-encapsulate its own output (benchmarking.md).
- * Each wrapper saves the first BENCH_SAVE bytes, runs the real pipeline,
- * undoes the head adjustment and copies the bytes back, so every repeat sees
- * the original packet. The parse-only baseline pays the same save/restore.
+ * Each wrapper saves the first BENCH_SAVE and the last BENCH_TAIL bytes, runs
+ * the real pipeline, undoes the head and tail adjustments and copies the
+ * bytes back, so every repeat sees the original packet. The parse-only
+ * baseline pays the same save/restore.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_endian.h>
@@ -45,9 +46,39 @@ static __always_inline int bfx_encap_floor(struct xdp_md *ctx)
 	struct bfx_nexthop nh = { .smac = { 2 }, .dmac = { 4 } };
 	struct bfx_inner in = { .tot_len = 88, .proto = IPPROTO_UDP };
 
-	if (bfx_fou_encap(ctx, &in, &nh, 1, 2, 5555))
+	if (bfx_fou_encap(ctx, &in, &nh, 1, 2, 5555, 0))
 		return XDP_DROP;
 	return XDP_TX;
+}
+
+/*
+ * Undo what the pipeline did to the frame's ends: FOU encap pushed 28 bytes at
+ * the head (decap pulled them), and with auth the token grew (cut) the tail
+ * by 8; a length change is always the one or the other at the head, the rest
+ * at the tail. Then the first BENCH_SAVE bytes and the last BENCH_TAIL go back.
+ */
+#define BENCH_TAIL 8
+
+/*
+ * Copy the frame's last BENCH_TAIL bytes to buf (save) or back from it; 0 on
+ * success. A subprogram, so the offset is computed from ctx where it is used.
+ */
+static __attribute__((noinline)) int bench_tail(struct xdp_md *ctx, __u8 *buf, int save)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 at = (__u64)(data_end - data) - BENCH_TAIL;
+	__u8 *p;
+
+	asm volatile("%[at] &= 0x3fff" : [at] "+r"(at));
+	p = data + at;
+	if ((void *)(p + BENCH_TAIL) > data_end)
+		return -1;
+	if (save)
+		__builtin_memcpy(buf, p, BENCH_TAIL);
+	else
+		__builtin_memcpy(p, buf, BENCH_TAIL);
+	return 0;
 }
 
 /*
@@ -61,17 +92,22 @@ int name(struct xdp_md *ctx)							\
 {										\
 	void *data = (void *)(long)ctx->data;					\
 	void *data_end = (void *)(long)ctx->data_end;				\
-	int len0 = data_end - data, delta, act;					\
-	__u8 saved[BENCH_SAVE];							\
+	int len0 = data_end - data, delta, head, act;				\
+	__u8 saved[BENCH_SAVE], tail[BENCH_TAIL];				\
 										\
 	if (data + BENCH_SAVE > data_end)					\
 		return XDP_ABORTED;						\
 	__builtin_memcpy(saved, data, BENCH_SAVE);				\
+	if (bench_tail(ctx, tail, 1))						\
+		return XDP_ABORTED;						\
 	act = body(ctx);							\
 	data = (void *)(long)ctx->data;						\
 	data_end = (void *)(long)ctx->data_end;					\
 	delta = (int)(data_end - data) - len0;					\
-	if (delta && bpf_xdp_adjust_head(ctx, delta))				\
+	head = delta > 0 ? BFX_FOU_OVERHEAD : delta < 0 ? -BFX_FOU_OVERHEAD : 0; \
+	if (delta != head && bpf_xdp_adjust_tail(ctx, head - delta))		\
+		return XDP_ABORTED;						\
+	if (head && bpf_xdp_adjust_head(ctx, head))				\
 		return XDP_ABORTED;						\
 	data = (void *)(long)ctx->data;						\
 	data_end = (void *)(long)ctx->data_end;					\
@@ -81,6 +117,8 @@ int name(struct xdp_md *ctx)							\
 	if (NEXT_SOURCE)							\
 		*(__u32 *)(data + 26) =						\
 			bpf_htonl(bpf_ntohl(*(__u32 *)(data + 26)) + 1);	\
+	if (bench_tail(ctx, tail, 0))						\
+		return XDP_ABORTED;						\
 	return act;								\
 }
 

@@ -9,12 +9,16 @@
 
 #include <linux/types.h>
 
-#define BFX_NR_REASONS 20	/* counters per rule */
+#define BFX_NR_REASONS 23	/* counters per rule */
 #define BFX_RULE_CACHE 1	/* rule flag: pass well-formed A2S queries up */
 #define BFX_MOD_SRCDS 1	/* rule_modules bit: srcds */
 #define BFX_MOD_RUST 2	/* rule_modules bit: rust */
 #define BFX_MOD_UE3 4	/* rule_modules bit: ue3 */
+#define BFX_MOD_STEAM 8	/* rule_modules bit: steam */
 #define BFX_SET_HAVE_FIREWALL 1	/* settings flag: firewall trie not empty */
+#define BFX_SET_AUTH 2	/* settings flag: FOU is authenticated (token after the inner packet) */
+#define BFX_AUTH_KEY_BYTES 8	/* the FOU token's size */
+#define BFX_AUTH_KEYS 4	/* accepted keys per generation (settings.auth_keys) */
 #define BFX_FW_ALLOW 1	/* firewall value: allow-listed source */
 #define BFX_FW_BLOCK 2	/* firewall value: block-listed source */
 #define BFX_FW_GEN_BITS 16	/* firewall value: bits per config generation */
@@ -27,12 +31,21 @@
 #define BFX_SLOT_OVERFLOW 1	/* rule_slots flag: a colliding key is in rule_overflow */
 #define BFX_MAX_RULE_KEYS 65536	/* rule keys (one per port) and rule_overflow entries */
 #define BFX_RULE_SLOTS 131072	/* rule_slots entries (power of two) */
+#define BFX_ADDR_SLOTS 4096	/* addr_slots entries per generation (power of two) */
+#define BFX_ADDR_ANYCAST 2	/* addr_slots flag: an anycast address */
+#define BFX_ADDR_GAMESERVER 4	/* addr_slots flag: a game-server address */
 #define BFX_MAX_GAMESERVERS 1024
 #define BFX_MAX_ANYCAST 1024
 #define BFX_MAX_PREFIXES 16384	/* per block/allow list */
 #define BFX_MAX_RATE_SOURCES 131072	/* LRU: (source, rule) buckets */
 #define BFX_MAX_NEXTHOPS 65536	/* LRU: destination -> MACs cache */
 #define BFX_MAX_SRCDS_CLIENTS 131072	/* LRU: validated SRCDS clients */
+#define BFX_GAME_CLIENT_WAYS 4	/* validated clients per game_client_set */
+#define BFX_GAME_CLIENT_SETS 32768	/* game_clients sets (power of two) */
+#define BFX_MAX_GAME_CLIENTS_OVERFLOW 16384	/* LRU: a full set's clients */
+#define BFX_GAME_SET_OVERFLOW 1	/* game_client_set flag: look in the overflow */
+#define BFX_GAME_HANDSHAKE_PPS 1024	/* unvalidated handshakes per rule and CPU */
+#define BFX_RATE_FILTER_BITS 1048576	/* rate_known bits (power of two) */
 
 /* Why a packet ended where it did: one counter per (rule, reason). */
 enum bfx_reason {
@@ -56,6 +69,9 @@ enum bfx_reason {
 	BFX_PASS_RETURN_NEIGH,	/* decapsulated, client next hop not resolved: the stack sends it */
 	BFX_DROP_UNKNOWN_GS,	/* FOU to the POP port from an address not a game-server machine */
 	BFX_DROP_RELAY,	/* return path inner source is not a service forwarded to that machine */
+	BFX_DROP_AUTH,	/* auth on: FOU without the exact length or an accepted key (AUTH.md) */
+	BFX_DROP_MARTIAN,	/* martian client source, or a return-path destination that is martian, the POP or a game server */
+	BFX_DROP_FLOOD,	/* flood mode: an unknown source over the rule's aggregate budget */
 };
 
 /* rule_overflow key: anycast address, destination port (0 = any), protocol */
@@ -78,6 +94,12 @@ struct bfx_rule_slot {
 /* rule_overflow value */
 struct bfx_rule_ref {
 	__u32 rule_id;
+};
+
+/* addr_slots value (index: gen * ADDR_SLOTS + addr_slot_index); addr 0 = empty */
+struct bfx_addr_slot {
+	__be32 addr;
+	__u32 flags;	/* ADDR_*, SLOT_OVERFLOW */
 };
 
 /* rules value (index: rule id): where a service goes and what applies to it */
@@ -148,9 +170,27 @@ struct bfx_srcds_key {
 	__u16 service_port;
 };
 
-/* srcds_clients value */
+/* srcds_clients value: a validated client, with its own rate bucket, out of the reach of unknown sources (only an authenticated server accept inserts) */
 struct bfx_srcds_state {
 	__u64 expires_ns;
+	__u64 last_ns;	/* token bucket (as rate_state); 0: full */
+	__u64 credit_ns;
+};
+
+/* flood value (per CPU): new sources in the current one-second window */
+struct bfx_flood_state {
+	__u64 window_ns;	/* bfx_now() the window started */
+	__u64 new_sources;
+};
+
+/* game_clients value (index: hash of the key): a set of validated clients, by way */
+struct bfx_game_client_set {
+	__u32 lock;	/* struct bpf_spin_lock: held by the return path's insert */
+	__u32 flags;	/* GAME_SET_* */
+	__u32 client[4];	/* network order */
+	__u32 service[4];	/* network order */
+	__u32 ports[4];	/* client then service port, network order */
+	__u64 state[12];	/* srcds_state by way */
 };
 
 /* settings[gen]: POP-wide parameters, changed without reloading */
@@ -162,7 +202,10 @@ struct bfx_settings {
 	__u64 nexthop_ttl_ns;	/* how long a next-hop entry is trusted */
 	__u64 srcds_ttl_ns;	/* how long a validated SRCDS client stays valid */
 	__u32 ns_per_jiffy;	/* 1e9/HZ, calibrated by the loader; 0: use ktime */
-	__u32 reserved;
+	__u32 flood_new_sources;	/* new sources per second per CPU: flood above */
+	__u8 auth_keys[32];	/* AUTH_KEYS keys in wire order; [0] is sent; unused slots repeat [0] */
+	__u64 flood_cost_ns;	/* aggregate bucket of unknown sources per rule/CPU */
+	__u64 flood_burst_ns;
 };
 
 /* counters value (per CPU) */

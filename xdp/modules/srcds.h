@@ -7,7 +7,9 @@
  * then netchannel traffic without that prefix. The POP sees both directions,
  * so a client is validated when the server's `B` to it passes the return
  * path. Until then only connectionless packets reach the server, which is
- * what a netchannel flood from spoofed sources cannot get past.
+ * what a netchannel flood from spoofed sources cannot get past. Only
+ * authenticated FOU validates (the return path checks the token first), and
+ * srcds_clients holds nothing else, so a spoofed flood evicts no client.
  */
 #ifndef BIFROST_XDP_MODULE_SRCDS_H
 #define BIFROST_XDP_MODULE_SRCDS_H
@@ -25,9 +27,13 @@ struct {
 	__type(value, struct bfx_srcds_state);
 } srcds_clients SEC(".maps");
 
-/* Forward path: 1 = let it through. */
+/*
+ * Forward path: 1 = let it through. A validated client's entry is returned in
+ * *own: its rate bucket lives there, where unknown sources cannot evict it.
+ */
 static __always_inline int bfx_srcds_forward(const struct iphdr *ip, const struct bfx_l4 *l4,
-					     void *data_end, const struct bfx_settings *s)
+					     void *data_end, const struct bfx_settings *s,
+					     struct bfx_srcds_state **own)
 {
 	struct bfx_srcds_key key = {};
 	struct bfx_srcds_state *st;
@@ -48,6 +54,7 @@ static __always_inline int bfx_srcds_forward(const struct iphdr *ip, const struc
 	/* Slide the expiry with traffic, but write only once per half TTL. */
 	if (st->expires_ns - now < s->srcds_ttl_ns / 2)
 		st->expires_ns = now + s->srcds_ttl_ns;
+	*own = st;
 	return 1;
 }
 
@@ -56,7 +63,7 @@ static __always_inline void bfx_srcds_return(const struct bfx_inner *in, const s
 					     void *data_end, const struct bfx_settings *s)
 {
 	struct bfx_srcds_key key = {};
-	struct bfx_srcds_state st;
+	struct bfx_srcds_state st = {};	/* last_ns 0: the bucket starts full */
 	void *p = l4->payload;
 
 	if (in->proto != IPPROTO_UDP || l4->payload_len < 5 || p + 5 > data_end)

@@ -21,3 +21,16 @@ def dmesg() -> str:
 def kernel_trouble(text: str) -> list[str]:
     """The lines of a console or dmesg text that show an oops, BUG or warning."""
     return [line for line in text.splitlines() if TROUBLE.search(line)]
+
+
+def trouble_context(text: str, after: int = 40) -> list[str]:
+    """The first trouble line and what follows it (RIP, call trace): enough to find the bug
+    from a CI summary alone, where the whole console is not kept."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if TROUBLE.search(line):
+            # The test that was running is the last pytest line before the oops.
+            window = lines[max(0, i - 5) : i + after]
+            running = [x for x in lines[:i] if "::" in x and not x.startswith("[")][-1:]
+            return [x for x in running if x not in window] + window
+    return []

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 class GuestFailure(RuntimeError):
     """The guest timed out, or its kernel printed an oops, panic or warning."""
 
+    def __init__(self, message: str, console: str = "") -> None:
+        super().__init__(message)
+        self.console = console
+
 
 @dataclass
 class VmResult:
@@ -161,6 +165,6 @@ def run(
         why = f"timed out after {timeout:.0f}s" if timed_out else f"kernel trouble: {bad[:3]}"
         if not echo:
             print(console, file=sys.stderr)
-        raise GuestFailure(f"guest {kver}: {why}")
+        raise GuestFailure(f"guest {kver}: {why}", console)
     log.info("vm: %s exited rc=%d after %.1fs", kver, rc, seconds)
     return result

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from bifrost import config as cfgmod
+from bifrost.auth_config import AUTH_OFF_WARNING
 from bifrost.xdp import loader, maps, pins, service
 from bifrost.xdp.build import OBJECT
 from bifrost.xdp.config import XdpConfig
@@ -77,8 +78,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
-    st = loader.status(_iface(args, cfg), cfg.pin_dir)
+    iface = _iface(args, cfg)
+    st = loader.status(iface, cfg.pin_dir)
     print(st)
+    if st.ours:
+        with maps.MapSet.from_pins(loader.pin_dir_for(cfg.pin_dir, iface)) as ms:
+            n = maps.auth_in_force(ms)
+        print(f"auth: on, {n} key(s) accepted" if n else f"auth: off ({AUTH_OFF_WARNING})")
     return 0 if st.attached else 3
 
 

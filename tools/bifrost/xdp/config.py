@@ -14,6 +14,8 @@ Example::
     allow = ["192.0.2.10/32"]      # exempt from block list and rate limits
     rate_limit_pps = 0             # default per (source, rule); 0 = unlimited
     rate_limit_burst = 0           # default: one second's worth
+    flood_new_sources_pps = 1000   # per CPU: above, flood mode (no new per-source state)
+    flood_budget_pps = 1000        # flood mode: what all unknown sources of a rule share, per CPU
 
     [[xdp.rule]]
     name = "cs2"
@@ -23,7 +25,11 @@ Example::
     game_server = "10.0.0.2"
     fou_port = 5555
     cache = true
-    modules = ["srcds"]
+    modules = ["srcds"]            # needs [auth]: validation only from authenticated FOU
+
+The top-level [auth] section (bifrost.auth_config) gives the FOU token; the
+host config passes it in: without it FOU is not authenticated and no rule may
+enable a game module.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from bifrost.auth_config import AuthConfig
 from bifrost.config_schema import ConfigError, Reader
 from bifrost.xdp import maps_def
 
@@ -119,6 +126,13 @@ class XdpConfig:
     metrics_address: str = "127.0.0.1"  # bifrost-xdp.service's Prometheus listener
     metrics_port: int = 9470  # 0: no metrics listener
     rules: tuple[Rule, ...] = ()
+    # [auth] keys (8 wire bytes each; [0] is sent); empty: FOU is not authenticated.
+    auth_keys: tuple[bytes, ...] = ()
+    # Flood mode (xdp/pipeline.h, bfx_under_flood): new sources per second per CPU
+    # above which no per-source state is inserted, and what unknown sources then
+    # share per rule and CPU.
+    flood_new_sources_pps: int = 1000
+    flood_budget_pps: int = 1000
 
     def all_game_servers(self) -> list[ipaddress.IPv4Address]:
         return sorted({*self.game_servers, *(r.game_server for r in self.rules)})
@@ -155,7 +169,8 @@ def _rule(sec: Reader, rid: int, top: dict[str, Any]) -> Rule:
     return rule
 
 
-def parse(sec: Reader) -> XdpConfig:
+def parse(sec: Reader, auth: AuthConfig | None = None) -> XdpConfig:
+    """[xdp]; auth: the host's [auth] section (None: FOU is not authenticated)."""
     modules = tuple(sec.items("modules", _game_module, default=[]))
     pps = sec.integer("rate_limit_pps", default=0, lo=0, hi=10**9)
     burst = sec.integer("rate_limit_burst", default=0, lo=0, hi=10**9)
@@ -187,7 +202,18 @@ def parse(sec: Reader) -> XdpConfig:
         metrics_address=str(sec.ipv4("metrics_address", "127.0.0.1")),
         metrics_port=sec.integer("metrics_port", default=9470, lo=0, hi=65535),
         rules=rules,
+        auth_keys=auth.keys if auth else (),
+        flood_new_sources_pps=sec.integer("flood_new_sources_pps", default=1000, lo=1, hi=10**9),
+        flood_budget_pps=sec.integer("flood_budget_pps", default=1000, lo=1, hi=10**9),
     )
+    if auth is None:
+        for r in rules:
+            if r.modules:
+                raise ConfigError(
+                    f"{sec.key('rule')}[{r.id - 1}].modules: rule {r.name!r} enables game "
+                    f"module {r.modules[0]!r}, which needs [auth]: a module validates "
+                    "clients only from authenticated FOU return traffic"
+                )
     if rules and pop is None:
         raise ConfigError(f"{sec.key('pop_address')}: required when rules are configured")
     _check_overlaps(sec, rules)

@@ -47,6 +47,7 @@ MAP_SPECS: dict[str, MapSpec] = {
     "rule_slots": MapSpec(A, 4, S["rule_slot"].size, G * D.RULE_SLOTS, libbpf.BPF_F_MMAPABLE),
     "rule_overflow": MapSpec(H, S["rule_key"].size, S["rule_ref"].size, G * D.MAX_RULE_KEYS),
     "rule_modules": MapSpec(A, 4, S["rule_modules"].size, G * (D.MAX_RULES + 1)),
+    "addr_slots": MapSpec(A, 4, S["addr_slot"].size, G * D.ADDR_SLOTS),
     "anycast": MapSpec(H, 4, S["anycast"].size, G * D.MAX_ANYCAST),
     "gameservers": MapSpec(H, 4, S["gameserver"].size, G * D.MAX_GAMESERVERS),
     "firewall": MapSpec(libbpf.BPF_MAP_TYPE_LPM_TRIE, S["lpm_key"].size, 4, G * 2 * D.MAX_PREFIXES),
@@ -54,8 +55,20 @@ MAP_SPECS: dict[str, MapSpec] = {
     "nexthops": MapSpec(LRU, 4, S["nexthop"].size, D.MAX_NEXTHOPS),
     "gs_nexthops": MapSpec(A, 4, S["nexthop"].size, D.MAX_GAMESERVERS),
     "srcds_clients": MapSpec(LRU, S["srcds_key"].size, S["srcds_state"].size, D.MAX_SRCDS_CLIENTS),
+    "game_clients": MapSpec(A, 4, S["game_client_set"].size, D.GAME_CLIENT_SETS),
+    "game_clients_overflow": MapSpec(
+        LRU, S["srcds_key"].size, S["srcds_state"].size, D.MAX_GAME_CLIENTS_OVERFLOW
+    ),
+    "game_handshake_budget": MapSpec(
+        libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["rate_state"].size, D.MAX_RULES + 1
+    ),
     "counters": MapSpec(
         libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["counter"].size, (D.MAX_RULES + 1) * len(D.REASONS)
+    ),
+    "flood": MapSpec(libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["flood_state"].size, 1),
+    "rate_known": MapSpec(A, 4, 8, D.RATE_FILTER_BITS // 64),
+    "flood_budget": MapSpec(
+        libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["rate_state"].size, D.MAX_RULES + 1
     ),
 }
 
@@ -84,6 +97,7 @@ def check_pinned(name: str, info: libbpf.MapDef) -> None:
 # (see config_gen in xdp/maps.h), then switches config_gen.
 CONFIG_MAPS = (
     "settings",
+    "addr_slots",
     "rule_modules",
     "rules",
     "rule_overflow",
@@ -169,6 +183,16 @@ def rate_params(pps: int, burst: int) -> tuple[int, int]:
     return cost, cost * (burst if burst > 0 else pps)
 
 
+def auth_keys_field(keys: tuple[bytes, ...]) -> bytes:
+    """settings.auth_keys: every key in wire order, unused slots repeating the send
+    key (the program compares all AUTH_KEYS slots); zeros when auth is off."""
+    if not keys:
+        return bytes(D.AUTH_KEYS * D.AUTH_KEY_BYTES)
+    if len(keys) > D.AUTH_KEYS or any(len(k) != D.AUTH_KEY_BYTES for k in keys):
+        raise ValueError(f"auth keys: 1..{D.AUTH_KEYS} keys of {D.AUTH_KEY_BYTES} bytes")
+    return b"".join(keys + (keys[0],) * (D.AUTH_KEYS - len(keys)))
+
+
 def _stride(name: str) -> int:
     """Entries per generation of a config array (index = gen * stride + i)."""
     return MAP_SPECS[name].max_entries // D.GENERATIONS
@@ -213,6 +237,7 @@ def desired(
             bits |= maps_def.MODULE_BITS[m]
         out["rule_modules"][_u32(rules_base + rid)] = S["rule_modules"].pack(bits=bits)
     out["rule_slots"], out["rule_overflow"] = place_rule_keys(keys, gen)
+    out["addr_slots"] = place_addresses(cfg, gen)
     for a in cfg.all_anycast():
         out["anycast"][_ip(a)] = S["anycast"].pack(gens=1 << gen)
     for g in cfg.all_game_servers():
@@ -221,6 +246,9 @@ def desired(
         key = S["lpm_key"].pack(prefixlen=net.prefixlen, addr=net.network_address)
         out["firewall"][key] = _u32(verdict)
     flags = maps_def.SET_HAVE_FIREWALL if out["firewall"] else 0
+    if cfg.auth_keys:
+        flags |= maps_def.SET_AUTH
+    flood_cost, flood_burst = rate_params(cfg.flood_budget_pps, cfg.flood_budget_pps)
     out["settings"][_u32(gen)] = S["settings"].pack(
         pop_addr=cfg.pop_address,
         fou_port=cfg.fou_port,
@@ -229,6 +257,10 @@ def desired(
         nexthop_ttl_ns=cfg.nexthop_ttl_ms * 1_000_000,
         srcds_ttl_ns=cfg.srcds_ttl_s * 1_000_000_000,
         ns_per_jiffy=ns_per_jiffy,
+        flood_new_sources=cfg.flood_new_sources_pps,
+        auth_keys=auth_keys_field(cfg.auth_keys),
+        flood_cost_ns=flood_cost,
+        flood_burst_ns=flood_burst,
     )
     return out
 
@@ -248,6 +280,26 @@ def firewall_prefixes(
     for n in sorted(set(block)):
         if not any(n.supernet(new_prefix=p) in allowed for p in range(n.prefixlen + 1)):
             out.append((n, maps_def.FW_BLOCK))
+    return out
+
+
+def place_addresses(cfg: XdpConfig, gen: int = 0) -> dict[bytes, bytes]:
+    """addr_slots content for generation gen: each anycast and game-server address at
+    addr_slot_index() with what it is; where several share a slot, the bytewise
+    smallest takes it with SLOT_OVERFLOW, and the program asks the anycast and
+    gameservers hashes for the others (they hold every address)."""
+    what: dict[bytes, int] = {}
+    for a in cfg.all_anycast():
+        what[a.packed] = what.get(a.packed, 0) | D.ADDR_ANYCAST
+    for g in cfg.all_game_servers():
+        what[g.packed] = what.get(g.packed, 0) | D.ADDR_GAMESERVER
+    by_slot: dict[int, list[bytes]] = {}
+    for addr in sorted(what):
+        by_slot.setdefault(D.addr_slot_index(addr), []).append(addr)
+    out = {}
+    for idx, group in by_slot.items():
+        flags = what[group[0]] | (D.SLOT_OVERFLOW if len(group) > 1 else 0)
+        out[_u32(gen * D.ADDR_SLOTS + idx)] = S["addr_slot"].pack(addr=group[0], flags=flags)
     return out
 
 
@@ -283,7 +335,7 @@ def place_rule_keys(
     return slots, overflow
 
 
-ARRAY_MAPS = ("settings", "rule_modules", "rules", "rule_slots")
+ARRAY_MAPS = ("settings", "addr_slots", "rule_modules", "rules", "rule_slots")
 
 
 @dataclass
@@ -530,6 +582,19 @@ def in_force(ms: MapSet, name: str) -> dict[bytes, bytes]:
         return {k: v for k, v in _hash_entries(ms[name]).items() if k[at] == gen}
     stride = _stride(name)
     return {_u32(i): v for i, v in ms[name].nonzero(stride, gen * stride).items()}
+
+
+def auth_in_force(ms: MapSet) -> int:
+    """How many distinct FOU keys the generation in force accepts; 0: auth is off."""
+    raw = ms["settings"].lookup(_u32(active_generation(ms)))
+    if raw is None:
+        return 0
+    st = S["settings"].unpack(raw)
+    if not st["flags"] & D.SET_AUTH:
+        return 0
+    keys = st["auth_keys"]
+    n = D.AUTH_KEY_BYTES
+    return len({keys[i : i + n] for i in range(0, len(keys), n)})
 
 
 def rule_names(ms: MapSet, cfg: XdpConfig) -> dict[int, str]:

@@ -22,6 +22,21 @@ from bifrost.paths import XDP_DIR
 HEADER_PATH = XDP_DIR / "generated" / "bifrost_maps.h"
 
 
+def _fmix32(h: int) -> int:
+    m = 0xFFFFFFFF
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & m
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & m
+    h ^= h >> 16
+    return h
+
+
+def addr_slot_index(addr: bytes) -> int:
+    """The addr_slots index of an address; bfx_addr_hash() in xdp/rules.h."""
+    return _fmix32(int.from_bytes(addr, "little")) & (ADDR_SLOTS - 1)
+
+
 def rule_slot_index(addr: bytes, port: int, proto: int) -> int:
     """The rule_slots index of a rule key; the same function as bfx_rule_hash() in xdp/rules.h.
 
@@ -30,12 +45,23 @@ def rule_slot_index(addr: bytes, port: int, proto: int) -> int:
     """
     m = 0xFFFFFFFF
     h = int.from_bytes(addr, "little") ^ ((((port << 8) | proto) * 0x9E3779B1) & m)
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & m
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & m
-    h ^= h >> 16
-    return h & (RULE_SLOTS - 1)
+    return _fmix32(h) & (RULE_SLOTS - 1)
+
+
+def game_ports(port: int, service_port: int) -> int:
+    """game_client_set.ports: the two ports' network-order bytes, as one u32 load reads them."""
+    return int.from_bytes(port.to_bytes(2, "big") + service_port.to_bytes(2, "big"), "little")
+
+
+def game_set_index(client: bytes, port: int, service: bytes, service_port: int) -> int:
+    """The game_clients set of a validated client; the same function as
+    bfx_game_set_index() in xdp/modules/game_clients.h. Addresses as they lie in the
+    packet (loaded little-endian there too); ports in host order."""
+    m = 0xFFFFFFFF
+    c, s = int.from_bytes(client, "little"), int.from_bytes(service, "little")
+    return _fmix32(c ^ ((s * 0x9E3779B1) & m) ^ game_ports(port, service_port)) & (
+        GAME_CLIENT_SETS - 1
+    )
 
 
 # Why a packet ended where it did. Every packet the program sees increments
@@ -61,6 +87,11 @@ REASONS: tuple[tuple[str, str], ...] = (
     ("pass_return_neigh", "decapsulated, client next hop not resolved: the stack sends it"),
     ("drop_unknown_gs", "FOU to the POP port from an address not a game-server machine"),
     ("drop_relay", "return path inner source is not a service forwarded to that machine"),
+    # Appended, so the counters of the reasons above keep their indices.
+    ("drop_auth", "auth on: FOU without the exact length or an accepted key (AUTH.md)"),
+    ("drop_martian", "martian client source, or a return-path destination that is martian, "
+     "the POP or a game server"),
+    ("drop_flood", "flood mode: an unknown source over the rule's aggregate budget"),
 )
 REASON_INDEX = {name: i for i, (name, _) in enumerate(REASONS)}
 
@@ -69,6 +100,11 @@ RULE_CACHE = 1  # well-formed A2S queries are passed up to bifrost_nf
 
 # rule_slots flags: another key hashes to this slot and lives in rule_overflow.
 SLOT_OVERFLOW = 1
+
+# addr_slots flags: what an address is (ADDR_*), and SLOT_OVERFLOW as above: then
+# the program asks the anycast / gameservers hashes.
+ADDR_ANYCAST = 2
+ADDR_GAMESERVER = 4
 
 
 @dataclass(frozen=True)
@@ -82,8 +118,9 @@ class GameModule:
 
 GAME_MODULES: tuple[GameModule, ...] = (
     GameModule("srcds", 1 << 0, "SRCDS_HANDSHAKE"),
-    GameModule("rust", 1 << 1, None),
-    GameModule("ue3", 1 << 2, None),
+    GameModule("rust", 1 << 1, "RUST_HANDSHAKE"),  # RakNet or Steam networking
+    GameModule("ue3", 1 << 2, "UE3_HANDSHAKE"),  # Unreal: UE4's stateless handshake
+    GameModule("steam", 1 << 3, "STEAM_HANDSHAKE"),  # Steam networking (CS2)
 )
 # What the config accepts: the modules the program implements.
 AVAILABLE_MODULES = {m.name: m for m in GAME_MODULES if m.define}
@@ -91,6 +128,11 @@ MODULE_BITS = {m.name: m.bit for m in GAME_MODULES}
 
 # settings.flags
 SET_HAVE_FIREWALL = 1  # skip the LPM lookup when the block and allow lists are empty
+SET_AUTH = 2  # FOU carries an 8-byte token after the inner packet (settings.auth_keys)
+
+# Authenticated FOU (AUTH.md): the token's size and how many keys a generation accepts.
+AUTH_KEY_BYTES = 8
+AUTH_KEYS = 4
 
 # firewall (LPM trie) values: what the longest matching prefix says.
 FW_ALLOW = 1  # exempt from rate limits (and from any block prefix it is inside)
@@ -111,18 +153,34 @@ IPV6_DROP = 1
 MAX_RULES = 256
 MAX_RULE_KEYS = 65536  # port ranges are expanded to one entry per port
 RULE_SLOTS = 1 << 17  # rule_slots size: a power of two, twice MAX_RULE_KEYS
+# addr_slots per generation: a power of two, twice MAX_ANYCAST + MAX_GAMESERVERS, and
+# small (32 KiB each) so a spoofed source's lookup stays in the CPU's cache.
+ADDR_SLOTS = 1 << 12
 MAX_GAMESERVERS = 1024
 MAX_ANYCAST = 1024
 MAX_PREFIXES = 16384  # per list; the firewall trie holds both
 MAX_RATE_SOURCES = 131072
 MAX_NEXTHOPS = 65536
 MAX_SRCDS_CLIENTS = 131072
+# Validated clients of the rust, steam and ue3 modules: GAME_CLIENT_SETS sets of
+# GAME_CLIENT_WAYS (game_client_set), and an LRU for a set's overflow.
+GAME_CLIENT_WAYS = 4
+GAME_CLIENT_SETS = 32768
+MAX_GAME_CLIENTS_OVERFLOW = 16384
+GAME_SET_OVERFLOW = 1  # game_client_set.flags: a client of this set is in the overflow LRU
+# Handshake packets from clients not yet validated, per rule and CPU, a second's worth
+# of burst (rust, steam, ue3): what a spoofed-handshake flood gets to the game server.
+GAME_HANDSHAKE_PPS = 1024
+RATE_FILTER_BITS = 1 << 20  # rate_known: a bit per (source, rule) hash given a bucket
 
 CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("NR_REASONS", len(REASONS), "counters per rule"),
     ("RULE_CACHE", RULE_CACHE, "rule flag: pass well-formed A2S queries up"),
     *((f"MOD_{m.name.upper()}", m.bit, f"rule_modules bit: {m.name}") for m in GAME_MODULES),
     ("SET_HAVE_FIREWALL", SET_HAVE_FIREWALL, "settings flag: firewall trie not empty"),
+    ("SET_AUTH", SET_AUTH, "settings flag: FOU is authenticated (token after the inner packet)"),
+    ("AUTH_KEY_BYTES", AUTH_KEY_BYTES, "the FOU token's size"),
+    ("AUTH_KEYS", AUTH_KEYS, "accepted keys per generation (settings.auth_keys)"),
     ("FW_ALLOW", FW_ALLOW, "firewall value: allow-listed source"),
     ("FW_BLOCK", FW_BLOCK, "firewall value: block-listed source"),
     ("FW_GEN_BITS", FW_GEN_BITS, "firewall value: bits per config generation"),
@@ -135,12 +193,21 @@ CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("SLOT_OVERFLOW", SLOT_OVERFLOW, "rule_slots flag: a colliding key is in rule_overflow"),
     ("MAX_RULE_KEYS", MAX_RULE_KEYS, "rule keys (one per port) and rule_overflow entries"),
     ("RULE_SLOTS", RULE_SLOTS, "rule_slots entries (power of two)"),
+    ("ADDR_SLOTS", ADDR_SLOTS, "addr_slots entries per generation (power of two)"),
+    ("ADDR_ANYCAST", ADDR_ANYCAST, "addr_slots flag: an anycast address"),
+    ("ADDR_GAMESERVER", ADDR_GAMESERVER, "addr_slots flag: a game-server address"),
     ("MAX_GAMESERVERS", MAX_GAMESERVERS, ""),
     ("MAX_ANYCAST", MAX_ANYCAST, ""),
     ("MAX_PREFIXES", MAX_PREFIXES, "per block/allow list"),
     ("MAX_RATE_SOURCES", MAX_RATE_SOURCES, "LRU: (source, rule) buckets"),
     ("MAX_NEXTHOPS", MAX_NEXTHOPS, "LRU: destination -> MACs cache"),
     ("MAX_SRCDS_CLIENTS", MAX_SRCDS_CLIENTS, "LRU: validated SRCDS clients"),
+    ("GAME_CLIENT_WAYS", GAME_CLIENT_WAYS, "validated clients per game_client_set"),
+    ("GAME_CLIENT_SETS", GAME_CLIENT_SETS, "game_clients sets (power of two)"),
+    ("MAX_GAME_CLIENTS_OVERFLOW", MAX_GAME_CLIENTS_OVERFLOW, "LRU: a full set's clients"),
+    ("GAME_SET_OVERFLOW", GAME_SET_OVERFLOW, "game_client_set flag: look in the overflow"),
+    ("GAME_HANDSHAKE_PPS", GAME_HANDSHAKE_PPS, "unvalidated handshakes per rule and CPU"),
+    ("RATE_FILTER_BITS", RATE_FILTER_BITS, "rate_known bits (power of two)"),
 )
 
 F = Field
@@ -167,6 +234,11 @@ STRUCTS: tuple[Struct, ...] = (
         ),
     ),
     Struct("rule_ref", "rule_overflow value", (F("rule_id", "u32"),)),
+    Struct(
+        "addr_slot",
+        "addr_slots value (index: gen * ADDR_SLOTS + addr_slot_index); addr 0 = empty",
+        (F("addr", "ipv4"), F("flags", "u32", doc="ADDR_*, SLOT_OVERFLOW")),
+    ),
     Struct(
         "rule",
         "rules value (index: rule id): where a service goes and what applies to it",
@@ -234,7 +306,37 @@ STRUCTS: tuple[Struct, ...] = (
             F("service_port", "u16"),
         ),
     ),
-    Struct("srcds_state", "srcds_clients value", (F("expires_ns", "u64"),)),
+    Struct(
+        "srcds_state",
+        "srcds_clients value: a validated client, with its own rate bucket, out of the "
+        "reach of unknown sources (only an authenticated server accept inserts)",
+        (
+            F("expires_ns", "u64"),
+            F("last_ns", "u64", doc="token bucket (as rate_state); 0: full"),
+            F("credit_ns", "u64"),
+        ),
+    ),
+    Struct(
+        "flood_state",
+        "flood value (per CPU): new sources in the current one-second window",
+        (F("window_ns", "u64", doc="bfx_now() the window started"), F("new_sources", "u64")),
+    ),
+    Struct(
+        "game_client_set",
+        "game_clients value (index: hash of the key): a set of validated clients, by way",
+        (
+            F("lock", "u32", doc="struct bpf_spin_lock: held by the return path's insert"),
+            F("flags", "u32", doc="GAME_SET_*"),
+            # Addresses as they lie in the packet (network order), read as native u32s:
+            # the Python codec has no ipv4 arrays.
+            F("client", "u32", GAME_CLIENT_WAYS, doc="network order"),
+            F("service", "u32", GAME_CLIENT_WAYS, doc="network order"),
+            F("ports", "u32", GAME_CLIENT_WAYS, doc="client then service port, network order"),
+            # A srcds_state per way (C: struct bfx_srcds_state state[WAYS]): expires_ns
+            # (0: free), then the client's own rate bucket, last_ns and credit_ns.
+            F("state", "u64", 3 * GAME_CLIENT_WAYS, doc="srcds_state by way"),
+        ),
+    ),
     Struct(
         "settings",
         "settings[gen]: POP-wide parameters, changed without reloading",
@@ -246,7 +348,15 @@ STRUCTS: tuple[Struct, ...] = (
             F("nexthop_ttl_ns", "u64", doc="how long a next-hop entry is trusted"),
             F("srcds_ttl_ns", "u64", doc="how long a validated SRCDS client stays valid"),
             F("ns_per_jiffy", "u32", doc="1e9/HZ, calibrated by the loader; 0: use ktime"),
-            F("reserved", "u32"),
+            F("flood_new_sources", "u32", doc="new sources per second per CPU: flood above"),
+            F(
+                "auth_keys",
+                "u8",
+                AUTH_KEYS * AUTH_KEY_BYTES,
+                doc="AUTH_KEYS keys in wire order; [0] is sent; unused slots repeat [0]",
+            ),
+            F("flood_cost_ns", "u64", doc="aggregate bucket of unknown sources per rule/CPU"),
+            F("flood_burst_ns", "u64"),
         ),
     ),
     Struct("counter", "counters value (per CPU)", (F("packets", "u64"), F("bytes", "u64"))),

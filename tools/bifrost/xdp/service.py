@@ -37,8 +37,9 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_NEIGH
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from bifrost import config as cfgmod
+from bifrost.auth_config import AUTH_OFF_WARNING
+from bifrost.daemon import MetricsServer, gauges, labelled_counter
 from bifrost.sdnotify import sd_notify
-from bifrost.daemon import MetricsServer, labelled_counter
 from bifrost.xdp import loader, maps, pins
 from bifrost.xdp.config import XdpConfig
 from bifrost.xdp.libbpf import BpfError
@@ -73,7 +74,9 @@ def config_changes(old: XdpConfig, new: XdpConfig) -> list[str]:
     out = []
     for f in dataclasses.fields(XdpConfig):
         a, b = getattr(old, f.name), getattr(new, f.name)
-        if f.name != "rules" and a != b:
+        if f.name == "auth_keys" and a != b:  # secrets: never in the log
+            out.append(f"auth.keys: {len(a)} -> {len(b)} keys (values not logged)")
+        elif f.name != "rules" and a != b:
             out.append(f"xdp.{f.name}: {_show(a)} -> {_show(b)}")
     # A rule's id in the program comes from its name (maps.assign_ids), not from its
     # position, which the parsed config still carries: compare without it.
@@ -130,6 +133,8 @@ class Service:
         """Attach per the config, or adopt our program attached through its pinned link
         (a restart, a crash, `bifrost xdp attach`): swap in the object at --obj if it is
         another build (bpf_link_update, maps kept) and apply the config to it."""
+        if not self.cfg.auth_keys:
+            log.warning("%s: %s", self.iface, AUTH_OFF_WARNING)
         st = loader.status(self.iface, self.pin_base)
         if st.ours:
             self._adopt(st)
@@ -195,7 +200,9 @@ class Service:
             for (rid, reason), c in counts.items()
         }
         labels = ("rule", "reason")
+        auth = {"auth": 1.0 if cfg.auth_keys else 0.0, "auth_keys": float(len(cfg.auth_keys))}
         return [
+            *gauges("bifrost_xdp", auth, "1: FOU authenticated ([auth]); number of keys accepted"),
             labelled_counter(
                 "bifrost_xdp_packets",
                 "packets by forward rule (- : none) and why they ended where they did",
