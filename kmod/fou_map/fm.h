@@ -117,10 +117,15 @@ static inline void fm_count(struct fm_net *fn, enum fm_counter c)
 	this_cpu_inc(fn->counters->cnt[c]);
 }
 
-/* What the chardev's ADD accepts as a client or POP, and ingress as a POP. */
+/*
+ * What the chardev's ADD accepts as a client or POP, and ingress as a POP:
+ * no 0/8, 127/8, multicast or broadcast. 0/8 is tested here, not with
+ * ipv4_is_zeronet(): that is only 0.0.0.0 since the kernel made the rest
+ * of 0/8 routable, and input routing lets such sources through.
+ */
 static inline bool fm_valid_unicast(__be32 addr)
 {
-	return !(ipv4_is_zeronet(addr) || ipv4_is_multicast(addr) ||
+	return !((addr & htonl(0xff000000)) == 0 || ipv4_is_multicast(addr) ||
 		 ipv4_is_lbcast(addr) || ipv4_is_loopback(addr));
 }
 

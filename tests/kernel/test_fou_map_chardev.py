@@ -144,7 +144,7 @@ def test_add_del_flush_dump(ns):
         assert set(fm.table()) == {"10.99.0.2"}, "flush without scope keeps static entries"
         fm.flush(static=True)
         assert fm.table() == {}
-        for bad_addr in ("0.0.0.0", "224.0.0.1", "255.255.255.255", "127.0.0.1"):
+        for bad_addr in ("0.0.0.0", "0.1.2.3", "224.0.0.1", "255.255.255.255", "127.0.0.1"):
             rec = abi.Add(
                 client=ipaddress.IPv4Address(bad_addr), pop=ipaddress.IPv4Address("10.1.1.1")
             )

@@ -14,6 +14,7 @@ server's socket and the software-checksum case of a socket with SO_NO_CHECK).
 from __future__ import annotations
 
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -221,6 +222,69 @@ def test_authenticated_packets_learn_and_replies_carry_the_token(net):
         assert c["tx_token"] - base["tx_token"] == total
         assert c["tx_rewritten"] - base["tx_rewritten"] == total  # the tunnel's remote is POP 1
         assert c["rx_auth"] == base["rx_auth"] and c["tx_token_failed"] == base["tx_token_failed"]
+    finally:
+        pop2.close()
+        cap.close()
+        s.close()
+
+
+def pseudo_seed(pkt: bytes) -> int:
+    """The outer UDP checksum field while an offload is to finish it: the folded
+    pseudo-header sum (~csum_tcpudp_magic(saddr, daddr, len, UDP, 0))."""
+    words = (*struct.unpack("!4H", pkt[12:20]), 17, int.from_bytes(pkt[24:26], "big"))
+    total = sum(words)
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+@pytest.fixture
+def gs_tx_csum_offload(net):
+    """The game server's uplink offloads TX checksums (the testbed turns it off)."""
+    from pyroute2.ethtool import Ethtool
+
+    def offload(on: bool) -> None:
+        with net.gs.entered():
+            et = Ethtool()
+            try:
+                feats = et.get_features("eth0")
+                feats.features["tx-checksum-ip-generic"].enable = on
+                et.set_features("eth0", feats)
+            finally:
+                et.close()
+
+    offload(True)
+    yield
+    offload(False)
+
+
+def test_offloaded_outer_checksum_counts_the_token(net, gs_tx_csum_offload):
+    """Outer CHECKSUM_PARTIAL (inner checksum done, uplink offloads the outer one): the
+    seed fou_map leaves must cover the token's length. The router's end of the link
+    shows the seed as it left; POP 2's kernel fou, after the router finished the sum,
+    takes the reply (the client gets it) and counts no checksum error."""
+    pop2 = topo.RawSender(net.pops[1])
+    cap = topo.Capture.at_router(net, topo.pop_ip(2))
+    s = net.client_socket(0)
+    port = s.getsockname()[1]
+    errs = in_csum_errors(net.pops[1])
+    try:
+        pop2.send(topo.fou_packet(topo.pop_ip(2), topo.inner_udp(topo.client_ip(0), port), K1))
+        assert s.recvfrom(2048)[0] == b"ping"
+        with net.gs.entered():
+            plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        plain.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        plain.bind((topo.SERVICE_IP, 0))
+        for n in (3, 4):
+            plain.sendto(b"n" * n, (topo.client_ip(0), port))
+            assert s.recvfrom(2048)[0] == b"n" * n
+        plain.close()
+        assert topo.wait_for(lambda: len(cap.poll()) >= 3)
+        seeded = cap.poll()[1:]
+        for p in seeded:
+            assert p[-8:] == K1
+            assert int.from_bytes(p[26:28], "big") == pseudo_seed(p), "seed for the new length"
+        assert in_csum_errors(net.pops[1]) == errs
     finally:
         pop2.close()
         cap.close()

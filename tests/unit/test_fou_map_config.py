@@ -130,7 +130,14 @@ def test_full_section():
                 {"static": [{"client": bad, "pop": "192.0.2.1"}]},
                 f"fou_map.static[0].client = '{bad}'",
             )
-            for bad in ("0.0.0.0", "224.0.0.1", "239.255.255.250", "255.255.255.255", "127.0.0.1")
+            for bad in (
+                "0.0.0.0",
+                "0.1.2.3",
+                "224.0.0.1",
+                "239.255.255.250",
+                "255.255.255.255",
+                "127.0.0.1",
+            )
         ),
         *(
             (
@@ -148,11 +155,19 @@ def test_errors_name_key_and_value(data, needle):
 
 
 def test_kernel_refusals_match_fm_valid_unicast():
-    """The same four classes as the kernel (ipv4_is_zeronet/multicast/lbcast/loopback)."""
+    """The same four classes as the kernel's fm_valid_unicast (0/8, multicast, broadcast,
+    loopback); all of 0/8, not only 0.0.0.0 as ipv4_is_zeronet() has it now."""
     refused = fmconfig.refused_by_kernel
-    for ok in ("1.0.0.1", "10.0.0.1", "192.0.2.255", "223.255.255.255", "240.0.0.1", "0.0.0.1"):
+    for ok in ("1.0.0.1", "10.0.0.1", "192.0.2.255", "223.255.255.255", "240.0.0.1", "1.2.3.4"):
         assert refused(ipaddress.IPv4Address(ok)) is None, ok
-    for bad in ("0.0.0.0", "224.0.0.0", "239.255.255.255", "255.255.255.255", "127.255.0.1"):
+    for bad in (
+        "0.0.0.0",
+        "0.9.9.9",
+        "224.0.0.0",
+        "239.255.255.255",
+        "255.255.255.255",
+        "127.255.0.1",
+    ):
         assert refused(ipaddress.IPv4Address(bad)), bad
 
 

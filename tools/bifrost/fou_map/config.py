@@ -88,8 +88,8 @@ def _pop_prefix(value: object) -> str:
 
 def refused_by_kernel(addr: ipaddress.IPv4Address) -> str | None:
     """Why fou_map's ADD refuses this address (fm_valid_unicast in kmod/fou_map/chardev.c)."""
-    if addr == ipaddress.IPv4Address("0.0.0.0"):
-        return "0.0.0.0 is not a host address"
+    if addr in ipaddress.IPv4Network("0.0.0.0/8"):
+        return "an address in 0.0.0.0/8 is not a host address"
     if addr.is_multicast:
         return "a multicast address (224.0.0.0/4) is not a host address"
     if addr == ipaddress.IPv4Address("255.255.255.255"):
