@@ -28,7 +28,6 @@ from contextlib import contextmanager
 
 from bifrost.abi import fou_map as abi
 from bifrost.benchstats import Report, alternate
-from bifrost.fou_map.control import TableConfig
 from bifrost_testing import fou_map_testbed as tb
 
 WHERE = "guest"
@@ -42,9 +41,7 @@ BIG = 1_000_000
 SMALL = 10
 # Entries filled through the chardev see no traffic: the longest idle timeout keeps them
 # for the whole comparison (the default, 5 min, is shorter than its budget).
-CFG = TableConfig(
-    ports=(tb.FOU_PORT,), max_entries=1 << 20, idle_timeout_ms=abi.MAX_IDLE_TIMEOUT_MS
-)
+CFG = tb.table_config(max_entries=1 << 20, idle_timeout_ms=abi.MAX_IDLE_TIMEOUT_MS)
 
 ECHO = """
 import socket, sys

@@ -10,6 +10,7 @@
  */
 #include <linux/jiffies.h>
 #include <linux/sort.h>
+#include <linux/inetdevice.h>
 
 #include "fm.h"
 #include "bifrost_chardev.h"
@@ -58,6 +59,7 @@ static int fm_do_config_get(struct fm_file *ff, struct fm_net *fn)
 	struct fm_config *rep;
 	const struct fm_cfg *cfg;
 	LIST_HEAD(batch);
+	u32 i;
 
 	rep = fm_reply(ff, &batch, FM_MSG_CONFIG, sizeof(*rep));
 	if (!rep)
@@ -69,6 +71,11 @@ static int fm_do_config_get(struct fm_file *ff, struct fm_net *fn)
 	rep->max_entries = cfg->max_entries;
 	rep->miss_policy = cfg->miss_policy;
 	memcpy(rep->ports, cfg->ports, sizeof(rep->ports));
+	rep->n_pops = cfg->n_pops;
+	for (i = 0; i < cfg->n_pops; i++) {
+		memcpy(rep->pop_addrs + 4 * i, &cfg->pop_addr[i], 4);
+		rep->pop_lens[i] = inet_mask_len(cfg->pop_mask[i]);
+	}
 	rcu_read_unlock();
 	return bfc_replies_queue(&ff->base, &batch, 1);
 }
@@ -90,6 +97,27 @@ static int fm_do_config_set(struct fm_net *fn, const struct fm_config *rec)
 			return -EINVAL;
 		cfg.ports[i] = rec->ports[i];
 	}
+	if (rec->n_pops > FM_MAX_POPS || rec->reserved)
+		return -EINVAL;
+	for (i = 0; i < FM_MAX_POPS; i++) {
+		__be32 addr, mask;
+
+		memcpy(&addr, rec->pop_addrs + 4 * i, 4);
+		if (i >= rec->n_pops) {
+			if (addr || rec->pop_lens[i])
+				return -EINVAL;
+			continue;
+		}
+		if (rec->pop_lens[i] < 1 || rec->pop_lens[i] > 32)
+			return -EINVAL;
+		mask = inet_make_mask(rec->pop_lens[i]);
+		/* No host bits, and the prefix's own address is a unicast one. */
+		if ((addr & ~mask) || !fm_valid_unicast(addr))
+			return -EINVAL;
+		cfg.pop_addr[i] = addr;
+		cfg.pop_mask[i] = mask;
+	}
+	cfg.n_pops = rec->n_pops;
 	cfg.n_ports = rec->n_ports;
 	cfg.idle_timeout_ms = rec->idle_timeout_ms;
 	cfg.max_entries = rec->max_entries;
@@ -188,10 +216,42 @@ static int fm_do_dump(struct fm_file *ff, struct fm_net *fn)
 	return 0;
 }
 
-static bool fm_valid_unicast(__be32 addr)
+/* 1..FM_MAX_KEYS distinct keys, none all zero; the unused tail zero (uapi). */
+static int fm_do_auth_set(struct fm_net *fn, const struct fm_auth *rec)
 {
-	return !(ipv4_is_zeronet(addr) || ipv4_is_multicast(addr) ||
-		 ipv4_is_lbcast(addr) || ipv4_is_loopback(addr));
+	u64 keys[FM_MAX_KEYS] = {};
+	u32 i, j;
+
+	if (rec->n_keys > FM_MAX_KEYS || rec->reserved)
+		return -EINVAL;
+	for (i = 0; i < FM_MAX_KEYS; i++) {
+		memcpy(&keys[i], rec->keys + i * FM_KEY_SIZE, FM_KEY_SIZE);
+		if ((i < rec->n_keys) != (keys[i] != 0))
+			return -EINVAL;
+		for (j = 0; j < i && i < rec->n_keys; j++)
+			if (keys[j] == keys[i])
+				return -EINVAL;
+	}
+	return fm_keys_set(fn, keys, rec->n_keys);
+}
+
+static int fm_do_auth_get(struct fm_file *ff, struct fm_net *fn)
+{
+	const struct fm_keys *keys;
+	struct fm_auth *rep;
+	LIST_HEAD(batch);
+
+	rep = fm_reply(ff, &batch, FM_MSG_AUTH, sizeof(*rep));
+	if (!rep)
+		return -ENOMEM;
+	rcu_read_lock();
+	keys = rcu_dereference(fn->keys);
+	if (keys) {
+		rep->n_keys = keys->n;
+		memcpy(rep->keys, keys->key, keys->n * FM_KEY_SIZE);
+	}
+	rcu_read_unlock();
+	return bfc_replies_queue(&ff->base, &batch, 1);
 }
 
 static int fm_do_add(struct fm_net *fn, const struct fm_add *rec)
@@ -225,6 +285,10 @@ static size_t fm_record_size(u16 type)
 		return sizeof(struct fm_del);
 	case FM_MSG_FLUSH:
 		return sizeof(struct fm_flush);
+	case FM_MSG_AUTH:
+		return sizeof(struct fm_auth);
+	case FM_MSG_AUTH_GET:
+		return sizeof(struct fm_auth_get);
 	default:
 		/* Replies and unknown types are not requests. */
 		return 0;
@@ -273,6 +337,10 @@ static int fm_handle(struct fm_file *ff, size_t len)
 		fm_flush(fn, rec->scope & FM_FLUSH_STATIC);
 		return 0;
 	}
+	case FM_MSG_AUTH:
+		return fm_do_auth_set(fn, (const struct fm_auth *)ff->wbuf);
+	case FM_MSG_AUTH_GET:
+		return fm_do_auth_get(ff, fn);
 	}
 	return -EINVAL;
 }

@@ -22,6 +22,7 @@
 #include <linux/mutex.h>
 #include <linux/workqueue.h>
 #include <linux/percpu.h>
+#include <linux/in.h>
 #include <net/net_namespace.h>
 #include <net/netns/generic.h>
 
@@ -39,6 +40,10 @@
 struct fm_cfg {
 	u16 ports[FM_MAX_PORTS];
 	u32 n_ports;
+	/* FOU is accepted (and learned) only from these prefixes; none: from no one */
+	u32 n_pops;
+	__be32 pop_addr[FM_MAX_POPS];
+	__be32 pop_mask[FM_MAX_POPS];
 	u32 idle_timeout_ms;
 	u32 max_entries;
 	u32 miss_policy;
@@ -64,6 +69,18 @@ struct fm_map_entry {
 	u32 flags;		/* FM_ENTRY_STATIC; written under fn->lock */
 };
 
+/*
+ * The authentication keys (AUTH.md): key[0] is appended to every FOU packet
+ * sent, each of the n is accepted. Raw wire bytes in a u64, compared as
+ * such; byte order never matters. Swapped whole under RCU, so a packet sees
+ * one key set or the next, never half of each. No set (NULL): auth off.
+ */
+struct fm_keys {
+	u32 n;
+	u64 key[FM_MAX_KEYS];
+	struct rcu_head rcu;
+};
+
 struct fm_counters {
 	u64 cnt[FM_CNT_MAX];
 };
@@ -78,6 +95,7 @@ struct fm_net {
 	u32 n_learned;
 	u32 n_static;
 	struct fm_cfg __rcu *cfg;
+	struct fm_keys __rcu *keys;	/* NULL: auth off */
 	struct mutex cfg_lock;		/* config changes, hook (un)registration */
 	bool hooks_on;			/* registered: only while ports are configured */
 	struct fm_counters __percpu *counters;
@@ -97,6 +115,18 @@ static inline struct fm_net *fm_pernet(const struct net *net)
 static inline void fm_count(struct fm_net *fn, enum fm_counter c)
 {
 	this_cpu_inc(fn->counters->cnt[c]);
+}
+
+/*
+ * What the chardev's ADD accepts as a client or POP, and ingress as a POP:
+ * no 0/8, 127/8, multicast or broadcast. 0/8 is tested here, not with
+ * ipv4_is_zeronet(): that is only 0.0.0.0 since the kernel made the rest
+ * of 0/8 routable, and input routing lets such sources through.
+ */
+static inline bool fm_valid_unicast(__be32 addr)
+{
+	return !((addr & htonl(0xff000000)) == 0 || ipv4_is_multicast(addr) ||
+		 ipv4_is_lbcast(addr) || ipv4_is_loopback(addr));
 }
 
 static inline u32 fm_now(void)
@@ -126,5 +156,6 @@ void fm_chardev_exit(void);
 
 /* main.c */
 int fm_config_set(struct fm_net *fn, const struct fm_cfg *newcfg);
+int fm_keys_set(struct fm_net *fn, const u64 *keys, u32 n);
 
 #endif /* _FM_H */

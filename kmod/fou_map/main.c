@@ -63,6 +63,30 @@ int fm_config_set(struct fm_net *fn, const struct fm_cfg *newcfg)
 	return 0;
 }
 
+/*
+ * Swap in a whole new key set (n == 0: auth off). A packet in a hook reads
+ * the pointer once, so it checks and appends with one set throughout; the
+ * old set is freed after every such reader is done.
+ */
+int fm_keys_set(struct fm_net *fn, const u64 *keys, u32 n)
+{
+	struct fm_keys *new = NULL, *old;
+
+	if (n) {
+		new = kzalloc(sizeof(*new), GFP_KERNEL);
+		if (!new)
+			return -ENOMEM;
+		new->n = n;
+		memcpy(new->key, keys, n * sizeof(*keys));
+	}
+	spin_lock_bh(&fn->lock);
+	old = rcu_replace_pointer(fn->keys, new, lockdep_is_held(&fn->lock));
+	spin_unlock_bh(&fn->lock);
+	if (old)
+		kfree_rcu(old, rcu);
+	return 0;
+}
+
 static int __net_init fm_net_init(struct net *net)
 {
 	struct fm_net *fn = fm_pernet(net);
@@ -124,6 +148,7 @@ static void __net_exit fm_net_exit(struct net *net)
 	struct fm_net *fn = fm_pernet(net);
 
 	fm_table_exit(fn);
+	kfree(rcu_dereference_protected(fn->keys, true));
 	kfree(rcu_dereference_protected(fn->cfg, true));
 	free_percpu(fn->counters);
 }

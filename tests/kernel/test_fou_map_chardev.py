@@ -72,11 +72,33 @@ def open_here() -> FouMap:
     return FouMap(topo.DEV)
 
 
+def _pop(addr: str) -> bytes:
+    return ipaddress.IPv4Address(addr).packed
+
+
+# CONFIG pop fields the module refuses (EINVAL): each names what is wrong with it.
+BAD_POPS = (
+    {"n_pops": abi.MAX_POPS + 1},  # more than there is room for
+    {"n_pops": 1, "pop_addrs": _pop("10.41.0.1"), "pop_lens": bytes([16])},  # host bits
+    {"n_pops": 1, "pop_addrs": _pop("10.41.0.0"), "pop_lens": bytes([0])},  # /0: anyone
+    {"n_pops": 1, "pop_addrs": _pop("10.41.0.0"), "pop_lens": bytes([33])},
+    {"n_pops": 1, "pop_addrs": _pop("127.0.0.0"), "pop_lens": bytes([8])},  # martian
+    {"n_pops": 1, "pop_addrs": _pop("224.0.0.0"), "pop_lens": bytes([4])},
+    {"n_pops": 0, "pop_addrs": _pop("10.41.0.0"), "pop_lens": bytes([16])},  # unused, not 0
+    {"n_pops": 1, "pop_addrs": _pop("10.41.0.0") * 2, "pop_lens": bytes([16, 0])},
+    {"n_pops": 1, "pop_addrs": _pop("10.41.0.0"), "pop_lens": bytes([16]), "reserved": 1},
+)
+
+
 def test_config_roundtrip_and_validation(ns):
     with topo.open_in(ns) as fm:
         assert fm.config() == TableConfig()
         cfg = TableConfig(
-            ports=(5555, 6080), idle_timeout_ms=2000, max_entries=10, miss_policy="drop"
+            ports=(5555, 6080),
+            idle_timeout_ms=2000,
+            max_entries=10,
+            miss_policy="drop",
+            pops=("10.41.0.0/16", "192.0.2.7/32"),
         )
         fm.configure(cfg)
         assert fm.config() == cfg
@@ -90,6 +112,10 @@ def test_config_roundtrip_and_validation(ns):
             abi.Config(n_ports=1, idle_timeout_ms=1000, max_entries=1, miss_policy=2, ports=(1,)),
             abi.Config(n_ports=1, idle_timeout_ms=1000, max_entries=1, ports=(0,)),
             abi.Config(n_ports=1, idle_timeout_ms=1000, max_entries=1, ports=(1, 2)),
+            *(
+                abi.Config(n_ports=1, idle_timeout_ms=1000, max_entries=1, ports=(1,), **pops)
+                for pops in BAD_POPS
+            ),
         ]
         for rec in bad:
             assert write_errno(fm.fd, rec.pack()) == errno.EINVAL, rec
@@ -118,7 +144,7 @@ def test_add_del_flush_dump(ns):
         assert set(fm.table()) == {"10.99.0.2"}, "flush without scope keeps static entries"
         fm.flush(static=True)
         assert fm.table() == {}
-        for bad_addr in ("0.0.0.0", "224.0.0.1", "255.255.255.255", "127.0.0.1"):
+        for bad_addr in ("0.0.0.0", "0.1.2.3", "224.0.0.1", "255.255.255.255", "127.0.0.1"):
             rec = abi.Add(
                 client=ipaddress.IPv4Address(bad_addr), pop=ipaddress.IPv4Address("10.1.1.1")
             )
@@ -167,7 +193,8 @@ def malformed_records() -> list[tuple[bytes, int]]:
         (b"", errno.EINVAL),
         (b"\x01" * 15, errno.EINVAL),
         (hdr(1, 16, magic=0xDEADBEEF), errno.EINVAL),
-        (hdr(1, 16, version=2), errno.EPROTO),
+        (hdr(1, 16, version=abi.ABI_VERSION + 1), errno.EPROTO),
+        (hdr(1, 16, version=abi.ABI_VERSION - 1), errno.EPROTO),
         (hdr(1, 16, version=0), errno.EPROTO),
         (hdr(99, 16), errno.EINVAL),
         (hdr(0, 16), errno.EINVAL),
@@ -220,13 +247,13 @@ def malformed_records() -> list[tuple[bytes, int]]:
             cases.append((bytes(rec), errno.EINVAL))
         elif kind == 3:  # bad version
             rec = bytearray(rng.choice(valid))
-            v = rng.choice([0, 2, 3, 0xFFFF])
+            v = rng.choice([v for v in (0, 1, 2, 3, 0xFFFF) if v != abi.ABI_VERSION])
             rec[4:6] = struct.pack("<H", v)
             cases.append((bytes(rec), errno.EPROTO))
         elif kind == 4:  # bad type or length field
             rec = bytearray(rng.choice(valid))
             if rng.random() < 0.5:
-                rec[6:8] = struct.pack("<H", rng.choice([0, 2, 6, 8, 9, 13, 200, 0xFFFF]))
+                rec[6:8] = struct.pack("<H", rng.choice([0, 2, 6, 8, 9, 15, 200, 0xFFFF]))
             else:
                 rec[8:12] = struct.pack("<I", len(rec) + rng.choice([-8, -1, 1, 8, 4096]))
             cases.append((bytes(rec), errno.EINVAL))
@@ -257,6 +284,33 @@ def test_ten_thousand_malformed_records_get_errnos(ns):
         fm.flush(static=True)
     after = topo.dmesg()[len(before) :]
     assert not topo.kernel_trouble(after), after
+
+
+K1, K2, K3 = bytes.fromhex("0123456789abcdef"), bytes(range(1, 9)), b"\xff" * 8
+
+
+def test_auth_keys_roundtrip_and_validation(ns):
+    """AUTH swaps the whole set; every malformed record is EINVAL and changes nothing."""
+    with topo.open_in(ns) as fm:
+        assert fm.auth() == (), "auth is off until keys are set"
+        fm.set_auth((K1,))
+        assert fm.auth() == (K1,)
+        fm.set_auth((K2, K1, K3))
+        assert fm.auth() == (K2, K1, K3)
+        bad = [
+            abi.Auth(n_keys=abi.MAX_KEYS + 1, keys=(K1 + K2 + K3 + bytes(range(9, 17)))),
+            abi.Auth(n_keys=1, keys=bytes(8)),  # the all-zero key
+            abi.Auth(n_keys=2, keys=K1 + K1),  # the same key twice
+            abi.Auth(n_keys=1, keys=K1 + K2),  # an unused key not zero
+            abi.Auth(n_keys=1, keys=K1, reserved=1),
+        ]
+        bad_writes = fm.counters()["bad_writes"]
+        for rec in bad:
+            assert write_errno(fm.fd, rec.pack()) == errno.EINVAL, rec
+        assert fm.auth() == (K2, K1, K3), "a refused AUTH changed nothing"
+        assert fm.counters()["bad_writes"] == bad_writes + len(bad)
+        fm.set_auth(())
+        assert fm.auth() == ()
 
 
 def test_unload_and_reload_with_state():

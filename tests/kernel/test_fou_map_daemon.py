@@ -44,6 +44,7 @@ class Foumapd:
             f"""
 [fou_map]
 ports = [{topo.FOU_PORT}]
+pops = ["{topo.POP_NET}"]
 idle_timeout = 60
 max_entries = 1000
 snapshot_interval = 0.3

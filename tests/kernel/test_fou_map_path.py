@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import socket
-import time
 
 import foumap_topology as topo
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
-
-from bifrost.fou_map.control import TableConfig
 
 pytestmark = pytest.mark.kernel
 
@@ -29,7 +26,7 @@ def module():
 
 @pytest.fixture(scope="module")
 def shared():
-    with topo.topology(cfg=TableConfig(ports=PORTS)) as t:
+    with topo.topology(cfg=topo.table_config()) as t:
         yield t
 
 
@@ -37,7 +34,7 @@ def shared():
 def net(shared):
     """The shared testbed, reset: empty table, default config, client via POP 1."""
     with shared.fou_map() as fm:
-        fm.configure(TableConfig(ports=PORTS))
+        fm.configure(topo.table_config())
         fm.flush(static=True)
         shared.base = fm.counters()
     shared.use_pop(1)
@@ -96,7 +93,7 @@ def test_two_clients_on_two_pops(net):
 
 def test_idle_entries_expire(net):
     with net.fou_map() as fm:
-        fm.configure(TableConfig(ports=PORTS, idle_timeout_ms=400))
+        fm.configure(topo.table_config(idle_timeout_ms=400))
     s = net.client_socket(0)
     assert net.echo_once(s)
     assert topo.client_ip(0) in table(net)
@@ -104,15 +101,20 @@ def test_idle_entries_expire(net):
     assert counters(net)["expired"] == 1
 
 
+def age_ms(t: topo.Topology, client: str) -> int:
+    with t.fou_map() as fm:
+        return next(e.age_ms for e in fm.dump() if str(e.client) == client)
+
+
 def test_eviction_at_max_takes_least_recently_seen(net):
     with net.fou_map() as fm:
-        fm.configure(TableConfig(ports=PORTS, max_entries=3))
+        fm.configure(topo.table_config(max_entries=3))
     socks = [net.client_socket(i) for i in range(4)]
     for s in socks[:3]:
         assert net.echo_once(s)
-        time.sleep(0.05)
+    # A tick must pass for client 0's refresh to be newer than its placement.
+    assert topo.wait_for(lambda: age_ms(net, topo.client_ip(0)) > 0)
     assert net.echo_once(socks[0])  # client 0 is now the most recent
-    time.sleep(0.05)
     assert net.echo_once(socks[3])
     assert set(table(net)) == {topo.client_ip(i) for i in (0, 2, 3)}
     c = counters(net)
@@ -121,20 +123,22 @@ def test_eviction_at_max_takes_least_recently_seen(net):
 
 def test_static_entry_pins_and_never_expires(net):
     with net.fou_map() as fm:
-        fm.configure(TableConfig(ports=PORTS, idle_timeout_ms=300))
+        fm.configure(topo.table_config(idle_timeout_ms=300))
         fm.add(topo.client_ip(0), topo.pop_ip(2))
     s = net.client_socket(0)
     rx2 = net.pop_rx(2)
     assert net.echo_once(s)  # in via POP 1, out via the pinned POP 2
     assert net.pop_rx(2) == rx2 + 1
-    time.sleep(1.0)
+    # The positive control: a learned client seen after the pin expires meanwhile.
+    assert net.echo_once(net.client_socket(1))
+    assert topo.wait_for(lambda: topo.client_ip(1) not in table(net), timeout=5)
     with net.fou_map() as fm:
         entries = fm.dump()
     assert [(str(e.client), str(e.pop), e.static) for e in entries] == [
         (topo.client_ip(0), topo.pop_ip(2), True)
     ]
     c = counters(net)
-    assert c["learn_static"] >= 1 and c["moved"] == 0 and c["expired"] == 0
+    assert c["learn_static"] >= 1 and c["moved"] == 0 and c["expired"] == 1
 
 
 def test_miss_policy_pass_and_drop(net):
@@ -144,22 +148,24 @@ def test_miss_policy_pass_and_drop(net):
     net.echo.sock.sendto(b"x", unknown)
     assert topo.wait_for(lambda: net.pop_rx(1) == rx1 + 1), "pass: out to the tunnel's default POP"
     assert counters(net)["tx_miss_pass"] == 1
+    assert net.echo_once(net.client_socket(0))  # client 0 learned, via POP 1
     with net.fou_map() as fm:
-        fm.configure(TableConfig(ports=PORTS, miss_policy="drop"))
+        fm.configure(topo.table_config(miss_policy="drop"))
     rx1, rx2 = net.pop_rx(1), net.pop_rx(2)
     net.echo.sock.sendto(b"x", unknown)
-    time.sleep(0.5)
-    assert (net.pop_rx(1), net.pop_rx(2)) == (rx1, rx2)
+    # The positive control, sent after: a learned client is still served under "drop";
+    # once its packet is out, the dropped one would have been too.
+    net.echo.sock.sendto(b"y", (topo.client_ip(0), 4000))
+    assert topo.wait_for(lambda: net.pop_rx(1) == rx1 + 1)
+    assert (net.pop_rx(1), net.pop_rx(2)) == (rx1 + 1, rx2)
     assert counters(net)["tx_miss_drop"] == 1
-    # A learned client is still served under "drop".
-    assert net.echo_once(net.client_socket(0))
 
 
 def test_netns_isolation(net):
     a = net
     with topo.topology() as b:
         with b.fou_map() as fm:
-            fm.configure(TableConfig(ports=PORTS, max_entries=77))
+            fm.configure(topo.table_config(max_entries=77))
         assert a.echo_once(a.client_socket(0))
         b.use_pop(2)
         assert b.echo_once(b.client_socket(1))
@@ -182,7 +188,7 @@ def test_malformed_fou_packets_are_counted_never_learned(net):
     good = inner("10.99.0.200")
     with net.pops[0].entered():
         raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    cases: dict[str, list[bytes]] = {"rx_truncated": [], "rx_bad_inner": [], "rx_fragment": []}
+    cases: dict[str, list[bytes]] = {"rx_truncated": [], "rx_bad_inner": []}
 
     def outer(payload: bytes, ulen: int | None = None, **ip: object) -> bytes:
         udp = UDP(sport=40000, dport=topo.FOU_PORT, chksum=0)
@@ -215,19 +221,21 @@ def test_malformed_fou_packets_are_counted_never_learned(net):
         outer(inner("0.0.0.0")),
         outer(inner("224.1.2.3")),
     ]
-    cases["rx_fragment"] += [outer(inner("10.99.0.206") + bytes(64), flags="MF", id=77)]
+    # A lone first fragment waits in reassembly (fou_map checks whole packets, at
+    # LOCAL_IN): it is never learned from.
+    fragment = outer(inner("10.99.0.206") + bytes(64), flags="MF", id=77)
 
     before = counters(net)
     for pkts in cases.values():
         for p in pkts:
             raw.sendto(p, (topo.GS_LOCAL, 0))
-    time.sleep(0.3)
+    raw.sendto(fragment, (topo.GS_LOCAL, 0))
+    # The positive control, after them all: the same path learns a well-formed one.
+    raw.sendto(outer(good), (topo.GS_LOCAL, 0))
+    assert topo.wait_for(lambda: table(net) == {"10.99.0.200": topo.pop_ip(1)})
     after = counters(net)
     for name, pkts in cases.items():
         assert after[name] - before[name] == len(pkts), name
-    assert table(net) == {}
-    assert after["learned"] == before["learned"]
-    # The same path still learns a well-formed one.
-    raw.sendto(outer(good), (topo.GS_LOCAL, 0))
-    assert topo.wait_for(lambda: table(net) == {"10.99.0.200": topo.pop_ip(1)})
+    assert after["learned"] == before["learned"] + 1
+    assert after["rx_fragment"] == before["rx_fragment"]
     raw.close()

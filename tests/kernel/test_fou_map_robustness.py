@@ -165,12 +165,12 @@ def test_lowering_max_entries_under_learning():
     entry in softirq under the table lock (a million removals in one packet). Now a
     packet evicts at most two and CONFIG shrinks in batches in process context: no
     soft lockup or RCU stall (checked over dmesg by the module fixture)."""
-    with topo.topology(cfg=TableConfig(ports=PORTS, max_entries=FULL), echo=False) as t:
+    with topo.topology(cfg=topo.table_config(max_entries=FULL), echo=False) as t:
         fill(t.gs, FULL)
         with t.fou_map() as fm:
             assert fm.stats().entries == FULL
             p = learner(t, 1, "10.64.0.0", 20000)
-            fm.configure(TableConfig(ports=PORTS, max_entries=1))
+            fm.configure(topo.table_config(max_entries=1))
             assert fm.stats().entries <= 1
             out, _ = p.communicate(timeout=600)
             assert out.strip() == b"sent"
@@ -186,7 +186,7 @@ def test_pinning_a_client_while_its_traffic_flows():
     flags without READ_ONCE, so a client moving between POPs could overwrite a pin.
     Two POPs send the same client's FOU packets while it is pinned and unpinned 300
     times; after each pin the table must say static, pinned POP."""
-    with topo.topology(cfg=TableConfig(ports=PORTS), echo=False) as t:
+    with topo.topology(cfg=topo.table_config(), echo=False) as t:
         procs = [learner(t, n, "10.99.0.77", 40000, step=0) for n in (1, 2)]
         wrong = []
         with t.fou_map() as fm:
@@ -267,7 +267,7 @@ def test_encap_csum_replies_keep_a_valid_outer_checksum():
     """Defect 3: with encap-csum, the egress rewrite updated an outer checksum that
     udp_set_csum() had already completed as if it were a pseudo-header seed, so POPs
     running the kernel's fou dropped the rewritten replies (UDP InCsumErrors)."""
-    with topo.topology(cfg=TableConfig(ports=PORTS), encap_csum=True) as t:
+    with topo.topology(cfg=topo.table_config(), encap_csum=True) as t:
         checksum_offload_off(t.gs, "eth0")  # the machine's one uplink to both POPs
         errs = [in_csum_errors(p) for p in t.pops]
         s = t.client_socket(0)
@@ -285,7 +285,7 @@ def test_packets_counted_exactly_from_two_cpus():
     """Defect 10: the per-entry packet count was a read-modify-write on every packet;
     two CPUs learning the same client lost increments. Two senders pinned to two CPUs
     send 20,000 packets each for one client."""
-    with topo.topology(cfg=TableConfig(ports=PORTS), echo=False) as t:
+    with topo.topology(cfg=topo.table_config(), echo=False) as t:
         n = 20000
         with t.fou_map() as fm:
             rx0 = fm.counters()["rx_fou"]
@@ -336,7 +336,7 @@ def test_gc_runs_only_in_netns_that_use_fou_map(ns, gc_trace):
         while time.monotonic() < deadline and not gc_trace():
             time.sleep(0.1)
         idle_runs = gc_trace()
-        fm.configure(TableConfig(ports=PORTS, idle_timeout_ms=1000))
+        fm.configure(topo.table_config(idle_timeout_ms=1000))
         fm.add("10.94.0.1", "10.41.1.1", static=False)
         assert topo.wait_for(lambda: len(gc_trace()) >= 2, 10), "the used netns runs its GC"
         fm.flush(static=True)

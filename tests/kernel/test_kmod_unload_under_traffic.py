@@ -18,7 +18,8 @@ re-adding the service and answers after each reload as the daemon does at start.
 
 On 6.12 under TCG, the first netfilter hook registered or removed at a hook point while
 packets flow panics the guest (kernel-test-vm.md): an nftables table keeps a chain at
-PRE_ROUTING and LOCAL_OUT for the whole test, so the static keys never flip.
+PRE_ROUTING, LOCAL_IN (fou_map's ingress check) and LOCAL_OUT for the whole test, so the
+static keys never flip.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def hooks_kept() -> Iterator[netns.Namespace]:
     rules = (
         "table ip bifrost_keep {\n"
         " chain pre { type filter hook prerouting priority 0; }\n"
+        " chain in { type filter hook input priority 0; }\n"
         " chain out { type filter hook output priority 0; }\n"
         "}\n"
     )
@@ -171,7 +173,8 @@ def test_unload_reload_200_times_under_traffic(tmp_path):
         topo.load()
         refill(a2s.pop)
         cfg = tmp_path / "bifrost.toml"
-        cfg.write_text(f"[fou_map]\nports = [{topo.FOU_PORT}]\nidle_timeout = 60\n"
+        cfg.write_text(f"[fou_map]\nports = [{topo.FOU_PORT}]\npops = [\"{topo.POP_NET}\"]\n"
+                       "idle_timeout = 60\n"
                        "max_entries = 1000\nsnapshot_interval = 0.5\n")  # fmt: skip
         daemon = fou.gs.popen(
             [PY, "-m", "bifrost.fou_map.daemon", "--config", str(cfg),

@@ -123,7 +123,8 @@ def test_foumapd_ends_on_a_refused_record(tmp_path: Path, caplog: pytest.LogCapt
     cfg.write_text('[fou_map]\ndevice = "/dev/full"\nmetrics_port = 0\n')
     state = tmp_path / "snap"
     assert FouMapDaemon.main(["-c", str(cfg), "--state", str(state)]) == 2
-    assert "[fou_map] table settings" in caplog.text
+    # The auth keys are the first record (then no packet is accepted unauthenticated).
+    assert "[auth] keys (0)" in caplog.text
     assert "No space left on device" in caplog.text
     assert not state.exists(), "nothing was applied, so nothing was snapshot"
 

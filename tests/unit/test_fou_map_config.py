@@ -30,6 +30,26 @@ def test_defaults():
     assert cfg.metrics_address == "127.0.0.1" and cfg.endpoint is None
 
 
+def test_pops_and_auth():
+    cfg = parse({"pops": ["198.51.100.0/24", "10.41.1.1/32"]})
+    assert cfg.table.pops == ("198.51.100.0/24", "10.41.1.1/32")
+    assert fmconfig.default().table.pops == (), "none: fou_map learns from no one"
+    assert cfg.auth is None, "[auth] is top level: the daemon attaches it"
+
+
+def test_daemon_attaches_auth_keys(tmp_path):
+    path = tmp_path / "bifrost.toml"
+    path.write_text(
+        '[auth]\nkeys = ["0123456789abcdef", "fedcba9876543210"]\n'
+        '[fou_map]\npops = ["10.41.0.0/16"]\n'
+    )
+    cfg = daemon.FouMapDaemon.load(path)
+    assert cfg.auth is not None
+    assert cfg.auth.keys == (bytes.fromhex("0123456789abcdef"), bytes.fromhex("fedcba9876543210"))
+    path.write_text('[fou_map]\npops = ["10.41.0.0/16"]\n')
+    assert daemon.FouMapDaemon.load(path).auth is None
+
+
 def test_full_section():
     cfg = parse(
         {
@@ -56,6 +76,20 @@ def test_full_section():
     ("data", "needle"),
     [
         ({"ports": [0]}, "fou_map.ports[0] = 0"),
+        ({"pops": ["10.41.0.1/16"]}, "fou_map.pops[0] = '10.41.0.1/16': expected an IPv4 prefix"),
+        ({"pops": ["0.0.0.0/0"]}, "fou_map.pops[0] = '0.0.0.0/0': 0.0.0.0/0 would accept"),
+        ({"pops": ["127.0.0.0/8"]}, "fou_map.pops[0] = '127.0.0.0/8': overlaps 127.0.0.0/8"),
+        ({"pops": ["192.0.0.0/2"]}, "fou_map.pops[0] = '192.0.0.0/2': overlaps 224.0.0.0/4"),
+        ({"pops": [24]}, "fou_map.pops[0] = 24: expected an IPv4 prefix"),
+        ({"pops": "10.0.0.0/8"}, "fou_map.pops = '10.0.0.0/8': expected a list"),
+        (
+            {"pops": ["10.0.0.0/8", "10.0.0.0/8"]},
+            "fou_map.pops = ['10.0.0.0/8', '10.0.0.0/8']: expected at most 16 distinct",
+        ),
+        (
+            {"pops": [f"10.{i}.0.0/16" for i in range(17)]},
+            "fou_map.pops = ['10.0.0.0/16',",
+        ),
         (
             {"ports": list(range(1, 10))},
             "fou_map.ports = [1, 2, 3, 4, 5, 6, 7, 8, 9]: expected 1..8 distinct ports",
@@ -96,7 +130,14 @@ def test_full_section():
                 {"static": [{"client": bad, "pop": "192.0.2.1"}]},
                 f"fou_map.static[0].client = '{bad}'",
             )
-            for bad in ("0.0.0.0", "224.0.0.1", "239.255.255.250", "255.255.255.255", "127.0.0.1")
+            for bad in (
+                "0.0.0.0",
+                "0.1.2.3",
+                "224.0.0.1",
+                "239.255.255.250",
+                "255.255.255.255",
+                "127.0.0.1",
+            )
         ),
         *(
             (
@@ -114,11 +155,19 @@ def test_errors_name_key_and_value(data, needle):
 
 
 def test_kernel_refusals_match_fm_valid_unicast():
-    """The same four classes as the kernel (ipv4_is_zeronet/multicast/lbcast/loopback)."""
+    """The same four classes as the kernel's fm_valid_unicast (0/8, multicast, broadcast,
+    loopback); all of 0/8, not only 0.0.0.0 as ipv4_is_zeronet() has it now."""
     refused = fmconfig.refused_by_kernel
-    for ok in ("1.0.0.1", "10.0.0.1", "192.0.2.255", "223.255.255.255", "240.0.0.1", "0.0.0.1"):
+    for ok in ("1.0.0.1", "10.0.0.1", "192.0.2.255", "223.255.255.255", "240.0.0.1", "1.2.3.4"):
         assert refused(ipaddress.IPv4Address(ok)) is None, ok
-    for bad in ("0.0.0.0", "224.0.0.0", "239.255.255.255", "255.255.255.255", "127.255.0.1"):
+    for bad in (
+        "0.0.0.0",
+        "0.9.9.9",
+        "224.0.0.0",
+        "239.255.255.255",
+        "255.255.255.255",
+        "127.255.0.1",
+    ):
         assert refused(ipaddress.IPv4Address(bad)), bad
 
 
@@ -194,3 +243,23 @@ def test_example_section_parses_through_the_host_config():
     assert fm.table.max_entries == 65536 and fm.metrics_port == 9469
     assert fm.endpoint.netns == "gs1" and fm.endpoint.routes == ("0.0.0.0/0",)
     assert fm.static[0].pop == ipaddress.IPv4Address("192.0.2.1")
+
+
+def test_pops_and_keys_pack_as_the_module_reads_them():
+    from bifrost.abi import fou_map as abi
+    from bifrost.fou_map import control
+
+    addrs, lens = control.pack_pops(("10.41.0.0/16", "192.0.2.7/32"))
+    back = abi.Config.unpack(abi.Config(n_pops=2, pop_addrs=addrs, pop_lens=lens).pack())
+    assert back.pop_addrs[:8] == bytes([10, 41, 0, 0, 192, 0, 2, 7]) and back.pop_addrs[
+        8:
+    ] == bytes(56)
+    assert back.pop_lens == bytes([16, 32]) + bytes(14)
+    with pytest.raises(ValueError, match="at most 16 POP prefixes"):
+        control.pack_pops([f"10.{i}.0.0/16" for i in range(17)])
+    keys = (bytes(range(8)), bytes(range(8, 16)))
+    assert abi.Auth.unpack(abi.Auth(n_keys=2, keys=control.pack_keys(keys)).pack()).keys == (
+        b"".join(keys) + bytes(16)
+    )
+    with pytest.raises(ValueError):
+        control.pack_keys((b"short",))

@@ -51,6 +51,7 @@ cache = true
 GAMESERVER_CONFIG = """\
 [fou_map]
 ports = [5555]
+pops = ["10.8.0.0/16"]
 state_file = "{dir}/fou_map.snapshot"
 {extra}"""
 

@@ -10,6 +10,13 @@ FOU on the POPs instead of the XDP program, for fou_map's tests and benchmark.
 Client traffic to the service goes client -> popN (the backbone's anycast route,
 use_pop) -> (kernel FOU) -> gameserver; the game server's echo replies leave by
 fm0 (kernel ipip/fou) and fou_map picks the POP.
+
+With auth keys set (AUTH.md) the POPs' kernel fou cannot be the sender: it
+appends no token, so fou_map drops what it sends. A test then sends as the POP
+with ``RawSender`` (a raw socket in the POP's netns building outer IPv4/UDP,
+inner packet and token, as the POP's XDP program does); the POPs' kernel fou
+still RECEIVES the authenticated replies (ip_rcv trims the trailer), and
+``Capture`` shows their bytes on the POP's wire.
 """
 
 from __future__ import annotations
@@ -23,22 +30,132 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from scapy.layers.inet import IP, UDP
+from scapy.packet import Raw
+
 from bifrost import netns
 from bifrost.fou_map import endpoint
 from bifrost.fou_map.control import FouMap, TableConfig
 from bifrost.vm.kernlog import dmesg as dmesg
 from bifrost.vm.kernlog import kernel_trouble as kernel_trouble
 from bifrost_testing import topology as network
-from bifrost_testing.topology import FOU_PORT, GAME_PORT, GS_LOCAL, SERVICE_IP, client_ip, pop_ip
+from bifrost_testing.topology import (
+    FOU_PORT,
+    GAME_PORT,
+    GS_LOCAL,
+    POP_NET,
+    SERVICE_IP,
+    client_ip,
+    pop_ip,
+)
 from bifrost_testing.topology import wait_for as wait_for
 
 MODULE = "fou_map"
 DEV = Path("/dev/fou_map")
 __all__ = [
-    "DEV", "FOU_PORT", "GAME_PORT", "GS_LOCAL", "MODULE", "SERVICE_IP", "EchoServer", "Topology",
-    "build", "client_ip", "dmesg", "gs_endpoint", "kernel_trouble", "load", "loaded", "open_in",
-    "pop_ip", "topology", "unload", "wait_for",
+    "DEV", "FOU_PORT", "GAME_PORT", "GS_LOCAL", "MODULE", "POPS", "POP_NET", "SERVICE_IP",
+    "Capture", "EchoServer", "RawSender", "Topology", "build", "client_ip", "dmesg", "fou_packet",
+    "gs_endpoint", "inner_udp", "kernel_trouble", "load", "loaded", "open_in", "pop_ip",
+    "table_config", "topology", "unload", "wait_for",
 ]  # fmt: skip
+
+# [fou_map] pops of the testbed: every POP of the one IP plan.
+POPS = (POP_NET,)
+
+
+def table_config(**kw: object) -> TableConfig:
+    """The testbed's fou_map config: its FOU port and POP prefixes, then kw."""
+    args: dict[str, object] = {"ports": (FOU_PORT,), "pops": POPS, **kw}
+    return TableConfig(**args)  # type: ignore[arg-type]
+
+
+def inner_udp(
+    src: str, sport: int, payload: bytes = b"ping", dst: str = SERVICE_IP, dport: int = GAME_PORT
+) -> bytes:
+    """A client's packet to the game service, as a POP puts it inside FOU."""
+    return bytes(IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / payload)
+
+
+def fou_packet(
+    src: str,
+    inner: bytes,
+    token: bytes = b"",
+    csum: bool | int = False,
+    dst: str = GS_LOCAL,
+    sport: int = 40000,
+) -> bytes:
+    """Outer IPv4/UDP to the FOU port around inner and token (AUTH.md's wire format).
+
+    csum: False sends a zero UDP checksum (none), True the right one, an int that
+    value as the checksum (a wrong one, for spoof tests).
+    """
+    payload = inner + token
+    udp = UDP(sport=sport, dport=FOU_PORT, len=8 + len(payload))
+    if csum is False:
+        udp.chksum = 0
+    elif csum is not True:
+        udp.chksum = int(csum)
+    return bytes(IP(src=src, dst=dst) / udp / Raw(payload))
+
+
+class RawSender:
+    """Sends whole IPv4 packets, any source, from inside ns (IP_HDRINCL): the POP that
+    appends tokens (the kernel's fou cannot) and the spoofer."""
+
+    def __init__(self, ns: netns.Namespace) -> None:
+        with ns.entered():
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+
+    def send(self, pkt: bytes) -> None:
+        self.sock.sendto(pkt, (socket.inet_ntoa(pkt[16:20]), 0))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Capture:
+    """IPv4 packets from src to dst arriving on ns's ifname, as on the wire (AF_PACKET).
+
+    Capture where nothing rewrites the packet after it: a tapped packet shares its data
+    with the one going up the stack, and the kernel's fou decapsulates IN PLACE
+    (fou_recv_pull() lowers tot_len). ``at_router`` is the router's end of the game
+    server's link, whose forwarding copies the packet first (skb_cow for the TTL).
+    """
+
+    ETH_P_IP = 0x0800
+    PACKET_HOST = 0
+    SO_RCVBUFFORCE = 33  # root may exceed rmem_max: a burst of replies must all fit
+
+    def __init__(
+        self, ns: netns.Namespace, dst: str, src: str = GS_LOCAL, ifname: str = "eth0"
+    ) -> None:
+        with ns.entered():
+            self.sock = socket.socket(
+                socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(self.ETH_P_IP)
+            )
+        self.sock.setsockopt(socket.SOL_SOCKET, self.SO_RCVBUFFORCE, 32 << 20)
+        self.sock.bind((ifname, self.ETH_P_IP))
+        self.sock.setblocking(False)
+        self.match = socket.inet_aton(src) + socket.inet_aton(dst)
+        self.packets: list[bytes] = []
+
+    @classmethod
+    def at_router(cls, topo: Topology, dst: str) -> Capture:
+        """What the game server sends to dst, as it left the game server."""
+        return cls(topo.nw.net, dst, ifname="g0")
+
+    def poll(self) -> list[bytes]:
+        """Every packet captured so far (read what has arrived since the last call)."""
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except BlockingIOError:
+                return self.packets
+            if addr[2] == self.PACKET_HOST and data[12:20] == self.match:
+                self.packets.append(data)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def load() -> None:

@@ -87,11 +87,14 @@ server = "{GS_LOCAL}"
 """
 
 
-def gs_toml(service_netns: str, state_file: Path) -> str:
+def gs_toml(service_netns: str, state_file: Path, auth_keys: tuple[str, ...] = ()) -> str:
+    """auth_keys: the same [auth] keys as the POPs' (fou_map checks and appends them)."""
+    auth = f"[auth]\nkeys = {json.dumps(list(auth_keys))}\n\n" if auth_keys else ""
     return f"""\
 # The game-server machine: fou_map and the FOU endpoint of the game service's netns.
-[fou_map]
+{auth}[fou_map]
 ports = [{FOU_PORT}]
+pops = ["{topology.POP_NET}"]
 idle_timeout = 300
 miss_policy = "pass"
 state_file = "{state_file}"
@@ -232,7 +235,7 @@ def _start(system: System, obj: Path, auth_keys: tuple[str, ...] = ()) -> None:
     nw, work = system.nw, system.work
     assert nw.service is not None
     gs_conf = work / "gs.toml"
-    gs_conf.write_text(gs_toml(nw.service.name, work / "fou_map.snapshot"))
+    gs_conf.write_text(gs_toml(nw.service.name, work / "fou_map.snapshot", auth_keys))
     svcs = system.services
 
     def start(name: str, ns: Namespace, argv: list[str | Path]) -> None:

@@ -54,6 +54,10 @@ def client_ip(i: int = 0) -> str:
     return f"10.99.0.{10 + i}"
 
 
+# Every POP's address (pop_ip) lies in it: fou_map's [fou_map] pops in every test.
+POP_NET = "10.41.0.0/16"
+
+
 def pop_ip(n: int) -> str:
     """POP n's address (1-based): the outer source of its FOU, its XDP pop_address."""
     return f"10.41.{n}.1"

@@ -1,4 +1,4 @@
-"""GENERATED codec for /dev/fou_map (ABI version 1).
+"""GENERATED codec for /dev/fou_map (ABI version 2).
 
 Rendered by ``invoke generate`` from tools/bifrost/abi/defs/fou_map.py;
 do not edit. Every record is a fixed-size little-endian struct that starts
@@ -15,12 +15,15 @@ from typing import ClassVar
 from bifrost.abi.runtime import AbiError, Record
 
 MAGIC = 0x464F554D
-ABI_VERSION = 1
+ABI_VERSION = 2
 HEADER_FORMAT = "<IHHII"
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
 # Default of IPv4 fields: one immutable instance shared by every record.
 ANY_IPV4 = ipaddress.IPv4Address("0.0.0.0")
 MAX_PORTS = 8
+MAX_POPS = 16
+MAX_KEYS = 4
+KEY_SIZE = 8
 MISS_PASS = 0
 MISS_DROP = 1
 ENTRY_STATIC = 1
@@ -55,6 +58,14 @@ COUNTERS: tuple[str, ...] = (
     "added",
     "deleted",
     "flushed",
+    "rx_not_pop",
+    "rx_martian",
+    "rx_bad_csum",
+    "rx_auth",
+    "rx_gso",
+    "tx_token",
+    "tx_token_failed",
+    "tx_gso",
 )
 
 
@@ -105,14 +116,18 @@ class Config(Record):
     """Set the netns's config (write), or the reply to CONFIG_GET. Entries are kept."""
 
     TYPE: ClassVar[int] = 3
-    FORMAT: ClassVar[str] = "<IHHIIIIII8H"
-    SIZE: ClassVar[int] = 48
+    FORMAT: ClassVar[str] = "<IHHIIIIII8HII64s16s"
+    SIZE: ClassVar[int] = 136
     OFFSETS: ClassVar[dict[str, int]] = {
         "n_ports": 16,
         "idle_timeout_ms": 20,
         "max_entries": 24,
         "miss_policy": 28,
         "ports": 32,
+        "n_pops": 48,
+        "reserved": 52,
+        "pop_addrs": 56,
+        "pop_lens": 120,
     }
     FIELDS: ClassVar[tuple[tuple[str, str, int], ...]] = (
         ("n_ports", "u32", 1),
@@ -120,12 +135,20 @@ class Config(Record):
         ("max_entries", "u32", 1),
         ("miss_policy", "u32", 1),
         ("ports", "u16", 8),
+        ("n_pops", "u32", 1),
+        ("reserved", "u32", 1),
+        ("pop_addrs", "u8", 64),
+        ("pop_lens", "u8", 16),
     )
     n_ports: int = 0
     idle_timeout_ms: int = 0
     max_entries: int = 0
     miss_policy: int = 0
     ports: tuple[int, ...] = ()
+    n_pops: int = 0
+    reserved: int = 0
+    pop_addrs: bytes = b""
+    pop_lens: bytes = b""
 
 
 @dataclass
@@ -294,6 +317,38 @@ class Flush(Record):
     reserved: int = 0
 
 
+@dataclass
+class Auth(Record):
+    """Set the netns's FOU authentication keys (write, swapped whole), or the reply to AUTH_GET.
+    keys[0] is appended to every FOU packet sent; each of the n_keys is accepted. n_keys 0: auth
+    off (nothing appended, no token required).
+    """
+
+    TYPE: ClassVar[int] = 13
+    FORMAT: ClassVar[str] = "<IHHIIII32s"
+    SIZE: ClassVar[int] = 56
+    OFFSETS: ClassVar[dict[str, int]] = {"n_keys": 16, "reserved": 20, "keys": 24}
+    FIELDS: ClassVar[tuple[tuple[str, str, int], ...]] = (
+        ("n_keys", "u32", 1),
+        ("reserved", "u32", 1),
+        ("keys", "u8", 32),
+    )
+    n_keys: int = 0
+    reserved: int = 0
+    keys: bytes = b""
+
+
+@dataclass
+class AuthGet(Record):
+    """Ask for the current AUTH; it is read() back."""
+
+    TYPE: ClassVar[int] = 14
+    FORMAT: ClassVar[str] = "<IHHII"
+    SIZE: ClassVar[int] = 16
+    OFFSETS: ClassVar[dict[str, int]] = {}
+    FIELDS: ClassVar[tuple[tuple[str, str, int], ...]] = ()
+
+
 RECORDS: dict[int, type[Record]] = {
     1: InfoReq,
     2: InfoReply,
@@ -307,6 +362,8 @@ RECORDS: dict[int, type[Record]] = {
     10: Add,
     11: Del,
     12: Flush,
+    13: Auth,
+    14: AuthGet,
 }
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bifrost.abi import fou_map as abi
+from bifrost.auth_config import AuthConfig
 from bifrost.config_schema import Reader, port_of
 from bifrost.fou_map.control import MISS_POLICIES, TableConfig
 
@@ -43,6 +44,9 @@ class FouMapConfig:
     metrics_address: str
     metrics_port: int  # 0: no metrics listener
     endpoint: EndpointConfig | None
+    # The host's top-level [auth] (bifrost.auth_config), put here by the daemon's load;
+    # None: auth off (nothing appended, no token required).
+    auth: AuthConfig | None = None
 
 
 def _interface(value: object) -> str:
@@ -58,10 +62,34 @@ def _prefix(value: object) -> str:
     return str(ipaddress.IPv4Network(value, strict=False))
 
 
+_MARTIAN_NETS = (
+    ipaddress.IPv4Network("0.0.0.0/8"),
+    ipaddress.IPv4Network("127.0.0.0/8"),
+    ipaddress.IPv4Network("224.0.0.0/4"),
+    ipaddress.IPv4Network("255.255.255.255/32"),
+)
+
+
+def _pop_prefix(value: object) -> str:
+    """A POP prefix FOU is accepted from: no host bits, no martian addresses in it."""
+    if not isinstance(value, str):
+        raise ValueError("expected an IPv4 prefix like 198.51.100.0/24")
+    try:
+        net = ipaddress.IPv4Network(value)
+    except ValueError as e:
+        raise ValueError(f"expected an IPv4 prefix like 198.51.100.0/24 ({e})") from None
+    if net.prefixlen == 0:
+        raise ValueError("0.0.0.0/0 would accept FOU from anyone; list the POPs' prefixes")
+    for bad in _MARTIAN_NETS:
+        if net.overlaps(bad):
+            raise ValueError(f"overlaps {bad}, which is never a POP's address")
+    return str(net)
+
+
 def refused_by_kernel(addr: ipaddress.IPv4Address) -> str | None:
     """Why fou_map's ADD refuses this address (fm_valid_unicast in kmod/fou_map/chardev.c)."""
-    if addr == ipaddress.IPv4Address("0.0.0.0"):
-        return "0.0.0.0 is not a host address"
+    if addr in ipaddress.IPv4Network("0.0.0.0/8"):
+        return "an address in 0.0.0.0/8 is not a host address"
     if addr.is_multicast:
         return "a multicast address (224.0.0.0/4) is not a host address"
     if addr == ipaddress.IPv4Address("255.255.255.255"):
@@ -105,7 +133,11 @@ def parse(sec: Reader) -> FouMapConfig:
     idle = sec.number("idle_timeout", abi.DEFAULT_IDLE_TIMEOUT_MS / 1000, lo=0.1)
     if idle * 1000 > abi.MAX_IDLE_TIMEOUT_MS:
         raise sec.fail("idle_timeout", idle, f"must be <= {abi.MAX_IDLE_TIMEOUT_MS // 1000}")
+    pops = tuple(sec.items("pops", _pop_prefix, []))
+    if len(pops) > abi.MAX_POPS or len(set(pops)) != len(pops):
+        raise sec.fail("pops", list(pops), f"expected at most {abi.MAX_POPS} distinct prefixes")
     table = TableConfig(
+        pops=pops,
         ports=ports,
         idle_timeout_ms=int(idle * 1000),
         max_entries=sec.integer(

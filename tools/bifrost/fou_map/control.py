@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,31 @@ MISS_POLICIES = {"pass": abi.MISS_PASS, "drop": abi.MISS_DROP}
 
 @dataclass(frozen=True)
 class TableConfig:
-    """What the module needs: FOU ports, idle timeout, table bound, miss policy."""
+    """What the module needs: FOU ports, idle timeout, table bound, miss policy, POP prefixes.
+
+    pops: the prefixes ("198.51.100.0/24") FOU packets are accepted and learned from;
+    none means the module drops every FOU packet (it learns from no one).
+    """
 
     ports: tuple[int, ...] = ()
     idle_timeout_ms: int = abi.DEFAULT_IDLE_TIMEOUT_MS
     max_entries: int = abi.DEFAULT_MAX_ENTRIES
     miss_policy: str = "pass"
+    pops: tuple[str, ...] = ()
+
+
+def pack_pops(pops: Sequence[str]) -> tuple[bytes, bytes]:
+    """CONFIG's pop_addrs (4 bytes each, network order) and pop_lens."""
+    if len(pops) > abi.MAX_POPS:
+        raise ValueError(f"at most {abi.MAX_POPS} POP prefixes, got {len(pops)}")
+    nets = [ipaddress.IPv4Network(p) for p in pops]
+    return b"".join(n.network_address.packed for n in nets), bytes(n.prefixlen for n in nets)
+
+
+def pack_keys(keys: Sequence[bytes]) -> bytes:
+    if len(keys) > abi.MAX_KEYS or any(len(k) != abi.KEY_SIZE for k in keys):
+        raise ValueError(f"expected at most {abi.MAX_KEYS} keys of {abi.KEY_SIZE} bytes")
+    return b"".join(keys)
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,7 @@ class FouMap(chardev.Device):
     def configure(self, cfg: TableConfig) -> None:
         if len(cfg.ports) > abi.MAX_PORTS:
             raise ValueError(f"at most {abi.MAX_PORTS} FOU ports, got {len(cfg.ports)}")
+        pop_addrs, pop_lens = pack_pops(cfg.pops)
         self.send(
             abi.Config(
                 n_ports=len(cfg.ports),
@@ -61,6 +82,9 @@ class FouMap(chardev.Device):
                 max_entries=cfg.max_entries,
                 miss_policy=MISS_POLICIES[cfg.miss_policy],
                 ports=tuple(cfg.ports),
+                n_pops=len(cfg.pops),
+                pop_addrs=pop_addrs,
+                pop_lens=pop_lens,
             )
         )
 
@@ -72,7 +96,20 @@ class FouMap(chardev.Device):
             idle_timeout_ms=rec.idle_timeout_ms,
             max_entries=rec.max_entries,
             miss_policy=policy,
+            pops=tuple(
+                str(ipaddress.IPv4Network((rec.pop_addrs[4 * i : 4 * i + 4], rec.pop_lens[i])))
+                for i in range(rec.n_pops)
+            ),
         )
+
+    def set_auth(self, keys: Sequence[bytes]) -> None:
+        """Swap the whole key set at once: keys[0] is sent, all are accepted; () is auth off."""
+        self.send(abi.Auth(n_keys=len(keys), keys=pack_keys(keys)))
+
+    def auth(self) -> tuple[bytes, ...]:
+        rec = self.call(abi.AuthGet())
+        size = abi.KEY_SIZE
+        return tuple(rec.keys[i * size : (i + 1) * size] for i in range(rec.n_keys))
 
     def stats(self) -> TableStats:
         rec = self.call(abi.StatsReq())

@@ -13,6 +13,7 @@ metrics: ``bifrost.daemon``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -26,6 +27,8 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
+from bifrost import config as cfgmod
+from bifrost.auth_config import AUTH_OFF_WARNING
 from bifrost.chardev import DeviceError
 from bifrost.config import ConfigError
 from bifrost.daemon import Daemon, MetricsServer, counters, gauges
@@ -89,6 +92,14 @@ class FouMapDaemon(Daemon[FouMapConfig]):
         metrics.add("fou_map", self.module_metrics)
 
     @classmethod
+    def load(cls, path: Path) -> FouMapConfig:
+        """[fou_map] with the host's [auth] attached: the keys go to the module too."""
+        top = cfgmod.load(path)
+        if top.fou_map is None:
+            raise ConfigError(f"{path}: no [{cls.SECTION}] section")
+        return dataclasses.replace(top.fou_map, auth=top.auth)
+
+    @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--state", help=f"snapshot file (default: {DEFAULT_STATE})")
 
@@ -96,7 +107,18 @@ class FouMapDaemon(Daemon[FouMapConfig]):
         return FouMap(self.cfg.device)
 
     def apply(self, fm: FouMap) -> None:
-        """Config, static entries, and whatever of the snapshot is missing."""
+        """Auth keys, config, static entries, and whatever of the snapshot is missing.
+
+        The keys go first: once the config names the ports and POPs, packets are
+        checked, and with keys configured none may pass unauthenticated meanwhile.
+        """
+        keys = self.cfg.auth.keys if self.cfg.auth else ()
+        try:
+            fm.set_auth(keys)
+        except DeviceError as e:
+            if e.errno in _REFUSALS:
+                raise Refused(f"[auth] keys ({len(keys)}): {e}") from None
+            raise
         try:
             fm.configure(self.cfg.table)
         except DeviceError as e:
@@ -158,10 +180,13 @@ class FouMapDaemon(Daemon[FouMapConfig]):
 
     def module_metrics(self) -> list[Metric]:
         with self.lock, self.open() as fm:
-            counters_now, st = fm.counters(), fm.stats()
+            counters_now, st, keys = fm.counters(), fm.stats(), fm.auth()
         return [
             *counters("bifrost_fou_map", counters_now, "fou_map module counter"),
             *gauges("bifrost_fou_map", {n: getattr(st, n) for n in GAUGES}, "fou_map table"),
+            *gauges(
+                "bifrost_fou_map", {"auth_keys": len(keys)}, "accepted FOU auth keys (0: auth off)"
+            ),
         ]
 
     def run(self) -> int:
@@ -173,6 +198,12 @@ class FouMapDaemon(Daemon[FouMapConfig]):
             return 2
 
     def _run(self) -> int:
+        if self.cfg.auth is None:
+            log.warning("%s", AUTH_OFF_WARNING)
+        if not self.cfg.table.pops:
+            log.warning(
+                "%s.pops is empty: fou_map accepts FOU from no POP and learns nothing", self.SECTION
+            )
         # The first apply must succeed before READY=1; wait for the module.
         while not self.stop.is_set():
             try:

@@ -5,6 +5,12 @@ towards the route's gateway (the default POP) unless fou_map rewrites the
 outer destination to the POP the client came in by. ``up`` returns only when
 the device is up, its addresses are installed (not tentative) and a socket can
 bind them, so a game server started right after it never races the setup.
+
+Room for fou_map's auth token (AUTH.md: 8 bytes after the inner packet): the
+tunnel's MTU is made 8 bytes smaller than the kernel's default when the device
+is created, and its gso_max_segs is 1, so the stack segments GSO packets
+before they are encapsulated and every FOU packet fou_map sees can carry its
+own token (fou_map refuses a GSO FOU packet when keys are set: ``tx_gso``).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ log = logging.getLogger(__name__)
 
 IFA_F_TENTATIVE = 0x40
 IFF_UP = 0x1
+TOKEN_ROOM = 8  # bytes of fou_map's auth trailer
 
 
 class EndpointError(RuntimeError):
@@ -152,6 +159,10 @@ def up(ep: Endpoint, timeout: float = 10.0) -> None:
     if not _link_matches(ep):
         _ip(ep, ["link", "del", "dev", ep.ifname], check=False)
         _ip(ep, ["link", "add", "name", ep.ifname, *_link_args(ep)])
+        with _ipr(ep) as ipr:
+            mtu = int(ipr.get_links(ipr.link_lookup(ifname=ep.ifname)[0])[0].get_attr("IFLA_MTU"))
+        _ip(ep, ["link", "set", "dev", ep.ifname, "mtu", str(mtu - TOKEN_ROOM)])
+    _ip(ep, ["link", "set", "dev", ep.ifname, "gso_max_segs", "1"])
     for cidr in ep.addresses:
         # replace: idempotent, and a changed prefix length is corrected.
         _ip(ep, ["addr", "replace", cidr, "dev", ep.ifname])

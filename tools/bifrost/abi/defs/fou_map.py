@@ -6,6 +6,9 @@ from bifrost.abi.defs import common
 from bifrost.abi.spec import Constant, Device, Field, Record
 
 MAX_PORTS = 8
+MAX_POPS = 16
+MAX_KEYS = 4
+KEY_SIZE = 8
 
 CONFIG = Record(
     "config",
@@ -17,6 +20,16 @@ CONFIG = Record(
         Field("max_entries", "u32", doc="table size bound (1..MAX_ENTRIES_LIMIT)"),
         Field("miss_policy", "u32", doc="FM_MISS_PASS or FM_MISS_DROP"),
         Field("ports", "u16", MAX_PORTS, doc="FOU UDP ports, host byte order"),
+        Field("n_pops", "u32", doc="how many entries of pop_addrs[]/pop_lens[] are used (0..16)"),
+        Field("reserved", "u32"),
+        Field(
+            "pop_addrs",
+            "u8",
+            MAX_POPS * 4,
+            doc="POP prefixes FOU is accepted and learned from: 4 bytes each, network order,"
+            " no host bits set",
+        ),
+        Field("pop_lens", "u8", MAX_POPS, doc="their prefix lengths, 1..32"),
     ),
 )
 CONFIG_GET = Record("config_get", 4, "Ask for the current CONFIG; it is read() back.")
@@ -84,12 +97,25 @@ FLUSH = Record(
     "Delete every learned entry; with FM_FLUSH_STATIC static ones too.",
     (Field("scope", "u32", doc="0 or FM_FLUSH_STATIC"), Field("reserved", "u32")),
 )
+AUTH = Record(
+    "auth",
+    13,
+    "Set the netns's FOU authentication keys (write, swapped whole), or the reply to AUTH_GET."
+    " keys[0] is appended to every FOU packet sent; each of the n_keys is accepted. n_keys 0:"
+    " auth off (nothing appended, no token required).",
+    (
+        Field("n_keys", "u32", doc="0 (off) or 1..MAX_KEYS; unused keys must be zero"),
+        Field("reserved", "u32"),
+        Field("keys", "u8", MAX_KEYS * KEY_SIZE, doc="8 bytes each, as on the wire; not all zero"),
+    ),
+)
+AUTH_GET = Record("auth_get", 14, "Ask for the current AUTH; it is read() back.")
 
 DEVICE = Device(
     name="fou_map",
     prefix="fm",
     magic=0x464F554D,  # "FOUM"
-    abi_version=1,
+    abi_version=2,
     doc="""
 Control device of the fou_map module. open() needs CAP_NET_ADMIN in the user
 namespace owning the opener's network namespace (EPERM otherwise) and binds the
@@ -99,7 +125,10 @@ values), EPROTO (other ABI version), E2BIG (longer than any record), ENOSPC (no
 room: max_entries bounds every entry, static ones included, so a learned-like
 ADD, new or turning a static entry learned, is refused when the table is full of
 static entries or already over max_entries), ENOENT (DEL of a missing client),
-ENOMEM, or ENOBUFS (too many unread replies). bad_writes counts the refusals
+ENOMEM, or ENOBUFS (too many unread replies). CONFIG's POP prefixes and AUTH's
+keys are refused with EINVAL when a used one is malformed (host bits set, length
+0 or over 32, a martian prefix; an all-zero or repeated key) or an unused one is
+not zero. bad_writes counts the refusals
 that are the writer's fault: not ENOENT, ENOMEM or ENOBUFS. Replies are read()
 back in order; read() returns whole records only (EMSGSIZE when the buffer
 cannot hold the next one) and 0 when nothing is pending. A dump (DUMP_REQ)
@@ -119,9 +148,14 @@ records are pending.
         ADD,
         DEL,
         FLUSH,
+        AUTH,
+        AUTH_GET,
     ),
     constants=(
         Constant("MAX_PORTS", MAX_PORTS, "room in CONFIG.ports"),
+        Constant("MAX_POPS", MAX_POPS, "room in CONFIG.pop_addrs"),
+        Constant("MAX_KEYS", MAX_KEYS, "room in AUTH.keys"),
+        Constant("KEY_SIZE", KEY_SIZE, "bytes of one key, appended as the FOU trailer"),
         Constant("MISS_PASS", 0, "unmapped client: send unchanged to the tunnel's remote"),
         Constant("MISS_DROP", 1, "unmapped client: drop the packet"),
         Constant("ENTRY_STATIC", 1, "entry flag: added by the operator, never expires"),
@@ -156,5 +190,13 @@ records are pending.
         "added",
         "deleted",
         "flushed",
+        "rx_not_pop",
+        "rx_martian",
+        "rx_bad_csum",
+        "rx_auth",
+        "rx_gso",
+        "tx_token",
+        "tx_token_failed",
+        "tx_gso",
     ),
 )
