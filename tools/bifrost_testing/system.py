@@ -48,6 +48,9 @@ LAB_OBJECT = BUILD_DIR / "lab" / "bifrost_xdp.o"
 RULE_ID = 1  # the one rule of the POPs' config (ids follow the rules' order)
 # A Python process starting in a TCG guest on a loaded host can take a minute.
 READY_TIMEOUT_S = 300.0
+# The system runs as an operator would run it: FOU authenticated both ways (the
+# POPs' XDP and fou_map append and check this key), so the game module validates.
+AUTH_KEYS = ("5bd0c2a1e4f39687",)
 
 
 def pop_toml(n: int, pin_base: Path, auth_keys: tuple[str, ...] = ()) -> str:
@@ -197,7 +200,7 @@ def delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -
 
 @contextlib.contextmanager
 def running(
-    work: Path, obj: Path = OBJECT, prefix: str = "bfe", auth_keys: tuple[str, ...] = ()
+    work: Path, obj: Path = OBJECT, prefix: str = "bfe", auth_keys: tuple[str, ...] = AUTH_KEYS
 ) -> Iterator[System]:
     """Bring the whole system up on a fresh network; tear all of it down on exit.
     auth_keys: the POPs' [auth] keys (see pop_toml); none: FOU is not authenticated."""
