@@ -231,6 +231,43 @@ static __always_inline int bfx_fou_decap(struct xdp_md *ctx, const struct bfx_ne
 }
 
 /*
+ * Make room for the token when the frame has no tailroom: grow the head by
+ * 8 bytes and move the first len bytes (headers and inner packet) down into
+ * it, leaving the 8 bytes after them free. A driver's frame usually has
+ * tailroom; veth on 6.12 builds a copied frame (skb_pp_cow_data) whose
+ * tailroom is only its cache-line slack, so bpf_xdp_adjust_tail() fails for
+ * about one length in eight. Chunks are copied front to back: each reads 8
+ * bytes above where it writes, so no chunk overwrites bytes not yet read.
+ */
+#define BFX_SHIFT_CHUNK 64
+static __always_inline int bfx_shift_to_head(struct xdp_md *ctx, __u32 len)
+{
+	__u8 buf[2 * BFX_SHIFT_CHUNK];
+	__u32 i, off;
+	__u64 n;
+
+	if (len > 32 * BFX_SHIFT_CHUNK || bpf_xdp_adjust_head(ctx, -BFX_AUTH_KEY_BYTES))
+		return -1;
+	for (i = 0; i < 32; i++) {
+		off = i * BFX_SHIFT_CHUNK;
+		if (off >= len)
+			break;
+		n = len - off;
+		if (n > BFX_SHIFT_CHUNK)
+			n = BFX_SHIFT_CHUNK;
+		/*
+		 * The verifier must see the size bounded by buf; clang drops a
+		 * plain mask it can prove redundant, so the mask is asm.
+		 */
+		asm volatile("%[n] &= 127" : [n] "+r"(n));
+		if (n == 0 || bpf_xdp_load_bytes(ctx, off + BFX_AUTH_KEY_BYTES, buf, n) ||
+		    bpf_xdp_store_bytes(ctx, off, buf, n))
+			return -1;
+	}
+	return 0;
+}
+
+/*
  * Authenticated FOU (AUTH.md): the send key, 8 bytes in wire order, right
  * after the inner packet of an encapsulated frame, which then ends there
  * (Ethernet padding behind the inner packet is cut). 0 on success.
@@ -244,8 +281,11 @@ static __always_inline int bfx_auth_append(struct xdp_md *ctx, __u32 inner_len, 
 	int delta = (int)(at + BFX_AUTH_KEY_BYTES) - (int)(data_end - data);
 	void *tok;
 
-	if (delta && bpf_xdp_adjust_tail(ctx, delta))
-		return -1;
+	if (delta && bpf_xdp_adjust_tail(ctx, delta)) {
+		/* Only growing fails: no tailroom (below). */
+		if (bfx_shift_to_head(ctx, at) || bpf_xdp_adjust_tail(ctx, delta - BFX_AUTH_KEY_BYTES))
+			return -1;
+	}
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	tok = data + at;
