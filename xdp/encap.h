@@ -256,11 +256,15 @@ static __always_inline int bfx_shift_to_head(struct xdp_md *ctx, __u32 len)
 		if (n > BFX_SHIFT_CHUNK)
 			n = BFX_SHIFT_CHUNK;
 		/*
-		 * The verifier must see the size bounded by buf; clang drops a
-		 * plain mask it can prove redundant, so the mask is asm.
+		 * The verifier must see the size within 1..sizeof(buf) (6.1
+		 * refuses a size that may be zero); clang drops a plain mask it
+		 * can prove redundant, so the bounding is asm: n is 1..64 here,
+		 * and ((n - 1) & 127) + 1 leaves it so.
 		 */
+		asm volatile("%[n] += -1" : [n] "+r"(n));
 		asm volatile("%[n] &= 127" : [n] "+r"(n));
-		if (n == 0 || bpf_xdp_load_bytes(ctx, off + BFX_AUTH_KEY_BYTES, buf, n) ||
+		asm volatile("%[n] += 1" : [n] "+r"(n));
+		if (bpf_xdp_load_bytes(ctx, off + BFX_AUTH_KEY_BYTES, buf, n) ||
 		    bpf_xdp_store_bytes(ctx, off, buf, n))
 			return -1;
 	}
