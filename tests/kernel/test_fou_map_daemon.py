@@ -24,13 +24,8 @@ METRICS_PORT = 9469
 
 @pytest.fixture(scope="module", autouse=True)
 def module():
-    topo.load()
-    before = topo.dmesg()
-    yield
-    trouble = topo.kernel_trouble(topo.dmesg()[len(before) :])
-    if topo.loaded():
-        topo.unload()
-    assert not trouble, trouble
+    with topo.module_for_tests():
+        yield
 
 
 class Foumapd:

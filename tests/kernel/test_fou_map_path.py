@@ -16,12 +16,8 @@ PORTS = (topo.FOU_PORT,)
 
 @pytest.fixture(scope="module", autouse=True)
 def module():
-    topo.load()
-    before = topo.dmesg()
-    yield
-    trouble = topo.kernel_trouble(topo.dmesg()[len(before) :])
-    topo.unload()
-    assert not trouble, trouble
+    with topo.module_for_tests():
+        yield
 
 
 @pytest.fixture(scope="module")

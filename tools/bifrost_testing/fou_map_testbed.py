@@ -55,8 +55,8 @@ DEV = Path("/dev/fou_map")
 __all__ = [
     "DEV", "FOU_PORT", "GAME_PORT", "GS_LOCAL", "MODULE", "POPS", "POP_NET", "SERVICE_IP",
     "Capture", "EchoServer", "RawSender", "Topology", "build", "client_ip", "dmesg", "fou_packet",
-    "gs_endpoint", "inner_udp", "kernel_trouble", "load", "loaded", "open_in", "pop_ip",
-    "table_config", "topology", "unload", "wait_for",
+    "gs_endpoint", "inner_udp", "kernel_trouble", "load", "loaded", "module_for_tests", "open_in",
+    "pop_ip", "table_config", "topology", "unload", "wait_for",
 ]  # fmt: skip
 
 # [fou_map] pops of the testbed: every POP of the one IP plan.
@@ -174,6 +174,19 @@ def unload() -> None:
 
 def loaded() -> bool:
     return Path(f"/sys/module/{MODULE}").exists()
+
+
+@contextlib.contextmanager
+def module_for_tests() -> Iterator[None]:
+    """fou_map loaded for a test module, unloaded after it (unless a test already did);
+    fails when the kernel logged an oops, BUG or warning meanwhile."""
+    load()
+    before = dmesg()
+    yield
+    trouble = kernel_trouble(dmesg()[len(before) :])
+    if loaded():
+        unload()
+    assert not trouble, trouble
 
 
 def open_in(ns: netns.Namespace) -> FouMap:
