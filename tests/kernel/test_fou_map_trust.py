@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -31,15 +30,25 @@ K2 = bytes.fromhex("fedcba9876543210")
 SO_NO_CHECK = 11
 
 
+def replies_without_inner_checksum(net: topo.Topology, client: socket.socket, port: int) -> None:
+    """Two replies (odd and even length) whose inner UDP checksum is done in software
+    (SO_NO_CHECK: none); each must reach the client."""
+    with net.gs.entered():
+        plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    plain.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+    plain.bind((topo.SERVICE_IP, 0))
+    try:
+        for n in (3, 4):
+            plain.sendto(b"n" * n, (topo.client_ip(0), port))
+            assert client.recvfrom(2048)[0] == b"n" * n
+    finally:
+        plain.close()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def module():
-    topo.load()
-    before = topo.dmesg()
-    yield
-    trouble = topo.kernel_trouble(topo.dmesg()[len(before) :])
-    if topo.loaded():
-        topo.unload()
-    assert not trouble, trouble
+    with topo.module_for_tests():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -203,14 +212,7 @@ def test_authenticated_packets_learn_and_replies_carry_the_token(net):
             assert data == payload
         assert table(net) == {topo.client_ip(0): topo.pop_ip(2)}
         # A reply whose inner checksum is done in software (SO_NO_CHECK: none).
-        with net.gs.entered():
-            plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        plain.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
-        plain.bind((topo.SERVICE_IP, 0))
-        for n in (3, 4):
-            plain.sendto(b"n" * n, (topo.client_ip(0), port))
-            assert s.recvfrom(2048)[0] == b"n" * n
-        plain.close()
+        replies_without_inner_checksum(net, s, port)
         total = len(sizes) + 2
         assert topo.wait_for(lambda: len(cap.poll()) >= total)
         replies = cap.poll()
@@ -271,14 +273,7 @@ def test_offloaded_outer_checksum_counts_the_token(net, gs_tx_csum_offload):
     try:
         pop2.send(topo.fou_packet(topo.pop_ip(2), topo.inner_udp(topo.client_ip(0), port), K1))
         assert s.recvfrom(2048)[0] == b"ping"
-        with net.gs.entered():
-            plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        plain.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
-        plain.bind((topo.SERVICE_IP, 0))
-        for n in (3, 4):
-            plain.sendto(b"n" * n, (topo.client_ip(0), port))
-            assert s.recvfrom(2048)[0] == b"n" * n
-        plain.close()
+        replies_without_inner_checksum(net, s, port)
         assert topo.wait_for(lambda: len(cap.poll()) >= 3)
         seeded = cap.poll()[1:]
         for p in seeded:
@@ -400,28 +395,10 @@ def test_key_rollover_under_traffic_loses_no_packet(net):
     assert len(tokens) >= len(traffic.sent)
 
 
-@pytest.fixture
-def hooks_kept(net):
-    """On 6.12 under TCG, removing the first netfilter hook at a hook point while
-    packets flow panics the guest (kernel-test-vm.md): an nftables table keeps a chain
-    at fou_map's hook points (input, output) of the game server's netns meanwhile."""
-    subprocess.run(["modprobe", "nf_tables"], check=True)
-    rules = (
-        "table ip fm_keep {\n"
-        " chain in { type filter hook input priority 0; }\n"
-        " chain out { type filter hook output priority 0; }\n"
-        "}\n"
-    )
-    subprocess.run(["ip", "netns", "exec", net.gs.name, "nft", "-f", "-"], input=rules,
-                   text=True, check=True)  # fmt: skip
-    yield
-    subprocess.run(["ip", "netns", "exec", net.gs.name, "nft", "delete", "table", "ip", "fm_keep"],
-                   check=True)  # fmt: skip
-
-
-def test_unload_under_authenticated_traffic(net, hooks_kept):
+def test_unload_under_authenticated_traffic(net):
     """rmmod while the POP sends authenticated traffic and fou_map appends tokens: no
-    oops (the module fixture checks the kernel log); loaded again, it serves again."""
+    oops (the module fixture checks the kernel log); loaded again, it serves again.
+    The hook points' static keys stay on throughout (conftest's session chains)."""
     traffic = AuthTraffic(net, interval=0.002)
     try:
         assert topo.wait_for(lambda: traffic.echoes_after(50), timeout=30)

@@ -17,14 +17,12 @@ whole life, so no rmmod can happen while it runs; the test plays its part here,
 re-adding the service and answers after each reload as the daemon does at start.
 
 On 6.12 under TCG, the first netfilter hook registered or removed at a hook point while
-packets flow panics the guest (kernel-test-vm.md): an nftables table keeps a chain at
-PRE_ROUTING, LOCAL_IN (fou_map's ingress check) and LOCAL_OUT for the whole test, so the
-static keys never flip.
+packets flow panics the guest (kernel-test-vm.md): tests/kernel/conftest.py keeps a chain
+at every IPv4 hook point for the whole session, so the static keys never flip.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -32,7 +30,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cache_env
@@ -109,24 +106,6 @@ def grown(before: dict[str, int], after: dict[str, int], slack: int) -> dict[str
     return {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0) > slack}
 
 
-@contextlib.contextmanager
-def hooks_kept() -> Iterator[netns.Namespace]:
-    keep = netns.Namespace("keep")
-    rules = (
-        "table ip bifrost_keep {\n"
-        " chain pre { type filter hook prerouting priority 0; }\n"
-        " chain in { type filter hook input priority 0; }\n"
-        " chain out { type filter hook output priority 0; }\n"
-        "}\n"
-    )
-    subprocess.run(["ip", "netns", "exec", keep.name, "nft", "-f", "-"], input=rules,
-                   text=True, check=True)  # fmt: skip
-    try:
-        yield keep
-    finally:
-        keep.close()
-
-
 def rmmod_retry(*modules: str) -> None:
     """The fou_map daemon holds the device for a moment each cycle: retry around it."""
     for _ in range(400):
@@ -167,7 +146,7 @@ def test_unload_reload_200_times_under_traffic(tmp_path):
         subprocess.run(["rmmod", m], capture_output=True)
     before_dmesg = cache_env.dmesg()
     slab0 = settled_slab_objects()
-    with hooks_kept(), cache_env.topo(f"ul{os.getpid() % 10000}") as a2s, \
+    with cache_env.topo(f"ul{os.getpid() % 10000}") as a2s, \
             topo.topology(cfg=None) as fou:  # fmt: skip
         cache_env.load()
         topo.load()
