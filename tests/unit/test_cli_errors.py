@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,22 @@ def test_map_add_refuses_what_the_kernel_refuses(
 ) -> None:
     assert main(["map", "add", client, pop]) == 1
     assert f"bifrost: {message}" in capsys.readouterr().err
+
+
+def _slow_child() -> bytes:
+    time.sleep(3)
+    return b"done"
+
+
+def test_namespace_helper_may_answer_slower_than_pyroute2s_default() -> None:
+    """CI's 6.12 guest timed out creating a namespace after pyroute2's 2 s default.
+
+    Namespace creation waits for the kernel's pending namespace cleanups, so the
+    forked helper gets bifrost.netns.CHILD_TIMEOUT_S; a 3 s answer must arrive.
+    """
+    from pyroute2.process import ChildProcess
+
+    assert netns.CHILD_TIMEOUT_S >= 30
+    with ChildProcess(target=_slow_child, args=[]) as proc:
+        payload, _fds = proc.communicate()
+    assert payload == b"done"

@@ -22,9 +22,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
+import pyroute2.config
 from pyroute2 import IPRoute, NetNS, netns
 
 log = logging.getLogger(__name__)
+
+# pyroute2 creates and enters namespaces through a forked helper and gives it
+# 2 s to answer. Creating a namespace waits for the kernel's pending namespace
+# cleanups (pernet_ops_rwsem), which after a burst of teardowns on a loaded
+# machine, or in a TCG guest, takes longer: CI's 6.12 guest timed out there.
+CHILD_TIMEOUT_S = 60
+pyroute2.config.default_communicate_timeout = max(
+    pyroute2.config.default_communicate_timeout, CHILD_TIMEOUT_S
+)
+pyroute2.config.default_create_socket_timeout = max(
+    pyroute2.config.default_create_socket_timeout, CHILD_TIMEOUT_S
+)
 _counter = itertools.count()
 NETNS_DIR = Path("/run/netns")
 
