@@ -306,47 +306,48 @@ static __always_inline void bfx_write_eth(struct ethhdr *eth, const struct bfx_n
  * mostly that small. Longer packets, and frames with Ethernet padding after
  * the packet, take bpf_xdp_adjust_tail.
  */
-#define BFX_MOVE_MAX 256
-#define BFX_MOVE_BLOCK 32
+#define BFX_MOVE_MAX 255
+
+/*
+ * An offset into the packet, masked where clang cannot see it: clang folds a
+ * plain mask into arithmetic the verifier cannot bound (as bfx_load_be16()).
+ */
+static __always_inline __u64 bfx_move_off(__u64 off)
+{
+	asm volatile("%[off] &= 255" : [off] "+r"(off));
+	return off;
+}
 
 /*
  * Move the len bytes at p 8 bytes towards the frame's start, front to back
- * (each store lands below every byte not yet loaded). 8 <= len <=
- * BFX_MOVE_MAX; the caller proved p - 8 is inside the frame.
+ * (each store lands below every byte not yet loaded): a chunk per set bit
+ * of len, each with one bounds check, then the last 1..7 bytes as one
+ * 8-byte move ending at len. 8 <= len <= BFX_MOVE_MAX; the caller proved
+ * p - 8 is inside the frame.
  */
+#define BFX_DOWN_CHUNK(n)						\
+	if (len & (n)) {						\
+		s = p + bfx_move_off(off);				\
+		if ((void *)s + (n) > data_end)				\
+			return -1;					\
+		_Pragma("unroll")					\
+		for (i = 0; i < (n) / 8; i++)				\
+			s[i - 1] = s[i];				\
+		off += (n);						\
+	}
 static __always_inline int bfx_move_down8(void *p, __u32 len, void *data_end)
 {
-	__u64 *s, a, b, c, d;
-	__u32 i, off = 0;
+	int i;
+	__u32 off = 0;
+	__u64 *s;
 
-	for (i = 0; i < BFX_MOVE_MAX / BFX_MOVE_BLOCK; i++) {
-		if (off + BFX_MOVE_BLOCK > len)
-			break;
-		s = p + off;
-		if ((void *)(s + 4) > data_end)
-			return -1;
-		a = s[0];
-		b = s[1];
-		c = s[2];
-		d = s[3];
-		s[-1] = a;
-		s[0] = b;
-		s[1] = c;
-		s[2] = d;
-		off += BFX_MOVE_BLOCK;
-	}
-	for (i = 0; i < BFX_MOVE_BLOCK / 8; i++) {
-		if (off + 8 > len)
-			break;
-		s = p + off;
-		if ((void *)(s + 1) > data_end)
-			return -1;
-		s[-1] = s[0];
-		off += 8;
-	}
-	/* The last 1..7 bytes: one 8-byte move ending at len, re-copying some. */
-	if (off < len) {
-		s = p + ((len - 8) & (BFX_MOVE_MAX - 1));
+	BFX_DOWN_CHUNK(128)
+	BFX_DOWN_CHUNK(64)
+	BFX_DOWN_CHUNK(32)
+	BFX_DOWN_CHUNK(16)
+	BFX_DOWN_CHUNK(8)
+	if (len & 7) {
+		s = p + bfx_move_off(len - 8);
 		if ((void *)(s + 1) > data_end)
 			return -1;
 		s[-1] = s[0];
@@ -355,41 +356,33 @@ static __always_inline int bfx_move_down8(void *p, __u32 len, void *data_end)
 }
 
 /*
- * Move the len bytes at p 8 bytes towards the frame's end, back to front.
- * 8 <= len <= BFX_MOVE_MAX; the caller proved p + len + 8 is inside the frame.
+ * Move the len bytes at p 8 bytes towards the frame's end, back to front:
+ * the chunks of bfx_move_down8() from the end, then the first 1..7 bytes as
+ * one 8-byte move from p. 8 <= len <= BFX_MOVE_MAX; the caller proved
+ * p + len + 8 is inside the frame.
  */
+#define BFX_UP_CHUNK(n)							\
+	if (len & (n)) {						\
+		end -= (n);						\
+		s = p + bfx_move_off(end);				\
+		if ((void *)s + (n) + 8 > data_end)			\
+			return -1;					\
+		_Pragma("unroll")					\
+		for (i = (n) / 8; i > 0; i--)				\
+			s[i] = s[i - 1];				\
+	}
 static __always_inline int bfx_move_up8(void *p, __u32 len, void *data_end)
 {
-	__u64 *s, a, b, c, d;
-	__u32 i, end = len;
+	int i;
+	__u32 end = len;
+	__u64 *s;
 
-	for (i = 0; i < BFX_MOVE_MAX / BFX_MOVE_BLOCK; i++) {
-		if (end < BFX_MOVE_BLOCK)
-			break;
-		end -= BFX_MOVE_BLOCK;
-		s = p + (end & (BFX_MOVE_MAX - 1));
-		if ((void *)(s + 5) > data_end)
-			return -1;
-		a = s[0];
-		b = s[1];
-		c = s[2];
-		d = s[3];
-		s[4] = d;
-		s[3] = c;
-		s[2] = b;
-		s[1] = a;
-	}
-	for (i = 0; i < BFX_MOVE_BLOCK / 8; i++) {
-		if (end < 8)
-			break;
-		end -= 8;
-		s = p + (end & (BFX_MOVE_MAX - 1));
-		if ((void *)(s + 2) > data_end)
-			return -1;
-		s[1] = s[0];
-	}
-	/* The first 1..7 bytes: one 8-byte move from p, re-copying some. */
-	if (end) {
+	BFX_UP_CHUNK(128)
+	BFX_UP_CHUNK(64)
+	BFX_UP_CHUNK(32)
+	BFX_UP_CHUNK(16)
+	BFX_UP_CHUNK(8)
+	if (len & 7) {
 		s = p;
 		if ((void *)(s + 2) > data_end)
 			return -1;
@@ -435,7 +428,7 @@ static __always_inline int bfx_fou_encap(struct xdp_md *ctx, const struct bfx_in
 		    bfx_move_down8((void *)(udp + 1) + BFX_AUTH_KEY_BYTES, len, data_end))
 			return -1;
 		BFX_MOVED(-(int)len);
-		tok = (void *)(udp + 1) + (len & (BFX_MOVE_MAX * 2 - 1));
+		tok = (void *)(udp + 1) + (len & BFX_MOVE_MAX);
 		if ((void *)(tok + 1) > data_end)
 			return -1;
 		*tok = *key;

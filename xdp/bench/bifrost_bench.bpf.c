@@ -121,9 +121,9 @@ static __always_inline int bench_unmove(void *data, void *data_end)
 	bench_moved = 0;
 	if (moved < 0)
 		return bfx_move_up8(data + sizeof(struct ethhdr) - BFX_AUTH_KEY_BYTES,
-				    -moved & (BFX_MOVE_MAX * 2 - 1), data_end);
+				    -moved & BFX_MOVE_MAX, data_end);
 	return bfx_move_down8(data + sizeof(struct ethhdr) + BFX_FOU_OVERHEAD + BFX_AUTH_KEY_BYTES,
-			      moved & (BFX_MOVE_MAX * 2 - 1), data_end);
+			      moved & BFX_MOVE_MAX, data_end);
 }
 
 /*
