@@ -109,21 +109,25 @@ static __attribute__((noinline)) int bench_tail(struct xdp_md *ctx, __u8 *buf, i
 
 /*
  * Move back the inner packet that encap or decap moved by 8 bytes (BFX_MOVED),
- * in the frame whose ends are restored: encap moved it from just after the
- * Ethernet header to 8 bytes before that, decap from just after the outer
- * UDP header to 8 bytes after it. The 8 bytes each move overwrote lie in the
- * first BENCH_SAVE or the last BENCH_TAIL bytes, which are copied back after.
+ * in the frame whose ends are restored, as far as the copies of its first
+ * BENCH_SAVE and last BENCH_TAIL bytes that follow do not put it back anyway:
+ * encap moved it from just after the Ethernet header to 8 bytes before that,
+ * decap from just after the outer UDP header to 8 bytes after it. A middle
+ * shorter than 8 bytes is moved as 8, whose excess the copies overwrite.
  */
-static __always_inline int bench_unmove(void *data, void *data_end)
+static __always_inline int bench_unmove(void *data, void *data_end, int len0)
 {
-	int moved = bench_moved;
+	int moved = bench_moved, mid = len0 - BENCH_TAIL - BENCH_SAVE;
 
 	bench_moved = 0;
+	if (mid <= 0)
+		return 0;
 	if (moved < 0)
-		return bfx_move_up8(data + sizeof(struct ethhdr) - BFX_AUTH_KEY_BYTES,
-				    -moved & BFX_MOVE_MAX, data_end);
-	return bfx_move_down8(data + sizeof(struct ethhdr) + BFX_FOU_OVERHEAD + BFX_AUTH_KEY_BYTES,
-			      moved & BFX_MOVE_MAX, data_end);
+		return bfx_move_up8(data + BENCH_SAVE - 8, (mid < 8 ? 8 : mid) & BFX_MOVE_MAX,
+				    data_end);
+	if (mid < 8)	/* the 8 bytes that end the middle */
+		return bfx_move_down8(data + BENCH_SAVE + (mid & 7), 8, data_end);
+	return bfx_move_down8(data + BENCH_SAVE + 8, mid & BFX_MOVE_MAX, data_end);
 }
 
 /*
@@ -162,7 +166,7 @@ int name(struct xdp_md *ctx)							\
 	}									\
 	data = (void *)(long)ctx->data;						\
 	data_end = (void *)(long)ctx->data_end;					\
-	if (bench_moved && bench_unmove(data, data_end))			\
+	if (bench_moved && bench_unmove(data, data_end, len0))		\
 		return XDP_ABORTED;						\
 	if (data + BENCH_SAVE > data_end)					\
 		return XDP_ABORTED;						\
