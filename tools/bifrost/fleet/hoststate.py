@@ -248,7 +248,8 @@ class HostState:
             return done
 
     def rollback(self) -> list[str]:
-        """Back to the config (and object) that ran before the last apply."""
+        """Back to the config (and object) that ran before the last apply, and to DKMS's
+        install of the module version that apply replaced."""
         with self.locked():
             prev_cfg = self.previous / "bifrost.toml"
             if not prev_cfg.exists():
@@ -259,7 +260,10 @@ class HostState:
             replaced = self._replaced_kmod()
             self._restore()
             lines = [f"restored config {short_sha(prev.text)}", *self._drive(prev, now, rebuilt)]
-            return lines + self._kmod_back(replaced)
+            try:
+                return lines + self._kmod_back(replaced)
+            except AgentError as e:
+                raise AgentError(f"{'; '.join(lines)}; but the module was not: {e}") from None
 
     def _replaced_kmod(self) -> dict[str, object]:
         """What the last apply's kernel module rebuild replaced ({} if it rebuilt none)."""

@@ -163,7 +163,10 @@ def rebuild(st: KmodState) -> list[str]:
     steps.append(("install", name, "-k", kernel, "--force"))
     for args in steps:
         _step(st, known and not restaged, *args)
-    return [f"dkms: {module} {ver} built and installed for {kernel} (was {st.installed or 'none'})"]
+    done = f"dkms: {module} {ver} built and installed for {kernel} (was {st.installed or 'none'})"
+    if st.loaded is not None and st.loaded != ver:
+        done += f"; the loaded {module} {st.loaded} runs until the module is reloaded"
+    return [done]
 
 
 def _step(st: KmodState, keep: bool, *args: str) -> None:
