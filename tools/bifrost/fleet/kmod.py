@@ -113,7 +113,7 @@ def source_current(module: str) -> bool:
     staged = dkms.source_dir(module)
     if not staged.is_dir():
         return False
-    return _tree_sha(dkms._source_files(staged)) == _tree_sha(dkms.staged_tree(module))
+    return _tree_sha(dkms.source_files(staged)) == _tree_sha(dkms.staged_tree(module))
 
 
 def loaded_version(module: str) -> str | None:
