@@ -401,22 +401,24 @@ static __always_inline int bfx_move_up8(void *p, __u32 len, void *data_end)
 
 /*
  * Push outer Ethernet/IPv4/UDP in front of the IPv4 packet; 0 on success.
- * key: the auth token (AUTH.md) to put right after the inner packet, which
- * the outer lengths count, and which ends the frame; NULL: none.
+ * auth: put key, the auth token (AUTH.md), right after the inner packet,
+ * where the outer lengths count it and it ends the frame. A value, not a
+ * pointer into settings: 6.1's verifier loses a maybe-NULL pointer's check
+ * across the helper call.
  */
 static __always_inline int bfx_fou_encap(struct xdp_md *ctx, const struct bfx_inner *in,
 					 const struct bfx_nexthop *nh, __be32 pop_addr,
-					 __be32 gs_addr, __u16 fou_port, const __u64 *key)
+					 __be32 gs_addr, __u16 fou_port, int auth, __u64 key)
 {
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	struct udphdr *udp;
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u32 trailer = key ? BFX_AUTH_KEY_BYTES : 0, len = in->tot_len;
+	__u32 trailer = auth ? BFX_AUTH_KEY_BYTES : 0, len = in->tot_len;
 	__u16 ver_tos, tot_len, frag, ttl_proto;
 	/* Token by moving the packet: the frame ends with it, and it is short. */
-	int move = key && data_end - data == sizeof(*eth) + len && len <= BFX_MOVE_MAX;
+	int move = auth && data_end - data == sizeof(*eth) + len && len <= BFX_MOVE_MAX;
 	int push = BFX_FOU_OVERHEAD + (move ? BFX_AUTH_KEY_BYTES : 0);
 	__u64 *tok;
 
@@ -439,7 +441,7 @@ static __always_inline int bfx_fou_encap(struct xdp_md *ctx, const struct bfx_in
 		tok = (void *)(udp + 1) + (len & BFX_MOVE_MAX);
 		if ((void *)(tok + 1) > data_end)
 			return -1;
-		*tok = *key;
+		*tok = key;
 	}
 
 	bfx_write_eth(eth, nh);
@@ -462,8 +464,8 @@ static __always_inline int bfx_fou_encap(struct xdp_md *ctx, const struct bfx_in
 	udp->dest = bpf_htons(fou_port);
 	udp->len = bpf_htons(len + sizeof(*udp) + trailer);
 	udp->check = 0;
-	if (key && !move)
-		return bfx_auth_append(ctx, len, *key);
+	if (auth && !move)
+		return bfx_auth_append(ctx, len, key);
 	return 0;
 }
 

@@ -304,7 +304,7 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 	if (in.tot_len + BFX_FOU_OVERHEAD + trailer > nh->mtu)
 		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
 	if (bfx_fou_encap(ctx, &in, nh, s->pop_addr, rule->gs_addr, rule->fou_port,
-			  trailer ? (const __u64 *)s->auth_keys : NULL))
+			  trailer, *(const __u64 *)s->auth_keys))
 		return bfx_count(id, BFX_DROP_ENCAP, bytes, XDP_DROP);
 	return bfx_count(id, BFX_TX_FORWARD, bytes, bfx_transmit(ctx, nh));
 }

@@ -56,22 +56,21 @@ static __always_inline int bfx_encap_floor(struct xdp_md *ctx)
 	struct bfx_nexthop nh = { .smac = { 2 }, .dmac = { 4 } };
 	struct bfx_inner in = { .tot_len = 88, .proto = IPPROTO_UDP };
 
-	if (bfx_fou_encap(ctx, &in, &nh, 1, 2, 5555, NULL))
+	if (bfx_fou_encap(ctx, &in, &nh, 1, 2, 5555, 0, 0))
 		return XDP_DROP;
 	return XDP_TX;
 }
 
 /*
  * The floor of authenticated encapsulation: the encap floor plus the 8-byte
- * token (bpf_xdp_adjust_tail, which the wrapper's restore pays again).
+ * token (for this short packet by moving it, which the restore undoes).
  */
 static __always_inline int bfx_auth_floor(struct xdp_md *ctx)
 {
 	struct bfx_nexthop nh = { .smac = { 2 }, .dmac = { 4 } };
 	struct bfx_inner in = { .tot_len = 88, .proto = IPPROTO_UDP };
-	__u64 key = 0x0123456789abcdefULL;
 
-	if (bfx_fou_encap(ctx, &in, &nh, 1, 2, 5555, &key))
+	if (bfx_fou_encap(ctx, &in, &nh, 1, 2, 5555, 1, 0x0123456789abcdefULL))
 		return XDP_DROP;
 	return XDP_TX;
 }
