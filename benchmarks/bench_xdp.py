@@ -33,7 +33,7 @@ from pathlib import Path
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from bifrost.benchstats import BenchPath, Report, paired_rounds
+from bifrost.benchstats import BenchPath, Pairs, Report, paired_rounds
 from bifrost.codegen import render_module_config
 from bifrost.xdp import build, libbpf, maps, maps_def
 from bifrost.xdp.config import Rule, XdpConfig
@@ -141,6 +141,18 @@ def _packed(addr: str) -> bytes:
     return ipaddress.IPv4Address(addr).packed
 
 
+def against_baseline(
+    report: Report, base_fd: int, base_frame: bytes, paths: dict[str, BenchPath]
+) -> Pairs | None:
+    """ROUNDS of each path right after the parse-only baseline (bench_baseline on
+    base_frame), REPEAT repeats a run: benchstats.paired_rounds()."""
+
+    def baseline() -> libbpf.TestRun:
+        return libbpf.test_run(base_fd, base_frame, repeat=REPEAT)
+
+    return paired_rounds(report, ROUNDS, REPEAT, baseline, "PASS", paths)
+
+
 def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-xdp-"))
     hdr = tmp / "module_config.h"
@@ -189,14 +201,7 @@ def main() -> int:
             prepare=lambda: prepare(CONFIG_OF.get(name, (False, False))),
         )
 
-    pairs = paired_rounds(
-        report,
-        ROUNDS,
-        REPEAT,
-        lambda: libbpf.test_run(base_fd, base_frame, repeat=REPEAT),
-        "PASS",
-        {name: path(name, *row) for name, row in rows.items()},
-    )
+    pairs = against_baseline(report, base_fd, base_frame, {n: path(n, *r) for n, r in rows.items()})
     if pairs is None:
         obj.close()
         return report.finish()

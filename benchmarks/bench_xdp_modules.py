@@ -23,11 +23,22 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_xdp import BASE, CLIENT, GS, POP, REPEAT, ROUNDS, VIP, _counted, _packed
+from bench_xdp import (
+    BASE,
+    CLIENT,
+    GS,
+    POP,
+    REPEAT,
+    ROUNDS,
+    VIP,
+    _counted,
+    _packed,
+    against_baseline,
+)
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from bifrost.benchstats import BenchPath, Ratio, Report, paired_rounds
+from bifrost.benchstats import BenchPath, Ratio, Report
 from bifrost.codegen import render_module_config
 from bifrost.xdp import build, libbpf, maps, maps_def
 from bifrost.xdp.config import Rule, XdpConfig
@@ -151,13 +162,8 @@ def main() -> int:
             counted=lambda: sum(_counted(ms, *c) for c in counted),
         )
 
-    pairs = paired_rounds(
-        report,
-        ROUNDS,
-        REPEAT,
-        lambda: libbpf.test_run(base_fd, base_frame, repeat=REPEAT),
-        "PASS",
-        {name: path(*row[:3]) for name, row in rows.items()},
+    pairs = against_baseline(
+        report, base_fd, base_frame, {n: path(*r[:3]) for n, r in rows.items()}
     )
     if pairs is None:
         obj.close()
