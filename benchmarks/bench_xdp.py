@@ -33,7 +33,7 @@ from pathlib import Path
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from bifrost.benchstats import Ratio, Report
+from bifrost.benchstats import BenchPath, Pairs, Report, paired_rounds
 from bifrost.codegen import render_module_config
 from bifrost.xdp import build, libbpf, maps, maps_def
 from bifrost.xdp.config import Rule, XdpConfig
@@ -141,6 +141,18 @@ def _packed(addr: str) -> bytes:
     return ipaddress.IPv4Address(addr).packed
 
 
+def against_baseline(
+    report: Report, base_fd: int, base_frame: bytes, paths: dict[str, BenchPath]
+) -> Pairs | None:
+    """ROUNDS of each path right after the parse-only baseline (bench_baseline on
+    base_frame), REPEAT repeats a run: benchstats.paired_rounds()."""
+
+    def baseline() -> libbpf.TestRun:
+        return libbpf.test_run(base_fd, base_frame, repeat=REPEAT)
+
+    return paired_rounds(report, ROUNDS, REPEAT, baseline, "PASS", paths)
+
+
 def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-xdp-"))
     hdr = tmp / "module_config.h"
@@ -172,46 +184,38 @@ def main() -> int:
     # One CPU: the two cores of these machines run at visibly different speeds
     # at times, and a pair measured on different cores gives a meaningless ratio.
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    ns: dict[str, list[float]] = {BASE: [], **{name: [] for name in rows}}
-    base_ns: dict[str, list[float]] = {name: [] for name in rows}
     report = Report("bench_xdp")
-    applied: tuple[bool, bool] | None = None  # which config the maps hold
-    for _ in range(ROUNDS):
-        for name, (fd, frame, verdict) in rows.items():
-            # Map updates between measurements, never during one.
-            if applied != (which := CONFIG_OF.get(name, (False, False))):
-                maps.apply(ms, configs[which], ns_per_jiffy)
-                applied = which
-            counted = FLOOD_COUNTED if name == FLOOD else COUNTED.get(name, ())
-            before = sum(_counted(ms, *c) for c in counted)
-            b = libbpf.test_run(base_fd, base_frame, repeat=REPEAT)
-            r = libbpf.test_run(fd, frame, repeat=REPEAT)
-            ok = report.require(
-                b.verdict == "PASS" and (r.verdict == verdict or name == FLOOD),
-                f"{name}: verdict {r.verdict} (baseline {b.verdict}), expected {verdict}",
-            )
-            if counted:
-                moved = sum(_counted(ms, *c) for c in counted) - before
-                ok &= report.require(
-                    moved == REPEAT, f"{name}: counters {counted} moved {moved}, not {REPEAT}"
-                )
-            if not ok:
-                obj.close()
-                return report.finish()
-            ns[BASE].append(b.duration_ns)
-            ns[name].append(r.duration_ns)
-            base_ns[name].append(b.duration_ns)
+    applied: list[tuple[bool, bool]] = []  # which config the maps hold
+
+    def prepare(which: tuple[bool, bool]) -> None:
+        if applied[-1:] != [which]:
+            maps.apply(ms, configs[which], ns_per_jiffy)
+            applied.append(which)
+
+    def path(name: str, fd: int, frame: bytes, verdict: str) -> BenchPath:
+        counted = FLOOD_COUNTED if name == FLOOD else COUNTED.get(name, ())
+        return BenchPath(
+            run=lambda: libbpf.test_run(fd, frame, repeat=REPEAT),
+            verdict=None if name == FLOOD else verdict,
+            counted=(lambda: sum(_counted(ms, *c) for c in counted)) if counted else None,
+            prepare=lambda: prepare(CONFIG_OF.get(name, (False, False))),
+        )
+
+    pairs = against_baseline(report, base_fd, base_frame, {n: path(n, *r) for n, r in rows.items()})
+    if pairs is None:
+        obj.close()
+        return report.finish()
     print(
         f"XDP per-packet cost, BPF_PROG_TEST_RUN, {ROUNDS} rounds x {REPEAT} repeats, "
         "each path right after the baseline; medians of ns and of the per-pair ratios"
     )
     print(f"{'path':<26} {'ns/pkt':>8}  x baseline (95% interval of the median)")
-    print(f"{BASE:<26} {statistics.median(ns[BASE]):>8.1f}  1")
+    print(f"{BASE:<26} {statistics.median(pairs.all_base()):>8.1f}  1")
     # The floor row: push 28 bytes + fixed headers, no lookups; the harness restores
     # the packet with a second adjust_head, which the forward paths pay too.
     for name in rows:
-        ratio = Ratio.of(ns[name], base_ns[name])
-        print(f"{name:<26} {statistics.median(ns[name]):>8.1f}  {ratio}")
+        ratio = pairs.ratio(name)
+        print(f"{name:<26} {statistics.median(pairs.path[name]):>8.1f}  {ratio}")
         if name in GOALS:
             report.goal(f"{name} / baseline", ratio.median, "<=", GOALS[name], str(ratio))
     obj.close()

@@ -23,11 +23,22 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_xdp import BASE, CLIENT, GS, POP, REPEAT, ROUNDS, VIP, _counted, _packed
+from bench_xdp import (
+    BASE,
+    CLIENT,
+    GS,
+    POP,
+    REPEAT,
+    ROUNDS,
+    VIP,
+    _counted,
+    _packed,
+    against_baseline,
+)
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from bifrost.benchstats import Ratio, Report
+from bifrost.benchstats import BenchPath, Ratio, Report
 from bifrost.codegen import render_module_config
 from bifrost.xdp import build, libbpf, maps, maps_def
 from bifrost.xdp.config import Rule, XdpConfig
@@ -142,38 +153,32 @@ def main() -> int:
 
     base_fd, pipe_fd = obj.prog_fd("bench_baseline"), obj.prog_fd("bench_pipeline")
     base_frame = rows["no module"][0]
-    ns: dict[str, list[float]] = {BASE: [], **{name: [] for name in rows}}
-    base_ns: dict[str, list[float]] = {name: [] for name in rows}
     report = Report("bench_xdp_modules")
-    for _ in range(ROUNDS):
-        for name, (frame, verdict, counted, _goal) in rows.items():
-            before = sum(_counted(ms, *c) for c in counted)
-            b = libbpf.test_run(base_fd, base_frame, repeat=REPEAT)
-            r = libbpf.test_run(pipe_fd, frame, repeat=REPEAT)
-            moved = sum(_counted(ms, *c) for c in counted) - before
-            ok = report.require(
-                b.verdict == "PASS" and r.verdict == verdict,
-                f"{name}: verdict {r.verdict} (baseline {b.verdict}), expected {verdict}",
-            ) and report.require(
-                moved == REPEAT, f"{name}: counter {counted} moved {moved}, not {REPEAT}"
-            )
-            if not ok:
-                obj.close()
-                return report.finish()
-            ns[BASE].append(b.duration_ns)
-            ns[name].append(r.duration_ns)
-            base_ns[name].append(b.duration_ns)
+
+    def path(frame: bytes, verdict: str, counted: tuple[tuple[int, str], ...]) -> BenchPath:
+        return BenchPath(
+            run=lambda: libbpf.test_run(pipe_fd, frame, repeat=REPEAT),
+            verdict=verdict,
+            counted=lambda: sum(_counted(ms, *c) for c in counted),
+        )
+
+    pairs = against_baseline(
+        report, base_fd, base_frame, {n: path(*r[:3]) for n, r in rows.items()}
+    )
+    if pairs is None:
+        obj.close()
+        return report.finish()
     print(
         f"XDP game modules, BPF_PROG_TEST_RUN, {ROUNDS} rounds x {REPEAT} repeats, each "
         "path right after the baseline; medians of ns and of the per-pair ratios"
     )
     print(f"{'path':<30} {'ns/pkt':>8}  x baseline (95% interval of the median); x no module")
-    print(f"{BASE:<30} {statistics.median(ns[BASE]):>8.1f}  1")
+    print(f"{BASE:<30} {statistics.median(pairs.all_base()):>8.1f}  1")
     for name, (_, _, _, goal) in rows.items():
-        ratio = Ratio.of(ns[name], base_ns[name])
+        ratio = pairs.ratio(name)
         # What the module adds: against the no-module row of the same round.
-        own = Ratio.of(ns[name], ns["no module"]).median
-        print(f"{name:<30} {statistics.median(ns[name]):>8.1f}  {ratio}; {own:.3f}")
+        own = Ratio.of(pairs.path[name], pairs.path["no module"]).median
+        print(f"{name:<30} {statistics.median(pairs.path[name]):>8.1f}  {ratio}; {own:.3f}")
         if goal:
             report.goal(f"{name} / baseline", ratio.median, "<=", GOAL_MODULE, str(ratio))
     obj.close()

@@ -205,7 +205,8 @@ struct {
 /*
  * destination -> MACs and egress device. bpf_fib_lookup costs as much as the
  * rest of the forward path (benchmarking.md), so it runs only on a miss or
- * after expires_ns; the loader flushes the table when routes change.
+ * after expires_ns; the loader flushes the table when routes change. The
+ * return path asks a direct-mapped copy in .bss first (bfx_nh_cache, encap.h).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

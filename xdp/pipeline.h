@@ -175,7 +175,7 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 					   const struct bfx_settings *s, __u32 gen, __u32 bytes)
 {
 	enum bfx_nh_result res;
-	struct bfx_nexthop *nh, keep_macs = {};
+	struct bfx_nexthop *nh, keep_macs = {}, nh_copy;
 	struct bfx_rule *rule;
 	struct bfx_inner in;
 	struct bfx_l4 l4;
@@ -229,7 +229,7 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 	else
 		inner_len = 0;	/* decap keeps the tail as it is */
 
-	nh = bfx_nexthop(ctx, in.saddr, in.daddr, s, &res);
+	nh = bfx_nexthop(ctx, in.saddr, in.daddr, s, &res, &nh_copy);
 	if (res == BFX_NH_NEIGH) {
 		/* Hand the decapsulated packet to the stack, still addressed to us. */
 		__builtin_memcpy(keep_macs.dmac, eth->h_dest, ETH_ALEN);
@@ -303,9 +303,8 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 		return bfx_count(id, BFX_DROP_NO_ROUTE, bytes, XDP_DROP);
 	if (in.tot_len + BFX_FOU_OVERHEAD + trailer > nh->mtu)
 		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
-	if (bfx_fou_encap(ctx, &in, nh, s->pop_addr, rule->gs_addr, rule->fou_port, trailer))
-		return bfx_count(id, BFX_DROP_ENCAP, bytes, XDP_DROP);
-	if (trailer && bfx_auth_append(ctx, in.tot_len, *(const __u64 *)s->auth_keys))
+	if (bfx_fou_encap(ctx, &in, nh, s->pop_addr, rule->gs_addr, rule->fou_port,
+			  trailer, *(const __u64 *)s->auth_keys))
 		return bfx_count(id, BFX_DROP_ENCAP, bytes, XDP_DROP);
 	return bfx_count(id, BFX_TX_FORWARD, bytes, bfx_transmit(ctx, nh));
 }

@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 CONFIDENCE = 0.95
 
@@ -116,6 +117,79 @@ def alternate(
             f"it is +-{ratio.half_width:.3f}"
         )
     return ratio, why
+
+
+class Run(Protocol):
+    """One measured run (e.g. libbpf.TestRun): its verdict and ns per repeat."""
+
+    @property
+    def verdict(self) -> str: ...
+
+    @property
+    def duration_ns(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class BenchPath:
+    """A path measured against the baseline by paired_rounds().
+
+    run: one measurement of the path; verdict: what every run must return
+    (None: anything); counted: the sum of the counters that the path moves by
+    exactly `repeat` a run (None: none); prepare: called before each pair,
+    e.g. to put the path's config in place between measurements, never during one."""
+
+    run: Callable[[], Run]
+    verdict: str | None = None
+    counted: Callable[[], int] | None = None
+    prepare: Callable[[], None] | None = None
+
+
+@dataclass
+class Pairs:
+    """ns per repeat of each path and of the baseline run right before it, by round."""
+
+    path: dict[str, list[float]] = field(default_factory=dict)
+    base: dict[str, list[float]] = field(default_factory=dict)
+
+    def ratio(self, name: str) -> Ratio:
+        return Ratio.of(self.path[name], self.base[name])
+
+    def all_base(self) -> list[float]:
+        return [ns for runs in self.base.values() for ns in runs]
+
+
+def paired_rounds(
+    report: Report,
+    rounds: int,
+    repeat: int,
+    baseline: Callable[[], Run],
+    base_verdict: str,
+    paths: Mapping[str, BenchPath],
+) -> Pairs | None:
+    """rounds x (for each path: the baseline, then the path), each run proven to be
+    the path named: its verdict, and its counters moved by exactly repeat. The
+    first run that proves nothing is recorded in report and ends the rounds: None."""
+    pairs = Pairs({name: [] for name in paths}, {name: [] for name in paths})
+    for _ in range(rounds):
+        for name, p in paths.items():
+            if p.prepare:
+                p.prepare()
+            before = p.counted() if p.counted else 0
+            b, r = baseline(), p.run()
+            ok = report.require(
+                b.verdict == base_verdict and p.verdict in (None, r.verdict),
+                f"{name}: verdict {r.verdict} (baseline {b.verdict}), expected {p.verdict}",
+            )
+            if p.counted:
+                moved = p.counted() - before
+                ok &= report.require(
+                    moved == repeat, f"{name}: counters moved {moved}, not {repeat}"
+                )
+            if not ok:
+                return None
+            pairs.base[name].append(b.duration_ns)
+            pairs.path[name].append(r.duration_ns)
+    return pairs
 
 
 @dataclass(frozen=True)

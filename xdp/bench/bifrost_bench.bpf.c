@@ -12,6 +12,16 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+/*
+ * What the body did to the frame (encap.h): how far it moved the frame's
+ * start (BFX_HEAD_MOVED), and the inner packet it moved by 8 bytes instead
+ * of growing or cutting the tail (BFX_MOVED: encap -len, decap +len). The
+ * restore undoes exactly that. One CPU runs the bench, so one variable each.
+ */
+static int bench_head, bench_moved;
+#define BFX_HEAD_MOVED(delta) (bench_head += (delta))
+#define BFX_MOVED(len) (bench_moved = (len))
+
 #include "../clock.h"
 #include "../pipeline.h"
 
@@ -46,31 +56,31 @@ static __always_inline int bfx_encap_floor(struct xdp_md *ctx)
 	struct bfx_nexthop nh = { .smac = { 2 }, .dmac = { 4 } };
 	struct bfx_inner in = { .tot_len = 88, .proto = IPPROTO_UDP };
 
-	if (bfx_fou_encap(ctx, &in, &nh, 1, 2, 5555, 0))
+	if (bfx_fou_encap(ctx, &in, &nh, 1, 2, 5555, 0, 0))
 		return XDP_DROP;
 	return XDP_TX;
 }
 
 /*
  * The floor of authenticated encapsulation: the encap floor plus the 8-byte
- * token (bpf_xdp_adjust_tail, which the wrapper's restore pays again).
+ * token (for this short packet by moving it, which the restore undoes).
  */
 static __always_inline int bfx_auth_floor(struct xdp_md *ctx)
 {
 	struct bfx_nexthop nh = { .smac = { 2 }, .dmac = { 4 } };
 	struct bfx_inner in = { .tot_len = 88, .proto = IPPROTO_UDP };
 
-	if (bfx_fou_encap(ctx, &in, &nh, 1, 2, 5555, BFX_AUTH_KEY_BYTES) ||
-	    bfx_auth_append(ctx, in.tot_len, 0x0123456789abcdefULL))
+	if (bfx_fou_encap(ctx, &in, &nh, 1, 2, 5555, 1, 0x0123456789abcdefULL))
 		return XDP_DROP;
 	return XDP_TX;
 }
 
 /*
- * Undo what the pipeline did to the frame's ends: FOU encap pushed 28 bytes at
- * the head (decap pulled them), and with auth the token grew (cut) the tail
- * by 8; a length change is always the one or the other at the head, the rest
- * at the tail. Then the first BENCH_SAVE bytes and the last BENCH_TAIL go back.
+ * Undo what the pipeline did to the frame's ends: the head moved by
+ * bench_head (FOU encap pushed, decap pulled), the rest of the length change
+ * was at the tail (with auth, the token's 8 bytes, unless encap or decap
+ * moved the packet instead). Then the first BENCH_SAVE bytes and the last
+ * BENCH_TAIL go back.
  */
 #define BENCH_TAIL 8
 
@@ -97,6 +107,29 @@ static __attribute__((noinline)) int bench_tail(struct xdp_md *ctx, __u8 *buf, i
 }
 
 /*
+ * Move back the inner packet that encap or decap moved by 8 bytes (BFX_MOVED),
+ * in the frame whose ends are restored, as far as the copies of its first
+ * BENCH_SAVE and last BENCH_TAIL bytes that follow do not put it back anyway:
+ * encap moved it from just after the Ethernet header to 8 bytes before that,
+ * decap from just after the outer UDP header to 8 bytes after it. A middle
+ * shorter than 8 bytes is moved as 8, whose excess the copies overwrite.
+ */
+static __always_inline int bench_unmove(void *data, void *data_end, int len0)
+{
+	int moved = bench_moved, mid = len0 - BENCH_TAIL - BENCH_SAVE;
+
+	bench_moved = 0;
+	if (mid <= 0)
+		return 0;
+	if (moved < 0)
+		return bfx_move_up8(data + BENCH_SAVE - 8, (mid < 8 ? 8 : mid) & BFX_MOVE_MAX,
+				    data_end);
+	if (mid < 8)	/* the 8 bytes that end the middle */
+		return bfx_move_down8(data + BENCH_SAVE + (mid & 7), 8, data_end);
+	return bfx_move_down8(data + BENCH_SAVE + 8, mid & BFX_MOVE_MAX, data_end);
+}
+
+/*
  * NEXT_SOURCE: after the restore, bump the IPv4 source address (offset 26 of
  * an untagged frame), so every repeat comes from a new client: a
  * spoofed-source flood, which makes the rate limiter insert on every packet.
@@ -107,7 +140,7 @@ int name(struct xdp_md *ctx)							\
 {										\
 	void *data = (void *)(long)ctx->data;					\
 	void *data_end = (void *)(long)ctx->data_end;				\
-	int len0 = data_end - data, delta, head, act;				\
+	int len0 = data_end - data, grown, head, act;				\
 	__u8 saved[BENCH_SAVE], tail[BENCH_TAIL];				\
 										\
 	if (data + BENCH_SAVE > data_end)					\
@@ -118,14 +151,22 @@ int name(struct xdp_md *ctx)							\
 	act = body(ctx);							\
 	data = (void *)(long)ctx->data;						\
 	data_end = (void *)(long)ctx->data_end;					\
-	delta = (int)(data_end - data) - len0;					\
-	head = delta > 0 ? BFX_FOU_OVERHEAD : delta < 0 ? -BFX_FOU_OVERHEAD : 0; \
-	if (delta != head && bpf_xdp_adjust_tail(ctx, head - delta))		\
+	head = bench_head;							\
+	grown = data_end - data;						\
+	/* A length first: clang would otherwise add pointers. */		\
+	asm volatile("" : "+r"(grown));						\
+	grown += head - len0;							\
+	if (grown && bpf_xdp_adjust_tail(ctx, -grown))			\
 		return XDP_ABORTED;						\
-	if (head && bpf_xdp_adjust_head(ctx, head))				\
-		return XDP_ABORTED;						\
+	if (head) {								\
+		bench_head = 0;							\
+		if (bpf_xdp_adjust_head(ctx, -head))				\
+			return XDP_ABORTED;					\
+	}									\
 	data = (void *)(long)ctx->data;						\
 	data_end = (void *)(long)ctx->data_end;					\
+	if (bench_moved && bench_unmove(data, data_end, len0))		\
+		return XDP_ABORTED;						\
 	if (data + BENCH_SAVE > data_end)					\
 		return XDP_ABORTED;						\
 	__builtin_memcpy(data, saved, BENCH_SAVE);				\

@@ -39,6 +39,9 @@ def _compile(source: Path, module_config_h: Path, out: Path) -> Path:
         "-g",
         "-target",
         "bpf",
+        # BPF ISA v3 (Linux >= 5.1): 32-bit jumps and ALU, so clang stops zero-extending
+        # every 32-bit value by a shift pair; ~4% off the forward path (bench_xdp).
+        "-mcpu=v3",
         "-Wall",
         "-Werror",
         # clang 14 does not find asm/types.h on Debian without the multiarch dir.
