@@ -1,5 +1,10 @@
-"""`bifrost fleet` against real OpenSSH servers: plan, apply (build, attach, swap), canary
-failure with rollback, an unreachable host, a wrong host key, the forced command.
+"""`bifrost fleet` against real OpenSSH servers: plan, apply (build, attach, swap, DKMS
+rebuild), canary failure with rollback, a failing build or DKMS rebuild, an unreachable
+host, a wrong host key, the forced command.
+
+DKMS is the lab's stub (bifrost_testing.dkms_stub, at the command boundary: real DKMS
+state is global to the test machine and its kernel has no headers); the tests assert
+what the agents asked DKMS to do, in order, and what DKMS then has installed.
 
 The tests share one lab (module scope: starting three sshd and two traffic sources
 is the slow part) and run in file order; each says what state it starts from.
@@ -7,13 +12,34 @@ is the slow part) and run in file order; each says what state it starts from.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 
 import pytest
 
+from bifrost import __version__
 from bifrost_testing.fleet_lab import FleetLab, other_host_key
 
 pytestmark = pytest.mark.bpf
+
+KERNEL = os.uname().release  # the lab's hosts run the test machine's kernel
+OLD = "0.0.9"  # an older release's module, installed on a host before an apply
+KMOD = {"pop1": "bifrost_nf", "pop2": "bifrost_nf", "gs1": "fou_map"}
+
+
+def changing_calls(lab: FleetLab, name: str, since: int = 0) -> list[list[str]]:
+    """The dkms commands that change something the host's agent ran (not `status`)."""
+    return [c for c in lab.hosts[name].dkms_calls()[since:] if c[0] != "status"]
+
+
+def rebuild_calls(module: str, version: str = __version__) -> list[list[str]]:
+    name = f"{module}/{version}"
+    return [
+        ["add", name],
+        ["build", name, "-k", KERNEL],
+        ["install", name, "-k", KERNEL, "--force"],
+    ]
 
 
 def running(lab: FleetLab, name: str) -> str:
@@ -38,6 +64,8 @@ def test_keygen_line_restricts_the_key(lab: FleetLab) -> None:
 
 
 def test_plan_shows_diffs_and_changes_nothing(lab: FleetLab) -> None:
+    # pop1 runs an older release's module; pop2 and gs1 have none installed yet.
+    lab.hosts["pop1"].set_dkms_state([["bifrost_nf", OLD, KERNEL, "installed"]])
     done = lab.fleet("plan")
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
@@ -46,7 +74,14 @@ def test_plan_shows_diffs_and_changes_nothing(lab: FleetLab) -> None:
     assert "+#define SRCDS_HANDSHAKE" in out
     assert '+modules = ["srcds"]' in out
     assert "== gs1 (gameserver, " in out and "+[fou_map]" in out
+    assert (
+        f"-- kernel module: DKMS rebuild of bifrost_nf {__version__} for {KERNEL}: this "
+        f"host's bifrost is {__version__}, {OLD} is installed for {KERNEL}"
+    ) in out, out
+    assert f"DKMS rebuild of fou_map {__version__} for {KERNEL}: " in out
+    assert "none is installed" in out
     assert all(running(lab, n) == "" for n in lab.hosts)
+    assert all(changing_calls(lab, n) == [] for n in lab.hosts)
 
 
 def test_apply_installs_builds_and_attaches(lab: FleetLab) -> None:
@@ -62,6 +97,21 @@ def test_apply_installs_builds_and_attaches(lab: FleetLab) -> None:
     assert "gs1: healthy" in out
     header = (lab.hosts["pop1"].agent_state / "current" / "module_config.h").read_text()
     assert "#define SRCDS_HANDSHAKE" in header
+    # Each host's module rebuilt through DKMS with this release's version and source.
+    was = {"pop1": OLD, "pop2": "none", "gs1": "none"}
+    for name, module in KMOD.items():
+        h = lab.hosts[name]
+        assert changing_calls(lab, name) == rebuild_calls(module), h.dkms_calls()
+        assert (h.usr_src / f"{module}-{__version__}" / "dkms.conf").exists()
+        label = f"{name} (canary)" if name == "pop1" else name
+        assert (
+            f"{label}: dkms: {module} {__version__} built and installed for {KERNEL} "
+            f"(was {was[name]})"
+        ) in out, out
+    assert lab.hosts["pop1"].dkms_state() == [
+        ["bifrost_nf", OLD, KERNEL, "built"],
+        ["bifrost_nf", __version__, KERNEL, "installed"],
+    ]
     # Nothing left to do, and the table shows every host.
     again = lab.fleet("plan")
     assert again.stdout.count(": unchanged") == 3, again.stdout
@@ -73,12 +123,14 @@ def test_apply_installs_builds_and_attaches(lab: FleetLab) -> None:
     assert "; auth off" in rows["pop1"]  # the lab's POPs have no [auth]: the table says so
     assert re.search(r"served [1-9]\d* dropped 0", rows["pop2"]), rows["pop2"]
     assert "bifrost-foumapd=" in rows["gs1"]
-    assert "bifrost_nf " in rows["pop1"] and "fou_map " in rows["gs1"]  # the kernel modules
+    assert f"bifrost_nf {__version__} installed, not loaded" in rows["pop1"]  # the modules
+    assert f"fou_map {__version__} installed, not loaded" in rows["gs1"]
 
 
 def test_module_change_rebuilds_and_swaps(lab: FleetLab) -> None:
     """From the applied state: pop2 drops the srcds module; only pop2 changes."""
     before = prog_id(lab, "pop2")
+    calls = len(lab.hosts["pop2"].dkms_calls())
     old_pop1 = running(lab, "pop1")
     lab.set_config("pop2", modules=())
     plan = lab.fleet("plan", "pop2")
@@ -97,11 +149,20 @@ def test_module_change_rebuilds_and_swaps(lab: FleetLab) -> None:
     assert prog_id(lab, "pop2") != before  # the new object runs
     header = (lab.hosts["pop2"].agent_state / "current" / "module_config.h").read_text()
     assert "SRCDS_HANDSHAKE" not in header
+    # Its kernel module is this release's already: no DKMS rebuild.
+    assert changing_calls(lab, "pop2", since=calls) == []
+    assert "dkms:" not in out
 
 
 def test_canary_failure_rolls_back_and_stops(lab: FleetLab) -> None:
     """pop1's change blocks its clients (its health check sees no game packet served):
-    pop1 is rolled back and pop2, whose change is fine, is not touched."""
+    pop1 is rolled back, DKMS's install of its older module too, and pop2, whose
+    change is fine, is not touched."""
+    pop1 = lab.hosts["pop1"]
+    pop1.set_dkms_state(
+        [["bifrost_nf", OLD, KERNEL, "installed"], ["bifrost_nf", __version__, KERNEL, "built"]]
+    )
+    calls = {n: len(lab.hosts[n].dkms_calls()) for n in lab.hosts}
     old = {n: running(lab, n) for n in lab.hosts}
     lab.set_config("pop1", extra='block = ["10.8.1.0/24"]')
     lab.set_config("pop2", modules=(), extra='ipv6 = "drop"')
@@ -114,11 +175,74 @@ def test_canary_failure_rolls_back_and_stops(lab: FleetLab) -> None:
     assert "not changed: pop2" in out
     assert "pop2: installed" not in out
     assert {n: running(lab, n) for n in lab.hosts} == old
+    # DKMS had this release built: the apply only installed it, the rollback put the
+    # older module back.
+    name = f"bifrost_nf/{__version__}"
+    assert changing_calls(lab, "pop1", since=calls["pop1"]) == [
+        ["install", name, "-k", KERNEL, "--force"],
+        ["install", f"bifrost_nf/{OLD}", "-k", KERNEL, "--force"],
+    ]
+    assert f"pop1 (canary): rollback: dkms: bifrost_nf {OLD} installed again for {KERNEL}" in out
+    assert ["bifrost_nf", OLD, KERNEL, "installed"] in pop1.dkms_state()
+    assert changing_calls(lab, "pop2", since=calls["pop2"]) == []
     # pop1 serves again on its old config.
     health = lab.ssh("pop1", "health", "5")
     assert health.returncode == 0, health.stdout + health.stderr
     lab.set_config("pop1")
     lab.set_config("pop2", modules=())
+
+
+def test_failing_kmod_rebuild_stops_the_rollout(lab: FleetLab) -> None:
+    """pop1 runs an older module and its DKMS build fails (a compiler error): pop1, the
+    canary, keeps its config, program and older module (what the rebuild added is
+    removed from DKMS again); pop2, next in line, is not touched."""
+    pop1 = lab.hosts["pop1"]
+    pop1.set_dkms_state([["bifrost_nf", OLD, KERNEL, "installed"]])
+    shutil.rmtree(pop1.dkms_dir / "bifrost_nf" / __version__)  # DKMS never had it
+    pop1.fail_dkms_build(True)
+    calls = {n: len(lab.hosts[n].dkms_calls()) for n in lab.hosts}
+    before = prog_id(lab, "pop1")
+    old = {n: running(lab, n) for n in lab.hosts}
+    lab.set_config("pop1", extra='ipv6 = "drop"')
+    lab.set_config("pop2", modules=(), extra='ipv6 = "drop"')
+    try:
+        done = lab.fleet("apply", "--canary", "pop1")
+        out = done.stdout
+        assert done.returncode == 1, out + done.stderr
+        name = f"bifrost_nf/{__version__}"
+        assert (
+            "error: pop1: bifrost fleet agent: apply: kernel module rebuild failed, nothing "
+            f"changed: dkms build {name} -k {KERNEL} failed (exit 10); bifrost_nf {OLD} stays "
+            f"installed for {KERNEL}: "
+        ) in out, out
+        assert "Bad return status for module build" in out
+        assert "not changed: pop2" in out and "pop2: installed" not in out
+        assert {n: running(lab, n) for n in lab.hosts} == old
+        assert changing_calls(lab, "pop1", since=calls["pop1"]) == [
+            ["add", name],
+            ["build", name, "-k", KERNEL],
+            ["remove", name, "--all"],
+        ]
+        assert pop1.dkms_state() == [["bifrost_nf", OLD, KERNEL, "installed"]]
+        assert changing_calls(lab, "pop2", since=calls["pop2"]) == []
+        # pop1's program was never touched and still serves.
+        assert prog_id(lab, "pop1") == before
+        health = lab.ssh("pop1", "health", "5")
+        assert health.returncode == 0, health.stdout + health.stderr
+        # The build fixed and the configs back: pop1's module alone is rebuilt.
+        pop1.fail_dkms_build(False)
+        lab.set_config("pop1")
+        lab.set_config("pop2", modules=())
+        calls["pop1"] = len(pop1.dkms_calls())
+        again = lab.fleet("apply", "--canary", "pop1")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert changing_calls(lab, "pop1", since=calls["pop1"]) == rebuild_calls("bifrost_nf")
+        assert "pop1 (canary): healthy" in again.stdout and "pop2: unchanged" in again.stdout
+        assert {n: running(lab, n) for n in lab.hosts} == old
+    finally:
+        pop1.fail_dkms_build(False)
+        lab.set_config("pop1")
+        lab.set_config("pop2", modules=())
 
 
 def test_unreachable_host_changes_nothing(lab: FleetLab) -> None:

@@ -3,6 +3,7 @@ refusals (no SSH needed: the agent reads the request from SSH_ORIGINAL_COMMAND).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,8 @@ def test_agent_stage_apply_rollback_on_a_game_server(tmp_path: Path) -> None:
     assert again.returncode == 3 and "nothing to roll back to" in again.stderr
     plan = agent(tmp_path, "plan", second)
     assert plan.returncode == 0 and "+idle_timeout = 60" in plan.stdout
+    # No dkms on PATH here: no DKMS module to rebuild, and plan and status say so.
+    km = json.loads(plan.stdout)["kmod"]
+    assert (km["module"], km["dkms"], km["rebuild"]) == ("fou_map", False, False), km
+    st = json.loads(agent(tmp_path, "status").stdout)
+    assert st["kernel_module"].startswith("fou_map: no dkms on this host"), st

@@ -160,9 +160,9 @@ def test_errors_name_key_and_value(edit: tuple[str, str], message: str) -> None:
 
 
 def test_overlapping_rules_rejected() -> None:
-    text = (
-        GOOD
-        + '\n[[xdp.rule]]\nanycast = "198.51.100.10"\nports = [27016]\ngame_server = "10.0.0.5"\n'
+    text = GOOD + (
+        '\n[[xdp.rule]]\nname = "dup"\nanycast = "198.51.100.10"\nports = [27016]\n'
+        'game_server = "10.0.0.5"\n'
     )
     with pytest.raises(
         ConfigError,
@@ -220,3 +220,39 @@ def test_addresses_placed_direct_mapped_with_overflow() -> None:
     one = st.unpack(placed[(maps_def.ADDR_SLOTS + idx).to_bytes(4, "little")])
     assert one["addr"] == min(a.packed, b.packed)
     assert one["flags"] == maps_def.ADDR_GAMESERVER | maps_def.SLOT_OVERFLOW
+
+
+THIRD = """
+[[xdp.rule]]
+name = "rust"
+anycast = "198.51.100.10"
+ports = [28015]
+game_server = "10.0.0.4"
+"""
+
+
+def test_a_rule_without_a_name_is_refused_naming_it() -> None:
+    """A rule's name is its identity (its id in the program): a default taken from the
+    position would move to the next rule when one is removed, so there is none."""
+    unnamed = GOOD.replace('name = "web"\n', "", 1)
+    with pytest.raises(ConfigError) as e:
+        load(unnamed)
+    msg = str(e.value)
+    assert msg.startswith("xdp.rule[1].name: required key is missing"), msg
+    assert "'anycast': '198.51.100.11'" in msg, "the message says which rule"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ('"cs2"', "xdp.rule[2].name = 'cs2': also the name of xdp.rule[0]"),
+        ('""', "xdp.rule[2].name = '': expected 1..64 of"),
+        ('"my rule"', "xdp.rule[2].name = 'my rule': expected 1..64 of"),
+        ('"-x"', "xdp.rule[2].name = '-x': expected 1..64 of"),
+        ("7", "xdp.rule[2].name = 7: expected a string"),
+    ],
+)
+def test_rule_names_are_unique_and_well_formed(name: str, message: str) -> None:
+    text = GOOD + THIRD.replace('"rust"', name, 1)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(text)

@@ -70,7 +70,7 @@ def source_dir(module: str, version: str = __version__) -> Path:
     return SRC_ROOT / f"{module}-{version}"
 
 
-def _source_files(root: Path) -> dict[str, bytes]:
+def source_files(root: Path) -> dict[str, bytes]:
     """relative path -> content of every source file, Kbuild artifacts left out."""
     out = {}
     for path in sorted(root.rglob("*")):
@@ -110,8 +110,8 @@ def staged_tree(module: str) -> dict[str, bytes]:
     modules share (kmod/common/) are copied in as common/, with the version
     header rendered fresh from bifrost.__version__.
     """
-    files = _source_files(KMOD_DIR / module)
-    for rel, data in _source_files(KMOD_DIR / COMMON).items():
+    files = source_files(KMOD_DIR / module)
+    for rel, data in source_files(KMOD_DIR / COMMON).items():
         files[f"{COMMON}/{rel}"] = data
     files[VERSION_HEADER] = version_header().encode()
     files["dkms.conf"] = codegen.render_dkms_conf(module).encode()
@@ -122,7 +122,7 @@ def stage(module: str) -> bool:
     """Write kmod/<module>, kmod/common and its dkms.conf to /usr/src; True when it changed."""
     want = staged_tree(module)
     dst = source_dir(module)
-    if dst.is_dir() and _source_files(dst) == want:
+    if dst.is_dir() and source_files(dst) == want:
         return False
     if dst.exists():
         # The source changed under the same version: DKMS must forget the old build.

@@ -9,7 +9,12 @@ each in its own network namespace with its own state, plus the back-end's namesp
 
 Each sshd (`-D -e`, a free port, its own host key, AuthorizedKeysFile in the host's
 directory) runs the back-end's key only as `bifrost fleet agent` with that host's
-config path and agent state directory, so no two hosts share a file. A POP's client
+config path and agent state directory, so no two hosts share a file. In each sshd's
+mount namespace the host's own directories are bound over /usr/src and
+/var/lib/dkms, and `dkms` is bifrost_testing.dkms_stub (real DKMS state is global
+to the machine, and its kernel has no headers for a lab host to build against):
+the agent's DKMS code runs unchanged and the test reads what it asked DKMS to do.
+A POP's client
 sends A2S queries to the POP's anycast service all along (what its health check
 sees served). sshd runs under `ip netns exec`, so whatever the agent mounts (the
 bpffs on the POP's pin directory) lives in that sshd's mount namespace and goes
@@ -29,8 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bifrost.netns import Namespace, link
+from bifrost_testing import dkms_stub
 
 SSHD = "/usr/sbin/sshd"
+DKMS = "/usr/sbin/dkms"  # what the stub is bound over (setup.sh installs dkms)
+# sshd's start in its mount namespace (`ip netns exec` made it one, slave to the
+# machine's): the host's own DKMS directories and the stub, then sshd itself.
+PRIVATE_DKMS = (
+    'set -e; mount --bind "$1" /usr/src; mount --bind "$2" /var/lib/dkms; '
+    'mount --bind "$3" ' + DKMS + '; shift 3; exec "$@"'
+)
 ANYCAST, GAME_PORT = "198.51.100.10", 27015
 A2S_INFO = b"\xff\xff\xff\xffTSource Engine Query\x00"
 
@@ -103,6 +116,32 @@ class LabHost:
     @property
     def agent_state(self) -> Path:
         return self.dir / "agent"
+
+    @property
+    def dkms_dir(self) -> Path:
+        """The host's /var/lib/dkms: the stub's state and its calls.log."""
+        return self.dir / "dkms"
+
+    @property
+    def usr_src(self) -> Path:
+        return self.dir / "usr-src"
+
+    def dkms_calls(self) -> list[list[str]]:
+        """Every `dkms` command the host's agent ran, in order."""
+        return dkms_stub.calls(self.dkms_dir)
+
+    def dkms_state(self) -> list[dkms_stub.Entry]:
+        return dkms_stub.load(self.dkms_dir)
+
+    def set_dkms_state(self, entries: list[dkms_stub.Entry]) -> None:
+        dkms_stub.save(entries, self.dkms_dir)
+
+    def fail_dkms_build(self, fail: bool) -> None:
+        flag = self.dkms_dir / dkms_stub.FAIL_BUILD
+        if fail:
+            flag.touch()
+        else:
+            flag.unlink(missing_ok=True)
 
     def agent_command(self) -> str:
         bifrost = [sys.executable, "-m", "bifrost.cli.main", "-c", str(self.config)]
@@ -267,6 +306,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def fleet_lab(tmp: Path, pops: int = 2, gameservers: int = 1) -> Iterator[FleetLab]:
     """The namespaces, sshds and the back-end's key; removed on exit, whatever happened."""
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+    if not Path(DKMS).exists():
+        raise RuntimeError(f"{DKMS} is missing (the lab binds its stub there): ./setup.sh deps")
     with ExitStack() as stack:
         backend = stack.enter_context(Namespace("bff-be"))
         _quiet_ipv6(backend)
@@ -304,8 +345,15 @@ def fleet_lab(tmp: Path, pops: int = 2, gameservers: int = 1) -> Iterator[FleetL
             )
             log = h.dir / "sshd.log"
             logf = stack.enter_context(open(log, "wb"))
+            h.dkms_dir.mkdir()
+            h.usr_src.mkdir()
+            stub = h.dir / "dkms-stub"
+            stub.write_text(f'#!/bin/sh\nexec {sys.executable} {dkms_stub.__file__} "$@"\n')
+            stub.chmod(0o755)
+            mounts = [str(h.usr_src), str(h.dkms_dir), str(stub)]
+            sshd = [SSHD, "-D", "-e", "-f", str(h.dir / "sshd_config")]
             h.sshd = h.ns.popen(
-                [SSHD, "-D", "-e", "-f", str(h.dir / "sshd_config")],
+                ["sh", "-c", PRIVATE_DKMS, "sh", *mounts, *sshd],
                 stdout=logf,
                 stderr=subprocess.STDOUT,
             )

@@ -12,7 +12,8 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from bifrost.abi.runtime import AbiError, Record
+from bifrost.abi import runtime
+from bifrost.abi.runtime import Record
 
 MAGIC = 0x464F554D
 ABI_VERSION = 2
@@ -369,29 +370,12 @@ RECORDS: dict[int, type[Record]] = {
 
 def decode(buf: bytes) -> Record:
     """Decode one record of any type, checking magic, version and length."""
-    if len(buf) < HEADER_SIZE:
-        raise AbiError(f"record of {len(buf)} bytes is shorter than the header")
-    magic, version, rtype, length, _flags = struct.unpack_from(HEADER_FORMAT, buf)
-    if magic != MAGIC or version != ABI_VERSION:
-        raise AbiError(f"bad magic/version {magic:#x}/{version}")
-    cls = RECORDS.get(rtype)
-    if cls is None:
-        raise AbiError(f"unknown record type {rtype}")
-    return cls.unpack(buf[:length])
+    return runtime.decode(buf, RECORDS, MAGIC, ABI_VERSION, HEADER_FORMAT)
 
 
 def decode_all(buf: bytes) -> list[Record]:
     """Decode a read() that returned several whole records back to back."""
-    out = []
-    while buf:
-        if len(buf) < HEADER_SIZE:
-            raise AbiError(f"{len(buf)} trailing bytes")
-        length = struct.unpack_from(HEADER_FORMAT, buf)[3]
-        if length < HEADER_SIZE or length > len(buf):
-            raise AbiError(f"bad record length {length}")
-        out.append(decode(buf[:length]))
-        buf = buf[length:]
-    return out
+    return runtime.split(buf, HEADER_FORMAT, decode)
 
 
 # The codec needs to know its device; bind it once here.

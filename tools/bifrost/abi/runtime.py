@@ -95,3 +95,34 @@ class Record:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]  # type: ignore[arg-type]
+
+
+def decode(
+    buf: bytes, records: dict[int, type[Record]], magic: int, version: int, header_format: str
+) -> Record:
+    """Decode one record of a device's `records`, checking magic, version and length."""
+    header_size = struct.calcsize(header_format)
+    if len(buf) < header_size:
+        raise AbiError(f"record of {len(buf)} bytes is shorter than the header")
+    got_magic, got_version, rtype, length, _flags = struct.unpack_from(header_format, buf)
+    if got_magic != magic or got_version != version:
+        raise AbiError(f"bad magic/version {got_magic:#x}/{got_version}")
+    cls = records.get(rtype)
+    if cls is None:
+        raise AbiError(f"unknown record type {rtype}")
+    return cls.unpack(buf[:length])
+
+
+def split(buf: bytes, header_format: str, decode_one: Callable[[bytes], Record]) -> list[Record]:
+    """Decode a read() that returned several whole records back to back."""
+    header_size = struct.calcsize(header_format)
+    out = []
+    while buf:
+        if len(buf) < header_size:
+            raise AbiError(f"{len(buf)} trailing bytes")
+        length = struct.unpack_from(header_format, buf)[3]
+        if length < header_size or length > len(buf):
+            raise AbiError(f"bad record length {length}")
+        out.append(decode_one(buf[:length]))
+        buf = buf[length:]
+    return out

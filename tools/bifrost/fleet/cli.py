@@ -61,13 +61,17 @@ The forced command of the back-end's key on a POP or game server. sshd runs it f
 every connection made with that key, whatever command was asked for; the request
 arrives in SSH_ORIGINAL_COMMAND and only these verbs run:
 
-    status               JSON: version, role, config, modules, program, daemons, counters
-    plan                 JSON: diffs of the config on stdin against what runs
+    status               JSON: version, role, config, modules, program, daemons,
+                         counters, kernel module (DKMS's and the loaded one)
+    plan                 JSON: diffs of the config on stdin against what runs, and
+                         whether the XDP object or the kernel module needs a rebuild
     stage-config         keep the config on stdin for the next apply (validated first);
                          print its id
-    apply ID             run the staged config whose id stage-config printed (rebuild,
-                         swap); on a failure put back the previous one
-    rollback             back to the config that ran before the last apply
+    apply ID             run the staged config whose id stage-config printed: rebuild
+                         the XDP object and, through DKMS, the kernel module where
+                         needed, then swap; on a failure put back the previous one
+    rollback             back to the config that ran before the last apply (and
+                         DKMS's install of the module version that apply replaced)
     health [SECONDS]     JSON: program attached, daemons up, game traffic served
 
 Anything else is refused with exit status 2; a verb that fails exits 3, an
@@ -122,17 +126,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "plan",
             cmd_plan,
             "show, per host, the diff of its config and of its module_config.h against what "
-            "it runs, and whether its XDP object would be rebuilt; changes nothing",
+            "it runs, whether its XDP object would be rebuilt, and whether its kernel module "
+            "would be (DKMS has not installed the host's bifrost release for the running "
+            "kernel); changes nothing",
         )
     )
     a = backend(
         "apply",
         cmd_apply,
         "reach every host and stage its config first (an unreachable host or a wrong host "
-        "key changes nothing), then per host, canary first: install the config, regenerate "
-        "module_config.h, rebuild and swap the XDP object where needed, check health (program "
-        "attached, daemons up, served counters moving); a failure rolls that host back and "
-        "stops",
+        "key changes nothing), then per host, canary first: rebuild the XDP object and, "
+        "through DKMS, the kernel module where needed (a failed rebuild changes nothing), "
+        "install the config, regenerate module_config.h, swap the XDP object, check health "
+        "(program attached, daemons up, served counters moving); a failure rolls that host "
+        "back and stops",
     )
     targets(a)
     a.add_argument("--canary", metavar="HOST", help="first host (default: fleet.canary)")
@@ -148,8 +155,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         backend(
             "status",
             cmd_status,
-            "one table across the fleet: version, config, modules, attached program, daemon "
-            "states, counters",
+            "one table across the fleet: version, config, modules, attached program, kernel "
+            "module (DKMS's version, the loaded one), daemon states, counters",
         )
     )
     ag = fs.add_parser(

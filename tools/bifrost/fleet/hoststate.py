@@ -5,12 +5,14 @@ State directory (one per host)::
 
     staged.toml           the config the back-end pushed, not yet applied
     current/              module_config.h, bifrost_xdp.o, build.json of the running config
-    previous/             bifrost.toml + the same three, for rollback
+    previous/             bifrost.toml + the same three, for rollback; kmod.json when
+                          the apply rebuilt the kernel module (the version it replaced)
     lock                  flock: one stage/apply/rollback at a time
 
 The config itself lives where the host's daemons read it (``-c``, default
-/etc/bifrost/bifrost.toml). Only the XDP object is rebuilt here: the kernel
-modules are DKMS's (`invoke install`), rebuilt by DKMS itself on a new kernel.
+/etc/bifrost/bifrost.toml). An apply rebuilds the XDP object when the header or
+the release changed, and the role's kernel module through DKMS when DKMS has not
+installed this release's build for the running kernel (bifrost.fleet.kmod).
 """
 
 from __future__ import annotations
@@ -31,14 +33,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bifrost import __version__, codegen, dkms
+from bifrost import __version__, codegen
 from bifrost import config as hostconfig
+from bifrost.fleet import kmod
 from bifrost.xdp import build
 
 log = logging.getLogger(__name__)
 
 OBJECT_NAME = "bifrost_xdp.o"
 HEADER_NAME = "module_config.h"
+KMOD_RECORD = "kmod.json"
 # The kernel module each role runs (DKMS-built).
 KMODS = {"pop": "bifrost_nf", "gameserver": "fou_map"}
 # The daemons each role runs (their systemd units); reported by status, checked by health.
@@ -128,6 +132,7 @@ class HostState:
 
     def plan(self, want: Desired) -> dict[str, object]:
         return {
+            "kmod": kmod.state(KMODS[want.role]).as_json(),
             "config_diff": _diff(self.running_text(), want.text, "running", "pushed"),
             "module_config_diff": _diff(
                 self.running_header(), want.header or "", f"running/{HEADER_NAME}", HEADER_NAME
@@ -202,9 +207,20 @@ class HostState:
             if rebuild:
                 self._build(want, nxt)
                 done.append(f"built {OBJECT_NAME} with modules {want.modules or 'none'}")
+            module = kmod.state(KMODS[want.role])
+            if module.rebuild:
+                try:
+                    done += kmod.rebuild(module)
+                except kmod.KmodError as e:
+                    shutil.rmtree(nxt, ignore_errors=True)
+                    raise AgentError(
+                        f"kernel module rebuild failed, nothing changed: {e}"
+                    ) from None
             # Keep what runs now, then switch files.
             shutil.rmtree(self.previous, ignore_errors=True)
             self.previous.mkdir(parents=True)
+            if module.rebuild:
+                (self.previous / KMOD_RECORD).write_text(json.dumps(module.as_json()))
             if old_text:
                 (self.previous / "bifrost.toml").write_text(old_text)
             if self.current.exists():
@@ -218,19 +234,22 @@ class HostState:
             try:
                 done += self._drive(want, old, rebuilt=rebuild)
             except AgentError as e:
+                replaced = self._replaced_kmod()
                 self._restore()
                 try:
                     if old is not None:
                         self._drive(old, want, rebuilt=rebuild)
                     elif self.xdp("status").returncode == 0:
                         self._detach(want)
+                    self._kmod_back(replaced)
                 except AgentError as e2:
                     raise AgentError(f"{e}; rolling back failed too: {e2}") from None
                 raise AgentError(f"{e}; rolled back to the previous config") from None
             return done
 
     def rollback(self) -> list[str]:
-        """Back to the config (and object) that ran before the last apply."""
+        """Back to the config (and object) that ran before the last apply, and to DKMS's
+        install of the module version that apply replaced."""
         with self.locked():
             prev_cfg = self.previous / "bifrost.toml"
             if not prev_cfg.exists():
@@ -238,8 +257,32 @@ class HostState:
             now = self.desired(self.running_text(), str(self.config))
             prev = self.desired(prev_cfg.read_text(), str(prev_cfg))
             rebuilt = self.build_info(self.previous) != self.build_info()
+            replaced = self._replaced_kmod()
             self._restore()
-            return [f"restored config {short_sha(prev.text)}", *self._drive(prev, now, rebuilt)]
+            lines = [f"restored config {short_sha(prev.text)}", *self._drive(prev, now, rebuilt)]
+            try:
+                return lines + self._kmod_back(replaced)
+            except AgentError as e:
+                raise AgentError(f"{'; '.join(lines)}; but the module was not: {e}") from None
+
+    def _replaced_kmod(self) -> dict[str, object]:
+        """What the last apply's kernel module rebuild replaced ({} if it rebuilt none)."""
+        f = self.previous / KMOD_RECORD
+        return dict(json.loads(f.read_text())) if f.exists() else {}
+
+    def _kmod_back(self, replaced: dict[str, object]) -> list[str]:
+        """After a rollback: DKMS's install of the version the apply replaced, if any
+        (the loaded module was never changed: the rebuild only installs)."""
+        if not replaced:
+            return []
+        module, kernel, old = replaced["module"], replaced["kernel"], replaced["installed"]
+        if old is None or old == replaced["version"]:
+            why = "none was installed" if old is None else "its source was replaced"
+            return [f"dkms: {module} {replaced['version']} stays installed ({why} before)"]
+        try:
+            return [kmod.reinstall(str(module), str(old), str(kernel))]
+        except kmod.KmodError as e:
+            raise AgentError(str(e)) from None
 
     def _restore(self) -> None:
         prev_cfg = self.previous / "bifrost.toml"
@@ -250,6 +293,7 @@ class HostState:
         shutil.rmtree(self.current, ignore_errors=True)
         shutil.copytree(self.previous, self.current)
         (self.current / "bifrost.toml").unlink(missing_ok=True)
+        (self.current / KMOD_RECORD).unlink(missing_ok=True)
         shutil.rmtree(self.previous)
 
     # -- the XDP program, through its CLI ------------------------------------------------
@@ -310,19 +354,9 @@ class HostState:
                 served += int(parts[-2])
         return {"served": served, "dropped": dropped}
 
-    def kernel_module(self, role: str) -> str:
-        """The role's kernel module: loaded, or its DKMS state for the running kernel
-        (the agent does not build it: DKMS does, `invoke install` or a new kernel's hook)."""
-        name = KMODS[role]
-        modules = Path("/proc/modules")
-        if modules.exists() and any(
-            line.split(" ", 1)[0] == name for line in modules.read_text().splitlines()
-        ):
-            return f"{name} loaded"
-        release = os.uname().release
-        if shutil.which("dkms") is None:
-            return f"{name} not loaded, no dkms"
-        return f"{name} not loaded, {dkms.status(name).get(release, 'not built')} for {release}"
+    def kernel_module(self, role: str) -> kmod.KmodState:
+        """The role's kernel module: DKMS's build for the running kernel, the loaded one."""
+        return kmod.state(KMODS[role])
 
     def units(self, role: str) -> dict[str, str]:
         if not Path("/run/systemd/system").is_dir():

@@ -65,6 +65,16 @@ class Fleet:
             self.out(f"== {host.name} ({where}): unchanged")
             return
         self.out(f"== {host.name} ({where}): {'rebuild' if p['rebuild'] else 'no rebuild'}")
+        km = _kmod(p)
+        if km["rebuild"]:
+            self.out(
+                f"-- kernel module: DKMS rebuild of {km['module']} {km['version']} for "
+                f"{km['kernel']}: {km['why']}"
+            )
+        elif km.get("dkms") is False:
+            self.out(f"-- kernel module: {km['module']}: no dkms on the host, not rebuilt")
+        else:
+            self.out(f"-- kernel module: {km.get('module', '')} {km.get('version', '')} unchanged")
         for title, key in (("config", "config_diff"), ("module_config.h", "module_config_diff")):
             diff = str(p[key])
             self.out(f"-- {title}: {'unchanged' if not diff else ''}".rstrip())
@@ -173,7 +183,11 @@ class Fleet:
 
 
 def _changes(p: dict[str, object]) -> bool:
-    return bool(p["config_diff"] or p["module_config_diff"] or p["rebuild"])
+    return bool(p["config_diff"] or p["module_config_diff"] or p["rebuild"] or _kmod(p)["rebuild"])
+
+
+def _kmod(p: dict[str, object]) -> dict[str, object]:
+    return dict(p.get("kmod") or {"rebuild": False})  # type: ignore[call-overload]
 
 
 def _health_line(st: dict[str, object]) -> str:

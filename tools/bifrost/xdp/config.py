@@ -18,7 +18,7 @@ Example::
     flood_budget_pps = 1000        # flood mode: what all unknown sources of a rule share, per CPU
 
     [[xdp.rule]]
-    name = "cs2"
+    name = "cs2"                   # required, unique: the rule's identity (see below)
     anycast = "198.51.100.10"
     ports = ["27015-27020"]        # or [27015], or [] for every port
     proto = "udp"
@@ -26,6 +26,12 @@ Example::
     fou_port = 5555
     cache = true
     modules = ["srcds"]            # needs [auth]: validation only from authenticated FOU
+
+A rule's name is its identity: the program's rule id (counters, rate buckets,
+validated clients' rule) is allocated by name and recorded in the pinned maps
+(bifrost.xdp.maps.assign_ids), so removing or reordering rules renumbers no
+other rule. Hence every rule needs a name, unique in the section; a position
+would not do (removing a rule would hand its id to the next one).
 
 The top-level [auth] section (bifrost.auth_config) gives the FOU token; the
 host config passes it in: without it FOU is not authenticated and no rule may
@@ -35,6 +41,7 @@ enable a game module.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +50,8 @@ from bifrost.config_schema import ConfigError, Reader
 from bifrost.xdp import maps_def
 
 PROTOS = {"udp": 17, "tcp": 6}
+# A rule name: what `bifrost xdp stats` and the metrics label show, so no spaces or quotes.
+RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MODES = ("auto", "native", "generic")
 
 
@@ -87,8 +96,10 @@ def _port_range(value: object) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Rule:
-    id: int  # 1..MAX_RULES, config order: counters are per id
-    name: str
+    # 1..MAX_RULES, the position in the config. Only the default of maps.desired():
+    # the program's ids come from names (maps.assign_ids), never from positions.
+    id: int
+    name: str  # unique in the config: the rule's identity
     anycast: ipaddress.IPv4Address
     ports: tuple[tuple[int, int], ...]  # empty: every port
     proto: str
@@ -144,10 +155,33 @@ class XdpConfig:
         return {r.id: r for r in self.rules}
 
 
-def _rule(sec: Reader, rid: int, top: dict[str, Any]) -> Rule:
+def _rule_name(sec: Reader, seen: dict[str, str]) -> str:
+    """The rule's name: required (a default from the position would move with it),
+    well-formed and not another rule's."""
+    if not sec.has("name"):
+        what = {k: sec.data[k] for k in ("anycast", "ports") if k in sec.data}
+        raise ConfigError(
+            f"{sec.key('name')}: required key is missing (rule {what}): a rule's name is its "
+            "identity (its id in the program, its counters), so removing another rule "
+            'never renumbers it; add e.g. name = "cs2"'
+        )
+    name = sec.string("name")
+    if not RULE_NAME.fullmatch(name):
+        raise sec.fail(
+            "name", name, "expected 1..64 of A-Z a-z 0-9 _ . - (starting with a letter or digit)"
+        )
+    if name in seen:
+        raise sec.fail(
+            "name", name, f"also the name of {seen[name]}: a rule's name is its identity"
+        )
+    seen[name] = sec.where
+    return name
+
+
+def _rule(sec: Reader, rid: int, top: dict[str, Any], seen: dict[str, str]) -> Rule:
     rule = Rule(
         id=rid,
-        name=sec.string("name", default=f"rule{rid}"),
+        name=_rule_name(sec, seen),
         anycast=sec.ipv4("anycast"),
         ports=tuple(sec.items("ports", _port_range, default=[])),
         proto=sec.string("proto", default="udp", choices=PROTOS),
@@ -182,7 +216,8 @@ def parse(sec: Reader, auth: AuthConfig | None = None) -> XdpConfig:
         raise ConfigError(
             f"{sec.key('rule')}: {len(rule_secs)} rules, at most {maps_def.MAX_RULES}"
         )
-    rules = tuple(_rule(r, i + 1, top) for i, r in enumerate(rule_secs))
+    names: dict[str, str] = {}  # rule name -> the rule that has it (xdp.rule[i])
+    rules = tuple(_rule(r, i + 1, top, names) for i, r in enumerate(rule_secs))
     cfg = XdpConfig(
         modules=modules,
         interface=sec.string("interface") if sec.has("interface") else None,

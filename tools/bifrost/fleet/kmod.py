@@ -1,0 +1,203 @@
+"""A fleet host's kernel module (bifrost_nf on a POP, fou_map on a game server) as DKMS
+has it for the running kernel, against what the host's bifrost release ships; and the
+agent's DKMS rebuild when the two differ.
+
+The release installed on the host (its `bifrost.__version__` and its `kmod/` source,
+what the operator pushed as software) is what the module should be. DKMS keys builds
+by version, so a rebuild is needed when DKMS has no `installed` build of that version
+for the running kernel, or when the source it staged under that version
+(/usr/src/MODULE-VERSION) is not the release's. Everything goes through the `dkms`
+command and bifrost.dkms's staging, never around them.
+
+The rebuild installs the new build; the module that is loaded keeps running until it
+is reloaded (status shows both versions): unloading it under traffic is the
+operator's step, not the agent's. A host without dkms has no DKMS module to
+rebuild: status and plan say so, and the health check finds a missing module
+through its daemon.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bifrost import __version__, dkms
+
+log = logging.getLogger(__name__)
+
+# "fou_map/0.1.0, 6.1.0-56-amd64, x86_64: installed" (dkms 3); "fou_map/0.1.0: added".
+_LINE = re.compile(r"(?P<m>[^/,\s]+)/(?P<v>[^,:\s]+)(?:, (?P<k>[^,]+), [^:]+)?: (?P<s>\w+)")
+
+
+class KmodError(RuntimeError):
+    """dkms is missing or a step failed; the message says what and what is installed."""
+
+
+@dataclass(frozen=True)
+class KmodState:
+    """The role's module for the running kernel: wanted (the release) against installed."""
+
+    module: str
+    kernel: str
+    version: str  # the release's (bifrost.__version__)
+    installed: str | None  # the version DKMS has installed for the kernel
+    source_current: bool  # /usr/src/MODULE-VERSION holds the release's source
+    loaded: str | None  # the loaded module's version (/sys/module/M/version)
+    why: str  # why a rebuild is needed; "" when none is
+    dkms: bool = True  # False: no dkms on the host, nothing the agent can rebuild
+
+    @property
+    def rebuild(self) -> bool:
+        return bool(self.why)
+
+    def as_json(self) -> dict[str, object]:
+        return asdict(self) | {"rebuild": self.rebuild}
+
+    def summary(self) -> str:
+        """One line for the status table."""
+        what = f"{self.module} {self.installed} installed" if self.installed else self.module
+        if not self.dkms:
+            what += ": no dkms on this host"
+        elif not self.installed:
+            what += f" {self.version} not installed"
+        if self.loaded is None:
+            what += ", not loaded"
+        elif self.loaded != self.installed:
+            what += f", loaded {self.loaded} (reload to run {self.installed or self.version})"
+        else:
+            what += ", loaded"
+        return what + (f"; REBUILD: {self.why}" if self.why else "")
+
+
+def parse_status(text: str, module: str) -> dict[tuple[str, str | None], str]:
+    """(version, kernel or None for `added`) -> state, from `dkms status` output."""
+    out: dict[tuple[str, str | None], str] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line.strip())
+        if m and m["m"] == module:
+            out[(m["v"], m["k"])] = m["s"]
+    return out
+
+
+def _dkms(*args: str) -> subprocess.CompletedProcess[str]:
+    argv = ["dkms", *args]
+    log.info("$ %s", shlex.join(argv))
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=1800)
+    except subprocess.TimeoutExpired:
+        raise KmodError(f"{shlex.join(argv)}: no answer in 30 minutes") from None
+    except FileNotFoundError:
+        raise KmodError("dkms is not installed: apt-get install dkms") from None
+
+
+def _status(module: str) -> dict[tuple[str, str | None], str]:
+    return parse_status(_dkms("status", module).stdout, module)
+
+
+def _tree_sha(files: dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(rel.encode() + b"\0" + hashlib.sha256(files[rel]).digest())
+    return h.hexdigest()
+
+
+def source_current(module: str) -> bool:
+    """Whether DKMS's staged source of this release is the release's own."""
+    staged = dkms.source_dir(module)
+    if not staged.is_dir():
+        return False
+    return _tree_sha(dkms.source_files(staged)) == _tree_sha(dkms.staged_tree(module))
+
+
+def loaded_version(module: str) -> str | None:
+    path = Path("/sys/module") / module
+    if not path.is_dir():
+        return None
+    ver = path / "version"
+    return ver.read_text().strip() if ver.exists() else "unknown"
+
+
+def state(module: str) -> KmodState:
+    """The module's state for the running kernel; why == "" when it is this release's."""
+    kernel = os.uname().release
+    loaded = loaded_version(module)
+    if shutil.which("dkms") is None:
+        return KmodState(module, kernel, __version__, None, False, loaded, "", dkms=False)
+    states = _status(module)
+    installed = next((v for (v, k), s in states.items() if k == kernel and s == "installed"), None)
+    current = source_current(module)
+    if installed != __version__:
+        have = f"{installed} is installed" if installed else "none is installed"
+        why = f"this host's bifrost is {__version__}, {have} for {kernel}"
+    elif not current:
+        why = f"the {__version__} source DKMS has is not this host's (changed under the version)"
+    else:
+        why = ""
+    return KmodState(module, kernel, __version__, installed, current, loaded, why)
+
+
+def rebuild(st: KmodState) -> list[str]:
+    """Stage this release's source, then dkms add, build and install it for the running
+    kernel (each step only where DKMS has not done it). On a failure, what this call
+    added is removed again and KmodError says what is installed now (the previous
+    build, unless the source changed under the same version: DKMS keeps one build
+    per version)."""
+    module, ver, kernel = st.module, st.version, st.kernel
+    name = f"{module}/{ver}"
+    known = any(v == ver for v, _ in _status(module))
+    try:
+        restaged = dkms.stage(module)  # a changed source under this version: old build removed
+    except (dkms.DkmsError, OSError) as e:
+        raise KmodError(f"staging {dkms.source_dir(module)} failed: {e}") from None
+    if restaged or not known or not Path(f"/var/lib/dkms/{module}/{ver}/source").exists():
+        _step(st, known and not restaged, "add", name)
+    have = _status(module).get((ver, kernel))
+    steps = [] if have in ("built", "installed") else [("build", name, "-k", kernel)]
+    steps.append(("install", name, "-k", kernel, "--force"))
+    for args in steps:
+        _step(st, known and not restaged, *args)
+    done = f"dkms: {module} {ver} built and installed for {kernel} (was {st.installed or 'none'})"
+    if st.loaded is not None and st.loaded != ver:
+        done += f"; the loaded {module} {st.loaded} runs until the module is reloaded"
+    return [done]
+
+
+def _step(st: KmodState, keep: bool, *args: str) -> None:
+    """One dkms command of a rebuild; on a failure remove what the rebuild added
+    (unless keep: the version was registered before) and say what stays installed."""
+    done = _dkms(*args)
+    if done.returncode == 0:
+        return
+    name = f"{st.module}/{st.version}"
+    if not keep:
+        _dkms("remove", name, "--all")  # leave DKMS as it was
+    if st.installed == st.version and not keep:
+        left = f"no {st.module} build is installed for {st.kernel} (the old {name} was removed)"
+    else:
+        left = f"{st.module} {st.installed or 'none'} stays installed for {st.kernel}"
+    raise KmodError(
+        f"dkms {shlex.join(args)} failed (exit {done.returncode}); {left}: "
+        f"{_tail(done.stdout + done.stderr)}"
+    )
+
+
+def reinstall(module: str, version: str, kernel: str) -> str:
+    """Back to a version DKMS still has built (a rollback)."""
+    done = _dkms("install", f"{module}/{version}", "-k", kernel, "--force")
+    if done.returncode != 0:
+        raise KmodError(
+            f"dkms install {module}/{version} -k {kernel} failed (exit {done.returncode}): "
+            f"{_tail(done.stdout + done.stderr)}"
+        )
+    return f"dkms: {module} {version} installed again for {kernel}"
+
+
+def _tail(text: str, lines: int = 6) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:]) or "no output"
