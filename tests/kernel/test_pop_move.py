@@ -188,9 +188,9 @@ def _peer_player(
     ), client
 
 
-def _validated_at(sysm: system.System, n: int, proto: str, sock: socket.socket) -> bool:
-    """Whether POP n's XDP holds the player as validated (live) for its service."""
-    cport, sport = sock.getsockname()[1], sock.getpeername()[1]
+def _validated_at(sysm: system.System, n: int, proto: str, ports: tuple[int, int]) -> bool:
+    """Whether POP n's XDP holds the player (its client and service ports) as validated."""
+    cport, sport = ports
     client, service = ipaddress.IPv4Address(CLIENT).packed, ipaddress.IPv4Address(SERVICE_IP)
     with maps.MapSet.from_pins(loader.pin_dir_for(sysm.pin_bases[n], "eth0")) as ms:
         if proto == "srcds":
@@ -235,9 +235,10 @@ def test_validated_players_keep_playing_through_a_pop_move(sysm: system.System) 
     steam, steam_client = _peer_player(sysm, "steam", system.STEAM_PORT)
     raknet, raknet_client = _peer_player(sysm, "raknet", system.RUST_PORT)
     players = [srcds, steam, raknet]
+    ports = {p.name: (p.sock.getsockname()[1], p.sock.getpeername()[1]) for p in players}
     for p in players:
-        assert _validated_at(sysm, 1, p.name, p.sock), f"{p.name}: validated by pop1"
-        assert not _validated_at(sysm, 2, p.name, p.sock), f"{p.name}: pop2 never saw it"
+        assert _validated_at(sysm, 1, p.name, ports[p.name]), f"{p.name}: validated by pop1"
+        assert not _validated_at(sysm, 2, p.name, ports[p.name]), f"{p.name}: pop2 never saw it"
     assert sysm.fou_map_table() == {CLIENT: POP1}
     fou_before = sysm.fou_map()
     try:
@@ -294,7 +295,7 @@ def test_validated_players_keep_playing_through_a_pop_move(sysm: system.System) 
         assert "drop_module" not in pop2[name], f"pop2 dropped {name} packets: {pop2}"
     # pop2 validated every player from the game server's replies (no handshake there).
     for p in players:
-        assert _validated_at(sysm, 2, p.name, p.sock), f"{p.name}: validated by pop2"
+        assert _validated_at(sysm, 2, p.name, ports[p.name]), f"{p.name}: validated by pop2"
     assert sysm.game()["handshakes"].get(CLIENT) == 1, "the SRCDS player never reconnected"
     assert sysm.peers is not None
     stats = sysm.peers.stats()
