@@ -275,7 +275,12 @@ def test_validated_players_keep_playing_through_a_pop_move(sysm: system.System) 
     gaps = {p.name: round(_max_gap(p.replies, stream.stopped), 3) for p in players}
     replies_after = {p.name: sum(t > moved_at for t in p.replies) for p in players}
     lost = {p.name: len(p.sent) - len(p.answered) for p in players}
-    facts = f"loss (s, start after move) {losses}; gaps {gaps}; lost {lost}"
+    pop2 = _moved(before[2], after2)
+    # Every counter that moved on both POPs goes with a failure: where packets went.
+    facts = (
+        f"loss (s, start after move) {losses}; gaps {gaps}; lost {lost}; "
+        f"pop2 {pop2}; pop1 after settling {_moved(settled, pop1_after)}"
+    )
     assert all(s <= MAX_GAP_S for s, _ in loss.values()), facts
     assert all(n > SETTLED_REPLIES for n in replies_after.values()), (replies_after, facts)
     # Packets went out across the move (a sender stalled through it would prove nothing).
@@ -288,7 +293,6 @@ def test_validated_players_keep_playing_through_a_pop_move(sysm: system.System) 
     assert moves >= 1
     # No packet to the wrong POP: pop1's counters stood still while pop2 carried on.
     assert _moved(settled, pop1_after) == {}, _moved(settled, pop1_after)
-    pop2 = _moved(before[2], after2)
     for name in RULES:
         assert pop2[name]["tx_return"] > SETTLED_REPLIES, pop2
         assert pop2[name]["tx_forward"] > SETTLED_REPLIES, pop2
