@@ -50,7 +50,9 @@ pytestmark = pytest.mark.bpf
 
 S = maps_def.BY_NAME
 ACCEPT = b"\xff\xff\xff\xffB" + bytes(16)  # SRCDS S2C_CONNECTION: the server accepted
-NETCHAN = b"\x01\x02netchannel"
+# Shorter than a netchannel header (12 bytes): only a validated client's passes. A
+# longer one also passes on the rule's budget (tests/bpf/test_xdp_srcds_move.py).
+NETCHAN = b"\x01\x02netchan"
 VICTIM = "203.0.113.99"  # where a reflector would send its traffic
 
 
