@@ -58,22 +58,27 @@ READY_TIMEOUT_S = 300.0
 AUTH_KEYS = ("5bd0c2a1e4f39687",)
 
 
-def pop_toml(n: int, pin_base: Path, auth_keys: tuple[str, ...] = ()) -> str:
-    """auth_keys: [auth] keys (16 hex digits each) for authenticated FOU; none: auth
-    off, and then the rule has no game module (config validation refuses one)."""
-    auth = f"[auth]\nkeys = {json.dumps(list(auth_keys))}\n\n" if auth_keys else ""
-    modules = ["srcds"] if auth_keys else []
-    more = "".join(
-        f"""
+def _rule_toml(name: str, port: int, module: str, auth: bool, cache: bool = False) -> str:
+    """One forward rule for the game service; its module only with auth (see pop_toml)."""
+    cached = "cache = true\n" if cache else ""
+    return f"""
 [[xdp.rule]]
 name = "{name}"
 anycast = "{SERVICE_IP}"
 ports = ["{port}"]
 proto = "udp"
 game_server = "{GS_LOCAL}"
-modules = {json.dumps([module] if auth_keys else [])}
+{cached}modules = {json.dumps([module] if auth else [])}
 """
-        for name, (_, port, module) in GAME_RULES.items()
+
+
+def pop_toml(n: int, pin_base: Path, auth_keys: tuple[str, ...] = ()) -> str:
+    """auth_keys: [auth] keys (16 hex digits each) for authenticated FOU; none: auth
+    off, and then the rule has no game module (config validation refuses one)."""
+    auth = f"[auth]\nkeys = {json.dumps(list(auth_keys))}\n\n" if auth_keys else ""
+    on = bool(auth_keys)
+    rules = _rule_toml("game", GAME_PORT, "srcds", on, cache=True) + "".join(
+        _rule_toml(name, port, module, on) for name, (_, port, module) in GAME_RULES.items()
     )
     return f"""\
 # POP {n}: the XDP program on its uplink, the A2S cache.
@@ -85,15 +90,7 @@ pop_address = "{topology.pop_ip(n)}"
 fou_port = {FOU_PORT}
 pin_dir = "{pin_base}"
 
-[[xdp.rule]]
-name = "game"
-anycast = "{SERVICE_IP}"
-ports = ["{GAME_PORT}"]
-proto = "udp"
-game_server = "{GS_LOCAL}"
-cache = true
-modules = {json.dumps(modules)}
-{more}
+{rules}
 [cache]
 refresh_s = 1.0
 ttl_s = 30.0
