@@ -18,7 +18,6 @@ through its daemon.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -101,19 +100,12 @@ def _status(module: str) -> dict[tuple[str, str | None], str]:
     return parse_status(_dkms("status", module).stdout, module)
 
 
-def _tree_sha(files: dict[str, bytes]) -> str:
-    h = hashlib.sha256()
-    for rel in sorted(files):
-        h.update(rel.encode() + b"\0" + hashlib.sha256(files[rel]).digest())
-    return h.hexdigest()
-
-
 def source_current(module: str) -> bool:
     """Whether DKMS's staged source of this release is the release's own."""
     staged = dkms.source_dir(module)
     if not staged.is_dir():
         return False
-    return _tree_sha(dkms.source_files(staged)) == _tree_sha(dkms.staged_tree(module))
+    return dkms.source_files(staged) == dkms.staged_tree(module)
 
 
 def loaded_version(module: str) -> str | None:
