@@ -15,17 +15,24 @@ the swap it must be in game_clients. The rule's budget for unvalidated packets
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_xdp_live import CLIENT_PORT, GS1, GS2, SO_RCVBUFFORCE, Live, Received, config, serve
+from test_xdp_live import (  # noqa: F401 (live: the fixture)
+    CLIENT_PORT,
+    GS1,
+    GS2,
+    SO_RCVBUFFORCE,
+    Live,
+    Received,
+    live,
+    serve,
+)
 from xdp_harness import VIP, wait_for
 
 from bifrost import codegen
@@ -52,32 +59,11 @@ def legacy_object(out: Path) -> Path:
 
 
 @pytest.fixture
-def live(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Iterator[Live]:
-    old = legacy_object(tmp_path_factory.mktemp("srcds-lru"))
-    new_dir = tmp_path_factory.mktemp("srcds-sets")
-    hdr = new_dir / "module_config.h"
-    hdr.write_text(codegen.render_module_config(["srcds"], "tests"))
-    new = build.compile_program(hdr, new_dir)
-    pins = Path(f"/sys/fs/bpf/bfx-test-srcdsup-{os.getpid()}")
-    lv = None
-    try:
-        with topo.hosts("bfx-su", VIP) as h:
-            h.gs.address(topo.GS_IF, f"{GS2}/24")
-            lv = Live(h, pins, tmp_path / "bifrost.toml", tmp_path, old, new)
-            lv.toml.write_text(config(pins))
-            yield lv
-            if lv.proc and lv.proc.poll() is None:
-                lv.stop()
-            with h.pop.entered():
-                for dev in (topo.POP_C_IF, topo.POP_G_IF):
-                    loader.detach(dev, pins)
-    finally:
-        if lv and lv.proc and lv.proc.poll() is None:
-            lv.proc.kill()
-            lv.proc.wait()
-        if lv and lv.notify:
-            lv.notify.close()
-        shutil.rmtree(pins, ignore_errors=True)
+def upgrade(live: Live, tmp_path_factory: pytest.TempPathFactory) -> Live:  # noqa: F811
+    """test_xdp_live's service and network; obj_on: the old object, obj_off: this tree's
+    object with SRCDS (live's obj_on)."""
+    live.obj_on, live.obj_off = legacy_object(tmp_path_factory.mktemp("srcds-lru")), live.obj_on
+    return live
 
 
 def _pinned(pdir: Path, name: str, spec: maps.MapSpec) -> libbpf.Map:
@@ -103,15 +89,15 @@ def _carried(pdir: Path, client: bytes, service: bytes) -> bool:
     )
 
 
-def test_an_upgrade_carries_validated_srcds_clients_into_game_clients(live: Live) -> None:
-    h = live.hosts
-    pdir = loader.pin_dir_for(live.pins, topo.POP_C_IF)
-    live.start(live.obj_on)  # the old object
+def test_an_upgrade_carries_validated_srcds_clients_into_game_clients(upgrade: Live) -> None:
+    h = upgrade.hosts
+    pdir = loader.pin_dir_for(upgrade.pins, topo.POP_C_IF)
+    upgrade.start(upgrade.obj_on)  # the old object
     with h.pop.entered():
-        loader.attach_also(topo.POP_G_IF, topo.POP_C_IF, live.pins)
+        loader.attach_also(topo.POP_G_IF, topo.POP_C_IF, upgrade.pins)
     for ns, dev in ((h.client, topo.CLIENT_IF), (h.gs, topo.GS_IF)):
         with ns.entered():
-            loader.attach_pass(dev, live.obj_on)
+            loader.attach_pass(dev, upgrade.obj_on)
 
     stop = threading.Event()
     got1, got2 = Received(), Received()
@@ -141,7 +127,7 @@ def test_an_upgrade_carries_validated_srcds_clients_into_game_clients(live: Live
             except TimeoutError:
                 continue
         else:
-            pytest.fail("no S2C_CONNECTION: the client was never validated\n" + live.log())
+            pytest.fail("no S2C_CONNECTION: the client was never validated\n" + upgrade.log())
         legacy = _pinned(pdir, maps.LEGACY_SRCDS_CLIENTS, maps.LEGACY_SRCDS_SPEC)
         try:
             assert len(legacy.dump()) == 1, "the old object validated the client in its LRU"
@@ -169,7 +155,7 @@ def test_an_upgrade_carries_validated_srcds_clients_into_game_clients(live: Live
         sender.start()
         mark = sent[0]
         assert wait_for(lambda: bool(got1.seqs) and got1.seqs[-1] > mark + 50, 20)
-        out = live.cli("upgrade", "--obj", str(live.obj_off))
+        out = upgrade.cli("upgrade", "--obj", str(upgrade.obj_off))
         assert "swapped prog id" in out, out
         carried_at_once = _carried(pdir, client_b, vip_b)
         mark = sent[0]
@@ -185,7 +171,7 @@ def test_an_upgrade_carries_validated_srcds_clients_into_game_clients(live: Live
             sent[0] += 1
             return bool(got1.seqs) and got1.seqs[-1] >= total
 
-        assert wait_for(last_arrived, 20), "no packet arrived after the last one\n" + live.log()
+        assert wait_for(last_arrived, 20), "no packet arrived after the last one\n" + upgrade.log()
     finally:
         stop.set()
         client.close()
@@ -195,7 +181,7 @@ def test_an_upgrade_carries_validated_srcds_clients_into_game_clients(live: Live
 
     assert total > 200
     lost = sorted(set(range(total)) - set(got1.seqs))
-    stats = live.cli("stats")
+    stats = upgrade.cli("stats")
     assert not lost, f"{len(lost)} lost, first {lost[:20]}\n{stats}"
     assert got2.seqs == [] and got2.foreign == [], "a packet went to the wrong game server"
     assert "drop_module" not in stats, stats
