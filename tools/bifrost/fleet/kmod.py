@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -30,9 +29,6 @@ from pathlib import Path
 from bifrost import __version__, dkms
 
 log = logging.getLogger(__name__)
-
-# "fou_map/0.1.0, 6.1.0-56-amd64, x86_64: installed" (dkms 3); "fou_map/0.1.0: added".
-_LINE = re.compile(r"(?P<m>[^/,\s]+)/(?P<v>[^,:\s]+)(?:, (?P<k>[^,]+), [^:]+)?: (?P<s>\w+)")
 
 
 class KmodError(RuntimeError):
@@ -75,16 +71,6 @@ class KmodState:
         return what + (f"; REBUILD: {self.why}" if self.why else "")
 
 
-def parse_status(text: str, module: str) -> dict[tuple[str, str | None], str]:
-    """(version, kernel or None for `added`) -> state, from `dkms status` output."""
-    out: dict[tuple[str, str | None], str] = {}
-    for line in text.splitlines():
-        m = _LINE.match(line.strip())
-        if m and m["m"] == module:
-            out[(m["v"], m["k"])] = m["s"]
-    return out
-
-
 def _dkms(*args: str) -> subprocess.CompletedProcess[str]:
     argv = ["dkms", *args]
     log.info("$ %s", shlex.join(argv))
@@ -97,7 +83,7 @@ def _dkms(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _status(module: str) -> dict[tuple[str, str | None], str]:
-    return parse_status(_dkms("status", module).stdout, module)
+    return dkms.parse_status(_dkms("status", module).stdout, module)
 
 
 def source_current(module: str) -> bool:
