@@ -26,3 +26,14 @@ def test_status_line_says_installed_loaded_and_why_a_rebuild() -> None:
     )
     assert st(None, None, "x").summary().startswith("fou_map 0.1.0 not installed, not loaded")
     assert st(None, None, "x").as_json()["rebuild"] is True
+
+
+def test_status_line_of_a_module_the_config_does_not_use() -> None:
+    unused = kmod.KmodState("bifrost_nf", "K", "0.1.0", None, False, None, "", needed=False)
+    assert unused.summary() == "bifrost_nf (not used by this config), not loaded"
+    assert not unused.rebuild
+    nodkms = kmod.KmodState(
+        "fou_map", "K", "0.1.0", None, False, "0.0.9", "no dkms ...", dkms=False
+    )
+    assert nodkms.summary().startswith("fou_map: no dkms on this host, loaded 0.0.9")
+    assert nodkms.as_json()["rebuild"] is True
