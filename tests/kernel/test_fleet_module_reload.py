@@ -66,7 +66,9 @@ def test_agent_reload_with_daemon_and_traffic_loses_no_mapping(setup) -> None:
     assert topo.wait_for(lambda: snapshot_has(d, want), timeout=10)
     with t.fou_map() as fm:
         created = fm.stats().created_ns
-    # Client 0 keeps sending through its POP (pop 1) during the reload.
+    # Client 0 keeps sending through its POP (pop 1) during the reload (learn_two left
+    # the clients' route on pop 2: client 0's traffic would move its mapping there).
+    t.use_pop(1)
     stop = threading.Event()
     sent = [0]
 
