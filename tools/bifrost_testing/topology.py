@@ -34,8 +34,10 @@ for 5 to 26 s at a time on 6.12 in the TCG guest (net_rx_action out of time,
 the rest left to ksoftirqd): the ring filled, and the POP lost everything it
 sent that way, its XDP_TX frames (xdp_tx_errors) and its own packets (TX drops),
 ARP with them, so its router's neighbour entry went INCOMPLETE and the forward
-path counted drop_no_neigh. tests/kernel/test_pop_move.py lost 5 to 26 s of
-replies in each of four such runs (6.1 at most 0.34 s); with threaded NAPI, none.
+path counted drop_no_neigh. A sustained three-player POP move lost 5 to 26 s
+of replies in each of four such runs (6.1 at most 0.34 s). With threaded NAPI two
+runs lost nothing, but a third still lost 2 s at the old POP before the move, with
+40 xdp_tx_errors on its link: the kthread too can go unpolled that long here.
 """
 
 from __future__ import annotations
