@@ -25,13 +25,9 @@ from pathlib import Path
 import pytest
 from test_xdp_live import (  # noqa: F401 (live: the fixture)
     CLIENT_PORT,
-    GS1,
-    GS2,
-    SO_RCVBUFFORCE,
     Live,
-    Received,
+    game_path,
     live,
-    serve,
 )
 from xdp_harness import VIP, wait_for
 
@@ -90,44 +86,15 @@ def _carried(pdir: Path, client: bytes, service: bytes) -> bool:
 
 
 def test_an_upgrade_carries_validated_srcds_clients_into_game_clients(upgrade: Live) -> None:
-    h = upgrade.hosts
     pdir = loader.pin_dir_for(upgrade.pins, topo.POP_C_IF)
-    upgrade.start(upgrade.obj_on)  # the old object
-    with h.pop.entered():
-        loader.attach_also(topo.POP_G_IF, topo.POP_C_IF, upgrade.pins)
-    for ns, dev in ((h.client, topo.CLIENT_IF), (h.gs, topo.GS_IF)):
-        with ns.entered():
-            loader.attach_pass(dev, upgrade.obj_on)
-
-    stop = threading.Event()
-    got1, got2 = Received(), Received()
-    servers = []
-    for ip, got, answer in ((GS1, got1, True), (GS2, got2, False)):
-        sock = h.gs.socket()
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
-        sock.bind((ip, 5555))
-        t = threading.Thread(target=serve, args=(sock, got, stop, answer), daemon=True)
-        t.start()
-        servers.append((t, sock))
-    client = h.client.socket()
-    client.bind((topo.CLIENT_IP, CLIENT_PORT))
-    client.settimeout(0.5)
     sent = [0]
 
     def packet(i: int) -> bytes:
         # A netchannel datagram's 12-byte header at least (srcds.h); seq for serve().
         return b"\x01" + struct.pack("!I", i) + bytes(8)
 
-    try:
-        for _ in range(20):
-            client.sendto(b"\xff\xff\xff\xffq0000", (VIP, 27015))
-            try:
-                if client.recv(64) == b"\xff\xff\xff\xffB":
-                    break
-            except TimeoutError:
-                continue
-        else:
-            pytest.fail("no S2C_CONNECTION: the client was never validated\n" + upgrade.log())
+    with game_path(upgrade) as g:  # upgrade.obj_on: the old object
+        client, got1 = g.client, g.got1
         legacy = _pinned(pdir, maps.LEGACY_SRCDS_CLIENTS, maps.LEGACY_SRCDS_SPEC)
         try:
             assert len(legacy.dump()) == 1, "the old object validated the client in its LRU"
@@ -172,18 +139,12 @@ def test_an_upgrade_carries_validated_srcds_clients_into_game_clients(upgrade: L
             return bool(got1.seqs) and got1.seqs[-1] >= total
 
         assert wait_for(last_arrived, 20), "no packet arrived after the last one\n" + upgrade.log()
-    finally:
-        stop.set()
-        client.close()
-        for t, sock in servers:
-            t.join(5)
-            sock.close()
 
     assert total > 200
     lost = sorted(set(range(total)) - set(got1.seqs))
     stats = upgrade.cli("stats")
     assert not lost, f"{len(lost)} lost, first {lost[:20]}\n{stats}"
-    assert got2.seqs == [] and got2.foreign == [], "a packet went to the wrong game server"
+    assert g.got2.seqs == [] and g.got2.foreign == [], "a packet went to the wrong game server"
     assert "drop_module" not in stats, stats
     assert carried_at_once, "the client is in game_clients as the new object starts"
     assert "1 SRCDS client(s) carried into game_clients" in out, out
