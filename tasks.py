@@ -221,8 +221,11 @@ def vm_run(c: Context, kernel: str | None = None, timeout: int = 600) -> None:
 
 @task(help={"kernel": "kernel release to boot (default: the 6.1 line)"})
 def lab(c: Context, kernel: str | None = None) -> None:
-    """Build what the lab uses, boot the guest, run a client's session through two POPs and a
-    game server (A2S, game traffic, handshake, POP change); print the counters per hop."""
+    """Run the lab in the guest: A2S, SRCDS/Steam/RakNet clients and a POP move, per hop.
+
+    Builds what the lab uses (DKMS modules, the XDP object), boots the guest, runs
+    a client's session through two POPs and a game server and prints the counters
+    of every hop."""
     _require_root("lab")
     _require_tools("dkms", "clang", "qemu-system-x86_64")
     kver = kernel or kernel_lines()[0]

@@ -38,11 +38,17 @@ from xdp_harness import (
     fou_frame,
     make_config,
 )
+from xdp_modules_harness import game_clients, set_expiry
 
 from bifrost.netns import Namespace
 from bifrost.xdp import libbpf, maps, maps_def
 
 pytestmark = pytest.mark.bpf
+
+
+# Shorter than a netchannel header (12 bytes): only a validated client's passes. A
+# longer one also passes on the rule's budget (tests/bpf/test_xdp_srcds_move.py).
+NETCHAN_RUNT = b"\x01\x02netchan"
 
 
 def udp_in(payload: bytes = b"hello", dport: int = 27015, src: str = CLIENT, **ip) -> IP:
@@ -302,7 +308,7 @@ def test_rate_limit_per_source_and_rule(xdp: Xdp) -> None:
 
 def test_srcds_validation_on_server_accept(xdp: Xdp) -> None:
     xdp.apply(auth_config())  # a module validates only from authenticated FOU
-    netchan = client_frame(udp_in(b"\x01\x02netchannel", dport=27020))
+    netchan = client_frame(udp_in(NETCHAN_RUNT, dport=27020))
     assert xdp.run(netchan).verdict == "DROP"
     assert xdp.counts()[(2, "drop_module")] == 1
     for step in (b"\xff\xff\xff\xffq", b"\xff\xff\xff\xffk..."):
@@ -318,15 +324,10 @@ def test_srcds_validation_on_server_accept(xdp: Xdp) -> None:
     assert Ether(xdp.run(netchan).data)[IP].dst == GS_SRCDS
     assert xdp.run(netchan).data[-8:] == KEY, "forwarded with the send key"
     # Another port of the same client is another connection.
-    other = client_frame(
-        IP(src=CLIENT, dst=VIP) / UDP(sport=40001, dport=27020) / b"\x01\x02netchannel"
-    )
+    other = client_frame(IP(src=CLIENT, dst=VIP) / UDP(sport=40001, dport=27020) / NETCHAN_RUNT)
     assert xdp.run(other).verdict == "DROP"
     # Expiry: age the entry and the client is unvalidated again.
-    st = maps_def.BY_NAME
-    key = st["srcds_key"].pack(client=CLIENT, service=VIP, client_port=40000, service_port=27020)
-    assert xdp.ms["srcds_clients"].lookup(key) is not None
-    xdp.ms["srcds_clients"].update(key, st["srcds_state"].pack(expires_ns=1))
+    set_expiry(xdp, game_clients(xdp)[(CLIENT, 40000, VIP, 27020)], 1)
     assert xdp.run(netchan).verdict == "DROP"
 
 
@@ -356,8 +357,8 @@ def test_module_not_compiled_in(tmp_path_factory: pytest.TempPathFactory) -> Non
     from xdp_harness import loaded
 
     with loaded(tmp_path_factory.mktemp("nomod"), modules=()) as x:
-        assert "srcds_clients" not in x.ms
-        netchan = client_frame(udp_in(b"\x01\x02netchannel", dport=27020))
+        assert "game_clients" not in x.ms
+        netchan = client_frame(udp_in(NETCHAN_RUNT, dport=27020))
         x.ms["rule_modules"].update(
             (2).to_bytes(4, "little"), maps_def.BY_NAME["rule_modules"].pack(bits=1)
         )
@@ -470,7 +471,7 @@ def test_ktime_fallback_when_uncalibrated(xdp: Xdp) -> None:
     xdp.apply(auth_config())
     frame = client_frame(udp_in(dport=7777, dst=VIP2))
     assert [xdp.run(frame).verdict for _ in range(3)] == ["TX", "TX", "DROP"]
-    netchan = client_frame(udp_in(b"\x01\x02netchannel", dport=27020))
+    netchan = client_frame(udp_in(NETCHAN_RUNT, dport=27020))
     accept = reply(b"\xff\xff\xff\xffB", sport=27020)
     assert xdp.run(netchan).verdict == "DROP"
     assert xdp.run(fou_frame(GS_SRCDS, accept, token=KEY)).verdict == "TX"

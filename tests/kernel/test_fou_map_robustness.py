@@ -22,6 +22,7 @@ import pytest
 from bifrost import netns
 from bifrost.abi import fou_map as abi
 from bifrost.fou_map.control import FouMap, TableConfig
+from bifrost_testing.topology import wait_for
 
 pytestmark = pytest.mark.kernel
 PORTS = (topo.FOU_PORT,)
@@ -207,11 +208,16 @@ def test_pinning_a_client_while_its_traffic_flows():
         assert c["moved"] > 0 and c["learn_static"] > 0, "the traffic raced the pins"
 
 
+PAUSE_AFTER = 500  # one-record reads before the walk waits for the GC
+
+
 def test_dump_in_small_reads_while_gc_expires_others(ns):
     """Defect 7: the dump resumed an rhashtable walk on every read(); entries removed
     between reads (and the shrink that follows) made it miss or repeat live entries.
     2,000 static entries must each come back exactly once while the GC expires 4,000
-    learned ones between one-record reads."""
+    learned ones between one-record reads. The walk pauses after PAUSE_AFTER records
+    until the GC has expired entries: on a fast machine the whole dump can end before
+    the learned entries are old enough (CI's 6.12 run saw no expiry at all)."""
     with topo.open_in(ns) as fm:
         fm.configure(TableConfig(idle_timeout_ms=1000, max_entries=10000))
         live = {str(ipaddress.IPv4Address(int(ipaddress.IPv4Address("10.96.0.0")) + i))
@@ -225,13 +231,20 @@ def test_dump_in_small_reads_while_gc_expires_others(ns):
         fm.send(abi.DumpReq())
         seen: list[str] = []
         end = None
+        reads = 0
         while end is None:
+            reads += 1
+            if reads == PAUSE_AFTER:
+                assert wait_for(lambda: fm.counters()["expired"] > expired0, timeout=30), (
+                    "the GC expired nothing in 30 s"
+                )
             for r in fm.codec.decode_all(os.read(fm.fd, abi.Entry.SIZE)):
                 if isinstance(r, abi.DumpEnd):
                     end = r
                 elif r.entry_flags & abi.ENTRY_STATIC:
                     seen.append(str(r.client))
         expired = fm.counters()["expired"] - expired0
+        assert reads > PAUSE_AFTER, "the dump ended before the pause"
         assert expired > 0, "the GC expired entries during the dump"
         assert len(seen) == len(set(seen)), "an entry came back twice"
         assert set(seen) == live

@@ -1,18 +1,21 @@
-"""The client's session through the whole system, in four phases, each with its hop counters.
+"""The client's session through the whole system, in phases, each with its hop counters.
 
 (a) A2S: python-a2s queries pass pop1's XDP program (pass_cache) and bifrost_nf
     answers them, challenge first; the game service sees no client query.
 (b) Game traffic: the client's SRCDS `q` is FOU-encapsulated by pop1's XDP,
     fou_map learns client -> pop1, the game service answers `A`, the reply goes
     back to pop1 (fou_map), whose XDP decapsulates and delivers it.
-(c) Handshake: a netchannel packet before the handshake is dropped by pop1
-    (drop_module: not validated); `k` -> `B` validates the client on pop1, and
-    netchannel packets are then echoed through the same path.
-(d) The anycast route moves to pop2. pop2's XDP has not seen the handshake, so
-    it drops the client's netchannel packets until the client connects again
-    through it (as a real client reconnecting does); fou_map moves the client
-    to pop2 and every reply comes back through pop2. (Carrying the validation
-    over from POP to POP is a separate change.)
+(c) Handshake: a netchannel packet before the handshake passes pop1 on the
+    rule's budget of unvalidated packets and the game service ignores it (no
+    connection); `k` -> `B` validates the client on pop1, and netchannel
+    packets are then echoed through the same path.
+(d), (e) The same client's Steam-networking and RakNet games (other ports,
+    other rules: steam, rust): ConnectOK and open connection reply 2 through
+    pop1 validate it there, and its data is echoed.
+(f) The anycast route moves to pop2, which has never seen a handshake. The
+    client does not reconnect: pop2 forwards its game packets on the rules'
+    budget, fou_map moves the client to pop2, and the server's replies through
+    pop2 validate it there; every reply comes back through pop2.
 
 Each phase returns what the client got and the counters' deltas per hop, and
 says what is wrong with them (problems()): the lab prints them, the kernel
@@ -25,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bifrost_testing import topology
+from bifrost_testing import game_peers, topology
 from bifrost_testing.refserver import C2S_CONNECT, C2S_GETCHALLENGE, ECHO_PREFIX, S2C_CHALLENGE
-from bifrost_testing.system import MAP_NAME, System, delta
+from bifrost_testing.system import GAME_RULES, MAP_NAME, System, delta
 from bifrost_testing.topology import GAME_PORT, SERVICE_IP
 
 CONNECTIONLESS = b"\xff\xff\xff\xff"
@@ -45,6 +48,7 @@ class Phase:
     hops: dict[str, dict[str, int]] = field(default_factory=dict)
     table: dict[str, str] = field(default_factory=dict)  # fou_map afterwards
     problems: list[str] = field(default_factory=list)
+    facts: list[str] = field(default_factory=list)  # what was measured, for the "ok" lines
 
     def expect(self, ok: bool, what: str) -> None:
         if not ok:
@@ -60,6 +64,7 @@ class Phase:
             "hops": self.hops,
             "fou_map_table": self.table,
             "problems": self.problems,
+            "facts": self.facts,
         }
 
 
@@ -155,61 +160,142 @@ def _netchannel(client: GameClient, p: Phase, tag: str) -> int:
     return echoed
 
 
-def _validate_through(system: System, client: GameClient, n: int, name: str) -> Phase:
-    """Through POP n: a netchannel packet is dropped (not validated there), the
-    handshake gets `A` and `B` back, then every netchannel packet is echoed."""
-    pop = f"pop{n}"
+def handshake_via_pop1(system: System, client: GameClient) -> Phase:
+    """Through pop1: a netchannel packet before the handshake passes on the rule's
+    budget and is ignored by the service (no connection), the handshake gets `A` and
+    `B` back, then every netchannel packet is echoed."""
 
     def act(p: Phase) -> None:
-        if system.nw.active_pop != n:
-            system.nw.use_pop(n)
         early = client.ask(b"netchannel, not validated", timeout=QUIET_S)
-        p.client_got = [f"netchannel dropped by {pop}" if early is None else f"reply {early!r}"]
-        p.expect(early is None, f"{pop} let an unvalidated netchannel packet through")
+        p.client_got = ["no reply before the handshake" if early is None else f"reply {early!r}"]
+        p.expect(early is None, "the service answered a client it has not accepted")
         a, b = client.connect()
         p.client_got.append("handshake: A, B" if b else f"handshake: A={a!r} B={b!r}")
-        p.expect(b is not None and b[:5] == CONNECTIONLESS + b"B", f"`B` came back via {pop}")
-        p.expect(_netchannel(client, p, pop) == NETCHANNEL, "every netchannel packet echoed")
+        p.expect(b is not None and b[:5] == CONNECTIONLESS + b"B", "`B` came back via pop1")
+        p.expect(_netchannel(client, p, "pop1") == NETCHANNEL, "every netchannel packet echoed")
 
-    p = _measure(system, name, act)
-    xdp = f"{pop}.xdp"
-    p.expect(p.count(xdp, "drop_module") == 1, f"{pop} XDP dropped the unvalidated packet")
-    p.expect(p.count(xdp, "tx_forward") == 2 + NETCHANNEL, f"{pop} forwarded q, k, the data")
-    p.expect(p.count(xdp, "tx_return") == 2 + NETCHANNEL, f"{pop} returned A, B, the echoes")
+    p = _measure(system, "(c) SRCDS handshake validates the client on pop1", act)
+    forwarded, returned = p.count("pop1.xdp", "tx_forward"), p.count("pop1.xdp", "tx_return")
+    p.expect("drop_module" not in p.hops.get("pop1.xdp", {}), "pop1 XDP dropped nothing")
+    p.expect(forwarded == 3 + NETCHANNEL, "pop1 forwarded the early packet, q, k, the data")
+    p.expect(returned == 2 + NETCHANNEL, "pop1 returned A, B, the echoes")
     p.expect(p.count("game_service", "client_handshakes") == 1, "the service accepted it")
     p.expect(
-        p.count("game_service", "client_game_packets") == 2 + NETCHANNEL,
-        "the service got q, k and the netchannel packets, not the dropped one",
+        p.count("game_service", "client_game_packets") == 3 + NETCHANNEL,
+        "the service got the early packet, q, k and the netchannel packets",
     )
-    p.expect(p.table.get(topology.client_ip(0)) == topology.pop_ip(n), f"fou_map: client -> {pop}")
+    p.expect(p.table.get(topology.client_ip(0)) == topology.pop_ip(1), "fou_map: client -> pop1")
+    p.facts.append(
+        f"srcds: `B` via pop1, {_echoes(p)}/{NETCHANNEL} netchannel echoes; pop1 game rule "
+        f"tx_forward +{forwarded} tx_return +{returned}"
+    )
     return p
 
 
-def handshake_via_pop1(system: System, client: GameClient) -> Phase:
-    return _validate_through(system, client, 1, "(c) SRCDS handshake validates the client on pop1")
+def _echoes(p: Phase, tag: str = "netchannel") -> int:
+    """n of the client_got line "n/N <tag> echoes"."""
+    line = next((g for g in p.client_got if g.endswith(f" {tag} echoes")), "0/")
+    return int(line.split("/")[0])
 
 
-def move_to_pop2(system: System, client: GameClient) -> Phase:
-    p = _validate_through(
-        system, client, 2, "(d) route moves to pop2; the client reconnects; replies follow"
+def peer_handshake_via_pop1(system: System, peer: game_peers.GameClient, rule: str) -> Phase:
+    """A RakNet or Steam-networking game of the same client (rule: its POP rule)."""
+    title = {"steam": "Steam networking", "raknet": "RakNet"}[peer.proto]
+
+    def act(p: Phase) -> None:
+        got = peer.connect(REPLY_TIMEOUT_S)
+        p.client_got = [f"handshake: {', '.join(got) or 'no reply'}"]
+        p.expect(len(got) == 2, f"the {title} handshake's answers came back via pop1")
+        _peer_data(peer, p)
+
+    p = _measure(system, f"({'d' if peer.proto == 'steam' else 'e'}) {title} via pop1", act)
+    hop = f"pop1.xdp.{rule}"
+    forwarded, returned = p.count(hop, "tx_forward"), p.count(hop, "tx_return")
+    p.expect(forwarded == 2 + NETCHANNEL, f"pop1 forwarded the handshake and data ({rule} rule)")
+    p.expect(returned == 2 + NETCHANNEL, f"pop1 returned the answers and echoes ({rule} rule)")
+    p.expect("drop_module" not in p.hops.get(hop, {}), "pop1 XDP dropped nothing")
+    p.expect(p.count(f"{peer.proto}_service", "handshakes") == 1, "the service accepted it")
+    p.facts.append(
+        f"{peer.proto}: {', '.join(p.client_got[0].split(': ')[1:])} via pop1, "
+        f"{_echoes(p, 'data')}/{NETCHANNEL} data echoes; pop1 {rule} rule "
+        f"tx_forward +{forwarded} tx_return +{returned}"
     )
-    p.expect("pop1.xdp" not in p.hops, "nothing went through pop1 any more")
+    return p
+
+
+def _peer_data(peer: game_peers.GameClient, p: Phase) -> int:
+    echoed = 0
+    for i in range(NETCHANNEL):
+        sent = peer.data(f"{peer.proto} data {i}".encode())
+        echoed += peer.echoed(sent, peer.ask(sent, REPLY_TIMEOUT_S))
+    p.client_got.append(f"{echoed}/{NETCHANNEL} data echoes")
+    return echoed
+
+
+def move_to_pop2(
+    system: System, client: GameClient, peers: tuple[tuple[game_peers.GameClient, str], ...] = ()
+) -> Phase:
+    """The route moves to pop2; the client (and its other games: peers, with their
+    rules) keeps playing without a new handshake."""
+
+    def act(p: Phase) -> None:
+        system.nw.use_pop(2)
+        p.expect(_netchannel(client, p, "pop2") == NETCHANNEL, "every netchannel packet echoed")
+        for peer, _ in peers:
+            p.expect(_peer_data(peer, p) == NETCHANNEL, f"every {peer.proto} packet echoed")
+
+    p = _measure(system, "(f) route moves to pop2; the client keeps playing; replies follow", act)
+    p.expect(not any(h.startswith("pop1.xdp") for h in p.hops), "nothing went through pop1")
     p.expect(p.count("fou_map", "moved") == 1, "fou_map moved the client to pop2")
-    p.expect(
-        p.count("fou_map", "tx_rewritten") == 2 + NETCHANNEL, "fou_map sent every reply to pop2"
+    replies = NETCHANNEL * (1 + len(peers))
+    p.expect(p.count("fou_map", "tx_rewritten") == replies, "fou_map sent every reply to pop2")
+    p.expect(p.count("game_service", "client_handshakes") == 0, "no new SRCDS handshake")
+    p.expect(p.table.get(topology.client_ip(0)) == topology.pop_ip(2), "fou_map: client -> pop2")
+    hops = ["pop2.xdp", *(f"pop2.xdp.{rule}" for _, rule in peers)]
+    for hop in hops:
+        p.expect("drop_module" not in p.hops.get(hop, {}), f"{hop} dropped nothing")
+        p.expect(p.count(hop, "tx_forward") == NETCHANNEL, f"{hop} forwarded every packet")
+        p.expect(p.count(hop, "tx_return") == NETCHANNEL, f"{hop} returned every echo")
+    for peer, _ in peers:
+        p.expect(p.count(f"{peer.proto}_service", "handshakes") == 0, f"no new {peer.proto} one")
+    echoes = [f"{_echoes(p)}/{NETCHANNEL} srcds"] + [
+        f"{_echoes_nth(p, i)}/{NETCHANNEL} {peer.proto}" for i, (peer, _) in enumerate(peers)
+    ]
+    p.facts.append(
+        f"pop move: {', '.join(echoes)} echoes via pop2 with no new handshake; fou_map moved "
+        f"{topology.client_ip(0)} to {p.table.get(topology.client_ip(0))}; pop1 carried "
+        f"{sum(sum(c.values()) for h, c in p.hops.items() if h.startswith('pop1.xdp'))} packets"
     )
     return p
+
+
+def _echoes_nth(p: Phase, i: int) -> int:
+    """n of the i-th "n/N data echoes" line."""
+    lines = [g for g in p.client_got if g.endswith(" data echoes")]
+    return int(lines[i].split("/")[0]) if i < len(lines) else 0
 
 
 def run(system: System) -> list[Phase]:
-    """The four phases in order; each one's problems are in its Phase."""
+    """The phases in order; each one's problems are in its Phase."""
     client = GameClient(system.nw)
+    peers = tuple(
+        (
+            game_peers.GameClient(
+                system.nw.client, topology.client_ip(0), (SERVICE_IP, GAME_RULES[rule][1]), proto
+            ),
+            rule,
+        )
+        for proto, rule in (("steam", "steam"), ("raknet", "rust"))
+    )
     try:
         phases = [a2s_queries(system), game_via_pop1(system, client)]
         phases.append(handshake_via_pop1(system, client))
-        phases.append(move_to_pop2(system, client))
+        phases += [peer_handshake_via_pop1(system, peer, rule) for peer, rule in peers]
+        phases.append(move_to_pop2(system, client, peers))
     finally:
         client.close()
+        for peer, _ in peers:
+            peer.close()
     return phases
 
 

@@ -9,7 +9,9 @@ On topology.build(pops=2, container=True):
   and runs `bifrost-foumapd` there, where fou_map sees the tunnel's packets;
 - the game service is the reference server (A2S + SRCDS handshake + echo),
   on the anycast address (clients, through the tunnel) and on the endpoint
-  address (the POPs' bifrost-cached queries it there).
+  address (the POPs' bifrost-cached queries it there); beside it a RakNet and
+  a Steam-networking game (bifrost_testing.game_peers) on the anycast address,
+  each behind its own POP rule (rust, steam).
 
 The TOML files are written as an operator writes etc/bifrost.example.toml,
 and kept in the work directory for a reader.
@@ -20,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from bifrost.paths import BUILD_DIR
 from bifrost.xdp import build as xdp_build
 from bifrost.xdp import loader, maps
 from bifrost.xdp.build import OBJECT
-from bifrost_testing import refserver, topology
+from bifrost_testing import game_peers, kmods, refserver, topology
 from bifrost_testing.services import Service
 from bifrost_testing.topology import FOU_PORT, GAME_PORT, GS_LOCAL, SERVICE_IP, Network
 
@@ -43,9 +44,12 @@ BIN = Path(sys.executable).parent
 MODULES = ("veth", "fou", "ipip", "bifrost_nf", "fou_map")
 BPFFS = Path("/sys/fs/bpf")  # the POPs' pin dirs go under it
 MAP_NAME = "de_bifrost"
-GAME_MODULES = ("srcds",)  # compiled in, and named by the POPs' rule
+GAME_MODULES = ("srcds", "rust", "steam")  # compiled in, and named by the POPs' rules
 LAB_OBJECT = BUILD_DIR / "lab" / "bifrost_xdp.o"
-RULE_ID = 1  # the one rule of the POPs' config (ids follow the rules' order)
+RULE_ID = 1  # the SRCDS game's rule, the POPs' first (ids follow the rules' order)
+RUST_PORT, STEAM_PORT = 28015, 27016  # the RakNet and the Steam-networking game
+# The other rules: name -> (id, port, module).
+GAME_RULES = {"rust": (2, RUST_PORT, "rust"), "steam": (3, STEAM_PORT, "steam")}
 # A Python process starting in a TCG guest on a loaded host can take a minute.
 READY_TIMEOUT_S = 300.0
 # The system runs as an operator would run it: FOU authenticated both ways (the
@@ -53,11 +57,28 @@ READY_TIMEOUT_S = 300.0
 AUTH_KEYS = ("5bd0c2a1e4f39687",)
 
 
+def _rule_toml(name: str, port: int, module: str, auth: bool, cache: bool = False) -> str:
+    """One forward rule for the game service; its module only with auth (see pop_toml)."""
+    cached = "cache = true\n" if cache else ""
+    return f"""
+[[xdp.rule]]
+name = "{name}"
+anycast = "{SERVICE_IP}"
+ports = ["{port}"]
+proto = "udp"
+game_server = "{GS_LOCAL}"
+{cached}modules = {json.dumps([module] if auth else [])}
+"""
+
+
 def pop_toml(n: int, pin_base: Path, auth_keys: tuple[str, ...] = ()) -> str:
     """auth_keys: [auth] keys (16 hex digits each) for authenticated FOU; none: auth
     off, and then the rule has no game module (config validation refuses one)."""
     auth = f"[auth]\nkeys = {json.dumps(list(auth_keys))}\n\n" if auth_keys else ""
-    modules = list(GAME_MODULES) if auth_keys else []
+    on = bool(auth_keys)
+    rules = _rule_toml("game", GAME_PORT, "srcds", on, cache=True) + "".join(
+        _rule_toml(name, port, module, on) for name, (_, port, module) in GAME_RULES.items()
+    )
     return f"""\
 # POP {n}: the XDP program on its uplink, the A2S cache.
 {auth}[xdp]
@@ -68,15 +89,7 @@ pop_address = "{topology.pop_ip(n)}"
 fou_port = {FOU_PORT}
 pin_dir = "{pin_base}"
 
-[[xdp.rule]]
-name = "game"
-anycast = "{SERVICE_IP}"
-ports = ["{GAME_PORT}"]
-proto = "udp"
-game_server = "{GS_LOCAL}"
-cache = true
-modules = {json.dumps(modules)}
-
+{rules}
 [cache]
 refresh_s = 1.0
 ttl_s = 30.0
@@ -124,10 +137,7 @@ def build_object(obj: Path = LAB_OBJECT) -> Path:
 
 
 def load_modules() -> None:
-    subprocess.run(["modprobe", "-a", *MODULES], check=True)
-    for dev in ("/dev/bifrost_nf", "/dev/fou_map"):
-        if not topology.wait_for(lambda d=dev: os.path.exists(d), 10):  # type: ignore[misc]
-            raise RuntimeError(f"{dev} did not appear after modprobe")
+    kmods.load(*MODULES)
 
 
 @dataclass
@@ -137,15 +147,15 @@ class System:
     pin_bases: dict[int, Path]
     control: Path  # the game service's control socket
     services: dict[str, Service] = field(default_factory=dict)
+    peers: game_peers.GameServer | None = None  # the RakNet and Steam games
 
     # -- what each hop counted ---------------------------------------------------
 
-    def xdp(self, n: int) -> dict[str, int]:
-        """POP n's XDP counters of the rule, by reason (packets)."""
-        ms = maps.MapSet.from_pins(loader.pin_dir_for(self.pin_bases[n], "eth0"))
-        return {
-            reason: c.packets for (rid, reason), c in maps.counters(ms).items() if rid == RULE_ID
-        }
+    def xdp(self, n: int, rule: int = RULE_ID) -> dict[str, int]:
+        """POP n's XDP counters of a rule (default the SRCDS game's), by reason (packets)."""
+        with maps.MapSet.from_pins(loader.pin_dir_for(self.pin_bases[n], "eth0")) as ms:
+            counters = maps.counters(ms)
+        return {reason: c.packets for (rid, reason), c in counters.items() if rid == rule}
 
     def nf(self, n: int) -> dict[str, int]:
         with self.nw.pop(n).entered(), CacheDevice() as dev:
@@ -172,6 +182,8 @@ class System:
         snap: dict[str, dict[str, int]] = {}
         for n in self.pin_bases:
             snap[f"pop{n}.xdp"] = self.xdp(n)
+            for name, (rid, _, _) in GAME_RULES.items():
+                snap[f"pop{n}.xdp.{name}"] = self.xdp(n, rid)
             snap[f"pop{n}.bifrost_nf"] = self.nf(n)
         snap["fou_map"] = self.fou_map()
         game = self.game()
@@ -184,6 +196,9 @@ class System:
                 game["queries"].get(topology.pop_ip(n), 0) for n in self.pin_bases
             ),
         }
+        if self.peers:
+            for proto, counts in self.peers.stats().items():
+                snap[f"{proto}_service"] = counts
         return snap
 
 
@@ -219,6 +234,8 @@ def running(
         finally:
             # Stopping bifrost-xdp detaches and unpins; removing the namespaces takes
             # the endpoint (tunnel, fou port) and the modules' per-netns state with them.
+            if system.peers:
+                system.peers.close()
             for svc in reversed(list(system.services.values())):
                 svc.stop()
             # A stopped bifrost xdp run leaves the program attached (traffic keeps
@@ -276,6 +293,7 @@ def _start(system: System, obj: Path, auth_keys: tuple[str, ...] = ()) -> None:
             svc.wait_ready(READY_TIMEOUT_S)
     if not topology.wait_for(system.control.exists, READY_TIMEOUT_S, step=0.2):
         raise RuntimeError(f"game service did not start:\n{svcs['game-service'].text()}")
+    system.peers = game_peers.GameServer(nw.service, SERVICE_IP, RUST_PORT, STEAM_PORT)
     for n in system.pin_bases:
         # INFO, PLAYER and RULES: the cache answers once the daemon fetched all three.
         if not topology.wait_for(lambda n=n: system.cached_answers(n) >= 3, 60, step=0.2):

@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * What the Rust, Steam-networking and Unreal modules share: the validated
- * clients and the budget of handshake packets from clients not validated yet.
+ * What every game module shares (SRCDS, Rust, Steam networking, Unreal): the
+ * validated clients, and the budget of packets from clients not validated
+ * yet (budget.h).
  *
  * A client (address and port, of one service) is validated only by the
  * return path, when the game server's reply that proves the client's
- * address (RakNet open connection reply 2, Steam networking ConnectOK,
- * Unreal's challenge ack) passes through this POP, or its session data,
+ * address (SRCDS's accept `B`, RakNet open connection reply 2, Steam
+ * networking ConnectOK, Unreal's challenge ack) passes through this POP, or its session data,
  * which a server sends only on a connection it made after such a proof:
  * bfx_modules_return() runs only after the return packet passed the
  * game-server and relay checks and the FOU authentication, so an off-path
@@ -28,9 +29,10 @@
 #include "../hash.h"
 #include "../maps.h"
 #include "../parsing.h"
+#include "budget.h"
 
 /*
- * Validated clients of every rule that enables rust, steam or ue3 (the key
+ * Validated clients of every rule that enables a game module (the key
  * names the service, so a validation holds for that service only), with
  * their expiry (xdp.srcds_ttl_s, sliding with traffic, like SRCDS's).
  *
@@ -82,20 +84,6 @@ struct {
 	__type(key, struct bfx_srcds_key);
 	__type(value, struct bfx_srcds_state);
 } game_clients_overflow SEC(".maps");
-
-/*
- * Handshake budget per rule and CPU: a token bucket in ns of credit, as
- * bfx_bucket_take() in pipeline.h (which comes after the modules).
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, BFX_MAX_RULES + 1);
-	__type(key, __u32);
-	__type(value, struct bfx_rate_state);
-} game_handshake_budget SEC(".maps");
-
-#define BFX_GAME_HANDSHAKE_COST_NS (1000000000ULL / BFX_GAME_HANDSHAKE_PPS)
-#define BFX_GAME_HANDSHAKE_BURST_NS (BFX_GAME_HANDSHAKE_COST_NS * BFX_GAME_HANDSHAKE_PPS)
 
 /*
  * A client of a service as the table holds it: the addresses and the ports as
@@ -183,28 +171,6 @@ static __always_inline int bfx_game_validated(const struct iphdr *ip, const stru
 	if (!bfx_game_live(st, s))
 		return 0;
 	*own = st;
-	return 1;
-}
-
-/* 1 when the rule's handshake budget on this CPU still has room for one packet. */
-static __always_inline int bfx_game_budget_ok(__u32 rule_id, const struct bfx_settings *s)
-{
-	struct bfx_rate_state *b = bpf_map_lookup_elem(&game_handshake_budget, &rule_id);
-	__u64 now, credit;
-
-	if (!b)
-		return 0;
-	now = bfx_now(s);
-	/* A fresh slot (last_ns 0) starts with a full bucket. */
-	credit = b->credit_ns + (now > b->last_ns ? now - b->last_ns : 0);
-	if (credit > BFX_GAME_HANDSHAKE_BURST_NS)
-		credit = BFX_GAME_HANDSHAKE_BURST_NS;
-	b->last_ns = now;
-	if (credit < BFX_GAME_HANDSHAKE_COST_NS) {
-		b->credit_ns = credit;
-		return 0;
-	}
-	b->credit_ns = credit - BFX_GAME_HANDSHAKE_COST_NS;
 	return 1;
 }
 

@@ -77,7 +77,7 @@ static __always_inline int bfx_modules_forward(__u32 bits, const struct iphdr *i
 {
 #ifdef SRCDS_HANDSHAKE
 	if ((bits & BFX_MOD_SRCDS) && ip->protocol == IPPROTO_UDP &&
-	    !bfx_srcds_forward(ip, l4, data_end, s, own))
+	    !bfx_srcds_forward(ip, l4, data_end, s, rule_id, own))
 		return 0;
 #endif
 #ifdef RUST_HANDSHAKE
