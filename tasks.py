@@ -203,18 +203,23 @@ def status(c: Context) -> None:
     help={
         "kernel": "kernel release to boot (default: the 6.1 line of packaging/kernels.env)",
         "timeout": "seconds before the guest is killed",
+        "append": "extra guest kernel arguments, e.g. --append 'slub_debug=U,kmalloc-8'"
+        " (repeatable; console, panic, oops and bifrost.* are the runner's own)",
     },
+    iterable=["append"],
 )
 @_no_traceback("vm")
-def vm_run(c: Context, kernel: str | None = None, timeout: int = 600) -> None:
+def vm_run(
+    c: Context, kernel: str | None = None, timeout: int = 600, append: list[str] | None = None
+) -> None:
     """Boot the test VM and run the shell command given after `--`: invoke vm -- uname -r."""
     if not c.remainder:
         raise Exit("nothing to run: invoke vm -- COMMAND")
     kver = kernel or kernel_lines()[0]
     _require_kernel(kver, boot=True)
     try:
-        result = vm.run(kver, c.remainder, timeout=timeout)
-    except (RuntimeError, vm.GuestFailure) as e:
+        result = vm.run(kver, c.remainder, timeout=timeout, append=append or [])
+    except (ValueError, RuntimeError, vm.GuestFailure) as e:
         raise Exit(str(e)) from None
     raise Exit(code=result.rc)
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,24 +63,35 @@ def check_host(kver: str) -> None:
         raise RuntimeError("the test VM cannot start, missing: " + "; ".join(missing))
 
 
-def run(
-    kver: str,
-    script: str,
-    timeout: float = 1200,
-    memory: str = "2G",
-    cpus: int = 2,
-    echo: bool = True,
-) -> VmResult:
-    """Run shell `script` in a guest booted with kernel `kver`; raise GuestFailure on trouble."""
-    check_host(kver)
-    vm_dir = BUILD_DIR / "vm"
-    irfs = initramfs.build(kver, vm_dir)
-    run_dir = vm_dir / "runs"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    script_path = run_dir / f"{uuid.uuid4().hex[:10]}.sh"
-    script_path.write_text("set -u\n" + script + "\n")
-    rc_path = Path(f"{script_path}.rc")
-    cmdline = " ".join(
+# Arguments the run itself depends on: the console it reads, an oops that ends the run
+# instead of hanging it, and where init.sh finds the tree and the script (bifrost.*).
+RESERVED = ("console", "panic", "oops")
+
+
+def checked_append(append: Sequence[str]) -> list[str]:
+    """Extra kernel arguments, one per item; ValueError for one the run depends on.
+
+    An item may hold several arguments separated by blanks (`--append 'a=1 b'`); they
+    are joined back with one space, so a quoted value (`a="x y"`) reaches the kernel whole.
+    """
+    out = []
+    for item in append:
+        for arg in item.split():
+            key = arg.split("=", 1)[0]
+            if not key:
+                raise ValueError(f"kernel argument {arg!r}: no name")
+            if key in RESERVED or key.startswith("bifrost."):
+                raise ValueError(
+                    f"kernel argument {arg!r}: {key} is set by the runner "
+                    f"({', '.join(RESERVED)} and bifrost.* cannot be changed)"
+                )
+            out.append(arg)
+    return out
+
+
+def kernel_cmdline(script_path: Path, append: Sequence[str] = ()) -> str:
+    """The guest kernel's command line: the runner's own arguments, then `append`."""
+    return " ".join(
         [
             "console=ttyS0",
             "panic=-1",
@@ -89,8 +101,32 @@ def run(
             "net.ifnames=0",
             f"bifrost.work={SOURCE_ROOT}",
             f"bifrost.script={script_path}",
+            *checked_append(append),
         ]
     )
+
+
+def run(
+    kver: str,
+    script: str,
+    timeout: float = 1200,
+    memory: str = "2G",
+    cpus: int = 2,
+    echo: bool = True,
+    append: Sequence[str] = (),
+) -> VmResult:
+    """Run shell `script` in a guest booted with kernel `kver`; raise GuestFailure on trouble.
+
+    `append`: extra kernel command-line arguments (kernel_cmdline() checks them)."""
+    check_host(kver)
+    vm_dir = BUILD_DIR / "vm"
+    run_dir = vm_dir / "runs"
+    script_path = run_dir / f"{uuid.uuid4().hex[:10]}.sh"
+    cmdline = kernel_cmdline(script_path, append)  # a bad argument fails before the build
+    irfs = initramfs.build(kver, vm_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    script_path.write_text("set -u\n" + script + "\n")
+    rc_path = Path(f"{script_path}.rc")
     argv = [
         "qemu-system-x86_64",
         *accel_args(),
