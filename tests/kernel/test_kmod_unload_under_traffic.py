@@ -24,11 +24,17 @@ beyond a warm-up cycle's one-off objects: a leak of one object per cycle fails t
 by CYCLES objects, with their stacks in the message. The kernel's own objects are not
 counted at all, so the gate needs no control and no slack. Measured with it on 6.12
 (2026-11-29, 200 cycles of each phase below, tracking on every kmalloc cache): no
-object of our unloaded code grew, while the kernel moved kmalloc-96 by +47 in the
-control phase (kworker stacks, vmalloc areas of forked tasks, neighbour hashes, routes)
-and 8 deleted namespaces were still allocated after it; kmalloc-8 did not move in
-either phase, so the +61 kmalloc-8 once seen on 6.12 without tracking was not an
-object of ours (untracked, other caches of that size are merged into kmalloc-8).
+object of our unloaded code grew, while kmalloc-96 grew by 46 in the control phase
+(38 of them debugfs's per-file data from the first read of each alloc_traces; then
+rhashtable resizes and the vmalloc areas of forked tasks), the other caches moved by a
+few kworkers, neighbour hashes and routes, and 8 deleted namespaces were still
+allocated after it (8 again after ours: the last phase's, not a growing number);
+kmalloc-8 did not move in either phase. The +61
+kmalloc-8 once seen on 6.12 without tracking did not come back with it (tracked caches
+are never merged with others, untracked kmalloc-8 may hold other 8-byte caches too).
+The same on 6.1 (200 + 200 cycles): nothing of ours left. Negative control (6.1, 30
+cycles, a throwaway fou_map build whose init kmallocs 24 bytes and never frees them):
+the gate failed with "kmalloc-32: 31 objects", allocated in the module's init.
 
 Without tracking (the kernel tier's plain boot), compared_leak_gate counts the objects
 in use in every kmalloc cache once the test's namespaces are freed (kmalloc_objects:
