@@ -136,3 +136,34 @@ def test_kernel_tier_runs_its_host_side_per_kernel_line(
     assert (res.passed, res.failed, res.errors, res.skipped) == (2, 1, 1, 1)
     # A skip there fails the run, as in the guest's kernel tier.
     assert "kernel 6.12.117+deb12-amd64 (host): 1 skipped" in " ".join(testrun.verdict([res]))
+
+
+def test_kernel_tier_boots_the_unload_test_alone_with_slab_tracking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per kernel: one boot for every kernel test but the unload test, and one for it
+    with SLUB's allocation tracking on, told to insist on its exact gate."""
+    boots: list[tuple[str, tuple[str, ...]]] = []
+
+    def run(kver: str, script: str, timeout: float, append: tuple[str, ...] = ()) -> object:
+        boots.append((script, tuple(append)))
+        junit = Path(script.split("--junitxml=")[1])
+        junit.write_text(JUNIT.replace(' name="skip"><skipped message="why"/>', ' name="s">'))
+        return testrun.vm.VmResult(kver, 0, "", 1.0, [])
+
+    monkeypatch.setattr(testrun, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(testrun.vm, "run", run)
+    results = testrun.run_kernel_tier("6.1.0-56-amd64")
+    assert [r.name for r in results] == [
+        "kernel 6.1.0-56-amd64",
+        "kernel 6.1.0-56-amd64 (slab tracked)",
+    ]
+    (plain, plain_append), (tracked, tracked_append) = boots
+    assert f"tests/kernel --ignore={testrun.UNLOAD_TEST}" in plain and plain_append == ()
+    assert tracked_append == ("slub_debug=U,kmalloc-*",)
+    assert (
+        tracked.startswith("BIFROST_SLAB_EXACT=1 ")
+        and f"-m kernel {testrun.UNLOAD_TEST} " in tracked
+    )
+    assert results[0].junit != results[1].junit
+    assert all(r.passed == 3 and r.failed == 1 for r in results)

@@ -1,8 +1,9 @@
 """`invoke test`: every tier on both kernel lines, junit XML per tier, one summary.
 
 Order: unit (lint included, as tests/unit/test_lint.py) and bpf on the host;
-DKMS build + install for each kernel (a warning fails it); per kernel ONE guest
-boot running the whole kernel tier, then the kernel tier's host side
+DKMS build + install for each kernel (a warning fails it); per kernel one guest
+boot running the kernel tier but the unload test, a second one running the unload
+test with SLUB's allocation tracking on (its exact leak gate), then the kernel tier's host side
 (tests/host, marker kernel: the VM runner fails a panic and a timeout, a
 compiler warning fails a DKMS build); last the DKMS kernel-upgrade test
 (tests/host/test_dkms_upgrade.py), which drives DKMS's own hook on the host and
@@ -210,31 +211,54 @@ def run_dkms_tier(kernels: list[str]) -> TierResult:
     return res
 
 
-def run_kernel_tier(kver: str) -> TierResult:
-    """ONE guest boot running every test of tests/kernel; junit comes back over 9p."""
-    junit = RESULTS_DIR / f"kernel-{kver}.xml"
+# The unload test's exact leak gate reads SLUB's allocation stacks, so it gets a boot of
+# its own with tracking on (it slows every kmalloc, so the other tests do not get it).
+UNLOAD_TEST = "tests/kernel/test_kmod_unload_under_traffic.py"
+SLAB_TRACKING = "slub_debug=U,kmalloc-*"
+
+
+def run_kernel_tier(kver: str) -> list[TierResult]:
+    """Two guest boots: every test of tests/kernel but the unload test, then the unload
+    test with allocation tracking (it must use its exact gate: BIFROST_SLAB_EXACT)."""
+    return [
+        _kernel_boot(kver, f"kernel {kver}", f"tests/kernel --ignore={UNLOAD_TEST}"),
+        _kernel_boot(
+            kver,
+            f"kernel {kver} (slab tracked)",
+            UNLOAD_TEST,
+            env="BIFROST_SLAB_EXACT=1 ",
+            append=(SLAB_TRACKING,),
+        ),
+    ]
+
+
+def _kernel_boot(
+    kver: str, name: str, tests: str, env: str = "", append: tuple[str, ...] = ()
+) -> TierResult:
+    """ONE guest boot running `tests` (marker kernel); junit comes back over 9p."""
+    junit = RESULTS_DIR / f"{name.replace(' ', '-').replace('(', '').replace(')', '')}.xml"
     junit.unlink(missing_ok=True)
     script = (
-        "BIFROST_GUEST=1 .venv/bin/pytest -p no:cacheprovider -v --tb=short --color=no "
-        "-m kernel tests/kernel "
+        f"{env}BIFROST_GUEST=1 .venv/bin/pytest -p no:cacheprovider -v --tb=short --color=no "
+        f"-m kernel {tests} "
         f"--junitxml={shlex.quote(str(junit))}"
     )
     start = time.monotonic()
     note = ""
     try:
-        result = vm.run(kver, script, timeout=KERNEL_TIER_TIMEOUT)
+        result = vm.run(kver, script, timeout=KERNEL_TIER_TIMEOUT, append=append)
         note = f"guest rc={result.rc} in {result.seconds:.0f}s"
     except vm.GuestFailure as e:
         note = str(e)
         if e.console:
-            console = RESULTS_DIR / f"console-{kver}.log"
+            console = RESULTS_DIR / f"console-{kver}{'-tracked' if append else ''}.log"
             console.write_text(e.console)
             context = kernlog.trouble_context(e.console)
             note += f"\n      console saved to {console}"
             note += "".join(f"\n      | {line}" for line in context)
     except RuntimeError as e:
         note = str(e)
-    res = parse_junit(junit, f"kernel {kver}")
+    res = parse_junit(junit, name)
     res.notes.append(note)
     if "rc=" not in note:  # the guest failed: that is an error even if the junit looks fine
         res.errors += 1
@@ -306,7 +330,7 @@ def run(tiers: tuple[str, ...] = TIERS, kernels: list[str] | None = None) -> int
         results.append(run_dkms_tier(build_for))
     if "kernel" in tiers:
         for k in kernels:
-            results.append(run_kernel_tier(k))
+            results.extend(run_kernel_tier(k))
             results.append(run_kernel_host_tier(k))
     if "upgrade" in tiers:
         results.append(run_upgrade_tier())
