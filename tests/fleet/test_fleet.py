@@ -23,6 +23,7 @@ import pytest
 
 from bifrost import __version__
 from bifrost_testing.fleet_lab import FleetLab, LabHost, other_host_key
+from bifrost_testing.topology import client_ip, net_pop_ip
 
 pytestmark = pytest.mark.bpf
 
@@ -112,7 +113,7 @@ def test_apply_installs_builds_and_attaches(lab: FleetLab) -> None:
     assert out.index("pop1 (canary): healthy") < out.index("pop2: installed")
     for name in lab.hosts:
         assert running(lab, name) == lab.host_config_path(name).read_text()
-    assert "pop2: xdp attach: x0: attached (native)" in out
+    assert "pop2: xdp attach: eth0: attached (native)" in out
     assert re.search(r"pop2: healthy \(\d+ packets served", out), out
     assert "gs1: healthy" in out
     header = (lab.hosts["pop1"].agent_state / "current" / "module_config.h").read_text()
@@ -168,7 +169,7 @@ def test_module_change_rebuilds_and_swaps(lab: FleetLab) -> None:
     assert "pop1: unchanged" in out
     assert "pop2 (canary): built bifrost_xdp.o with modules none" in out, out
     # Swapped in one step (bpf_link_update), the maps (counters, clients) kept.
-    assert re.search(r"pop2 \(canary\): xdp upgrade: x0: swapped prog id \d+ -> \d+ atomic", out)
+    assert re.search(r"pop2 \(canary\): xdp upgrade: eth0: swapped prog id \d+ -> \d+ atomic", out)
     assert re.search(r"maps kept: .*\bcounters\b", out), out
     assert "pop2 (canary): healthy" in out
     assert running(lab, "pop2") == lab.host_config_path("pop2").read_text()
@@ -192,7 +193,7 @@ def test_canary_failure_rolls_back_and_stops(lab: FleetLab) -> None:
     pop1.set_loaded("bifrost_nf", OLD)
     calls = {n: len(lab.hosts[n].dkms_calls()) for n in lab.hosts}
     old = {n: running(lab, n) for n in lab.hosts}
-    lab.set_config("pop1", extra='block = ["10.8.1.0/24"]')
+    lab.set_config("pop1", extra=f'block = ["{client_ip(0)}/32"]')  # pop1's client
     lab.set_config("pop2", modules=(), extra='ipv6 = "drop"')
     done = lab.fleet("apply", "--canary", "pop1", "--health-window", "3")
     out = done.stdout
@@ -452,7 +453,7 @@ def test_key_runs_only_the_agent_verbs(lab: FleetLab) -> None:
     shell = lab.ssh("gs1")  # no command: a login shell is what is asked
     assert shell.returncode == 2 and "not an interactive command" in shell.stderr
     # `restrict`: no forwarding (here a stdio forward to the back-end's own sshd port).
-    fwd = lab.ssh("pop1", options=("-W", f"10.77.1.1:{lab.hosts['pop1'].port}"))
+    fwd = lab.ssh("pop1", options=("-W", f"{net_pop_ip(1)}:{lab.hosts['pop1'].port}"))
     assert fwd.returncode != 0 and "prohibited" in fwd.stderr, fwd.stderr
     # A verb does run.
     st = lab.ssh("pop1", "status")
