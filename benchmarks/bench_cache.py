@@ -1,8 +1,9 @@
 """A2S answers per second: bifrost_nf (kernel) vs a Python user-space cache, same logic.
 
-Runs in the guest. Topology: client --veth-- POP. The POP serves the same
-cached A2S_INFO answer from bifrost_nf (10.71.0.1:27015) and from
-bifrost_testing.usercache (10.71.0.1:27016), both with the stateless challenge.
+Runs in the guest. Topology: the one test network (bifrost_testing.topology) with
+one POP, client -- net (the router) -- pop1. The POP serves the same cached A2S_INFO
+answer at its own address from bifrost_nf (port 27015) and from
+bifrost_testing.usercache (port 27016), both with the stateless challenge.
 SENDERS copies of a small C generator (sendmmsg), each from its own source port
 with its own challenge, flood one of them for a few seconds, alternating kernel
 / user space; answers are counted on the client's interface. The ratio is the
@@ -12,17 +13,21 @@ One CPU each (guests with two or more): the generators run on CPU 0; the
 POP's receive work is steered to CPU 1 by RPS on its end of the link (so
 bifrost_nf's hook and its answer, or the kernel's UDP receive for the user-space
 cache, run there) and the user-space cache process is pinned to CPU 1 as well;
-the client's receive of the answers is steered back to CPU 0. Both paths get
-the same one CPU, and the generator cannot slow the path it measures by taking
-its CPU: without the split, each veth send runs the POP's receive on the
-sender's own CPU, so the kernel answered exactly what was offered and the ratio
-was only a lower bound.
+the router's forwarding (both ways) and the client's receive of the answers are
+steered to CPU 0: everything but the POP is the generators' side. The links are
+plain veths (topology.build xdp=False: no XDP program here): RPS steers the router's
+POP end like the others, and the POP gets the queries with their checksums counted
+as checked, as from a NIC that checks them. Both paths get the same one CPU, and the generator
+cannot slow the path it measures by taking its CPU: without the split, each veth
+send runs the POP's receive on the sender's own CPU, so the kernel answered
+exactly what was offered and the ratio was only a lower bound.
 
 Proofs before figures: the kernel's answers are bifrost_nf's (its `answers`
 counter moves with what the client receives, and does not move while the user
-space cache is flooded); the generator alone (into a dummy device, nothing to
-answer) offers more than the kernel answers, and during the kernel rounds the
-kernel answered less than was offered, with CPU 1's backlog dropping the rest
+space cache is flooded); the generator alone (into a blackhole route on the
+router, nothing to answer) offers more than the kernel answers, and during the
+kernel rounds the kernel answered less than was offered (what the router took in),
+with CPU 1's backlog dropping the rest
 (/proc/net/softnet_stat), so the kernel, not the generator, is what the ratio
 measures (if it kept up, the ratio is only a lower bound and must meet the goal
 as such). Then unchallenged queries measure bytes out / in for an unverified
@@ -47,9 +52,10 @@ from bifrost import netns
 from bifrost.benchstats import Report, alternate
 from bifrost.bifrost_nf import a2s
 from bifrost.bifrost_nf.nf import CacheDevice
+from bifrost_testing import topology
 
 WHERE = "guest"
-CLIENT_IP, POP_IP = "10.71.0.2", "10.71.0.1"
+CLIENT_IP, POP_IP = topology.client_ip(0), topology.pop_ip(1)
 KERNEL_PORT, USER_PORT = 27015, 27016
 ROUNDS = 6  # the fewest that give a 95% interval of the median
 SECONDS = 2.0
@@ -57,7 +63,8 @@ SENDERS = 2 * (os.cpu_count() or 1)  # generator processes: more than the CPUs
 SPLIT = (os.cpu_count() or 1) >= 2  # one CPU for the generators, one for the POP
 GEN_CPU, SERVE_CPU = 0, 1
 GOAL_RATIO = 10.0
-SINK_IP = "10.72.0.2"  # behind a dummy device in the client netns: the generator alone
+# A blackhole route on the router: the generator and the router's forwarding alone.
+SINK_IP = topology.pop_ip(2)  # build(pops=1): no POP 2, the router discards it
 
 FLOOD_C = r"""
 #define _GNU_SOURCE
@@ -153,6 +160,13 @@ def link_stats(ns: netns.Namespace, ifname: str) -> tuple[int, int, int, int]:
     return s["rx_packets"], s["rx_bytes"], s["tx_packets"], s["tx_bytes"]
 
 
+def tx_dropped(ns: netns.Namespace, ifname: str) -> int:
+    """Packets a veth could not hand to its peer (the peer CPU's backlog was full)."""
+    with ns.ipr() as ipr:
+        link = ipr.get_links(ifname=ifname)[0]
+    return int(link.get_attr("IFLA_STATS64")["tx_dropped"])
+
+
 def get_challenge(client: netns.Namespace, port: int, sport: int) -> int:
     s = client.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -184,9 +198,11 @@ def quiet(ns: netns.Namespace, ifname: str, timeout: float = 10.0) -> None:
 def flood(client: netns.Namespace, exe: Path, dst: str, port: int,
           senders: list[tuple[int, bytes]], seconds: float
           ) -> tuple[float, float, int, int, int, int]:  # fmt: skip
-    """SENDERS generators at once, (source port, payload) each: offered/s, answered/s
-    and the client interface's (rx packets, rx bytes, tx packets, tx bytes) deltas."""
+    """SENDERS generators at once, (source port, payload) each: offered/s (what they
+    sent that the router took in), answered/s and the client interface's (rx packets,
+    rx bytes, tx packets, tx bytes) deltas."""
     before = link_stats(client, "eth0")
+    refused = tx_dropped(client, "eth0")  # the router's backlog (CPU 0) refused these
     procs = [
         client.popen(
             [str(exe), CLIENT_IP, str(sport), dst, str(port), str(seconds), payload.hex()],
@@ -204,24 +220,25 @@ def flood(client: netns.Namespace, exe: Path, dst: str, port: int,
         sent += int(out.strip())
     quiet(client, "eth0")
     after = link_stats(client, "eth0")
+    sent -= tx_dropped(client, "eth0") - refused
     rx_p, rx_b, tx_p, tx_b = (a - b for a, b in zip(after, before, strict=True))
     return sent / seconds, rx_p / seconds, rx_p, rx_b, tx_p, tx_b
 
 
 def main() -> int:
-    subprocess.run(["modprobe", "-a", "veth", "dummy", "bifrost_nf"], check=True)
-    client = netns.Namespace("bench-client")
-    pop = netns.Namespace("bench-pop")
+    subprocess.run(["modprobe", "-a", "veth", "bifrost_nf"], check=True)
+    nw = topology.build(pops=1, prefix="bench", xdp=False)
+    client, pop = nw.client, nw.pop(1)
     user = None
     work = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     report = Report("bench_cache")
     try:
-        netns.link(client, "eth0", f"{CLIENT_IP}/24", pop, "c0", f"{POP_IP}/24")
         if SPLIT:
-            rps(pop, "c0", SERVE_CPU)
+            rps(pop, "eth0", SERVE_CPU)
+            for ifname in ("c0", "p1"):
+                rps(nw.net, ifname, GEN_CPU)
             rps(client, "eth0", GEN_CPU)
-        client.run(["ip", "link", "add", "sink0", "type", "dummy"])
-        client.address("sink0", "10.72.0.1/24")
+        nw.net.run(["ip", "route", "add", "blackhole", f"{SINK_IP}/32"])
         exe = build_flood(work)
         info = a2s.build_info(a2s.Info("Bench server", "de_dust2", "csgo", "CS", app_id=730,
                                        players=10, max_players=32, port=KERNEL_PORT,
@@ -295,7 +312,7 @@ def main() -> int:
               f"{SENDERS} generator processes"
               + (f" on CPU {GEN_CPU}, the POP on CPU {SERVE_CPU}" if SPLIT else "")
               + " (TCG guest: absolute figures are for reference only)")  # fmt: skip
-        print(f"generator alone (into a dummy device): {alone:.0f} queries/s offered")
+        print(f"generator alone (into a blackhole on the router): {alone:.0f} queries/s")
         print(f"{'path':<12} {'offered/s':>10} {'answered/s':>11} {'backlog drops':>14}  rounds")
         for n in ports:
             print(
@@ -336,8 +353,7 @@ def main() -> int:
         if user and user.poll() is None:
             user.terminate()
             user.wait(timeout=10)
-        client.close()
-        pop.close()
+        nw.close()
 
 
 if __name__ == "__main__":

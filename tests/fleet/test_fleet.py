@@ -15,6 +15,7 @@ is the slow part) and run in file order; each says what state it starts from.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ import pytest
 
 from bifrost import __version__
 from bifrost_testing.fleet_lab import FleetLab, LabHost, other_host_key
+from bifrost_testing.topology import client_ip, net_pop_ip
 
 pytestmark = pytest.mark.bpf
 
@@ -59,6 +61,18 @@ def on_old_module(lab: FleetLab) -> LabHost:
     pop1.set_loaded("bifrost_nf", OLD)
     shutil.rmtree(pop1.dkms_dir / "bifrost_nf" / __version__, ignore_errors=True)
     return pop1
+
+
+def assert_serves_on_old_module(lab: FleetLab, name: str) -> None:
+    """The host serves game traffic, and health fails on one thing: the older module."""
+    health = lab.ssh(name, "health", "5")
+    assert health.returncode == 4, health.stdout + health.stderr
+    report = json.loads(health.stdout)
+    assert report["served_in_window"] > 0, report
+    assert report["problems"] == [
+        f"bifrost_nf is loaded {OLD}, not this release's {__version__} (modprobe would load {OLD})"
+    ], report
+    assert report["module_version"]["loaded"] == OLD
 
 
 def running(lab: FleetLab, name: str) -> str:
@@ -112,7 +126,7 @@ def test_apply_installs_builds_and_attaches(lab: FleetLab) -> None:
     assert out.index("pop1 (canary): healthy") < out.index("pop2: installed")
     for name in lab.hosts:
         assert running(lab, name) == lab.host_config_path(name).read_text()
-    assert "pop2: xdp attach: x0: attached (native)" in out
+    assert "pop2: xdp attach: eth0: attached (native)" in out
     assert re.search(r"pop2: healthy \(\d+ packets served", out), out
     assert "gs1: healthy" in out
     header = (lab.hosts["pop1"].agent_state / "current" / "module_config.h").read_text()
@@ -150,8 +164,42 @@ def test_apply_installs_builds_and_attaches(lab: FleetLab) -> None:
     assert "; auth off" in rows["pop1"]  # the lab's POPs have no [auth]: the table says so
     assert re.search(r"served [1-9]\d* dropped 0", rows["pop2"]), rows["pop2"]
     assert "bifrost-foumapd=" in rows["gs1"]
-    assert f"bifrost_nf {__version__} installed, loaded" in rows["pop1"]  # the modules
-    assert f"fou_map {__version__} installed, loaded" in rows["gs1"]
+    # The modules: DKMS's version and the loaded one.
+    assert f"bifrost_nf {__version__} installed, loaded {__version__}" in rows["pop1"]
+    assert f"fou_map {__version__} installed, loaded {__version__}" in rows["gs1"]
+
+
+def test_older_loaded_module_is_reloaded(lab: FleetLab) -> None:
+    """From the applied state: pop2's DKMS has this release installed, but an older
+    module is still loaded (installed before, never reloaded). health fails on it, plan
+    says reload, apply reloads it without any DKMS step, status shows the version."""
+    pop2 = lab.hosts["pop2"]
+    pop2.set_loaded("bifrost_nf", OLD)
+    try:
+        sick = lab.ssh("pop2", "health", "1")
+        assert sick.returncode == 4, sick
+        assert (
+            f"bifrost_nf is loaded {OLD}, not this release's {__version__} "
+            f"(modprobe would load {__version__})"
+        ) in sick.stdout, sick.stdout
+        table = lab.fleet("status", "pop2")
+        assert f"bifrost_nf {__version__} installed, loaded {OLD} (reload" in table.stdout
+        plan = lab.fleet("plan", "pop2")
+        assert (
+            f"-- kernel module: reload bifrost_nf: {OLD} is loaded, {__version__} installed"
+        ) in plan.stdout, plan.stdout
+        calls = len(pop2.dkms_calls())
+        done = lab.fleet("apply", "pop2")
+        out = done.stdout
+        assert done.returncode == 0, out + done.stderr
+        assert f"pop2 (canary): bifrost_nf: {OLD} -> {__version__}" in out, out
+        assert changing_calls(lab, "pop2", since=calls) == reload_calls("bifrost_nf")
+        assert pop2.loaded("bifrost_nf") == __version__
+        healthy = r"pop2 \(canary\): healthy \(\d+ packets served in the window; bifrost_nf "
+        assert re.search(healthy + re.escape(f"{__version__} loaded)"), out), out
+        assert lab.fleet("plan", "pop2").stdout.count(": unchanged") == 1
+    finally:
+        pop2.set_loaded("bifrost_nf", __version__)
 
 
 def test_module_change_rebuilds_and_swaps(lab: FleetLab) -> None:
@@ -168,7 +216,7 @@ def test_module_change_rebuilds_and_swaps(lab: FleetLab) -> None:
     assert "pop1: unchanged" in out
     assert "pop2 (canary): built bifrost_xdp.o with modules none" in out, out
     # Swapped in one step (bpf_link_update), the maps (counters, clients) kept.
-    assert re.search(r"pop2 \(canary\): xdp upgrade: x0: swapped prog id \d+ -> \d+ atomic", out)
+    assert re.search(r"pop2 \(canary\): xdp upgrade: eth0: swapped prog id \d+ -> \d+ atomic", out)
     assert re.search(r"maps kept: .*\bcounters\b", out), out
     assert "pop2 (canary): healthy" in out
     assert running(lab, "pop2") == lab.host_config_path("pop2").read_text()
@@ -192,7 +240,7 @@ def test_canary_failure_rolls_back_and_stops(lab: FleetLab) -> None:
     pop1.set_loaded("bifrost_nf", OLD)
     calls = {n: len(lab.hosts[n].dkms_calls()) for n in lab.hosts}
     old = {n: running(lab, n) for n in lab.hosts}
-    lab.set_config("pop1", extra='block = ["10.8.1.0/24"]')
+    lab.set_config("pop1", extra=f'block = ["{client_ip(0)}/32"]')  # pop1's client
     lab.set_config("pop2", modules=(), extra='ipv6 = "drop"')
     done = lab.fleet("apply", "--canary", "pop1", "--health-window", "3")
     out = done.stdout
@@ -218,9 +266,8 @@ def test_canary_failure_rolls_back_and_stops(lab: FleetLab) -> None:
     assert ["bifrost_nf", OLD, KERNEL, "installed"] in pop1.dkms_state()
     assert pop1.loaded("bifrost_nf") == OLD
     assert changing_calls(lab, "pop2", since=calls["pop2"]) == []
-    # pop1 serves again on its old config.
-    health = lab.ssh("pop1", "health", "5")
-    assert health.returncode == 0, health.stdout + health.stderr
+    # pop1 serves again on its old config; its health names the older module it runs.
+    assert_serves_on_old_module(lab, "pop1")
     lab.set_config("pop1")
     lab.set_config("pop2", modules=())
 
@@ -259,8 +306,7 @@ def test_failing_kmod_rebuild_stops_the_rollout(lab: FleetLab) -> None:
         assert changing_calls(lab, "pop2", since=calls["pop2"]) == []
         # pop1's program was never touched and still serves.
         assert prog_id(lab, "pop1") == before
-        health = lab.ssh("pop1", "health", "5")
-        assert health.returncode == 0, health.stdout + health.stderr
+        assert_serves_on_old_module(lab, "pop1")
         # The build fixed and the configs back: pop1's module alone is rebuilt.
         pop1.fail_dkms_build(False)
         lab.set_config("pop1")
@@ -332,6 +378,8 @@ def test_host_without_dkms_that_needs_a_rebuild_stops_the_rollout(lab: FleetLab)
     stops before any host changes (pop1's change included) and says why; pop2, whose
     config uses no kernel module (no cached rule), needs no dkms: its plan is not blocked."""
     gs1, pop2 = lab.hosts["gs1"], lab.hosts["pop2"]
+    dkms_was = gs1.dkms_state()
+    gs1.set_dkms_state([["fou_map", OLD, KERNEL, "installed"]])  # what modprobe would load
     gs1.set_loaded("fou_map", OLD)
     calls = {n: len(lab.hosts[n].dkms_calls()) for n in lab.hosts}
     old = {n: running(lab, n) for n in lab.hosts}
@@ -350,6 +398,12 @@ def test_host_without_dkms_that_needs_a_rebuild_stops_the_rollout(lab: FleetLab)
             assert {n: running(lab, n) for n in lab.hosts} == old
             assert all(changing_calls(lab, n, since=calls[n]) == [] for n in lab.hosts)
             assert gs1.loaded("fou_map") == OLD
+            # With this release's fou_map on disk (installed by other means), a reload
+            # is all gs1 needs, and no dkms for it.
+            gs1.set_dkms_state(dkms_was)
+            plan = lab.fleet("plan", "gs1")
+            assert f"-- kernel module: reload fou_map: {OLD} is loaded" in plan.stdout, plan.stdout
+            assert "CANNOT" not in plan.stdout
             # A POP whose config uses no kernel module (no cached rule) needs no dkms:
             # nothing to rebuild, nothing that blocks. (Not applied: without the cache
             # its lab clients' queries would go to a game server the lab does not have.)
@@ -361,6 +415,7 @@ def test_host_without_dkms_that_needs_a_rebuild_stops_the_rollout(lab: FleetLab)
             assert "-- kernel module: bifrost_nf: not used by this config" in plan.stdout
             assert "CANNOT" not in plan.stdout
         finally:
+            gs1.set_dkms_state(dkms_was)
             gs1.set_loaded("fou_map", __version__)
             pop2.set_loaded("bifrost_nf", __version__)
             lab.set_config("pop1")
@@ -452,7 +507,7 @@ def test_key_runs_only_the_agent_verbs(lab: FleetLab) -> None:
     shell = lab.ssh("gs1")  # no command: a login shell is what is asked
     assert shell.returncode == 2 and "not an interactive command" in shell.stderr
     # `restrict`: no forwarding (here a stdio forward to the back-end's own sshd port).
-    fwd = lab.ssh("pop1", options=("-W", f"10.77.1.1:{lab.hosts['pop1'].port}"))
+    fwd = lab.ssh("pop1", options=("-W", f"{net_pop_ip(1)}:{lab.hosts['pop1'].port}"))
     assert fwd.returncode != 0 and "prohibited" in fwd.stderr, fwd.stderr
     # A verb does run.
     st = lab.ssh("pop1", "status")

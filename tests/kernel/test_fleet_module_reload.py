@@ -23,7 +23,7 @@ import pytest
 from test_fou_map_daemon import Foumapd, learn_two, snapshot_has
 
 from bifrost import __version__
-from bifrost.fleet import kmod
+from bifrost.fleet import agent, kmod
 from bifrost.fleet.hoststate import HostState
 from bifrost.fou_map.control import TableConfig
 
@@ -92,6 +92,14 @@ def test_agent_reload_with_daemon_and_traffic_loses_no_mapping(setup) -> None:
     assert lines[-2].startswith("bifrost-foumapd restored its mappings"), lines
     assert lines[-1] == f"fou_map: {__version__} -> {__version__}", lines
     assert kmod.loaded_version(topo.MODULE) == __version__
+    # What health reads (no dkms needed): the real /sys/module and the real
+    # `modinfo -F version` of the .ko modprobe just loaded.
+    assert agent.module_versions(hs) == {
+        "module": topo.MODULE,
+        "loaded": __version__,
+        "installed": __version__,
+        "problem": "",
+    }
     with t.fou_map() as fm:
         assert fm.stats().created_ns != created  # really a new module instance
         assert fm.table() == want  # every mapping, learned and static, is back

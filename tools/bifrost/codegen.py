@@ -82,22 +82,46 @@ def render_uapi(dev: Device) -> str:
     return render("uapi.h.j2", dev=dev, p=dev.prefix, P=dev.prefix.upper())
 
 
-def render_codec(dev: Device) -> str:
+def _record_tables(dev: Device, records: tuple[Record, ...]) -> dict[str, dict[str, object]]:
+    """What record.py.j2 renders a record class from: struct format, size, body
+    offsets and field specs, by record name."""
     formats, sizes, offsets, specs = {}, {}, {}, {}
-    for r in dev.records:
+    for r in records:
         lay = layout(dev, r)
         formats[r.name] = "".join(field_format(f) for f, _ in lay)
         sizes[r.name] = record_size(dev, r)
         offsets[r.name] = {f.name: off for f, off in lay[len(dev.header) :]}
         specs[r.name] = tuple((f.name, f.type, f.count) for f in r.fields)
+    return {"formats": formats, "sizes": sizes, "offsets": offsets, "fieldspecs": specs}
+
+
+def render_codec(dev: Device) -> str:
+    """A device's codec: its own records, subclasses of the common ones (abi/common.py)."""
+    from bifrost.abi.defs import common
+
     text = render(
         "codec.py.j2",
         dev=dev,
-        header_format="".join(field_format(f) for f in dev.header),
-        formats=formats,
-        sizes=sizes,
-        offsets=offsets,
-        fieldspecs=specs,
+        ipv4=any(f.type == "ipv4" for r in dev.records for f in r.fields),
+        shared=[r for r in dev.records if r in common.RECORDS],
+        **_record_tables(dev, dev.records),
+    )
+    return _ruff_format(text)
+
+
+def render_common_codec(devices: tuple[Device, ...]) -> str:
+    """abi/common.py: the records every device shares, rendered once. Their layout
+    holds for every device only while the devices' headers are the same."""
+    from bifrost.abi.defs import common
+
+    headers = {dev.header for dev in devices}
+    if len(headers) != 1:
+        raise ValueError("the devices' record headers differ: common records cannot be shared")
+    text = render(
+        "abi_common.py.j2",
+        records=common.RECORDS,
+        header_format="".join(field_format(f) for f in devices[0].header),
+        **_record_tables(devices[0], common.RECORDS),
     )
     return _ruff_format(text)
 
@@ -147,6 +171,9 @@ def codec_path(dev: Device) -> Path:
     return PACKAGE_DIR / "abi" / f"{dev.name}.py"
 
 
+COMMON_CODEC_PATH = PACKAGE_DIR / "abi" / "common.py"
+
+
 @dataclass(frozen=True)
 class Generated:
     path: Path
@@ -157,7 +184,7 @@ def abi_outputs() -> list[Generated]:
     """The chardev uapi headers and codecs."""
     from bifrost.abi.defs import DEVICES
 
-    out = []
+    out = [Generated(COMMON_CODEC_PATH, render_common_codec(DEVICES))]
     for dev in DEVICES:
         out.append(Generated(uapi_path(dev), render_uapi(dev)))
         out.append(Generated(codec_path(dev), render_codec(dev)))

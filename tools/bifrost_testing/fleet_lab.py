@@ -1,11 +1,11 @@
 """A fleet of real OpenSSH servers for the fleet tests: one sshd per POP or game server,
-each in its own network namespace with its own state, plus the back-end's namespace.
+each in its own network namespace with its own state, on the one test network
+(bifrost_testing.topology: client -- net -- popN, gs; its addresses)::
 
-::
-
-    [backend] m1 10.77.1.1 ---- 10.77.1.2 e0 [pop1: sshd] x0 10.8.1.1 ---- 10.8.1.2 c0 [client1]
-              m2 10.77.2.1 ---- 10.77.2.2 e0 [pop2: sshd] x0 10.8.2.1 ---- 10.8.2.2 c0 [client2]
-              m3 10.77.3.1 ---- 10.77.3.2 e0 [gs1:  sshd]
+    [client] 10.99.0.10 -> pop1, 10.99.0.11 -> pop2 (route_client: a client per POP)
+    [net] the back-end runs here, on the backbone router: it reaches each host's sshd
+          at the host's uplink address (pop_ip(n), GS_IP)
+    [popN: sshd] eth0 pop_ip(n): the uplink, XDP on it   [gs1: sshd] eth0 GS_IP
 
 Each sshd (`-D -e`, a free port, its own host key, AuthorizedKeysFile in the host's
 directory) runs the back-end's key only as `bifrost fleet agent` with that host's
@@ -15,11 +15,11 @@ mount namespace the host's own directories are bound over /usr/src and
 to the machine, and its kernel has no headers for a lab host to build against):
 the agent's DKMS code runs unchanged and the test reads what it asked DKMS to do.
 Loading is stood in for the same way: modprobe/rmmod are
-bifrost_testing.modprobe_stub, over a /sys/module of the host's own. A POP's client
-sends A2S queries to the POP's anycast service all along (what its health check
-sees served). sshd runs under `ip netns exec`, so whatever the agent mounts (the
-bpffs on the POP's pin directory) lives in that sshd's mount namespace and goes
-with it. Everything is stopped and removed on exit.
+bifrost_testing.modprobe_stub, over a /sys/module of the host's own. Each POP has a
+client address of its own that sends A2S queries to the anycast service all along
+(what its health check sees served). sshd runs under `ip netns exec`, so whatever
+the agent mounts (the bpffs on the POP's pin directory) lives in that sshd's mount
+namespace and goes with it. Everything is stopped and removed on exit.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bifrost.netns import Namespace, link
-from bifrost_testing import dkms_stub, modprobe_stub
+from bifrost.netns import Namespace
+from bifrost_testing import dkms_stub, modprobe_stub, topology
+from bifrost_testing.topology import GAME_PORT, SERVICE_IP, client_ip, pop_ip
 
 SSHD = "/usr/sbin/sshd"
 DKMS = "/usr/sbin/dkms"  # what the stub is bound over (setup.sh installs dkms)
@@ -48,27 +49,26 @@ PRIVATE_DKMS = (
     'mount --bind "$3" ' + DKMS + '; mount --bind "$4" ' + MODPROBE + "; "
     'mount --bind "$5" /sys/module; shift 5; exec "$@"'
 )
-ANYCAST, GAME_PORT = "198.51.100.10", 27015
 A2S_INFO = b"\xff\xff\xff\xffTSource Engine Query\x00"
 
 POP_CONFIG = """\
 [xdp]
 modules = {modules}
-interface = "x0"
+interface = "eth0"
 pin_dir = "{pins}"
-pop_address = "10.8.{i}.1"
+pop_address = "{pop}"
 {extra}
 [[xdp.rule]]
 name = "cs2"
 anycast = "{anycast}"
 ports = [{port}]
-game_server = "10.8.{i}.3"
+game_server = "{gs}"
 cache = true
 """
 GAMESERVER_CONFIG = """\
 [fou_map]
-ports = [5555]
-pops = ["10.8.0.0/16"]
+ports = [{fou}]
+pops = ["{pops}"]
 state_file = "{dir}/fou_map.snapshot"
 {extra}"""
 
@@ -86,12 +86,13 @@ StrictModes no
 LogLevel VERBOSE
 """
 
-# The client's loop: an A2S query every 50 ms to the POP's cached service.
+# A POP's client: an A2S query every 50 ms from its address (argv[1]) to the service.
 TRAFFIC = (
-    "import socket, time\n"
+    "import socket, sys, time\n"
     "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.bind((sys.argv[1], 0))\n"
     "while True:\n"
-    f"    s.sendto({A2S_INFO!r}, ({ANYCAST!r}, {GAME_PORT}))\n"
+    f"    s.sendto({A2S_INFO!r}, ({SERVICE_IP!r}, {GAME_PORT}))\n"
     "    time.sleep(0.05)\n"
 )
 
@@ -106,11 +107,11 @@ class LabHost:
     port: int
     host_key: str  # "ssh-ed25519 AAAA..." as the inventory wants it
     sshd: subprocess.Popen[bytes] | None = None
-    client: Namespace | None = None
 
     @property
     def address(self) -> str:
-        return f"10.77.{self.index}.2"
+        """Where its sshd listens: its uplink address in the one IP plan."""
+        return pop_ip(self.index) if self.role == "pop" else topology.GS_IP
 
     @property
     def config(self) -> Path:
@@ -194,9 +195,14 @@ class LabHost:
 
 @dataclass
 class FleetLab:
-    backend: Namespace
+    nw: topology.Network
     dir: Path
     hosts: dict[str, LabHost] = field(default_factory=dict)
+
+    @property
+    def backend(self) -> Namespace:
+        """The back-end's namespace: the backbone router, next to every host."""
+        return self.nw.net
 
     @property
     def backend_state(self) -> Path:
@@ -220,13 +226,16 @@ class FleetLab:
             text = POP_CONFIG.format(
                 modules=list(modules),
                 pins=h.dir / "pins",
-                i=h.index,
+                pop=pop_ip(h.index),
                 extra=extra,
-                anycast=ANYCAST,
+                anycast=SERVICE_IP,
                 port=GAME_PORT,
+                gs=topology.GS_LOCAL,
             ).replace("'", '"')
         else:
-            text = GAMESERVER_CONFIG.format(dir=h.dir, extra=extra)
+            text = GAMESERVER_CONFIG.format(
+                fou=topology.FOU_PORT, pops=topology.POP_NET, dir=h.dir, extra=extra
+            )
         path = self.host_config_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -324,16 +333,13 @@ def _quiet_ipv6(ns: Namespace) -> None:
     ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
 
 
-def _start_pop_traffic(stack: ExitStack, h: LabHost) -> None:
-    assert h.client is not None
-    link(h.ns, "x0", f"10.8.{h.index}.1/24", h.client, "c0", f"10.8.{h.index}.2/24")
-    h.client.route(f"{ANYCAST}/32", gateway=f"10.8.{h.index}.1")
-    # A permanent entry for the gateway: no ARP probe ever reaches the POP (it would
-    # count as traffic served while the health check looks for game traffic).
-    mac = h.ns.run(["cat", "/sys/class/net/x0/address"]).stdout.strip()
-    gw = f"10.8.{h.index}.1"
-    h.client.run(["ip", "neigh", "replace", gw, "lladdr", mac, "dev", "c0", "nud", "permanent"])
-    proc = h.client.popen([sys.executable, "-c", TRAFFIC])
+def _start_pop_traffic(stack: ExitStack, lab: FleetLab, h: LabHost) -> None:
+    """POP n's client (client address n - 1, routed to POP n) queries the service."""
+    lab.nw.route_client(h.index - 1, h.index)
+    # No bifrost_nf in the lab takes the queries XDP passes up: the POP drops them
+    # instead of routing them back to the router (which sends them to it again).
+    h.ns.sysctl("net.ipv4.ip_forward", "0")
+    proc = lab.nw.client.popen([sys.executable, "-c", TRAFFIC, client_ip(h.index - 1)])
     stack.callback(_stop, proc)
 
 
@@ -347,28 +353,24 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def fleet_lab(tmp: Path, pops: int = 2, gameservers: int = 1) -> Iterator[FleetLab]:
-    """The namespaces, sshds and the back-end's key; removed on exit, whatever happened."""
+def fleet_lab(tmp: Path, pops: int = 2) -> Iterator[FleetLab]:
+    """The network, sshds and the back-end's key (POPs pop1.., one game server gs1);
+    removed on exit, whatever happened."""
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
     if not Path(DKMS).exists():
         raise RuntimeError(f"{DKMS} is missing (the lab binds its stub there): ./setup.sh deps")
     with ExitStack() as stack:
-        backend = stack.enter_context(Namespace("bff-be"))
-        _quiet_ipv6(backend)
-        lab = FleetLab(backend, tmp)
-        roles = [("pop", f"pop{i + 1}") for i in range(pops)]
-        roles += [("gameserver", f"gs{i + 1}") for i in range(gameservers)]
-        for index, (role, name) in enumerate(roles, start=1):
-            ns = stack.enter_context(Namespace(f"bff-{name}"))
+        nw = topology.build(pops=pops, clients=pops, prefix="bff")
+        stack.callback(nw.close)
+        for ns in nw.namespaces.values():
             _quiet_ipv6(ns)
+        lab = FleetLab(nw, tmp)
+        roles = [("pop", f"pop{n}", n, nw.pop(n)) for n in range(1, pops + 1)]
+        for role, name, index, ns in [*roles, ("gameserver", "gs1", 1, nw.gs)]:
             hdir = tmp / name
             hdir.mkdir()
-            link(backend, f"m{index}", f"10.77.{index}.1/24", ns, "e0", f"10.77.{index}.2/24")
             h = LabHost(name, role, index, ns, hdir, 0, _keygen(hdir / "ssh_host_ed25519_key"))
             h.port = _free_port(ns, h.address)
-            if role == "pop":
-                h.client = stack.enter_context(Namespace(f"bff-{name}-c"))
-                _quiet_ipv6(h.client)
             lab.hosts[name] = h
         # The back-end's key (the CLI under test), one forced command per host.
         for h in lab.hosts.values():
@@ -410,7 +412,7 @@ def fleet_lab(tmp: Path, pops: int = 2, gameservers: int = 1) -> Iterator[FleetL
             stack.callback(_stop, h.sshd)
             _wait_listening(lab, h, log)
             if h.role == "pop":
-                _start_pop_traffic(stack, h)
+                _start_pop_traffic(stack, lab, h)
             lab.set_config(h.name)
         lab.write_inventory()
         yield lab

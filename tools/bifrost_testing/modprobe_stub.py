@@ -1,16 +1,18 @@
-"""`modprobe` and `rmmod` of a fleet-lab host, next to its `dkms` (bifrost_testing.dkms_stub):
-the lab cannot load a module for a lab host (the test machine's kernel loads none, and
-a module is global to the machine anyway), so loading is stood in for at the same
-boundary as DKMS.
+"""`modprobe`, `rmmod` and `modinfo -F version` of a fleet-lab host, next to its `dkms`
+(bifrost_testing.dkms_stub): the lab cannot load a module for a lab host (the test
+machine's kernel loads none, and a module is global to the machine anyway), so
+loading is stood in for at the same boundary as DKMS.
 
-The lab binds this over /usr/sbin/modprobe (kmod's one binary: rmmod too) and a
-directory of the host's own over /sys/module inside the host's sshd mount namespace,
-so the agent's code runs unchanged: `modprobe M` "loads" the version the stub DKMS has
-installed for the running kernel (/sys/module/M/version appears), `rmmod M` removes it.
-Each call is logged to the DKMS stub's calls.log (one ordered record of what the agent
-did), and two flags in /var/lib/dkms make it fail as real hosts do:
-``busy-M`` (rmmod: the module is in use) and ``shadow-M`` holding a version (modprobe
-loads that one instead: an older .ko elsewhere in /lib/modules/K that depmod prefers).
+The lab binds this over /usr/sbin/modprobe (kmod's one binary: rmmod and modinfo
+too) and a directory of the host's own over /sys/module inside the host's sshd mount
+namespace, so the agent's code runs unchanged: `modprobe M` "loads" the version the
+stub DKMS has installed for the running kernel (/sys/module/M/version appears),
+`rmmod M` removes it, `modinfo -F version M` prints the version modprobe would load.
+Each call that changes something is logged to the DKMS stub's calls.log (one ordered
+record of what the agent did), and two flags in /var/lib/dkms make it fail as real
+hosts do: ``busy-M`` (rmmod: the module is in use) and ``shadow-M`` holding a version
+(modprobe loads that one instead: an older .ko elsewhere in /lib/modules/K that
+depmod prefers).
 """
 
 from __future__ import annotations
@@ -26,7 +28,32 @@ from bifrost_testing import dkms_stub
 SYS_MODULE = Path("/sys/module")
 
 
+def on_disk(module: str) -> str | None:
+    """The version modprobe loads: the shadow one, else DKMS's installed build."""
+    kernel = os.uname().release
+    shadow = dkms_stub.STATE_DIR / f"shadow-{module}"
+    installed = [
+        v for m, v, k, st in dkms_stub.load() if (m, k, st) == (module, kernel, "installed")
+    ]
+    return shadow.read_text().strip() if shadow.exists() else next(iter(installed), None)
+
+
+def modinfo(args: list[str]) -> int:
+    """modinfo -F version M: reads only (not logged with the calls that change state)."""
+    if len(args) != 3 or args[:2] != ["-F", "version"]:
+        print(f"modinfo: stub: only -F version MODULE, not {shlex.join(args)}", file=sys.stderr)
+        return 2
+    version = on_disk(args[2])
+    if version is None:
+        print(f"modinfo: ERROR: Module {args[2]} not found.", file=sys.stderr)
+        return 1
+    print(version)
+    return 0
+
+
 def main(name: str, args: list[str]) -> int:
+    if name == "modinfo":
+        return modinfo(args)
     with open(dkms_stub.STATE_DIR / dkms_stub.CALLS, "a") as log:
         log.write(shlex.join([name, *args]) + "\n")
     if len(args) != 1 or args[0].startswith("-"):
@@ -44,16 +71,12 @@ def main(name: str, args: list[str]) -> int:
         shutil.rmtree(loaded)
         return 0
     if name != "modprobe":
-        print(f"{name}: stub: only modprobe and rmmod", file=sys.stderr)
+        print(f"{name}: stub: only modprobe, rmmod and modinfo", file=sys.stderr)
         return 2
     if loaded.is_dir():
         return 0  # modprobe of a loaded module does nothing
     kernel = os.uname().release
-    shadow = dkms_stub.STATE_DIR / f"shadow-{module}"
-    installed = [
-        v for m, v, k, st in dkms_stub.load() if (m, k, st) == (module, kernel, "installed")
-    ]
-    version = shadow.read_text().strip() if shadow.exists() else next(iter(installed), None)
+    version = on_disk(module)
     if version is None:
         print(
             f"modprobe: FATAL: Module {module} not found in directory /lib/modules/{kernel}",

@@ -146,6 +146,15 @@ class Network:
         self.net.route(f"{SERVICE_IP}/32", gateway=pop_ip(n))
         self.active_pop = n
 
+    def route_client(self, i: int, n: int) -> None:
+        """Client i's traffic to the service goes to POP n whatever use_pop says: the
+        backbone routes by source, as anycast catchments split clients among POPs."""
+        table = str(100 + i)
+        self.net.run(
+            ["ip", "route", "replace", f"{SERVICE_IP}/32", "via", pop_ip(n), "table", table]
+        )
+        self.net.run(["ip", "rule", "add", "from", f"{client_ip(i)}/32", "lookup", table])
+
     def describe(self) -> str:
         lines = ["namespaces:"]
         lines += [f"  {role:<8} {ns.name}" for role, ns in self.namespaces.items()]
@@ -164,21 +173,44 @@ class Network:
 
 
 def _wire(
-    nw: Network, a: str, a_if: str, a_cidr: str, b: str, b_if: str, b_cidr: str, napi: bool = False
+    nw: Network,
+    a: str,
+    a_if: str,
+    a_cidr: str,
+    b: str,
+    b_if: str,
+    b_cidr: str,
+    napi: bool = False,
+    nic: bool = True,
 ) -> None:
-    """A link a:a_if <-> b:b_if; napi: the b end gets NAPI (GRO on)."""
+    """A link a:a_if <-> b:b_if; napi: the b end gets NAPI (GRO on); nic False: a
+    plain veth (no feature changed, no NAPI)."""
     ns_a, ns_b = nw.namespaces[a], nw.namespaces[b]
     link(ns_a, a_if, a_cidr, ns_b, b_if, b_cidr)
+    nw.links.append((a, a_if, a_cidr, b, b_if, b_cidr))
+    if not nic:
+        return
     set_nic_features(ns_a, a_if)
     set_nic_features(ns_b, b_if, napi=napi)
     if napi:
         # Threaded NAPI (a kthread polls the ring): see the module docstring.
         ns_b.run(["sh", "-c", f"echo 1 > /sys/class/net/{b_if}/threaded"])
-    nw.links.append((a, a_if, a_cidr, b, b_if, b_cidr))
 
 
-def build(pops: int = 2, clients: int = 1, container: bool = False, prefix: str = "bf") -> Network:
-    """Create and wire the namespaces; on failure remove what was made."""
+def build(
+    pops: int = 2,
+    clients: int = 1,
+    container: bool = False,
+    prefix: str = "bf",
+    xdp: bool = True,
+) -> Network:
+    """Create and wire the namespaces; on failure remove what was made.
+
+    xdp=False: no XDP program will run on the POPs (a benchmark of the kernel stack
+    alone), so the links stay plain veths: no NAPI at the router's POP ends (the
+    receive work is the backlog, which RPS can steer to a chosen CPU) and TX
+    checksum offload left on (a veth hands such packets over as checked, as a NIC
+    checks RX checksums in hardware): both settings are there for XDP only."""
     made: list[Namespace] = []
 
     def ns(role: str) -> Namespace:
@@ -202,7 +234,8 @@ def build(pops: int = 2, clients: int = 1, container: bool = False, prefix: str 
             # A POP forwards (else bpf_fib_lookup says FWD_DISABLED; the kernel-fou
             # flavour routes through it); the machine forwards to its container.
             fwd.sysctl("net.ipv4.ip_forward", "1")
-        _wire(nw, "client", "eth0", f"{CLIENT_LINK_IP}/24", "net", "c0", f"{NET_CLIENT_IP}/24")
+        c_cidr, net_c_cidr = f"{CLIENT_LINK_IP}/24", f"{NET_CLIENT_IP}/24"
+        _wire(nw, "client", "eth0", c_cidr, "net", "c0", net_c_cidr, nic=xdp)
         for i in range(clients):
             nw.client.address("lo", f"{client_ip(i)}/32")
         # Unbound sockets (python-a2s) speak as the first client address.
@@ -211,13 +244,14 @@ def build(pops: int = 2, clients: int = 1, container: bool = False, prefix: str 
         for n in range(1, pops + 1):
             pop_cidr, net_cidr = f"{pop_ip(n)}/24", f"{net_pop_ip(n)}/24"
             # The POP's XDP program sends XDP_TX frames to the router's end: NAPI there.
-            _wire(nw, f"pop{n}", "eth0", pop_cidr, "net", f"p{n}", net_cidr, napi=True)
+            _wire(nw, f"pop{n}", "eth0", pop_cidr, "net", f"p{n}", net_cidr, napi=True, nic=xdp)
             nw.pop(n).route("default", gateway=net_pop_ip(n))
-        _wire(nw, "gs", "eth0", f"{GS_IP}/24", "net", "g0", f"{NET_GS_IP}/24")
+        _wire(nw, "gs", "eth0", f"{GS_IP}/24", "net", "g0", f"{NET_GS_IP}/24", nic=xdp)
         nw.gs.route("default", gateway=NET_GS_IP)
         nw.net.route("10.200.0.0/24", gateway=GS_IP)
         if nw.service:
-            _wire(nw, "gs", "svc0", f"{GS_HOST_SVC_IP}/24", "service", "eth0", f"{GS_LOCAL}/24")
+            svc = f"{GS_HOST_SVC_IP}/24"
+            _wire(nw, "gs", "svc0", svc, "service", "eth0", f"{GS_LOCAL}/24", nic=xdp)
             nw.service.route("default", gateway=GS_HOST_SVC_IP)
         else:
             nw.gs.address("lo", f"{GS_LOCAL}/32")

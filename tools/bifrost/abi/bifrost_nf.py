@@ -1,26 +1,19 @@
-"""GENERATED codec for /dev/bifrost_nf (ABI version 1).
-
-Rendered by ``invoke generate`` from tools/bifrost/abi/defs/bifrost_nf.py;
-do not edit. Every record is a fixed-size little-endian struct that starts
-with the header (magic, version, type, length, flags).
-"""
+"""GENERATED codec for /dev/bifrost_nf (ABI version 1), from
+tools/bifrost/abi/defs/bifrost_nf.py by ``invoke generate``: do not edit."""
 
 from __future__ import annotations
 
 import ipaddress
-import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from bifrost.abi import runtime
+from bifrost.abi import common, runtime
+from bifrost.abi.common import ANY_IPV4, HEADER_FORMAT
+from bifrost.abi.common import HEADER_SIZE as HEADER_SIZE  # the codec's, for its users
 from bifrost.abi.runtime import Record
 
 MAGIC = 0x42464E46
 ABI_VERSION = 1
-HEADER_FORMAT = "<IHHII"
-HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
-# Default of IPv4 fields: one immutable instance shared by every record.
-ANY_IPV4 = ipaddress.IPv4Address("0.0.0.0")
 PAYLOAD_MAX = 1400
 MAX_PACKETS = 16
 MAX_SERVICES = 64
@@ -65,46 +58,12 @@ COUNTERS: tuple[str, ...] = (
 )
 
 
-@dataclass
-class InfoReq(Record):
-    """Ask for INFO; the reply is read() back."""
-
-    TYPE: ClassVar[int] = 1
-    FORMAT: ClassVar[str] = "<IHHII"
-    SIZE: ClassVar[int] = 16
-    OFFSETS: ClassVar[dict[str, int]] = {}
-    FIELDS: ClassVar[tuple[tuple[str, str, int], ...]] = ()
+class InfoReq(common.InfoReq):
+    """common.InfoReq of /dev/bifrost_nf."""
 
 
-@dataclass
-class InfoReply(Record):
-    """ABI and module version, the opener's netns and every counter of that netns."""
-
-    TYPE: ClassVar[int] = 2
-    FORMAT: ClassVar[str] = "<IHHIIIIII32s64Q"
-    SIZE: ClassVar[int] = 576
-    OFFSETS: ClassVar[dict[str, int]] = {
-        "abi_version": 16,
-        "n_counters": 20,
-        "netns_inum": 24,
-        "reserved": 28,
-        "module_version": 32,
-        "counters": 64,
-    }
-    FIELDS: ClassVar[tuple[tuple[str, str, int], ...]] = (
-        ("abi_version", "u32", 1),
-        ("n_counters", "u32", 1),
-        ("netns_inum", "u32", 1),
-        ("reserved", "u32", 1),
-        ("module_version", "u8", 32),
-        ("counters", "u64", 64),
-    )
-    abi_version: int = 0
-    n_counters: int = 0
-    netns_inum: int = 0
-    reserved: int = 0
-    module_version: bytes = b""
-    counters: tuple[int, ...] = ()
+class InfoReply(common.InfoReply):
+    """common.InfoReply of /dev/bifrost_nf."""
 
 
 @dataclass
@@ -361,19 +320,7 @@ RECORDS: dict[int, type[Record]] = {
     13: Event,
 }
 
-
-def decode(buf: bytes) -> Record:
-    """Decode one record of any type, checking magic, version and length."""
-    return runtime.decode(buf, RECORDS, MAGIC, ABI_VERSION, HEADER_FORMAT)
-
-
-def decode_all(buf: bytes) -> list[Record]:
-    """Decode a read() that returned several whole records back to back."""
-    return runtime.split(buf, HEADER_FORMAT, decode)
-
-
-# The codec needs to know its device; bind it once here.
-for _cls in RECORDS.values():
-    _cls.MAGIC = MAGIC
-    _cls.ABI_VERSION = ABI_VERSION
-    _cls.HEADER_FORMAT = HEADER_FORMAT
+# decode(buf): one record of any type, magic, version and length checked;
+# decode_all(buf): a read() that returned several whole records back to back.
+# Binds this device's magic and version to its record classes.
+decode, decode_all = runtime.codec(RECORDS, MAGIC, ABI_VERSION, HEADER_FORMAT)

@@ -126,3 +126,21 @@ def split(buf: bytes, header_format: str, decode_one: Callable[[bytes], Record])
         out.append(decode_one(buf[:length]))
         buf = buf[length:]
     return out
+
+
+def codec(
+    records: dict[int, type[Record]], magic: int, version: int, header_format: str
+) -> tuple[Callable[[bytes], Record], Callable[[bytes], list[Record]]]:
+    """A device's decode (one record of any type, magic, version and length checked) and
+    decode_all (a read() that returned several whole records back to back); binds the
+    device's magic, version and header to its record classes."""
+    for cls in records.values():
+        cls.MAGIC, cls.ABI_VERSION, cls.HEADER_FORMAT = magic, version, header_format
+
+    def decode_one(buf: bytes) -> Record:
+        return decode(buf, records, magic, version, header_format)
+
+    def decode_many(buf: bytes) -> list[Record]:
+        return split(buf, header_format, decode_one)
+
+    return decode_one, decode_many

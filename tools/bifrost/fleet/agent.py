@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bifrost import __version__
-from bifrost.fleet import defaults
-from bifrost.fleet.hoststate import AgentError, HostState, short_sha
+from bifrost.fleet import defaults, kmod
+from bifrost.fleet.hoststate import KMODS, AgentError, HostState, short_sha, uses_kmod
 
 VERBS = ("status", "plan", "stage-config", "apply", "rollback", "health")
 MAX_CONFIG = 1 << 20  # a host config is a few KiB; refuse to buffer anything huge
@@ -61,14 +61,38 @@ def status(hs: HostState, kernel_module: bool = True) -> dict[str, object]:
     return out
 
 
+def module_versions(hs: HostState) -> dict[str, object]:
+    """The role's kernel module as health sees it, without `dkms status` (seconds): the
+    loaded version (/sys/module) and what modprobe would load (modinfo); {} when the
+    config uses no module."""
+    text = hs.running_text()
+    want = hs.desired(text, str(hs.config)) if text else None
+    if want is None or not uses_kmod(want.cfg):
+        return {}
+    module = KMODS[want.role]
+    loaded, on_disk = kmod.loaded_version(module), kmod.on_disk_version(module)
+    return {
+        "module": module,
+        "loaded": loaded,
+        "installed": on_disk,
+        "problem": kmod.version_problem(module, loaded, on_disk),
+    }
+
+
 def health(hs: HostState, window_s: float) -> dict[str, object]:
-    """Ready and working: daemons that are enabled are active; on a POP the program is
-    attached and, when it has forward rules, serves game traffic within window_s (a POP
-    whose rule counters only drop, or do not move, is not healthy)."""
+    """Ready and working: daemons that are enabled are active; the kernel module the
+    config uses is loaded at this release's version; on a POP the program is attached
+    and, when it has forward rules, serves game traffic within window_s (a POP whose
+    rule counters only drop, or do not move, is not healthy)."""
     st = status(hs, kernel_module=False)
     problems = []
     if not st.get("configured"):
         problems.append("no config installed")
+    km = module_versions(hs)
+    if km:
+        st["module_version"] = km
+        if km["problem"]:
+            problems.append(str(km["problem"]))
     for unit, state in dict(st.get("daemons") or {}).items():  # type: ignore[call-overload]
         if "(enabled)" in state:
             problems.append(f"{unit} is {state}")

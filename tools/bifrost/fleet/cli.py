@@ -65,14 +65,18 @@ arrives in SSH_ORIGINAL_COMMAND and only these verbs run:
                          counters, kernel module (DKMS's and the loaded one)
     plan                 JSON: diffs of the config on stdin against what runs, and
                          whether the XDP object or the kernel module needs a rebuild
+                         (or the module only a reload: an older one is loaded)
     stage-config         keep the config on stdin for the next apply (validated first);
                          print its id
     apply ID             run the staged config whose id stage-config printed: rebuild
                          the XDP object and, through DKMS, the kernel module where
-                         needed, then swap; on a failure put back the previous one
+                         needed (reload a loaded module older than the installed
+                         release), then swap; on a failure put back the previous one
     rollback             back to the config that ran before the last apply (and
                          DKMS's install of the module version that apply replaced)
-    health [SECONDS]     JSON: program attached, daemons up, game traffic served
+    health [SECONDS]     JSON: program attached, daemons up, game traffic served,
+                         the kernel module loaded at the release's version (loaded
+                         and installed versions reported)
 
 Anything else is refused with exit status 2; a verb that fails exits 3, an
 unhealthy host 4."""
@@ -128,7 +132,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "show, per host, the diff of its config and of its module_config.h against what "
             "it runs, whether its XDP object would be rebuilt, and whether its kernel module "
             "would be (DKMS has not installed the host's bifrost release for the running "
-            "kernel); changes nothing",
+            "kernel) or only reloaded (an older module than the installed release is "
+            "loaded); changes nothing",
         )
     )
     a = backend(
@@ -136,10 +141,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         cmd_apply,
         "reach every host and stage its config first (an unreachable host or a wrong host "
         "key changes nothing), then per host, canary first: rebuild the XDP object and, "
-        "through DKMS, the kernel module where needed (a failed rebuild changes nothing), "
-        "install the config, regenerate module_config.h, swap the XDP object, check health "
-        "(program attached, daemons up, served counters moving); a failure rolls that host "
-        "back and stops",
+        "through DKMS, the kernel module where needed (a failed rebuild changes nothing; a "
+        "loaded module older than the installed release is reloaded), install the config, "
+        "regenerate module_config.h, swap the XDP object, check health (program attached, "
+        "daemons up, served counters moving, the module loaded at the release's version); "
+        "a failure rolls that host back and stops",
     )
     targets(a)
     a.add_argument("--canary", metavar="HOST", help="first host (default: fleet.canary)")

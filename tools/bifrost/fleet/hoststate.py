@@ -12,7 +12,8 @@ State directory (one per host)::
 The config itself lives where the host's daemons read it (``-c``, default
 /etc/bifrost/bifrost.toml). An apply rebuilds the XDP object when the header or
 the release changed, and the role's kernel module through DKMS when DKMS has not
-installed this release's build for the running kernel, then reloads it
+installed this release's build for the running kernel, then reloads it; it also
+reloads a module whose loaded version is older than the installed release's
 (bifrost.fleet.kmod; the daemons around the reload: bifrost.fleet.holders).
 """
 
@@ -226,6 +227,16 @@ class HostState:
                     shutil.rmtree(nxt, ignore_errors=True)
                     raise AgentError(
                         f"kernel module rebuild failed, nothing changed: {e}"
+                    ) from None
+            elif module.reload:
+                # DKMS has the release's build; an older module is still loaded. There
+                # is nothing older to go back to: its build is no longer installed.
+                try:
+                    done += self.reload_module(module.module, module.version)
+                except kmod.KmodError as e:
+                    shutil.rmtree(nxt, ignore_errors=True)
+                    raise AgentError(
+                        f"kernel module reload failed, the config was not changed: {e}"
                     ) from None
             # Keep what runs now, then switch files.
             shutil.rmtree(self.previous, ignore_errors=True)

@@ -14,6 +14,10 @@ host's daemons sequenced around it by bifrost.fleet.holders so that nothing they
 is lost) and checks that the kernel then runs the release's version
 (/sys/module/M/version); if not, DKMS's previous install is put back and loaded.
 
+When DKMS already has the release's build installed but the LOADED module is an
+older one (/sys/module/M/version is not the release's while `modinfo -F version M`,
+what modprobe would load, is), apply reloads it the same way without a rebuild.
+
 A module the host's config does not use (a POP without cached rules) is not rebuilt.
 A host without dkms cannot rebuild: fine while the release's version is what is
 loaded, otherwise plan shows why and apply stops on that host before changing any.
@@ -57,13 +61,26 @@ class KmodState:
     why: str  # why a rebuild is needed; "" when none is
     dkms: bool = True  # False: no dkms on the host, nothing the agent can rebuild
     needed: bool = True  # False: the host's config runs nothing that uses the module
+    on_disk: str | None = None  # what modprobe would load (modinfo -F version)
 
     @property
     def rebuild(self) -> bool:
         return bool(self.why)
 
+    @property
+    def reload(self) -> bool:
+        """No rebuild, but the loaded module is not the release's while the one modprobe
+        would load is: a reload alone makes the kernel run the release."""
+        return (
+            not self.rebuild
+            and self.needed
+            and self.loaded is not None
+            and self.loaded != self.version
+            and self.on_disk == self.version
+        )
+
     def as_json(self) -> dict[str, object]:
-        return asdict(self) | {"rebuild": self.rebuild}
+        return asdict(self) | {"rebuild": self.rebuild, "reload": self.reload}
 
     def summary(self) -> str:
         """One line for the status table."""
@@ -76,10 +93,10 @@ class KmodState:
             what += f" {self.version} not installed"
         if self.loaded is None:
             what += ", not loaded"
-        elif self.loaded != self.installed:
+        elif self.loaded != (self.installed or self.on_disk):
             what += f", loaded {self.loaded} (reload to run {self.installed or self.version})"
         else:
-            what += ", loaded"
+            what += f", loaded {self.loaded}"
         return what + (f"; REBUILD: {self.why}" if self.why else "")
 
 
@@ -114,21 +131,52 @@ def loaded_version(module: str) -> str | None:
     return ver.read_text().strip() if ver.exists() else "unknown"
 
 
+def on_disk_version(module: str) -> str | None:
+    """The version of the module modprobe would load for the running kernel
+    (`modinfo -F version`); None when there is none or modinfo cannot say."""
+    try:
+        done = _tool("modinfo", "-F", "version", module, check=False)
+    except KmodError:
+        return None
+    return parse_modinfo_version(done.returncode, done.stdout)
+
+
+def parse_modinfo_version(returncode: int, stdout: str) -> str | None:
+    """`modinfo -F version M`'s answer: its one line, None when it failed or is empty."""
+    lines = stdout.strip().splitlines()
+    if returncode != 0 or not lines:
+        return None
+    return lines[0].strip() or None
+
+
+def version_problem(module: str, loaded: str | None, on_disk: str | None) -> str:
+    """Why the running module is not the release's, for health ("" when it is)."""
+    if loaded == __version__:
+        return ""
+    have = f"loaded {loaded}" if loaded else "not loaded"
+    return (
+        f"{module} is {have}, not this release's {__version__} "
+        f"(modprobe would load {on_disk or 'none'})"
+    )
+
+
 def state(module: str, needed: bool = True) -> KmodState:
     """The module's state for the running kernel; why == "" when it is this release's or
     the host's config does not use it (needed False)."""
     kernel = os.uname().release
     loaded = loaded_version(module)
+    on_disk = on_disk_version(module)
     if shutil.which("dkms") is None:
         # Nothing can build the module here: fine while the release's own module runs
-        # (installed by other means) or the config uses none; else the host cannot take
-        # this release, and apply stops on it as on a failing build.
+        # or is what modprobe would load (installed by other means: a reload), or the
+        # config uses none; else the host cannot take this release, and apply stops on
+        # it as on a failing build.
         why = ""
-        if needed and loaded != __version__:
+        if needed and __version__ not in (loaded, on_disk):
             have = f"{loaded} is loaded" if loaded else "it is not loaded"
             why = f"no dkms on this host to build {module} {__version__} ({have})"
         return KmodState(
-            module, kernel, __version__, None, False, loaded, why, dkms=False, needed=needed
+            module, kernel, __version__, None, False, loaded, why, False, needed, on_disk
         )
     states = _status(module)
     installed = next((v for (v, k), s in states.items() if k == kernel and s == "installed"), None)
@@ -142,7 +190,9 @@ def state(module: str, needed: bool = True) -> KmodState:
         why = f"the {__version__} source DKMS has is not this host's (changed under the version)"
     else:
         why = ""
-    return KmodState(module, kernel, __version__, installed, current, loaded, why, needed=needed)
+    return KmodState(
+        module, kernel, __version__, installed, current, loaded, why, needed=needed, on_disk=on_disk
+    )
 
 
 def rebuild(st: KmodState) -> list[str]:

@@ -74,6 +74,11 @@ class Fleet:
                 f"-- kernel module: DKMS rebuild of {km['module']} {km['version']} for "
                 f"{km['kernel']}: {km['why']}"
             )
+        elif km.get("reload"):
+            self.out(
+                f"-- kernel module: reload {km['module']}: {km['loaded']} is loaded, "
+                f"{km['version']} installed"
+            )
         elif km.get("needed") is False:
             self.out(f"-- kernel module: {km['module']}: not used by this config")
         elif km.get("dkms") is False:
@@ -194,7 +199,10 @@ class Fleet:
 
 
 def _changes(p: dict[str, object]) -> bool:
-    return bool(p["config_diff"] or p["module_config_diff"] or p["rebuild"] or _kmod(p)["rebuild"])
+    km = _kmod(p)
+    return bool(
+        p["config_diff"] or p["module_config_diff"] or p["rebuild"] or km["rebuild"]
+    ) or bool(km.get("reload"))
 
 
 def _blocked(p: dict[str, object]) -> bool:
@@ -209,8 +217,11 @@ def _kmod(p: dict[str, object]) -> dict[str, object]:
 
 def _health_line(st: dict[str, object]) -> str:
     if "served_in_window" in st:
-        return f"{st['served_in_window']} packets served in the window"
-    return "config installed, daemons up"
+        line = f"{st['served_in_window']} packets served in the window"
+    else:
+        line = "config installed, daemons up"
+    km = dict(st.get("module_version") or {})  # type: ignore[call-overload]
+    return line + (f"; {km['module']} {km['loaded']} loaded" if km else "")
 
 
 def _status_row(host: Host, st: dict[str, object]) -> tuple[str, ...]:

@@ -22,3 +22,5 @@ INFO_REPLY = Record(
         Field("counters", "u64", MAX_COUNTERS, doc="indexed by the counter enum"),
     ),
 )
+# Rendered once (bifrost/abi/common.py); each device's codec subclasses them.
+RECORDS = (INFO_REQUEST, INFO_REPLY)
