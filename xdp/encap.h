@@ -55,8 +55,17 @@
 enum bfx_nh_result {
 	BFX_NH_OK,
 	BFX_NH_NEIGH,		/* route known, neighbour not: let the stack resolve it */
-	BFX_NH_NO_ROUTE,
+	BFX_NH_NO_ROUTE,	/* no route, or forwarding off on the ingress device */
+	BFX_NH_UNREACHABLE,	/* a blackhole, unreachable or prohibit route */
 };
+
+/* The counter of a next hop that could not be resolved (anything but BFX_NH_OK/NEIGH). */
+static __always_inline __u32 bfx_nh_drop_reason(enum bfx_nh_result res)
+{
+	if (res == BFX_NH_UNREACHABLE)
+		return BFX_DROP_UNREACHABLE;
+	return BFX_DROP_NO_ROUTE;
+}
 
 static __always_inline void bfx_fib_init(struct bpf_fib_lookup *fib, struct xdp_md *ctx,
 					 __be32 src, __be32 dst)
@@ -84,6 +93,9 @@ bfx_fib_resolve(struct xdp_md *ctx, __be32 src, __be32 dst, __u64 expires,
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return BFX_NH_NEIGH;
+	if (rc == BPF_FIB_LKUP_RET_BLACKHOLE || rc == BPF_FIB_LKUP_RET_UNREACHABLE ||
+	    rc == BPF_FIB_LKUP_RET_PROHIBIT)
+		return BFX_NH_UNREACHABLE;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return BFX_NH_NO_ROUTE;
 	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);

@@ -157,6 +157,23 @@ static __always_inline enum bfx_rate bfx_rate_check(__be32 src, const struct bfx
 	return BFX_RATE_OK;
 }
 
+/*
+ * Transmit and count. What the program can observe of a failure is only
+ * bpf_redirect's return value, which is XDP_ABORTED for bad flags alone; a
+ * full TX ring, a down device or one without ndo_xdp_xmit fail after the
+ * program returned (tracepoints xdp:xdp_exception, xdp:xdp_redirect_err,
+ * and the driver's own counters), so those stay counted as transmitted.
+ */
+static __always_inline int bfx_send(struct xdp_md *ctx, const struct bfx_nexthop *nh, __u32 id,
+				    __u32 reason, __u32 bytes)
+{
+	int act = bfx_transmit(ctx, nh);
+
+	if (act != XDP_TX && act != XDP_REDIRECT)
+		return bfx_count(id, BFX_DROP_REDIRECT, bytes, XDP_DROP);
+	return bfx_count(id, reason, bytes, act);
+}
+
 static __always_inline void bfx_inner_from(struct bfx_inner *in, const struct iphdr *ip,
 					   const struct bfx_l4 *l4)
 {
@@ -239,10 +256,10 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 		return bfx_count(rule->id, BFX_PASS_RETURN_NEIGH, bytes, XDP_PASS);
 	}
 	if (!nh)
-		return bfx_count(rule->id, BFX_DROP_NO_ROUTE, bytes, XDP_DROP);
+		return bfx_count(rule->id, bfx_nh_drop_reason(res), bytes, XDP_DROP);
 	if (bfx_fou_decap(ctx, nh, inner_len))
 		return bfx_count(rule->id, BFX_DROP_ENCAP, bytes, XDP_DROP);
-	return bfx_count(rule->id, BFX_TX_RETURN, bytes, bfx_transmit(ctx, nh));
+	return bfx_send(ctx, nh, rule->id, BFX_TX_RETURN, bytes);
 }
 
 /* Traffic to an anycast service covered by a rule. */
@@ -300,13 +317,13 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 	if (res == BFX_NH_NEIGH)
 		return bfx_count(id, BFX_DROP_NO_NEIGH, bytes, XDP_DROP);
 	if (!nh)
-		return bfx_count(id, BFX_DROP_NO_ROUTE, bytes, XDP_DROP);
+		return bfx_count(id, bfx_nh_drop_reason(res), bytes, XDP_DROP);
 	if (in.tot_len + BFX_FOU_OVERHEAD + trailer > nh->mtu)
 		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
 	if (bfx_fou_encap(ctx, &in, nh, s->pop_addr, rule->gs_addr, rule->fou_port,
 			  trailer, *(const __u64 *)s->auth_keys))
 		return bfx_count(id, BFX_DROP_ENCAP, bytes, XDP_DROP);
-	return bfx_count(id, BFX_TX_FORWARD, bytes, bfx_transmit(ctx, nh));
+	return bfx_send(ctx, nh, id, BFX_TX_FORWARD, bytes);
 }
 
 static __always_inline int bfx_process(struct xdp_md *ctx)
@@ -330,8 +347,11 @@ static __always_inline int bfx_process(struct xdp_md *ctx)
 	if (!s)
 		return bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		if (s->ipv6_policy == BFX_IPV6_DROP)
+		if (s->ipv6_policy == BFX_IPV6_DROP) {
+			if (bfx_is_ipv6_nd(eth + 1, data_end))
+				return bfx_count(0, BFX_PASS_IPV6_ND, bytes, XDP_PASS);
 			return bfx_count(0, BFX_DROP_IPV6, bytes, XDP_DROP);
+		}
 		return bfx_count(0, BFX_PASS_IPV6, bytes, XDP_PASS);
 	}
 	if (eth->h_proto != bpf_htons(ETH_P_IP))

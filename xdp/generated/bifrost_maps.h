@@ -9,7 +9,7 @@
 
 #include <linux/types.h>
 
-#define BFX_NR_REASONS 23	/* counters per rule */
+#define BFX_NR_REASONS 26	/* counters per rule */
 #define BFX_RULE_CACHE 1	/* rule flag: pass well-formed A2S queries up */
 #define BFX_MOD_SRCDS 1	/* rule_modules bit: srcds */
 #define BFX_MOD_RUST 2	/* rule_modules bit: rust */
@@ -72,6 +72,9 @@ enum bfx_reason {
 	BFX_DROP_AUTH,	/* auth on: FOU without the exact length or an accepted key (AUTH.md) */
 	BFX_DROP_MARTIAN,	/* martian client source, or a return-path destination that is martian, the POP or a game server */
 	BFX_DROP_FLOOD,	/* flood mode: an unknown source over the rule's aggregate budget */
+	BFX_PASS_IPV6_ND,	/* IPv6 with ipv6 = drop, but neighbour discovery (ICMPv6 133-137, hop limit 255, RFC 4861): the host's own */
+	BFX_DROP_UNREACHABLE,	/* the FIB lookup found a blackhole, unreachable or prohibit route */
+	BFX_DROP_REDIRECT,	/* bpf_redirect refused the redirect (counted, not transmitted) */
 };
 
 /* rule_overflow key: anycast address, destination port (0 = any), protocol */

@@ -89,9 +89,19 @@ REASONS: tuple[tuple[str, str], ...] = (
     ("drop_relay", "return path inner source is not a service forwarded to that machine"),
     # Appended, so the counters of the reasons above keep their indices.
     ("drop_auth", "auth on: FOU without the exact length or an accepted key (AUTH.md)"),
-    ("drop_martian", "martian client source, or a return-path destination that is martian, "
-     "the POP or a game server"),
+    (
+        "drop_martian",
+        "martian client source, or a return-path destination that is martian, "
+        "the POP or a game server",
+    ),
     ("drop_flood", "flood mode: an unknown source over the rule's aggregate budget"),
+    (
+        "pass_ipv6_nd",
+        "IPv6 with ipv6 = drop, but neighbour discovery (ICMPv6 133-137, hop "
+        "limit 255, RFC 4861): the host's own",
+    ),
+    ("drop_unreachable", "the FIB lookup found a blackhole, unreachable or prohibit route"),
+    ("drop_redirect", "bpf_redirect refused the redirect (counted, not transmitted)"),
 )
 REASON_INDEX = {name: i for i, (name, _) in enumerate(REASONS)}
 
