@@ -30,6 +30,7 @@
 
 #include "encap.h"
 #include "hash.h"
+#include "icmp.h"
 #include "maps.h"
 #include "modules/modules.h"
 #include "parsing.h"
@@ -262,6 +263,24 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 	return bfx_send(ctx, nh, rule->id, BFX_TX_RETURN, bytes);
 }
 
+/*
+ * A forwarded packet that would exceed the path MTU once encapsulated. With
+ * DF set (the sender does path MTU discovery) and within the reply budget:
+ * ICMP fragmentation needed announcing inner_mtu, the largest inner packet
+ * that fits (xdp/icmp.h). Otherwise dropped: XDP cannot fragment.
+ */
+static __always_inline int bfx_too_big(struct xdp_md *ctx, const struct bfx_inner *in, __u32 ihl,
+				       __u32 inner_mtu, const struct bfx_settings *s, __u32 id,
+				       __u32 bytes)
+{
+	if (!(in->frag_off & bpf_htons(BFX_IP_DF)) || ihl != 5 || inner_mtu < 68 ||
+	    !bfx_icmp_budget(bfx_now(s)))
+		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
+	if (bfx_icmp_too_big(ctx, inner_mtu))
+		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
+	return bfx_count(id, BFX_TX_ICMP_TOO_BIG, bytes, XDP_TX);
+}
+
 /* Traffic to an anycast service covered by a rule. */
 static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *eth,
 					    struct iphdr *ip, const struct bfx_l4 *l4,
@@ -273,7 +292,7 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 	struct bfx_nexthop *nh;
 	struct bfx_inner in;
 	__u32 id = rule->id;
-	__u32 bits, fw = 0, trailer = 0;
+	__u32 bits, fw = 0, trailer = 0, mtu;
 	enum bfx_rate rate;
 
 	/* A client is never martian, the POP itself or an anycast service. */
@@ -318,8 +337,11 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 		return bfx_count(id, BFX_DROP_NO_NEIGH, bytes, XDP_DROP);
 	if (!nh)
 		return bfx_count(id, bfx_nh_drop_reason(res), bytes, XDP_DROP);
-	if (in.tot_len + BFX_FOU_OVERHEAD + trailer > nh->mtu)
-		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
+	mtu = nh->mtu;
+	if (s->tunnel_mtu && s->tunnel_mtu < mtu)
+		mtu = s->tunnel_mtu;
+	if (in.tot_len + BFX_FOU_OVERHEAD + trailer > mtu)
+		return bfx_too_big(ctx, &in, ip->ihl, mtu - BFX_FOU_OVERHEAD - trailer, s, id, bytes);
 	if (bfx_fou_encap(ctx, &in, nh, s->pop_addr, rule->gs_addr, rule->fou_port,
 			  trailer, *(const __u64 *)s->auth_keys))
 		return bfx_count(id, BFX_DROP_ENCAP, bytes, XDP_DROP);

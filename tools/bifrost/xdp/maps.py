@@ -70,6 +70,7 @@ MAP_SPECS: dict[str, MapSpec] = {
     "flood_budget": MapSpec(
         libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["rate_state"].size, D.MAX_RULES + 1
     ),
+    "icmp_budget": MapSpec(libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["rate_state"].size, 1),
 }
 
 
@@ -261,6 +262,7 @@ def desired(
         auth_keys=auth_keys_field(cfg.auth_keys),
         flood_cost_ns=flood_cost,
         flood_burst_ns=flood_burst,
+        tunnel_mtu=cfg.tunnel_mtu,
     )
     return out
 
