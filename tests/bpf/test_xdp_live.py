@@ -5,9 +5,9 @@ SRCDS module off, then on again) are swapped in.
 
 ::
 
-    [client] c0 10.0.1.2 ---- 10.0.1.1 p0 [pop] p1 10.9.1.1 ---- 10.9.1.2 g0 [gs]
-                                  bifrost_xdp on p0 (the service) and p1      10.9.1.3 (gs2)
-    VIP 198.51.100.10:27015 ("srcds") -> FOU to 10.9.1.2:5555; every other rule -> 10.9.1.3.
+    [client] c0 10.98.0.2 ---- 10.98.0.1 p0 [pop] p1 10.42.0.254 ---- 10.42.0.1 g0 [gs]
+                                  bifrost_xdp on p0 (the service) and p1      10.42.0.2 (gs2)
+    VIP 198.51.100.10:27015 ("srcds") -> FOU to 10.42.0.1:5555; every other rule -> 10.42.0.2.
     The host has no fou module, so each game server is a UDP socket on :5555: its
     payload IS the inner packet, and sending an inner packet to the POP's :5555 is FOU.
 """
@@ -38,7 +38,7 @@ from bifrost_testing import xdp_topology as topo
 pytestmark = pytest.mark.bpf
 
 BIFROST = Path(sys.executable).parent / "bifrost"
-GS1, GS2 = topo.GS_IP, "10.9.1.3"
+GS1, GS2 = topo.GS_IP, "10.42.0.2"
 CLIENT_PORT = 40123
 SEND_EVERY_S = 0.001
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h; root may exceed net.core.rmem_max

@@ -2,7 +2,7 @@
 
 ::
 
-    [client] c0 10.0.1.2 -- 10.0.1.1 p0 [pop] p1 10.9.1.1 -- 10.9.1.2 g0 [gs]
+    [client] c0 10.98.0.2 -- 10.98.0.1 p0 [pop] p1 10.42.0.254 -- 10.42.0.1 g0 [gs]
 
 XDP cannot make the kernel resolve a neighbour, so on a long-lived POP the
 game server's entry must be kept resolved by the kernel itself (NTF_EXT_MANAGED).
@@ -162,26 +162,27 @@ def test_attach_makes_the_next_hop_managed_and_reachable_without_traffic(net: Ne
     assert entry(net.pop, GS_IP, "p1") == got
     assert updated_ticks(net.pop, GS_IP, "p1") >= 30  # USER_HZ ticks: at least 0.3 s ago
     # Recorded in the pin dir (bpffs: a directory per entry, ':' for '.').
-    assert [d.name for d in (net.pins / "p0" / "neighbours").iterdir()] == ["10:9:1:2@p1"]
+    pinned = [d.name for d in (net.pins / "p0" / "neighbours").iterdir()]
+    assert pinned == [GS_IP.replace(".", ":") + "@p1"]
 
 
 def test_managed_entry_recovers_from_failed_where_a_plain_one_stays_dead(net: Net) -> None:
     """The long-lived-POP failure: the server did not answer ARP for a while (reboot,
     switch outage), the entry went FAILED, and nothing on a POP sends it traffic again."""
-    net.gs.run(["ip", "addr", "add", "10.9.1.3/24", "dev", "g0"])
+    net.gs.run(["ip", "addr", "add", "10.42.0.2/24", "dev", "g0"])
     net.gs.sysctl("net.ipv4.conf.all.arp_ignore", "8")  # answer no ARP request
     net.fast_probes()
     with net.pop.entered():
         loader.attach(config(), "p0", obj=net.obj, pin_base=net.pins)
         # The control: a plain entry made the pre-managed way, by one datagram.
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.sendto(b"", ("10.9.1.3", 9))
+            s.sendto(b"", ("10.42.0.2", 9))
 
     def failed(addr: str) -> bool:
         e = entry(net.pop, addr, "p1")
         return e is not None and e.state == ndmsg.NUD_FAILED
 
-    assert wait_for(lambda: failed(GS_IP) and failed("10.9.1.3"), 5)
+    assert wait_for(lambda: failed(GS_IP) and failed("10.42.0.2"), 5)
     assert net.forward_verdict()[0] == "DROP"  # drop_no_neigh
 
     net.gs.sysctl("net.ipv4.conf.all.arp_ignore", "0")
@@ -192,7 +193,7 @@ def test_managed_entry_recovers_from_failed_where_a_plain_one_stays_dead(net: Ne
         ),
         RECOVERY_S,
     )
-    plain = entry(net.pop, "10.9.1.3", "p1")
+    plain = entry(net.pop, "10.42.0.2", "p1")
     assert plain is None or not plain.valid, "nothing re-resolves a plain entry"
     assert net.forward_verdict() == ("REDIRECT", mac(net.gs, "g0"))
 
@@ -219,7 +220,7 @@ def test_managed_entry_follows_a_mac_change_without_traffic(net: Net) -> None:
 
 def test_gateway_next_hop(net: Net) -> None:
     """Servers behind a router: the managed entry is the router's, one for both servers."""
-    router = net.gs  # g0 10.9.1.2 is the router; the servers sit behind it
+    router = net.gs  # g0 10.42.0.1 is the router; the servers sit behind it
     srv = Namespace("bfx-ns")
     try:
         link(router, "r1", "10.20.0.1/24", srv, "s0", "10.20.0.2/24")
@@ -264,7 +265,7 @@ def test_detach_removes_only_what_the_loader_made(net: Net) -> None:
     """Operators' entries (permanent, their own managed, plain) survive, and so does one
     of ours that an operator has since replaced."""
     g = net.gs
-    for a in ("10.9.1.3", "10.9.1.4", "10.9.1.5", "10.9.1.6"):
+    for a in ("10.42.0.2", "10.42.0.3", "10.42.0.4", "10.42.0.5"):
         g.run(["ip", "addr", "add", f"{a}/24", "dev", "g0"])
     p = net.pop.run
     p(
@@ -272,7 +273,7 @@ def test_detach_removes_only_what_the_loader_made(net: Net) -> None:
             "ip",
             "neigh",
             "add",
-            "10.9.1.3",
+            "10.42.0.2",
             "lladdr",
             "02:00:00:00:00:03",
             "nud",
@@ -281,13 +282,13 @@ def test_detach_removes_only_what_the_loader_made(net: Net) -> None:
             "p1",
         ]
     )
-    p(["ip", "neigh", "add", "10.9.1.4", "dev", "p1", "managed"])
+    p(["ip", "neigh", "add", "10.42.0.3", "dev", "p1", "managed"])
     p(
         [
             "ip",
             "neigh",
             "add",
-            "10.9.1.7",
+            "10.42.0.6",
             "lladdr",
             "02:00:00:00:00:07",
             "nud",
@@ -296,28 +297,28 @@ def test_detach_removes_only_what_the_loader_made(net: Net) -> None:
             "p1",
         ]
     )
-    cfg = config("10.9.1.3", "10.9.1.4", "10.9.1.5", "10.9.1.6")
+    cfg = config("10.42.0.2", "10.42.0.3", "10.42.0.4", "10.42.0.5")
     with net.pop.entered():
         res = loader.attach(cfg, "p0", obj=net.obj, pin_base=net.pins)
     assert sorted(str(nh.address) for nh in res.neighbours.managed) == [
         GS_IP,
-        "10.9.1.5",
-        "10.9.1.6",
+        "10.42.0.4",
+        "10.42.0.5",
     ]
     assert sorted(res.neighbours.kept) == [
-        "10.9.1.3 dev p1: a permanent entry (set by an operator)",
-        "10.9.1.4 dev p1: already managed by someone else",
+        "10.42.0.2 dev p1: a permanent entry (set by an operator)",
+        "10.42.0.3 dev p1: already managed by someone else",
     ]
     # Not made managed (that would strip its permanence): still the operator's MAC.
-    perm = entry(net.pop, "10.9.1.3", "p1")
+    perm = entry(net.pop, "10.42.0.2", "p1")
     assert perm == Entry(ndmsg.NUD_PERMANENT, False, None, "02:00:00:00:00:03")
-    # An operator pins 10.9.1.6 after the attach: it is theirs now.
+    # An operator pins 10.42.0.5 after the attach: it is theirs now.
     p(
         [
             "ip",
             "neigh",
             "replace",
-            "10.9.1.6",
+            "10.42.0.5",
             "lladdr",
             "02:00:00:00:00:06",
             "nud",
@@ -330,11 +331,11 @@ def test_detach_removes_only_what_the_loader_made(net: Net) -> None:
     with net.pop.entered():
         loader.detach("p0", net.pins)
     assert entry(net.pop, GS_IP, "p1") is None
-    assert entry(net.pop, "10.9.1.5", "p1") is None
-    assert entry(net.pop, "10.9.1.3", "p1") == perm
-    assert entry(net.pop, "10.9.1.4", "p1").managed  # type: ignore[union-attr]
-    assert entry(net.pop, "10.9.1.6", "p1").state == ndmsg.NUD_PERMANENT  # type: ignore[union-attr]
-    assert entry(net.pop, "10.9.1.7", "p1") is not None
+    assert entry(net.pop, "10.42.0.4", "p1") is None
+    assert entry(net.pop, "10.42.0.2", "p1") == perm
+    assert entry(net.pop, "10.42.0.3", "p1").managed  # type: ignore[union-attr]
+    assert entry(net.pop, "10.42.0.5", "p1").state == ndmsg.NUD_PERMANENT  # type: ignore[union-attr]
+    assert entry(net.pop, "10.42.0.6", "p1") is not None
     assert not (net.pins / "p0").exists()
 
 
@@ -351,21 +352,21 @@ def test_cli_prints_managed_and_apply_reconciles(net: Net, tmp_path: Path, capsy
             f'game_server = "{GS_IP}"\n'
         )
 
-    net.gs.run(["ip", "addr", "add", "10.9.1.5/24", "dev", "g0"])
-    write('"10.9.1.5"')
+    net.gs.run(["ip", "addr", "add", "10.42.0.4/24", "dev", "g0"])
+    write('"10.42.0.4"')
     with net.pop.entered():
         assert main(["-c", str(toml), "xdp", "attach", "--obj", str(net.obj)]) == 0
         out = capsys.readouterr().out
         assert f"managed neighbour {GS_IP} dev p1" in out
-        assert "managed neighbour 10.9.1.5 dev p1" in out
+        assert "managed neighbour 10.42.0.4 dev p1" in out
 
-        write('"10.77.0.1"')  # 10.9.1.5 no longer a game server; 10.77.0.1 unroutable
+        write('"10.77.0.1"')  # 10.42.0.4 no longer a game server; 10.77.0.1 unroutable
         assert main(["-c", str(toml), "xdp", "apply"]) == 2
         cap = capsys.readouterr()
         assert f"managed neighbour {GS_IP} dev p1" in cap.out
-        assert "released neighbour 10.9.1.5 dev p1" in cap.out
+        assert "released neighbour 10.42.0.4 dev p1" in cap.out
         assert "error: game server 10.77.0.1: no route" in cap.err
-        assert entry(net.pop, "10.9.1.5", "p1") is None
+        assert entry(net.pop, "10.42.0.4", "p1") is None
 
         # A carrier loss on p1 flushes every dynamic entry, managed ones too (the
         # kernel's behaviour, measured): nothing but apply brings them back.
@@ -374,16 +375,16 @@ def test_cli_prints_managed_and_apply_reconciles(net: Net, tmp_path: Path, capsy
         net.gs.run(["ip", "link", "set", "g0", "up"])
         # The positive control: a managed entry added after the carrier is back
         # resolves, so the kernel's managed-neighbour work has run on p1 since.
-        net.pop.run(["ip", "neigh", "add", "10.9.1.5", "dev", "p1", "managed"])
+        net.pop.run(["ip", "neigh", "add", "10.42.0.4", "dev", "p1", "managed"])
         assert wait_for(
             lambda: (
-                (e := entry(net.pop, "10.9.1.5", "p1")) is not None
+                (e := entry(net.pop, "10.42.0.4", "p1")) is not None
                 and e.state == ndmsg.NUD_REACHABLE
             ),
             10,
         )
         assert entry(net.pop, GS_IP, "p1") is None
-        net.pop.run(["ip", "neigh", "del", "10.9.1.5", "dev", "p1"])
+        net.pop.run(["ip", "neigh", "del", "10.42.0.4", "dev", "p1"])
         write("")
         assert main(["-c", str(toml), "xdp", "apply"]) == 0
         assert f"managed neighbour {GS_IP} dev p1" in capsys.readouterr().out

@@ -2,9 +2,9 @@
 
 ::
 
-    [client] c0 10.0.1.2 ---- 10.0.1.1 p0 [pop] p1 10.9.1.1 ---- 10.9.1.2 g0 [gs]
+    [client] c0 10.98.0.2 ---- 10.98.0.1 p0 [pop] p1 10.42.0.254 ---- 10.42.0.1 g0 [gs]
                                   XDP bifrost_xdp on p0 and p1 (native)
-    VIP 198.51.100.10:27015 -> FOU to 10.9.1.2:5555. The host has no fou module, so
+    VIP 198.51.100.10:27015 -> FOU to 10.42.0.1:5555. The host has no fou module, so
     the game server is a UDP socket on :5555: its payload IS the inner packet, and
     sending an inner packet to the POP's :5555 is exactly FOU.
 """

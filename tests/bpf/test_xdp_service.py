@@ -3,7 +3,7 @@ link flap, SIGHUP re-applies the config, SIGTERM leaves the program attached.
 
 ::
 
-    [client] c0 10.0.1.2 -- 10.0.1.1 p0 [pop] p1 10.9.1.1 -- 10.9.1.2 g0 [gs]
+    [client] c0 10.98.0.2 -- 10.98.0.1 p0 [pop] p1 10.42.0.254 -- 10.42.0.1 g0 [gs]
                       `bifrost xdp run` attaches on p0; the game server's next hop is on p1
 
 The process reports READY=1/STOPPING=1 to a notify socket of the test's, as it
@@ -187,15 +187,15 @@ def test_attaches_and_recreates_the_flushed_neighbour_after_a_link_flap(
     assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE, 3), svc.text()
     assert pop.verdict() == "REDIRECT"
     # The control: an operator's managed entry, which no one re-creates after a flush.
-    pop.hosts.gs.run(["ip", "addr", "add", "10.9.1.3/24", "dev", "g0"])
-    pop.hosts.pop.run(["ip", "neigh", "add", "10.9.1.3", "dev", "p1", "managed"])
+    pop.hosts.gs.run(["ip", "addr", "add", "10.42.0.2/24", "dev", "g0"])
+    pop.hosts.pop.run(["ip", "neigh", "add", "10.42.0.2", "dev", "p1", "managed"])
     operators = (ndmsg.NUD_REACHABLE, True, None)
-    assert wait_for(lambda: neigh(pop.hosts.pop, "10.9.1.3") == operators, 3)
+    assert wait_for(lambda: neigh(pop.hosts.pop, "10.42.0.2") == operators, 3)
 
     pop.hosts.pop.run(["ip", "link", "set", "p1", "down"])
     # Down flushes both (and the route to the server goes, so nothing can be re-made yet).
     assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) is None, 3)
-    assert neigh(pop.hosts.pop, "10.9.1.3") is None
+    assert neigh(pop.hosts.pop, "10.42.0.2") is None
     # Once the program's next-hop cache expires (nexthop_ttl_ms, 1 s): drop_no_route.
     assert wait_for(lambda: pop.verdict() == "DROP", 3)
     pop.hosts.pop.run(["ip", "link", "set", "p1", "up"])
@@ -212,7 +212,7 @@ def test_attaches_and_recreates_the_flushed_neighbour_after_a_link_flap(
 
     assert wait_for(handled_link_up, EVENT_RECOVERY_S), svc.text()
     # Without the service the flushed entry stays gone: the operator's never came back.
-    assert neigh(pop.hosts.pop, "10.9.1.3") is None
+    assert neigh(pop.hosts.pop, "10.42.0.2") is None
     assert svc.proc.poll() is None
 
 
@@ -245,10 +245,10 @@ def test_sighup_applies_the_changed_config_and_keeps_it_on_a_bad_file(
     assert wait_for(lambda: "reload: changed rule 'game' changed" in svc.text(), 5), svc.text()
     assert svc.notified("READY=1", 5)  # RELOADING=1 ... READY=1 around it
 
-    pop.toml.write_text(pop.toml.read_text().replace(GS_IP, "10.9.1.300"))
+    pop.toml.write_text(pop.toml.read_text().replace(GS_IP, "10.42.0.300"))
     svc.signal(signal.SIGHUP)
     assert wait_for(lambda: "keeping the running config" in svc.text(), 5), svc.text()
-    assert "xdp.rule[0].game_server = '10.9.1.300': expected an IPv4 address" in svc.text()
+    assert "xdp.rule[0].game_server = '10.42.0.300': expected an IPv4 address" in svc.text()
     assert svc.proc.poll() is None
     assert pop.verdict(27016) == "REDIRECT"
 

@@ -2,7 +2,7 @@
 
 ::
 
-    [client] c0 10.0.1.2 ---- 10.0.1.1 p0 [pop] p1 10.9.1.1 ---- 10.9.1.2 g0 [gs]
+    [client] c0 10.98.0.2 ---- 10.98.0.1 p0 [pop] p1 10.42.0.254 ---- 10.42.0.1 g0 [gs]
                                   bifrost_xdp on p0 and p1 (bifrost_testing.xdp_topology)
 
 bpf_xdp_adjust_tail() cannot grow a frame without tailroom: veth's copied frames

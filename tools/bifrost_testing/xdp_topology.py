@@ -2,13 +2,16 @@
 
 ::
 
-    [client] c0 10.0.1.2 ---- 10.0.1.1 p0 [pop] p1 10.9.1.1 ---- 10.9.1.2 g0 [gs]
+    [client] c0 10.98.0.2 ---- 10.98.0.1 p0 [pop] p1 10.42.0.254 ---- 10.42.0.1 g0 [gs]
                                   bifrost_xdp on p0 and p1 (native)
              bifrost_pass on c0                          bifrost_pass on g0
 
-The host's bpf tier and the guest's kernel tier both drive the program through
-it; what differs between them (the object file, its config, what the game
-server runs) stays with the caller.
+A dual-homed POP: it stands where topology.build() puts the backbone router,
+with the router's two link addresses, so the project keeps one address plan
+(bifrost_testing.topology). Its two ends make XDP_REDIRECT between interfaces
+testable, which the one-uplink POPs of build() never do. The host's bpf tier
+drives the program through it; what differs between tests (the object file,
+its config, what the game server runs) stays with the caller.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from bifrost.netns import Namespace, link
 from bifrost.xdp import libbpf, maps
 from bifrost.xdp.config import XdpConfig
 from bifrost.xdp.libbpf import XDP_FLAGS_DRV_MODE, BpfObject
+from bifrost_testing import topology
 
-CLIENT_IP, POP_C_IP, POP_G_IP, GS_IP = "10.0.1.2", "10.0.1.1", "10.9.1.1", "10.9.1.2"
+# The router's link addresses of topology.build(): the POP takes the router's place.
+CLIENT_IP, POP_C_IP = topology.CLIENT_LINK_IP, topology.NET_CLIENT_IP
+POP_G_IP, GS_IP = topology.NET_GS_IP, topology.GS_IP
 CLIENT_IF, POP_C_IF, POP_G_IF, GS_IF = "c0", "p0", "p1", "g0"
 
 
