@@ -185,6 +185,7 @@ static __always_inline void bfx_inner_from(struct bfx_inner *in, const struct ip
 	in->frag_off = ip->frag_off;
 	in->tos = ip->tos;
 	in->proto = ip->protocol;
+	in->id = ip->id;
 }
 
 /* FOU from a game-server machine to the POP's FOU port: decapsulate to the client. */

@@ -173,3 +173,27 @@ def test_tunnel_mtu_config_read() -> None:
     assert config.parse(Reader({"tunnel_mtu": 1400}, "xdp")).tunnel_mtu == 1400
     assert config.parse(Reader({}, "xdp")).tunnel_mtu == 0
     assert replace(make_config(), tunnel_mtu=96).tunnel_mtu == 96
+
+
+def test_outer_df_and_id(xdp: Xdp) -> None:
+    """Outer DF copies the inner's; the outer ID is 0 for an atomic (DF) datagram
+    and otherwise follows the inner ID per flow, distinct between clients whose
+    inner IDs are equal (RFC 6864)."""
+
+    def outer(src: str, ident: int, df: bool) -> IP:
+        inner = IP(src=src, dst=VIP, id=ident, flags="DF" if df else 0) / UDP(
+            sport=40000, dport=27015
+        )
+        res = xdp.run(client_frame(inner))
+        assert res.verdict == "TX"
+        assert res.data == expected_encap(bytes(inner), "10.0.0.2")
+        return Ether(res.data)[IP]
+
+    atomic = outer(CLIENT, 7, df=True)
+    assert (atomic.flags.DF, atomic.id) == (True, 0)
+    a1, a2 = outer(CLIENT, 7, df=False), outer(CLIENT, 8, df=False)
+    assert not a1.flags.DF
+    assert a1.id != a2.id, "one flow: the outer ID moves with the inner"
+    b1 = outer("192.0.2.51", 7, df=False)
+    assert b1.id != a1.id, "two clients with the same inner ID: different outer IDs"
+    assert a1[UDP].sport ^ 7 == a1.id

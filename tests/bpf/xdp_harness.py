@@ -172,6 +172,14 @@ def flow_port(inner: bytes) -> int:
     return 0xC000 | (h & 0x3FFF)
 
 
+def outer_id(inner: bytes) -> int:
+    """The outer IPv4 ID (RFC 6864): 0 for an atomic (DF) datagram, else the inner
+    ID xor the flow's source port, unique per (POP, game server) as the inner's is."""
+    if inner[6] & 0x40:
+        return 0
+    return int.from_bytes(inner[4:6], "big") ^ flow_port(inner)
+
+
 def topology_frame(dport: int = 27015) -> bytes:
     """A client datagram to VIP as the POP's p0 receives it in bifrost_testing.xdp_topology."""
     return bytes(
@@ -203,10 +211,11 @@ def expected_encap(
     token: the auth token after the inner packet, counted in the outer lengths."""
     inner = IP(inner_bytes)
     df = inner.flags & 0x2
+    sport = flow_port(inner_bytes)
     outer = (
         Ether(src=smac, dst=dmac)
-        / IP(src=POP, dst=gs, id=0, flags=df, ttl=64, tos=inner.tos, proto=17)
-        / UDP(sport=flow_port(inner_bytes), dport=FOU, chksum=0)
+        / IP(src=POP, dst=gs, id=outer_id(inner_bytes), flags=df, ttl=64, tos=inner.tos, proto=17)
+        / UDP(sport=sport, dport=FOU, chksum=0)
         / (inner_bytes + token)
     )
     return bytes(outer)

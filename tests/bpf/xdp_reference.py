@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
-from xdp_harness import flow_port
+from xdp_harness import flow_port, outer_id
 
 from bifrost.xdp.config import Rule, XdpConfig
 
@@ -284,7 +284,7 @@ class Reference:
                 src=self.pop,
                 dst=gs,
                 tos=ip.tos,
-                id=0,
+                id=outer_id(frame[14 : ip.end]),
                 flags="DF" if ip.df else 0,
                 ttl=OUTER_TTL,
                 proto=17,
