@@ -33,6 +33,7 @@
 #include "icmp.h"
 #include "maps.h"
 #include "modules/modules.h"
+#include "mss.h"
 #include "parsing.h"
 #include "rules.h"
 
@@ -188,6 +189,27 @@ static __always_inline void bfx_inner_from(struct bfx_inner *in, const struct ip
 	in->id = ip->id;
 }
 
+/*
+ * The MSS that fits the tunnel to a rule's game server, for the return
+ * path's SYN-ACK: the path MTU the forward path last learned for it (its
+ * gs_nexthops slot) or tunnel_mtu, less FOU, the token and 40 (RFC 6691).
+ */
+static __always_inline __u16 bfx_tunnel_mss(const struct bfx_rule *rule,
+					    const struct bfx_settings *s)
+{
+	__u32 slot = rule->gs_slot, mtu = 0xffff;
+	struct bfx_nexthop *nh = bpf_map_lookup_elem(&gs_nexthops, &slot);
+
+	if (nh && nh->mtu)
+		mtu = nh->mtu;
+	if (s->tunnel_mtu && s->tunnel_mtu < mtu)
+		mtu = s->tunnel_mtu;
+	mtu -= BFX_FOU_OVERHEAD + BFX_MSS_OVERHEAD;
+	if (s->flags & BFX_SET_AUTH)
+		mtu -= BFX_AUTH_KEY_BYTES;
+	return mtu;
+}
+
 /* FOU from a game-server machine to the POP's FOU port: decapsulate to the client. */
 static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *eth,
 					   struct iphdr *ip, struct udphdr *udp, void *data_end,
@@ -241,6 +263,8 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 	    bfx_addr_is(gen, inner->daddr, BFX_ADDR_GAMESERVER))
 		return bfx_count(rule->id, BFX_DROP_MARTIAN, bytes, XDP_DROP);
 
+	if (inner->protocol == IPPROTO_TCP && bfx_is_syn(l4.hdr, data_end))
+		bfx_clamp_mss(l4.hdr, data_end, bfx_tunnel_mss(rule, s));
 	bfx_inner_from(&in, inner, &l4);
 	/* Modules validate clients only from authenticated traffic (issue 10). */
 	if (auth)
@@ -343,6 +367,8 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 		mtu = s->tunnel_mtu;
 	if (in.tot_len + BFX_FOU_OVERHEAD + trailer > mtu)
 		return bfx_too_big(ctx, &in, ip->ihl, mtu - BFX_FOU_OVERHEAD - trailer, s, id, bytes);
+	if (ip->protocol == IPPROTO_TCP && bfx_is_syn(l4->hdr, data_end))
+		bfx_clamp_mss(l4->hdr, data_end, mtu - BFX_FOU_OVERHEAD - trailer - BFX_MSS_OVERHEAD);
 	if (bfx_fou_encap(ctx, &in, nh, s->pop_addr, rule->gs_addr, rule->fou_port,
 			  trailer, *(const __u64 *)s->auth_keys))
 		return bfx_count(id, BFX_DROP_ENCAP, bytes, XDP_DROP);

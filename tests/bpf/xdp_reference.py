@@ -33,7 +33,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field, replace
 
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from xdp_harness import flow_port, outer_id
 
@@ -102,6 +102,72 @@ def is_ipv6_nd(frame: bytes) -> bool:
         and ip6[7] == 255
         and 133 <= ip6[40] <= 137
     )
+
+
+NH_MTU = 1500  # the harness's next hops
+
+
+def too_big_reply(frame: bytes, inner_mtu: int) -> bytes:
+    """ICMP fragmentation needed (RFC 1191) for the IPv4 packet at frame[14:]: from
+    the address it was sent to, back to its sender's MAC, quoting its header and 8
+    bytes; tos 0xc0, DF and ID 0, TTL 64 (xdp/icmp.h)."""
+    eth, ip = Ether(frame[:14]), IP(frame[14:34])
+    return bytes(
+        Ether(src=eth.dst, dst=eth.src, type=ETH_IPV4)
+        / IP(src=ip.dst, dst=ip.src, tos=0xC0, id=0, flags="DF", ttl=64, proto=1)
+        / ICMP(type=3, code=4, nexthopmtu=inner_mtu)
+        / frame[14:42]
+    )
+
+
+def _swap16(v: int) -> int:
+    return ((v << 8) | (v >> 8)) & 0xFFFF
+
+
+def clamp_mss(frame: bytes, ip: Ipv4, mss: int) -> bytes:
+    """frame with the MSS option of the TCP SYN (not RST) at ip lowered to mss and its
+    checksum recomputed; unchanged if not such a segment, or its options are malformed
+    before the MSS (TCPMSS's contract, xdp/mss.h)."""
+    tcp_at = ip.start + ip.ihl
+    flags = frame[tcp_at + 13]
+    if not flags & 0x02 or flags & 0x04:
+        return frame
+    doff = (frame[tcp_at + 12] >> 4) * 4
+    off = 20
+    while off < doff:
+        kind = frame[tcp_at + off]
+        if kind == 0:
+            return frame
+        if kind == 1:
+            off += 1
+            continue
+        if off + 2 > doff or frame[tcp_at + off + 1] < 2:
+            return frame
+        length = frame[tcp_at + off + 1]
+        if kind != 2:
+            off += length
+            continue
+        if length != 4 or off + 4 > doff:
+            return frame
+        at = tcp_at + off + 2
+        if int.from_bytes(frame[at : at + 2], "big") <= mss:
+            return frame
+        # The checksum as RFC 1624 updates it (a wrong one stays as wrong); the
+        # field at an odd offset counts byte-swapped in the 16-bit words.
+        old = int.from_bytes(frame[at : at + 2], "big")
+        if off & 1:
+            old, new = _swap16(old), _swap16(mss)
+        else:
+            new = mss
+        ck = int.from_bytes(frame[tcp_at + 16 : tcp_at + 18], "big")
+        total = (~ck & 0xFFFF) + (~old & 0xFFFF) + new
+        total = (total & 0xFFFF) + (total >> 16)
+        total = (total & 0xFFFF) + (total >> 16)
+        out = bytearray(frame)
+        out[at : at + 2] = mss.to_bytes(2, "big")
+        out[tcp_at + 16 : tcp_at + 18] = (~total & 0xFFFF).to_bytes(2, "big")
+        return bytes(out)
+    return frame
 
 
 def parse_ipv4(frame: bytes, start: int, end: int) -> Ipv4 | None:
@@ -273,9 +339,17 @@ class Reference:
             return Outcome("DROP", rule.id, "drop_too_big")
         if gs not in self.nexthops:
             return Outcome("DROP", rule.id, "drop_no_route")
-        if outer_len > 1500:  # the harness's next hops: MTU 1500
+        mtu = min(NH_MTU, self.cfg.tunnel_mtu or NH_MTU)
+        if outer_len > mtu:
+            inner_mtu = mtu - FOU_OVERHEAD - self.trailer
+            if ip.df and ip.ihl == 20 and inner_mtu >= 68:
+                # ICMP fragmentation needed, back where it came from (within the
+                # per-CPU reply budget, which these frames never exhaust).
+                return Outcome("TX", rule.id, "tx_icmp_too_big", too_big_reply(frame, inner_mtu))
             return Outcome("DROP", rule.id, "drop_too_big")
         smac, dmac = self.nexthops[gs]
+        if ip.proto == 6:
+            frame = clamp_mss(frame, ip, mtu - FOU_OVERHEAD - self.trailer - 40)
         # Ethernet padding stays behind the packet; with auth the token replaces it.
         inner = frame[14 : ip.end] + self.cfg.auth_keys[0] if self.auth else frame[14:]
         outer = (
@@ -339,6 +413,9 @@ class Reference:
         if inner.dst not in self.nexthops:
             return Outcome("DROP", rule.id, "drop_no_route")
         smac, dmac = self.nexthops[inner.dst]
+        if inner.proto == 6:
+            mtu = min(NH_MTU, self.cfg.tunnel_mtu or NH_MTU)
+            frame = clamp_mss(frame, inner, mtu - FOU_OVERHEAD - self.trailer - 40)
         rest = frame[start : inner.end] if self.auth else frame[start:]  # auth: token cut
         out = bytes(Ether(src=smac, dst=dmac, type=ETH_IPV4)) + rest
         return Outcome("TX", rule.id, "tx_return", out, "client")
