@@ -18,6 +18,12 @@
  * triggers it (more than the path MTU), and replies are limited per CPU to
  * BFX_ICMP_REPLY_PPS (settings-independent, as the kernel's own
  * icmp_msgs_per_sec); over it the packet is dropped as before.
+ *
+ * Also here: recognising an ICMP error (RFC 792: destination unreachable,
+ * time exceeded, parameter problem) whose quoted packet a forward rule's
+ * service sent (bfx_icmp_error_flow()), so the pipeline forwards it to the
+ * game server that owns the flow, whose stack acts on it (path MTU, port
+ * unreachable) as if it had received it directly.
  */
 #ifndef BIFROST_XDP_ICMP_H
 #define BIFROST_XDP_ICMP_H
@@ -46,11 +52,14 @@
 #define BFX_ICMP_COST_NS (1000000000ULL / BFX_ICMP_REPLY_PPS)
 #define BFX_ICMP_BURST_NS (BFX_ICMP_COST_NS * BFX_ICMP_REPLY_PPS)
 
-/* The per-CPU reply budget: a token bucket as bfx_bucket_take(), one per CPU. */
-static __always_inline int bfx_icmp_budget(__u64 now)
+/* icmp_budget's buckets. */
+#define BFX_ICMP_BUDGET_REPLY 0		/* fragmentation-needed replies sent */
+#define BFX_ICMP_BUDGET_FORWARD 1	/* ICMP errors forwarded to game servers */
+
+/* Per CPU, BFX_ICMP_REPLY_PPS of kind: a token bucket as bfx_bucket_take(). */
+static __always_inline int bfx_icmp_budget(__u64 now, __u32 kind)
 {
-	__u32 zero = 0;
-	struct bfx_rate_state *b = bpf_map_lookup_elem(&icmp_budget, &zero);
+	struct bfx_rate_state *b = bpf_map_lookup_elem(&icmp_budget, &kind);
 	__u64 credit;
 
 	if (!b)
@@ -125,6 +134,35 @@ static __always_inline int bfx_icmp_too_big(struct xdp_md *ctx, __u16 mtu)
 	icmp[1] = w1;
 
 	return bpf_xdp_adjust_tail(ctx, (int)BFX_ICMP_REPLY_FRAME - (int)(data_end - data));
+}
+
+#define BFX_ICMP_TIME_EXCEEDED 11
+#define BFX_ICMP_PARAMETERPROB 12
+
+/*
+ * If the ICMP error (the caller checked its type) at icmp, inside an IPv4
+ * packet ending at data_end, quotes a UDP or TCP datagram sent from to
+ * (the anycast address it is addressed to): 1, with the quoted source port
+ * (host order) in *port and the protocol in *proto; else 0. The quote must hold the ports: RFC 792
+ * guarantees the IP header and 8 bytes.
+ */
+static __always_inline int bfx_icmp_error_flow(__u8 *icmp, void *data_end, __be32 to,
+					       __u16 *port, __u8 *proto)
+{
+	struct iphdr *q = (void *)(icmp + BFX_ICMP_HDR);
+	__be16 *ports;
+
+	if ((void *)(q + 1) > data_end)
+		return 0;
+	if (q->version != 4 || q->ihl < 5 || q->saddr != to ||
+	    (q->protocol != IPPROTO_UDP && q->protocol != IPPROTO_TCP))
+		return 0;
+	ports = (void *)q + (q->ihl * 4 & 0x3c);
+	if ((void *)(ports + 2) > data_end)
+		return 0;
+	*port = bpf_ntohs(ports[0]);
+	*proto = q->protocol;
+	return 1;
 }
 
 #endif /* BIFROST_XDP_ICMP_H */

@@ -228,10 +228,10 @@ struct {
 	__type(value, struct bfx_nexthop);
 } gs_nexthops SEC(".maps");
 
-/* Per CPU, the budget of ICMP fragmentation-needed replies (xdp/icmp.h). */
+/* Per CPU, the budgets of ICMP replies sent and errors forwarded (xdp/icmp.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct bfx_rate_state);
 } icmp_budget SEC(".maps");

@@ -299,7 +299,7 @@ static __always_inline int bfx_too_big(struct xdp_md *ctx, const struct bfx_inne
 				       __u32 bytes)
 {
 	if (!(in->frag_off & bpf_htons(BFX_IP_DF)) || ihl != 5 || inner_mtu < 68 ||
-	    !bfx_icmp_budget(bfx_now(s)))
+	    !bfx_icmp_budget(bfx_now(s), BFX_ICMP_BUDGET_REPLY))
 		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
 	if (bfx_icmp_too_big(ctx, inner_mtu))
 		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
@@ -375,6 +375,69 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 	return bfx_send(ctx, nh, id, BFX_TX_FORWARD, bytes);
 }
 
+/*
+ * An ICMP message to an anycast address (no rule covers ICMP). An error
+ * quoting a datagram a rule's service sent goes to that rule's game server,
+ * encapsulated like forwarded traffic, within a per-CPU budget (a spoofer
+ * can make these up: the budget bounds what reaches the game servers, and
+ * a blocked or martian source is refused as on the forward path). Other
+ * errors: drop_icmp_error; anything else ICMP: drop_no_rule, as before.
+ */
+static __always_inline int bfx_icmp_to_anycast(struct xdp_md *ctx, struct iphdr *ip, __u32 ihl,
+					       void *data_end, const struct bfx_settings *s,
+					       __u32 gen, __u32 bytes)
+{
+	__u8 *icmp = (void *)ip + (ihl & 0x3c), proto = 0;
+	struct bfx_nexthop *nh;
+	struct bfx_rule *rule;
+	enum bfx_nh_result res;
+	struct bfx_inner in = {};
+	__u32 trailer = 0, id;
+	__u16 port = 0;
+
+	if ((void *)(icmp + BFX_ICMP_HDR) > data_end)
+		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
+	if (icmp[0] != BFX_ICMP_DEST_UNREACH && icmp[0] != BFX_ICMP_TIME_EXCEEDED &&
+	    icmp[0] != BFX_ICMP_PARAMETERPROB)
+		return bfx_count(0, BFX_DROP_NO_RULE, bytes, XDP_DROP);
+	if (!bfx_icmp_error_flow(icmp, data_end, ip->daddr, &port, &proto))
+		return bfx_count(0, BFX_DROP_ICMP_ERROR, bytes, XDP_DROP);
+	rule = bfx_rule_lookup(gen, ip->daddr, port, proto);
+	if (!rule)
+		return bfx_count(0, BFX_DROP_ICMP_ERROR, bytes, XDP_DROP);
+	id = rule->id;
+	if (bfx_martian(ip->saddr) || ip->saddr == s->pop_addr ||
+	    bfx_addr_is(gen, ip->saddr, BFX_ADDR_ANYCAST))
+		return bfx_count(id, BFX_DROP_MARTIAN, bytes, XDP_DROP);
+	if ((s->flags & BFX_SET_HAVE_FIREWALL) && bfx_firewall(gen, ip->saddr) == BFX_FW_BLOCK)
+		return bfx_count(id, BFX_DROP_BLOCKED, bytes, XDP_DROP);
+	if (!bfx_icmp_budget(bfx_now(s), BFX_ICMP_BUDGET_FORWARD))
+		return bfx_count(id, BFX_DROP_ICMP_ERROR, bytes, XDP_DROP);
+
+	in.saddr = ip->saddr;
+	in.daddr = ip->daddr;
+	in.tot_len = bpf_ntohs(ip->tot_len);
+	in.frag_off = ip->frag_off;
+	in.tos = ip->tos;
+	in.proto = IPPROTO_ICMP;
+	in.id = ip->id;
+	if (s->flags & BFX_SET_AUTH)
+		trailer = BFX_AUTH_KEY_BYTES;
+	nh = bfx_gs_nexthop(ctx, rule->gs_slot, s->pop_addr, rule->gs_addr, s, &res);
+	if (res == BFX_NH_NEIGH)
+		return bfx_count(id, BFX_DROP_NO_NEIGH, bytes, XDP_DROP);
+	if (!nh)
+		return bfx_count(id, bfx_nh_drop_reason(res), bytes, XDP_DROP);
+	/* Never an ICMP error about an ICMP error (RFC 1122 3.2.2): just dropped. */
+	if (in.tot_len + BFX_FOU_OVERHEAD + trailer > nh->mtu ||
+	    (s->tunnel_mtu && in.tot_len + BFX_FOU_OVERHEAD + trailer > s->tunnel_mtu))
+		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
+	if (bfx_fou_encap(ctx, &in, nh, s->pop_addr, rule->gs_addr, rule->fou_port, trailer,
+			  *(const __u64 *)s->auth_keys))
+		return bfx_count(id, BFX_DROP_ENCAP, bytes, XDP_DROP);
+	return bfx_send(ctx, nh, id, BFX_TX_ICMP_FORWARD, bytes);
+}
+
 static __always_inline int bfx_process(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -438,6 +501,8 @@ static __always_inline int bfx_process(struct xdp_md *ctx)
 		return bfx_count(0, BFX_DROP_FRAGMENT, bytes, XDP_DROP);
 	if (ip->protocol == IPPROTO_UDP || ip->protocol == IPPROTO_TCP)
 		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
+	if (ip->protocol == IPPROTO_ICMP)
+		return bfx_icmp_to_anycast(ctx, ip, ihl, data_end, s, gen, bytes);
 	return bfx_count(0, BFX_DROP_NO_RULE, bytes, XDP_DROP);
 }
 

@@ -162,7 +162,8 @@ def need_root() -> str | None:
 def flow_port(inner: bytes) -> int:
     ihl = (inner[0] & 0xF) * 4
     saddr, daddr = (struct.unpack("<I", inner[o : o + 4])[0] for o in (12, 16))
-    ports = struct.unpack("<I", inner[ihl : ihl + 4])[0]
+    # Ports of UDP and TCP; an ICMP error forwarded to a game server hashes none.
+    ports = struct.unpack("<I", inner[ihl : ihl + 4])[0] if inner[9] in (6, 17) else 0
     h = saddr ^ ((daddr * 0x9E3779B1) & 0xFFFFFFFF) ^ ports ^ inner[9]
     h ^= h >> 16
     h = (h * 0x85EBCA6B) & 0xFFFFFFFF

@@ -308,7 +308,40 @@ class Reference:
             return Outcome("DROP", 0, "drop_fragment")
         if ip.proto in (6, 17) and l4 is None:
             return Outcome("DROP", 0, "drop_malformed")
+        if ip.proto == 1:
+            return self._icmp_to_anycast(frame, ip)
         return Outcome("DROP", 0, "drop_no_rule")
+
+    def _icmp_to_anycast(self, frame: bytes, ip: Ipv4) -> Outcome:
+        """An ICMP error (3, 11, 12) quoting a datagram a rule's service sent from
+        this address goes to the rule's game server (within a per-CPU budget these
+        frames never exhaust); other errors drop_icmp_error, other ICMP drop_no_rule."""
+        body = frame[ip.start + ip.ihl : ip.end]
+        if len(body) < 8:
+            return Outcome("DROP", 0, "drop_malformed")
+        if body[0] not in (3, 11, 12):
+            return Outcome("DROP", 0, "drop_no_rule")
+        q = body[8:]
+        rule = None
+        if len(q) >= 20 and q[0] >> 4 == 4 and q[0] & 0xF >= 5 and q[9] in (6, 17):
+            qihl = (q[0] & 0xF) * 4
+            if str(ipaddress.IPv4Address(q[12:16])) == ip.dst and len(q) >= qihl + 4:
+                rule = self.rule_for(ip.dst, int.from_bytes(q[qihl : qihl + 2], "big"), q[9])
+        if rule is None:
+            return Outcome("DROP", 0, "drop_icmp_error")
+        if is_martian(ip.src) or ip.src == self.pop or ip.src in self.anycast:
+            return Outcome("DROP", rule.id, "drop_martian")
+        if not _in(ip.src, self.cfg.allow) and _in(ip.src, self.cfg.block):
+            return Outcome("DROP", rule.id, "drop_blocked")
+        gs = str(rule.game_server)
+        if gs not in self.nexthops:
+            return Outcome("DROP", rule.id, "drop_no_route")
+        outer_len = ip.tot_len + FOU_OVERHEAD + self.trailer
+        if outer_len > min(NH_MTU, self.cfg.tunnel_mtu or NH_MTU):
+            return Outcome("DROP", rule.id, "drop_too_big")
+        return replace(
+            self._encapsulated(frame, ip, rule), reason="tx_icmp_forward", dst_kind="game server"
+        )
 
     def _forward_path(
         self, frame: bytes, ip: Ipv4, l4: L4, rule: Rule
@@ -347,9 +380,15 @@ class Reference:
                 # per-CPU reply budget, which these frames never exhaust).
                 return Outcome("TX", rule.id, "tx_icmp_too_big", too_big_reply(frame, inner_mtu))
             return Outcome("DROP", rule.id, "drop_too_big")
-        smac, dmac = self.nexthops[gs]
         if ip.proto == 6:
             frame = clamp_mss(frame, ip, mtu - FOU_OVERHEAD - self.trailer - 40)
+        return self._encapsulated(frame, ip, rule)
+
+    def _encapsulated(self, frame: bytes, ip: Ipv4, rule: Rule) -> Outcome:
+        """The IPv4 packet at ip FOU-encapsulated to the rule's game server."""
+        gs = str(rule.game_server)
+        outer_len = ip.tot_len + FOU_OVERHEAD + self.trailer
+        smac, dmac = self.nexthops[gs]
         # Ethernet padding stays behind the packet; with auth the token replaces it.
         inner = frame[14 : ip.end] + self.cfg.auth_keys[0] if self.auth else frame[14:]
         outer = (

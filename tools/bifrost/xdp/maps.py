@@ -70,7 +70,7 @@ MAP_SPECS: dict[str, MapSpec] = {
     "flood_budget": MapSpec(
         libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["rate_state"].size, D.MAX_RULES + 1
     ),
-    "icmp_budget": MapSpec(libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["rate_state"].size, 1),
+    "icmp_budget": MapSpec(libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["rate_state"].size, 2),
 }
 
 

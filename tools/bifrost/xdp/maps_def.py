@@ -106,6 +106,14 @@ REASONS: tuple[tuple[str, str], ...] = (
         "tx_icmp_too_big",
         "DF packet over the path MTU once encapsulated: ICMP fragmentation needed sent back",
     ),
+    (
+        "tx_icmp_forward",
+        "ICMP error to an anycast address quoting a rule's flow: to its game server",
+    ),
+    (
+        "drop_icmp_error",
+        "ICMP error to an anycast address quoting no forwarded flow, or over the budget",
+    ),
 )
 REASON_INDEX = {name: i for i, (name, _) in enumerate(REASONS)}
 
@@ -186,7 +194,8 @@ GAME_SET_OVERFLOW = 1  # game_client_set.flags: a client of this set is in the o
 # of burst (rust, steam, ue3): what a spoofed-handshake flood gets to the game server.
 GAME_HANDSHAKE_PPS = 1024
 # ICMP fragmentation-needed replies per CPU and second (xdp/icmp.h), as the kernel's
-# icmp_msgs_per_sec: over it, a too-big packet is only dropped (drop_too_big).
+# icmp_msgs_per_sec: over it, a too-big packet is only dropped (drop_too_big). The
+# same again for ICMP errors forwarded to game servers (drop_icmp_error over it).
 ICMP_REPLY_PPS = 1000
 # The smallest tunnel_mtu: the minimal IPv4 datagram (68, RFC 791) plus FOU's 28 bytes.
 MIN_TUNNEL_MTU = 96
