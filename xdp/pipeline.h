@@ -36,6 +36,7 @@
 #include "mss.h"
 #include "parsing.h"
 #include "rules.h"
+#include "vlan.h"
 
 /* The firewall's verdict for a source in generation gen: BFX_FW_ALLOW, BFX_FW_BLOCK or 0. */
 static __always_inline __u32 bfx_firewall(__u32 gen, __be32 addr)
@@ -438,7 +439,7 @@ static __always_inline int bfx_icmp_to_anycast(struct xdp_md *ctx, struct iphdr 
 	return bfx_send(ctx, nh, id, BFX_TX_ICMP_FORWARD, bytes);
 }
 
-static __always_inline int bfx_process(struct xdp_md *ctx)
+static __always_inline int bfx_process_untagged(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -504,6 +505,24 @@ static __always_inline int bfx_process(struct xdp_md *ctx)
 	if (ip->protocol == IPPROTO_ICMP)
 		return bfx_icmp_to_anycast(ctx, ip, ihl, data_end, s, gen, bytes);
 	return bfx_count(0, BFX_DROP_NO_RULE, bytes, XDP_DROP);
+}
+
+/*
+ * The pipeline, for untagged and 802.1Q/QinQ-tagged frames alike: tags are
+ * taken out before and put back after (vlan.h), so a tagged frame is parsed
+ * and filtered as an untagged one and leaves (PASS, TX) on its VLAN.
+ */
+static __always_inline int bfx_process(struct xdp_md *ctx)
+{
+	__u32 bytes;
+	enum bfx_vlan_result vlan = bfx_vlan_strip(ctx, &bytes);
+
+	if (vlan == BFX_VLAN_MALFORMED)
+		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
+	if (vlan == BFX_VLAN_NO_META)
+		return bfx_count(0, BFX_PASS_VLAN_NO_META, bytes, XDP_PASS);
+	/* Not a branch on vlan: the metadata says whether there are tags to put back. */
+	return bfx_vlan_restore(ctx, bfx_process_untagged(ctx));
 }
 
 #endif /* BIFROST_XDP_PIPELINE_H */

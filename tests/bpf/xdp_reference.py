@@ -40,6 +40,7 @@ from xdp_harness import flow_port, outer_id
 from bifrost.xdp.config import Rule, XdpConfig
 
 ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
+VLAN_TPIDS = (0x8100, 0x88A8)  # 802.1Q, 802.1ad (QinQ's outer tag)
 PROTOS = {"udp": 17, "tcp": 6}
 FOU_OVERHEAD = 28
 AUTH_LEN = 8
@@ -272,6 +273,31 @@ class Reference:
         return list(out) if isinstance(out, tuple) else [out]
 
     def _expect(self, frame: bytes) -> Outcome | tuple[Outcome, ...]:
+        if len(frame) >= 14 and ethertype_of(frame) in VLAN_TPIDS:
+            return self._tagged(frame)
+        return self._untagged(frame)
+
+    def _tagged(self, frame: bytes) -> Outcome | tuple[Outcome, ...]:
+        """802.1Q / QinQ: up to two tags, taken out, the frame judged untagged, and put
+        back on what is passed (unchanged) or transmitted (after the MACs)."""
+        n = 1
+        if len(frame) < 18:
+            return Outcome("DROP", 0, "drop_malformed")
+        if int.from_bytes(frame[16:18], "big") in VLAN_TPIDS:
+            n = 2
+            if len(frame) < 22 or int.from_bytes(frame[20:22], "big") in VLAN_TPIDS:
+                return Outcome("DROP", 0, "drop_malformed")
+        tags = frame[12 : 12 + 4 * n]
+        out = self._untagged(frame[:12] + frame[12 + 4 * n :])
+
+        def retag(o: Outcome) -> Outcome:
+            if o.output is None:
+                return o
+            return replace(o, output=o.output[:12] + tags + o.output[12:])
+
+        return tuple(retag(o) for o in out) if isinstance(out, tuple) else retag(out)
+
+    def _untagged(self, frame: bytes) -> Outcome | tuple[Outcome, ...]:
         if len(frame) < 14:
             return Outcome("DROP", 0, "drop_malformed")
         ethertype = ethertype_of(frame)

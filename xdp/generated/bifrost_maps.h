@@ -9,7 +9,7 @@
 
 #include <linux/types.h>
 
-#define BFX_NR_REASONS 29	/* counters per rule */
+#define BFX_NR_REASONS 30	/* counters per rule */
 #define BFX_RULE_CACHE 1	/* rule flag: pass well-formed A2S queries up */
 #define BFX_MOD_SRCDS 1	/* rule_modules bit: srcds */
 #define BFX_MOD_RUST 2	/* rule_modules bit: rust */
@@ -79,6 +79,7 @@ enum bfx_reason {
 	BFX_TX_ICMP_TOO_BIG,	/* DF packet over the path MTU once encapsulated: ICMP fragmentation needed sent back */
 	BFX_TX_ICMP_FORWARD,	/* ICMP error to an anycast address quoting a rule's flow: to its game server */
 	BFX_DROP_ICMP_ERROR,	/* ICMP error to an anycast address quoting no forwarded flow, or over the budget */
+	BFX_PASS_VLAN_NO_META,	/* 802.1Q/QinQ frame on a driver without XDP metadata: passed unfiltered */
 };
 
 /* rule_overflow key: anycast address, destination port (0 = any), protocol */

@@ -114,6 +114,10 @@ REASONS: tuple[tuple[str, str], ...] = (
         "drop_icmp_error",
         "ICMP error to an anycast address quoting no forwarded flow, or over the budget",
     ),
+    (
+        "pass_vlan_no_meta",
+        "802.1Q/QinQ frame on a driver without XDP metadata: passed unfiltered",
+    ),
 )
 REASON_INDEX = {name: i for i, (name, _) in enumerate(REASONS)}
 
