@@ -31,42 +31,55 @@ static __always_inline __u16 bfx_bswap16(__u16 v)
 }
 
 /*
- * Lower the MSS option of the SYN at tcp (a header the caller bounds-checked)
- * to mss. Options are walked as RFC 9293 section 3.2 lays them out; a
- * malformed list is left alone (the receiver's stack judges it).
+ * Lower the MSS option of the SYN whose TCP header starts off bytes into
+ * the frame to mss. Options are walked as RFC 9293 section 3.2 lays them
+ * out; a malformed list is left alone (the receiver's stack judges it).
+ *
+ * A global function, so the verifier checks it once on its own: inlined, its
+ * 40-step option walk was explored again for every state the game modules
+ * leave on the forward path, past the verifier's budget with all modules
+ * compiled in. It only stores into the packet, so the caller's packet
+ * bounds stay valid. Called for SYNs only: the call costs nothing on
+ * ordinary traffic.
  */
-static __always_inline void bfx_clamp_mss(struct tcphdr *tcp, void *data_end, __u16 mss)
+__noinline int bfx_clamp_mss(struct xdp_md *ctx, __u32 off_tcp, __u32 mss)
 {
-	__u32 off = sizeof(*tcp), doff = tcp->doff * 4, i;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct tcphdr *tcp = data + (off_tcp & 127);
+	__u32 off = sizeof(*tcp), doff, i;
 	__u16 old, new, *field;
 	__u8 *opt;
 	__u32 sum;
 
+	if ((void *)(tcp + 1) > data_end)
+		return 0;
+	doff = tcp->doff * 4;
 	for (i = 0; i < BFX_TCP_OPT_STEPS; i++) {
 		if (off >= doff)
-			return;
+			return 0;
 		opt = (void *)tcp + (off & 63);
 		if ((void *)(opt + 2) > data_end)
-			return;
+			return 0;
 		if (opt[0] == BFX_TCPOPT_EOL)
-			return;
+			return 0;
 		if (opt[0] == BFX_TCPOPT_NOP) {
 			off++;
 			continue;
 		}
 		if (opt[1] < 2)
-			return;
+			return 0;
 		if (opt[0] != BFX_TCPOPT_MSS) {
 			off += opt[1];
 			continue;
 		}
 		if (opt[1] != BFX_TCPOLEN_MSS || off + BFX_TCPOLEN_MSS > doff ||
 		    (void *)(opt + BFX_TCPOLEN_MSS) > data_end)
-			return;
+			return 0;
 		field = (void *)(opt + 2);
 		old = *field;
 		if (bpf_ntohs(old) <= mss)
-			return;
+			return 0;
 		new = bpf_htons(mss);
 		*field = new;
 		/*
@@ -80,8 +93,9 @@ static __always_inline void bfx_clamp_mss(struct tcphdr *tcp, void *data_end, __
 		}
 		sum = (__u16)~tcp->check + (__u16)~old + new;
 		tcp->check = bfx_csum_fold(sum);
-		return;
+		return 1;
 	}
+	return 0;
 }
 
 /*

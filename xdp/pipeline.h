@@ -265,7 +265,7 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 		return bfx_count(rule->id, BFX_DROP_MARTIAN, bytes, XDP_DROP);
 
 	if (inner->protocol == IPPROTO_TCP && bfx_is_syn(l4.hdr, data_end))
-		bfx_clamp_mss(l4.hdr, data_end, bfx_tunnel_mss(rule, s));
+		bfx_clamp_mss(ctx, sizeof(*eth) + BFX_FOU_OVERHEAD + ihl, bfx_tunnel_mss(rule, s));
 	bfx_inner_from(&in, inner, &l4);
 	/* Modules validate clients only from authenticated traffic (issue 10). */
 	if (auth)
@@ -369,7 +369,8 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 	if (in.tot_len + BFX_FOU_OVERHEAD + trailer > mtu)
 		return bfx_too_big(ctx, &in, ip->ihl, mtu - BFX_FOU_OVERHEAD - trailer, s, id, bytes);
 	if (ip->protocol == IPPROTO_TCP && bfx_is_syn(l4->hdr, data_end))
-		bfx_clamp_mss(l4->hdr, data_end, mtu - BFX_FOU_OVERHEAD - trailer - BFX_MSS_OVERHEAD);
+		bfx_clamp_mss(ctx, sizeof(*eth) + ip->ihl * 4,
+			      mtu - BFX_FOU_OVERHEAD - trailer - BFX_MSS_OVERHEAD);
 	if (bfx_fou_encap(ctx, &in, nh, s->pop_addr, rule->gs_addr, rule->fou_port,
 			  trailer, *(const __u64 *)s->auth_keys))
 		return bfx_count(id, BFX_DROP_ENCAP, bytes, XDP_DROP);
