@@ -203,7 +203,7 @@ static __always_inline __u16 bfx_tunnel_mss(const struct bfx_rule *rule,
 
 	if (nh && nh->mtu)
 		mtu = nh->mtu;
-	if (s->tunnel_mtu && s->tunnel_mtu < mtu)
+	if (s->tunnel_mtu < mtu)
 		mtu = s->tunnel_mtu;
 	mtu -= BFX_FOU_OVERHEAD + BFX_MSS_OVERHEAD;
 	if (s->flags & BFX_SET_AUTH)
@@ -318,7 +318,7 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 	struct bfx_nexthop *nh;
 	struct bfx_inner in;
 	__u32 id = rule->id;
-	__u32 bits, fw = 0, trailer = 0, mtu;
+	__u32 bits, fw = 0, trailer = 0, mtu, len;
 	enum bfx_rate rate;
 
 	/* A client is never martian, the POP itself or an anycast service. */
@@ -363,14 +363,17 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 		return bfx_count(id, BFX_DROP_NO_NEIGH, bytes, XDP_DROP);
 	if (!nh)
 		return bfx_count(id, bfx_nh_drop_reason(res), bytes, XDP_DROP);
-	mtu = nh->mtu;
-	if (s->tunnel_mtu && s->tunnel_mtu < mtu)
-		mtu = s->tunnel_mtu;
-	if (in.tot_len + BFX_FOU_OVERHEAD + trailer > mtu)
+	/* Two compares, not a min(): the common packet is far below both. */
+	len = in.tot_len + BFX_FOU_OVERHEAD + trailer;
+	if (len > nh->mtu || len > s->tunnel_mtu) {
+		mtu = nh->mtu < s->tunnel_mtu ? nh->mtu : s->tunnel_mtu;
 		return bfx_too_big(ctx, &in, ip->ihl, mtu - BFX_FOU_OVERHEAD - trailer, s, id, bytes);
-	if (ip->protocol == IPPROTO_TCP && bfx_is_syn(l4->hdr, data_end))
+	}
+	if (ip->protocol == IPPROTO_TCP && bfx_is_syn(l4->hdr, data_end)) {
+		mtu = nh->mtu < s->tunnel_mtu ? nh->mtu : s->tunnel_mtu;
 		bfx_clamp_mss(ctx, sizeof(*eth) + ip->ihl * 4,
 			      mtu - BFX_FOU_OVERHEAD - trailer - BFX_MSS_OVERHEAD);
+	}
 	if (bfx_fou_encap(ctx, &in, nh, s->pop_addr, rule->gs_addr, rule->fou_port,
 			  trailer, *(const __u64 *)s->auth_keys))
 		return bfx_count(id, BFX_DROP_ENCAP, bytes, XDP_DROP);
@@ -432,7 +435,7 @@ static __always_inline int bfx_icmp_to_anycast(struct xdp_md *ctx, struct iphdr 
 		return bfx_count(id, bfx_nh_drop_reason(res), bytes, XDP_DROP);
 	/* Never an ICMP error about an ICMP error (RFC 1122 3.2.2): just dropped. */
 	if (in.tot_len + BFX_FOU_OVERHEAD + trailer > nh->mtu ||
-	    (s->tunnel_mtu && in.tot_len + BFX_FOU_OVERHEAD + trailer > s->tunnel_mtu))
+	    in.tot_len + BFX_FOU_OVERHEAD + trailer > s->tunnel_mtu)
 		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
 	if (bfx_fou_encap(ctx, &in, nh, s->pop_addr, rule->gs_addr, rule->fou_port, trailer,
 			  *(const __u64 *)s->auth_keys))

@@ -66,7 +66,8 @@ static __always_inline enum bfx_vlan_result bfx_vlan_strip(struct xdp_md *ctx, _
 	__u32 t0, t1 = 0, len = BFX_VLAN_TAG, *meta;
 
 	*bytes = data_end - data;
-	if ((void *)(eth + 1) > data_end || !bfx_is_vlan(eth->h_proto))
+	/* One 16-bit load: ethhdr is packed, so eth->h_proto would be two byte loads. */
+	if ((void *)(eth + 1) > data_end || !bfx_is_vlan(*(__be16 *)(data + BFX_MACS)))
 		return BFX_VLAN_NONE;
 	if (data + BFX_MACS + BFX_VLAN_TAG + 2 > data_end)
 		return BFX_VLAN_MALFORMED;

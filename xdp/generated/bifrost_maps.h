@@ -214,7 +214,7 @@ struct bfx_settings {
 	__u8 auth_keys[32];	/* AUTH_KEYS keys in wire order; [0] is sent; unused slots repeat [0] */
 	__u64 flood_cost_ns;	/* aggregate bucket of unknown sources per rule/CPU */
 	__u64 flood_burst_ns;
-	__u32 tunnel_mtu;	/* outer packets to game servers at most this long (0: the route MTU only) */
+	__u32 tunnel_mtu;	/* outer packets to game servers at most this long (NO_TUNNEL_MTU: none) */
 	__u32 reserved;
 };
 

@@ -262,7 +262,7 @@ def desired(
         auth_keys=auth_keys_field(cfg.auth_keys),
         flood_cost_ns=flood_cost,
         flood_burst_ns=flood_burst,
-        tunnel_mtu=cfg.tunnel_mtu,
+        tunnel_mtu=cfg.tunnel_mtu or maps_def.NO_TUNNEL_MTU,
     )
     return out
 

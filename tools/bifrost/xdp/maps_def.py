@@ -202,6 +202,8 @@ GAME_HANDSHAKE_PPS = 1024
 # same again for ICMP errors forwarded to game servers (drop_icmp_error over it).
 ICMP_REPLY_PPS = 1000
 # The smallest tunnel_mtu: the minimal IPv4 datagram (68, RFC 791) plus FOU's 28 bytes.
+# settings.tunnel_mtu without one (xdp.tunnel_mtu = 0): no packet is longer.
+NO_TUNNEL_MTU = 0xFFFF
 MIN_TUNNEL_MTU = 96
 RATE_FILTER_BITS = 1 << 20  # rate_known: a bit per (source, rule) hash given a bucket
 
@@ -393,7 +395,7 @@ STRUCTS: tuple[Struct, ...] = (
             F(
                 "tunnel_mtu",
                 "u32",
-                doc="outer packets to game servers at most this long (0: the route MTU only)",
+                doc="outer packets to game servers at most this long (NO_TUNNEL_MTU: none)",
             ),
             F("reserved", "u32"),
         ),
