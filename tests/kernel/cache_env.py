@@ -25,7 +25,7 @@ from bifrost.bifrost_nf import a2s
 from bifrost.bifrost_nf.nf import CacheDevice
 from bifrost.vm.kernlog import dmesg as dmesg
 from bifrost.vm.kernlog import kernel_trouble as kernel_trouble
-from bifrost_testing import topology
+from bifrost_testing import kmods, topology
 
 MODULE = "bifrost_nf"
 DEV = Path("/dev/bifrost_nf")
@@ -45,20 +45,14 @@ SCRATCH_KO = os.environ.get("BIFROST_NF_KO")
 
 def load() -> None:
     if SCRATCH_KO:
-        subprocess.run(["modprobe", "veth"], check=True)
-        if not Path(f"/sys/module/{MODULE}").exists():  # as modprobe: loaded is loaded
-            subprocess.run(["insmod", SCRATCH_KO], check=True)
+        kmods.load("veth")
+        kmods.insmod(MODULE, SCRATCH_KO)
     else:
-        subprocess.run(["modprobe", "-a", "veth", MODULE], check=True)
-    for _ in range(100):
-        if DEV.exists():
-            return
-        time.sleep(0.02)
-    raise RuntimeError(f"{DEV} did not appear")
+        kmods.load("veth", MODULE)
 
 
 def unload() -> None:
-    subprocess.run(["rmmod", MODULE], check=True)
+    kmods.unload(MODULE)
 
 
 def open_in(ns: netns.Namespace) -> CacheDevice:

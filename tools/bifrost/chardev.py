@@ -5,13 +5,16 @@ from __future__ import annotations
 import errno
 import os
 import types
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from bifrost.abi.runtime import AbiError, Record
 
 # A read() must have room for the largest record a device sends back.
 READ_SIZE = 1 << 16
+
+R = TypeVar("R", bound=Record)
 
 
 class DeviceError(OSError):
@@ -65,6 +68,24 @@ class Device:
         if len(replies) != 1:
             raise AbiError(f"{type(rec).__name__}: expected one reply, got {len(replies)}")
         return replies[0]
+
+    def dump_records(self, item: type[R]) -> Iterator[R]:
+        """Send DUMP_REQ and yield the item records read back until DUMP_END.
+
+        A dump spans several read()s; ending without DUMP_END, or any other
+        record in between, is an ABI error rather than a short or mixed dump.
+        """
+        self.send(self.codec.DumpReq())
+        while True:
+            recs = self.recv()
+            if not recs:
+                raise AbiError(f"{self.path}: dump ended without a DUMP_END record")
+            for rec in recs:
+                if isinstance(rec, self.codec.DumpEnd):
+                    return
+                if not isinstance(rec, item):
+                    raise AbiError(f"{self.path}: unexpected {type(rec).__name__} in a dump")
+                yield rec
 
     def info(self) -> dict[str, Any]:
         reply = self.call(self.codec.InfoReq())

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from bifrost.fou_map import endpoint
 from bifrost.fou_map.control import FouMap, TableConfig
 from bifrost.vm.kernlog import dmesg as dmesg
 from bifrost.vm.kernlog import kernel_trouble as kernel_trouble
+from bifrost_testing import kmods
 from bifrost_testing import topology as network
 from bifrost_testing.topology import (
     FOU_PORT,
@@ -159,21 +158,15 @@ class Capture:
 
 
 def load() -> None:
-    subprocess.run(["modprobe", "-a", "fou", "ipip", "veth"], check=True)
-    subprocess.run(["modprobe", MODULE], check=True)
-    for _ in range(200):
-        if DEV.exists():
-            return
-        time.sleep(0.02)
-    raise RuntimeError(f"{DEV} did not appear")
+    kmods.load("fou", "ipip", "veth", MODULE)
 
 
 def unload() -> None:
-    subprocess.run(["rmmod", MODULE], check=True)
+    kmods.unload(MODULE)
 
 
 def loaded() -> bool:
-    return Path(f"/sys/module/{MODULE}").exists()
+    return kmods.loaded(MODULE)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from bifrost.paths import BUILD_DIR
 from bifrost.xdp import build as xdp_build
 from bifrost.xdp import loader, maps
 from bifrost.xdp.build import OBJECT
-from bifrost_testing import game_peers, refserver, topology
+from bifrost_testing import game_peers, kmods, refserver, topology
 from bifrost_testing.services import Service
 from bifrost_testing.topology import FOU_PORT, GAME_PORT, GS_LOCAL, SERVICE_IP, Network
 
@@ -138,10 +137,7 @@ def build_object(obj: Path = LAB_OBJECT) -> Path:
 
 
 def load_modules() -> None:
-    subprocess.run(["modprobe", "-a", *MODULES], check=True)
-    for dev in ("/dev/bifrost_nf", "/dev/fou_map"):
-        if not topology.wait_for(lambda d=dev: os.path.exists(d), 10):  # type: ignore[misc]
-            raise RuntimeError(f"{dev} did not appear after modprobe")
+    kmods.load(*MODULES)
 
 
 @dataclass

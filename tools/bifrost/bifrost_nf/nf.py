@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from bifrost.abi import bifrost_nf as codec
-from bifrost.abi.runtime import AbiError
 from bifrost.chardev import Device
 
 DEFAULT_PATH = Path("/dev/bifrost_nf")
@@ -106,38 +105,30 @@ class CacheDevice(Device):
         self.send(codec.ConfigSet(rate_pps=rate_pps, rate_burst=rate_burst, rotate_s=rotate_s))
 
     def dump(self) -> list[ServiceState]:
-        self.send(codec.DumpReq())
         out: list[ServiceState] = []
-        while True:
-            recs = self.recv()
-            if not recs:
-                raise AbiError("dump ended without DUMP_END")
-            for rec in recs:
-                if isinstance(rec, codec.DumpEnd):
-                    return out
-                if not isinstance(rec, codec.ServiceInfo):
-                    raise AbiError(f"unexpected {type(rec).__name__} in a dump")
-                answers = tuple(
-                    CachedAnswer(
-                        QTYPE_NAMES[i + 1],
-                        rec.bytes[i],
-                        rec.packets[i],
-                        rec.ttl_ms[i],
-                        rec.max_stale_ms[i],
-                        rec.age_ms[i],
-                    )
-                    for i in range(3)
-                    if rec.packets[i]
+        for rec in self.dump_records(codec.ServiceInfo):
+            answers = tuple(
+                CachedAnswer(
+                    QTYPE_NAMES[i + 1],
+                    rec.bytes[i],
+                    rec.packets[i],
+                    rec.ttl_ms[i],
+                    rec.max_stale_ms[i],
+                    rec.age_ms[i],
                 )
-                out.append(
-                    ServiceState(
-                        rec.addr,
-                        rec.port,
-                        bool(rec.svc_flags & codec.SVC_F_NO_CHALLENGE),
-                        bool(rec.svc_flags & codec.SVC_F_MISS_PASS),
-                        answers,
-                    )
+                for i in range(3)
+                if rec.packets[i]
+            )
+            out.append(
+                ServiceState(
+                    rec.addr,
+                    rec.port,
+                    bool(rec.svc_flags & codec.SVC_F_NO_CHALLENGE),
+                    bool(rec.svc_flags & codec.SVC_F_MISS_PASS),
+                    answers,
                 )
+            )
+        return out
 
     def events(self, timeout: float | None = 0) -> list[Event]:
         """Pending refresh requests; wait up to timeout seconds (None: forever) for one."""

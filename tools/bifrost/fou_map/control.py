@@ -10,7 +10,6 @@ from typing import Any
 
 from bifrost import chardev
 from bifrost.abi import fou_map as abi
-from bifrost.abi.runtime import AbiError
 
 DEFAULT_DEVICE = "/dev/fou_map"
 MISS_POLICIES = {"pass": abi.MISS_PASS, "drop": abi.MISS_DROP}
@@ -129,24 +128,16 @@ class FouMap(chardev.Device):
 
     def dump(self) -> list[MapEntry]:
         """Every entry; a client repeated by a resize during the dump appears once."""
-        self.send(abi.DumpReq())
         seen: dict[ipaddress.IPv4Address, MapEntry] = {}
-        while True:
-            recs = self.recv()
-            if not recs:
-                raise AbiError("dump ended without a DUMP_END record")
-            for rec in recs:
-                if isinstance(rec, abi.DumpEnd):
-                    return list(seen.values())
-                if not isinstance(rec, abi.Entry):
-                    raise AbiError(f"unexpected {type(rec).__name__} in a dump")
-                seen[rec.client] = MapEntry(
-                    client=rec.client,
-                    pop=rec.pop,
-                    age_ms=rec.age_ms,
-                    static=bool(rec.entry_flags & abi.ENTRY_STATIC),
-                    packets=rec.packets,
-                )
+        for rec in self.dump_records(abi.Entry):
+            seen[rec.client] = MapEntry(
+                client=rec.client,
+                pop=rec.pop,
+                age_ms=rec.age_ms,
+                static=bool(rec.entry_flags & abi.ENTRY_STATIC),
+                packets=rec.packets,
+            )
+        return list(seen.values())
 
     def table(self) -> dict[str, str]:
         """client -> POP as strings: what tests and the lab compare."""
