@@ -88,12 +88,6 @@ def _frame(port: int, payload: bytes, src: str = CLIENT) -> bytes:
 
 def _validate(ms: maps.MapSet, name: str, port: int) -> None:
     """The client as the return path leaves it after the server's proof (never expiring)."""
-    if name == "srcds":
-        key = maps_def.BY_NAME["srcds_key"].pack(
-            client=CLIENT, service=VIP, client_port=CLIENT_PORT, service_port=port
-        )
-        ms["srcds_clients"].update(key, maps_def.BY_NAME["srcds_state"].pack(expires_ns=2**63))
-        return
     idx = maps_def.game_set_index(_packed(CLIENT), CLIENT_PORT, _packed(VIP), port)
     st = maps_def.BY_NAME["game_client_set"]
     u32 = lambda addr: int.from_bytes(_packed(addr), "little")  # noqa: E731

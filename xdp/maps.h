@@ -155,7 +155,7 @@ struct {
  * price: a CPU evicts from its own share (max_entries / CPUs); a client's
  * flow stays on one queue anyway. Under a spoofed-source flood the program
  * stops inserting here (flood mode, bfx_rate_check()), and validated clients
- * keep their buckets in their module's own map (srcds_clients), which only
+ * keep their buckets in the modules' game_clients (modules/game_clients.h), which only
  * authenticated return traffic inserts into: a flood evicts neither.
  */
 struct {

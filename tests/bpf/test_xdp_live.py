@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,35 +158,20 @@ class Live:
         return done.stdout
 
 
-@pytest.fixture
-def live(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Iterator[Live]:
-    obj_on = build_object(tmp_path_factory.mktemp("srcds-on"), ["srcds"])
-    obj_off = build_object(tmp_path_factory.mktemp("srcds-off"), [])
-    pins = Path(f"/sys/fs/bpf/bfx-test-live-{os.getpid()}")
-    lv = None
-    try:
-        with topo.hosts("bfx-l", VIP) as h:
-            h.gs.address(topo.GS_IF, f"{GS2}/24")
-            lv = Live(h, pins, tmp_path / "bifrost.toml", tmp_path, obj_on, obj_off)
-            lv.toml.write_text(config(pins))
-            yield lv
-            if lv.proc and lv.proc.poll() is None:
-                lv.stop()
-            with h.pop.entered():
-                for dev in (topo.POP_C_IF, topo.POP_G_IF):
-                    loader.detach(dev, pins)
-    finally:
-        if lv and lv.proc and lv.proc.poll() is None:
-            lv.proc.kill()
-            lv.proc.wait()
-        if lv and lv.notify:
-            lv.notify.close()
-        shutil.rmtree(pins, ignore_errors=True)
+@dataclass
+class GamePath:
+    """The path under test, running: GS1 answers, GS2 only records, the client's socket."""
+
+    client: socket.socket
+    got1: Received
+    got2: Received
 
 
-def test_a_validated_client_loses_nothing_through_restarts_rule_removal_and_upgrades(
-    live: Live,
-) -> None:
+@contextmanager
+def game_path(live: Live) -> Iterator[GamePath]:
+    """live.obj_on serving p0 and p1, bifrost_pass on the peers, both game servers on
+    :5555 and the client's bound socket, validated by the SRCDS handshake; servers
+    stopped and sockets closed on exit."""
     h = live.hosts
     live.start(live.obj_on)
     with h.pop.entered():
@@ -222,6 +208,47 @@ def test_a_validated_client_loses_nothing_through_restarts_rule_removal_and_upgr
                 continue
         else:
             pytest.fail("no S2C_CONNECTION: the client was never validated\n" + live.log())
+        yield GamePath(client, got1, got2)
+    finally:
+        stop.set()
+        client.close()
+        for t, sock in servers:
+            t.join(5)
+            sock.close()
+
+
+@pytest.fixture
+def live(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Iterator[Live]:
+    obj_on = build_object(tmp_path_factory.mktemp("srcds-on"), ["srcds"])
+    obj_off = build_object(tmp_path_factory.mktemp("srcds-off"), [])
+    pins = Path(f"/sys/fs/bpf/bfx-test-live-{os.getpid()}")
+    lv = None
+    try:
+        with topo.hosts("bfx-l", VIP) as h:
+            h.gs.address(topo.GS_IF, f"{GS2}/24")
+            lv = Live(h, pins, tmp_path / "bifrost.toml", tmp_path, obj_on, obj_off)
+            lv.toml.write_text(config(pins))
+            yield lv
+            if lv.proc and lv.proc.poll() is None:
+                lv.stop()
+            with h.pop.entered():
+                for dev in (topo.POP_C_IF, topo.POP_G_IF):
+                    loader.detach(dev, pins)
+    finally:
+        if lv and lv.proc and lv.proc.poll() is None:
+            lv.proc.kill()
+            lv.proc.wait()
+        if lv and lv.notify:
+            lv.notify.close()
+        shutil.rmtree(pins, ignore_errors=True)
+
+
+def test_a_validated_client_loses_nothing_through_restarts_rule_removal_and_upgrades(
+    live: Live,
+) -> None:
+    h = live.hosts
+    with game_path(live) as g:
+        client, got1 = g.client, g.got1
 
         sent = [0]
         stop_sending = threading.Event()
@@ -275,19 +302,13 @@ def test_a_validated_client_loses_nothing_through_restarts_rule_removal_and_upgr
             return bool(got1.seqs) and got1.seqs[-1] >= total
 
         assert wait_for(last_arrived, 20), "no packet arrived after the last one\n" + live.log()
-    finally:
-        stop.set()
-        client.close()
-        for t, sock in servers:
-            t.join(5)
-            sock.close()
 
     assert total > 1000
     lost = sorted(set(range(total)) - set(got1.seqs))
     if lost:  # where: the POP's counters and the game server's socket drops
         udp = h.gs.run(["grep", "^Udp:", "/proc/net/snmp"]).stdout
         pytest.fail(f"{len(lost)} lost, first {lost[:20]}\n{udp}\n{live.cli('stats')}")
-    assert got2.seqs == [] and got2.foreign == [], "a packet went to the wrong game server"
+    assert g.got2.seqs == [] and g.got2.foreign == [], "a packet went to the wrong game server"
     assert got1.foreign == []
     # Validated throughout: the SRCDS module never dropped the client.
     assert "drop_module" not in live.cli("stats")

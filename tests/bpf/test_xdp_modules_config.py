@@ -127,11 +127,14 @@ def test_handshake_budget_caps_unvalidated_handshakes(xdp: Xdp) -> None:
 
 
 def test_module_not_compiled_in_is_inert(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """An object built with srcds only: no game_clients map (srcds takes only the budget,
-    for a client whose route moved); the rust bit does nothing."""
+    """An object built with srcds only (its clients in game_clients, as every module's):
+    the rust bit does nothing; built with none, no module map exists."""
+    with loaded(tmp_path_factory.mktemp("none"), modules=()) as x:
+        assert not {"game_clients", "game_clients_overflow", "game_handshake_budget"} & set(
+            x.ms.maps
+        )
     with loaded(tmp_path_factory.mktemp("srcds-only"), modules=("srcds",)) as x:
-        assert "game_clients" not in x.ms and "game_clients_overflow" not in x.ms
-        assert "game_handshake_budget" in x.ms
+        assert {"game_clients", "game_clients_overflow", "game_handshake_budget"} <= set(x.ms.maps)
         x.ms["rule_modules"].update(
             (1).to_bytes(4, "little"),
             maps_def.BY_NAME["rule_modules"].pack(bits=maps_def.MODULE_BITS["rust"]),

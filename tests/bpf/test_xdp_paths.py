@@ -38,6 +38,7 @@ from xdp_harness import (
     fou_frame,
     make_config,
 )
+from xdp_modules_harness import game_clients, set_expiry
 
 from bifrost.netns import Namespace
 from bifrost.xdp import libbpf, maps, maps_def
@@ -326,10 +327,7 @@ def test_srcds_validation_on_server_accept(xdp: Xdp) -> None:
     other = client_frame(IP(src=CLIENT, dst=VIP) / UDP(sport=40001, dport=27020) / NETCHAN_RUNT)
     assert xdp.run(other).verdict == "DROP"
     # Expiry: age the entry and the client is unvalidated again.
-    st = maps_def.BY_NAME
-    key = st["srcds_key"].pack(client=CLIENT, service=VIP, client_port=40000, service_port=27020)
-    assert xdp.ms["srcds_clients"].lookup(key) is not None
-    xdp.ms["srcds_clients"].update(key, st["srcds_state"].pack(expires_ns=1))
+    set_expiry(xdp, game_clients(xdp)[(CLIENT, 40000, VIP, 27020)], 1)
     assert xdp.run(netchan).verdict == "DROP"
 
 
@@ -359,7 +357,7 @@ def test_module_not_compiled_in(tmp_path_factory: pytest.TempPathFactory) -> Non
     from xdp_harness import loaded
 
     with loaded(tmp_path_factory.mktemp("nomod"), modules=()) as x:
-        assert "srcds_clients" not in x.ms
+        assert "game_clients" not in x.ms
         netchan = client_frame(udp_in(NETCHAN_RUNT, dport=27020))
         x.ms["rule_modules"].update(
             (2).to_bytes(4, "little"), maps_def.BY_NAME["rule_modules"].pack(bits=1)

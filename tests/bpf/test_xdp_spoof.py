@@ -40,6 +40,7 @@ from xdp_harness import (
     fou_frame,
     make_config,
 )
+from xdp_modules_harness import game_clients
 
 from bifrost.codegen import render_module_config
 from bifrost.xdp import build, libbpf, maps, maps_def
@@ -187,7 +188,6 @@ def test_spoofed_accept_validates_nobody(xdp: Xdp) -> None:
     also as a flood of accepts for many clients: nothing validated, all counted."""
     xdp.apply(auth_config())
     netchan = udp_from(CLIENT, 27020, NETCHAN)
-    clients = xdp.ms["srcds_clients"]
     accept = IP(src=VIP, dst=CLIENT) / UDP(sport=27020, dport=40000) / ACCEPT
     for frame in (
         fou_frame(GS_SRCDS, accept),
@@ -202,10 +202,10 @@ def test_spoofed_accept_validates_nobody(xdp: Xdp) -> None:
         flood = IP(src=VIP, dst=who) / UDP(sport=27020, dport=40000) / ACCEPT
         xdp.run(fou_frame(GS_SRCDS, flood, token=bytes.fromhex(f"{n + 1:016x}")))
     assert xdp.counts()[(0, "drop_auth")] == 1004
-    assert entries(clients) == 0, "no spoofed accept validated anyone"
+    assert game_clients(xdp) == {}, "no spoofed accept validated anyone"
     # Positive control: the game server's authenticated accept validates the client.
     assert counted(xdp, fou_frame(GS_SRCDS, accept, token=KEY), (2, "tx_return"))
-    assert entries(clients) == 1
+    assert len(game_clients(xdp)) == 1
     assert counted(xdp, netchan, (2, "tx_forward")).verdict == "TX"
 
 
@@ -215,7 +215,7 @@ def test_auth_off_validates_nobody(xdp: Xdp) -> None:
     xdp.apply(make_config())
     accept = IP(src=VIP, dst=CLIENT) / UDP(sport=27020, dport=40000) / ACCEPT
     assert counted(xdp, fou_frame(GS_SRCDS, accept), (2, "tx_return")).verdict == "TX"
-    assert entries(xdp.ms["srcds_clients"]) == 0
+    assert game_clients(xdp) == {}
     assert counted(xdp, udp_from(CLIENT, 27020, NETCHAN), (2, "drop_module")).verdict == "DROP"
     # Control: the client is validated once the accept is authenticated.
     xdp.apply(auth_config())
@@ -357,7 +357,7 @@ def test_validated_client_loses_nothing_to_a_million_spoofed_sources(
     # The client is established: the game server's authenticated accept validated it.
     accept = IP(src=VIP, dst=CLIENT) / UDP(sport=27020, dport=40000) / ACCEPT
     assert libbpf.test_run(one, fou_frame(GS_SRCDS, accept, token=KEY)).verdict == "TX"
-    assert entries(ms["srcds_clients"]) == 1
+    assert len(game_clients(ms)) == 1
     client = udp_from(CLIENT, 27020, NETCHAN + bytes(30))  # the wrapper needs 64 bytes
     spoofed = udp_from("100.64.0.1", 27020, b"\xff\xff\xff\xffq" + bytes(20))
 
@@ -376,11 +376,10 @@ def test_validated_client_loses_nothing_to_a_million_spoofed_sources(
     # Memory stays bounded: buckets inserted at most at the flood threshold.
     windows = int(elapsed) + 2
     assert entries(ms["rate_limit"]) <= windows * cfg.flood_new_sources_pps, elapsed
-    assert entries(ms["srcds_clients"]) == 1, "the validated client is still there"
-    # Its bucket is its own, in srcds_clients, which no unknown source inserts into.
-    key = S["srcds_key"].pack(client=CLIENT, service=VIP, client_port=40000, service_port=27020)
-    own = S["srcds_state"].unpack(ms["srcds_clients"].lookup(key) or b"")
-    assert own["last_ns"] > 0, "the client's packets were charged to its own bucket"
+    assert len(game_clients(ms)) == 1, "the validated client is still there"
+    # Its bucket is its own, in game_clients, which no unknown source inserts into.
+    own = game_clients(ms)[(CLIENT, 40000, VIP, 27020)]
+    assert own.last_ns > 0, "the client's packets were charged to its own bucket"
     rate_key = S["rate_key"].pack(src=CLIENT, rule_id=2)
     assert ms["rate_limit"].lookup(rate_key) is None
     print(f"{FLOOD_SOURCES} spoofed sources in {elapsed:.1f} s; counters {got}")

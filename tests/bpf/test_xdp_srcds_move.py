@@ -35,6 +35,7 @@ from xdp_harness import (
     loaded,
     make_config,
 )
+from xdp_modules_harness import game_clients
 
 from bifrost.xdp import libbpf, maps_def
 
@@ -72,10 +73,7 @@ def back(x: Xdp, payload: bytes, token: bytes = KEY, **kw) -> str:
 
 
 def validated(x: Xdp, src: str = CLIENT, sport: int = CLIENT_PORT) -> bool:
-    key = maps_def.BY_NAME["srcds_key"].pack(
-        client=src, service=VIP, client_port=sport, service_port=PORT
-    )
-    return x.ms["srcds_clients"].lookup(key) is not None
+    return (src, sport, VIP, PORT) in game_clients(x)
 
 
 def split(x: Xdp, n: int, src: str = CLIENT) -> tuple[int, int, int]:

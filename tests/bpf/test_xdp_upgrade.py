@@ -76,8 +76,9 @@ def plain_config():
 
 RATE_KEY = S["rate_key"].pack(src="192.0.2.50", rule_id=3)
 RATE_STATE = S["rate_state"].pack(last_ns=1, credit_ns=12345)
-SRCDS_KEY = S["srcds_key"].pack(client="192.0.2.50", service="198.51.100.10", client_port=4)
-SRCDS_STATE = S["srcds_state"].pack(expires_ns=2**62)
+# A validated client in the game modules' overflow LRU (an object without modules has none).
+GAME_KEY = S["srcds_key"].pack(client="192.0.2.50", service="198.51.100.10", client_port=4)
+GAME_STATE = S["srcds_state"].pack(expires_ns=2**62)
 
 
 def pinned(pop: Pop, name: str) -> libbpf.Map:
@@ -102,7 +103,7 @@ def test_upgrade_swaps_the_program_in_one_step_and_keeps_the_maps(pop: Pop) -> N
         link_id = pop.link_info().id
         for name, k, v in (
             ("rate_limit", RATE_KEY, RATE_STATE),
-            ("srcds_clients", SRCDS_KEY, SRCDS_STATE),
+            ("game_clients_overflow", GAME_KEY, GAME_STATE),
         ):
             m = pinned(pop, name)
             m.update(k, v)
@@ -116,14 +117,14 @@ def test_upgrade_swaps_the_program_in_one_step_and_keeps_the_maps(pop: Pop) -> N
         assert up.fresh == ()
         assert lookup(pop, "rate_limit", RATE_KEY) == RATE_STATE
         assert loader.running_modules(pop.pdir) == set()
-        # The object without SRCDS has no srcds_clients: the pinned one waits, untouched.
-        assert lookup(pop, "srcds_clients", SRCDS_KEY) == SRCDS_STATE
+        # The object without modules has no game_clients_overflow: the pin waits, untouched.
+        assert lookup(pop, "game_clients_overflow", GAME_KEY) == GAME_STATE
 
         same = loader.upgrade(cfg, "x0", obj=pop.without, pin_base=pop.base)
         assert not same.swapped and "already running this object" in str(same)
         back = loader.upgrade(cfg, "x0", obj=pop.with_srcds, pin_base=pop.base)
-        assert back.swapped and "srcds_clients" in back.reused
-        assert lookup(pop, "srcds_clients", SRCDS_KEY) == SRCDS_STATE
+        assert back.swapped and "game_clients_overflow" in back.reused
+        assert lookup(pop, "game_clients_overflow", GAME_KEY) == GAME_STATE
         loader.detach("x0", pop.base)
 
 

@@ -364,24 +364,27 @@ class Way:
     set: int
     way: int
     expires_ns: int
+    last_ns: int = 0  # the client's own rate bucket (0: full, never charged)
 
 
-def game_clients(xdp: Xdp) -> dict[tuple[str, int, str, int], Way]:
-    """(client, port, service, service port) -> its way, for every used way."""
+def game_clients(xdp: Xdp | maps.MapSet) -> dict[tuple[str, int, str, int], Way]:
+    """(client, port, service, service port) -> its way, for every used way (of a
+    loaded Xdp or of any object's maps)."""
+    ms = xdp.ms if isinstance(xdp, Xdp) else xdp
     st = maps_def.BY_NAME["game_client_set"]
 
     def addr(u32: int) -> str:
         return str(ipaddress.IPv4Address(u32.to_bytes(4, "little")))
 
     out = {}
-    for idx, raw in xdp.ms["game_clients"].nonzero(maps_def.GAME_CLIENT_SETS).items():
+    for idx, raw in ms["game_clients"].nonzero(maps_def.GAME_CLIENT_SETS).items():
         v = st.unpack(raw)
         for w in range(maps_def.GAME_CLIENT_WAYS):
             state = v["state"][3 * w : 3 * w + 3]  # expires_ns, last_ns, credit_ns
             if state[0]:
                 cport, sport = struct.unpack("!HH", v["ports"][w].to_bytes(4, "little"))
                 key = (addr(v["client"][w]), cport, addr(v["service"][w]), sport)
-                out[key] = Way(idx, w, state[0])
+                out[key] = Way(idx, w, state[0], state[1])
     return out
 
 

@@ -3,8 +3,11 @@ rebuild), canary failure with rollback, a failing build or DKMS rebuild, an unre
 host, a wrong host key, the forced command.
 
 DKMS is the lab's stub (bifrost_testing.dkms_stub, at the command boundary: real DKMS
-state is global to the test machine and its kernel has no headers); the tests assert
-what the agents asked DKMS to do, in order, and what DKMS then has installed.
+state is global to the test machine and its kernel has no headers), and so are
+modprobe/rmmod (bifrost_testing.modprobe_stub, over a /sys/module of the host's own);
+the tests assert what the agents asked DKMS and modprobe to do, in order, what DKMS
+then has installed and which version is loaded. The reload itself, with a daemon and
+traffic, runs on the real module in tests/kernel/test_fleet_module_reload.py.
 
 The tests share one lab (module scope: starting three sshd and two traffic sources
 is the slow part) and run in file order; each says what state it starts from.
@@ -19,7 +22,7 @@ import shutil
 import pytest
 
 from bifrost import __version__
-from bifrost_testing.fleet_lab import FleetLab, other_host_key
+from bifrost_testing.fleet_lab import FleetLab, LabHost, other_host_key
 
 pytestmark = pytest.mark.bpf
 
@@ -29,7 +32,8 @@ KMOD = {"pop1": "bifrost_nf", "pop2": "bifrost_nf", "gs1": "fou_map"}
 
 
 def changing_calls(lab: FleetLab, name: str, since: int = 0) -> list[list[str]]:
-    """The dkms commands that change something the host's agent ran (not `status`)."""
+    """The dkms, modprobe and rmmod commands that change something the host's agent
+    ran (not `dkms status`), in order."""
     return [c for c in lab.hosts[name].dkms_calls()[since:] if c[0] != "status"]
 
 
@@ -40,6 +44,21 @@ def rebuild_calls(module: str, version: str = __version__) -> list[list[str]]:
         ["build", name, "-k", KERNEL],
         ["install", name, "-k", KERNEL, "--force"],
     ]
+
+
+def reload_calls(module: str, loaded: bool = True) -> list[list[str]]:
+    """The agent's reload: rmmod (when a module was loaded), then modprobe."""
+    return [*([["rmmod", module]] if loaded else []), ["modprobe", module]]
+
+
+def on_old_module(lab: FleetLab) -> LabHost:
+    """pop1 back on an older release's module, installed and loaded; DKMS never had
+    this release's."""
+    pop1 = lab.hosts["pop1"]
+    pop1.set_dkms_state([["bifrost_nf", OLD, KERNEL, "installed"]])
+    pop1.set_loaded("bifrost_nf", OLD)
+    shutil.rmtree(pop1.dkms_dir / "bifrost_nf" / __version__, ignore_errors=True)
+    return pop1
 
 
 def running(lab: FleetLab, name: str) -> str:
@@ -66,6 +85,7 @@ def test_keygen_line_restricts_the_key(lab: FleetLab) -> None:
 def test_plan_shows_diffs_and_changes_nothing(lab: FleetLab) -> None:
     # pop1 runs an older release's module; pop2 and gs1 have none installed yet.
     lab.hosts["pop1"].set_dkms_state([["bifrost_nf", OLD, KERNEL, "installed"]])
+    lab.hosts["pop1"].set_loaded("bifrost_nf", OLD)
     done = lab.fleet("plan")
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
@@ -97,17 +117,24 @@ def test_apply_installs_builds_and_attaches(lab: FleetLab) -> None:
     assert "gs1: healthy" in out
     header = (lab.hosts["pop1"].agent_state / "current" / "module_config.h").read_text()
     assert "#define SRCDS_HANDSHAKE" in header
-    # Each host's module rebuilt through DKMS with this release's version and source.
+    # Each host's module rebuilt through DKMS with this release's version and source,
+    # then loaded in place of the one running (pop1's older one is unloaded first).
     was = {"pop1": OLD, "pop2": "none", "gs1": "none"}
     for name, module in KMOD.items():
         h = lab.hosts[name]
-        assert changing_calls(lab, name) == rebuild_calls(module), h.dkms_calls()
+        calls = rebuild_calls(module) + reload_calls(module, loaded=name == "pop1")
+        assert changing_calls(lab, name) == calls, h.dkms_calls()
         assert (h.usr_src / f"{module}-{__version__}" / "dkms.conf").exists()
         label = f"{name} (canary)" if name == "pop1" else name
         assert (
             f"{label}: dkms: {module} {__version__} built and installed for {KERNEL} "
             f"(was {was[name]})"
         ) in out, out
+        loaded = OLD if name == "pop1" else "not loaded"
+        assert f"{label}: {module}: {loaded} -> {__version__}" in out, out
+        assert h.loaded(module) == __version__
+    # The module is loaded before the config switches.
+    assert out.index("pop1 (canary): bifrost_nf: ") < out.index("pop1 (canary): installed config")
     assert lab.hosts["pop1"].dkms_state() == [
         ["bifrost_nf", OLD, KERNEL, "built"],
         ["bifrost_nf", __version__, KERNEL, "installed"],
@@ -123,8 +150,8 @@ def test_apply_installs_builds_and_attaches(lab: FleetLab) -> None:
     assert "; auth off" in rows["pop1"]  # the lab's POPs have no [auth]: the table says so
     assert re.search(r"served [1-9]\d* dropped 0", rows["pop2"]), rows["pop2"]
     assert "bifrost-foumapd=" in rows["gs1"]
-    assert f"bifrost_nf {__version__} installed, not loaded" in rows["pop1"]  # the modules
-    assert f"fou_map {__version__} installed, not loaded" in rows["gs1"]
+    assert f"bifrost_nf {__version__} installed, loaded" in rows["pop1"]  # the modules
+    assert f"fou_map {__version__} installed, loaded" in rows["gs1"]
 
 
 def test_module_change_rebuilds_and_swaps(lab: FleetLab) -> None:
@@ -162,6 +189,7 @@ def test_canary_failure_rolls_back_and_stops(lab: FleetLab) -> None:
     pop1.set_dkms_state(
         [["bifrost_nf", OLD, KERNEL, "installed"], ["bifrost_nf", __version__, KERNEL, "built"]]
     )
+    pop1.set_loaded("bifrost_nf", OLD)
     calls = {n: len(lab.hosts[n].dkms_calls()) for n in lab.hosts}
     old = {n: running(lab, n) for n in lab.hosts}
     lab.set_config("pop1", extra='block = ["10.8.1.0/24"]')
@@ -175,15 +203,20 @@ def test_canary_failure_rolls_back_and_stops(lab: FleetLab) -> None:
     assert "not changed: pop2" in out
     assert "pop2: installed" not in out
     assert {n: running(lab, n) for n in lab.hosts} == old
-    # DKMS had this release built: the apply only installed it, the rollback put the
-    # older module back.
+    # DKMS had this release built: the apply only installed and loaded it, the rollback
+    # put the older module back and loaded it again.
     name = f"bifrost_nf/{__version__}"
     assert changing_calls(lab, "pop1", since=calls["pop1"]) == [
         ["install", name, "-k", KERNEL, "--force"],
+        *reload_calls("bifrost_nf"),
         ["install", f"bifrost_nf/{OLD}", "-k", KERNEL, "--force"],
+        *reload_calls("bifrost_nf"),
     ]
+    assert f"pop1 (canary): bifrost_nf: {OLD} -> {__version__}" in out
     assert f"pop1 (canary): rollback: dkms: bifrost_nf {OLD} installed again for {KERNEL}" in out
+    assert f"pop1 (canary): rollback: bifrost_nf: {__version__} -> {OLD}" in out
     assert ["bifrost_nf", OLD, KERNEL, "installed"] in pop1.dkms_state()
+    assert pop1.loaded("bifrost_nf") == OLD
     assert changing_calls(lab, "pop2", since=calls["pop2"]) == []
     # pop1 serves again on its old config.
     health = lab.ssh("pop1", "health", "5")
@@ -196,9 +229,7 @@ def test_failing_kmod_rebuild_stops_the_rollout(lab: FleetLab) -> None:
     """pop1 runs an older module and its DKMS build fails (a compiler error): pop1, the
     canary, keeps its config, program and older module (what the rebuild added is
     removed from DKMS again); pop2, next in line, is not touched."""
-    pop1 = lab.hosts["pop1"]
-    pop1.set_dkms_state([["bifrost_nf", OLD, KERNEL, "installed"]])
-    shutil.rmtree(pop1.dkms_dir / "bifrost_nf" / __version__)  # DKMS never had it
+    pop1 = on_old_module(lab)
     pop1.fail_dkms_build(True)
     calls = {n: len(lab.hosts[n].dkms_calls()) for n in lab.hosts}
     before = prog_id(lab, "pop1")
@@ -224,6 +255,7 @@ def test_failing_kmod_rebuild_stops_the_rollout(lab: FleetLab) -> None:
             ["remove", name, "--all"],
         ]
         assert pop1.dkms_state() == [["bifrost_nf", OLD, KERNEL, "installed"]]
+        assert pop1.loaded("bifrost_nf") == OLD  # never unloaded
         assert changing_calls(lab, "pop2", since=calls["pop2"]) == []
         # pop1's program was never touched and still serves.
         assert prog_id(lab, "pop1") == before
@@ -236,13 +268,106 @@ def test_failing_kmod_rebuild_stops_the_rollout(lab: FleetLab) -> None:
         calls["pop1"] = len(pop1.dkms_calls())
         again = lab.fleet("apply", "--canary", "pop1")
         assert again.returncode == 0, again.stdout + again.stderr
-        assert changing_calls(lab, "pop1", since=calls["pop1"]) == rebuild_calls("bifrost_nf")
+        assert changing_calls(lab, "pop1", since=calls["pop1"]) == rebuild_calls(
+            "bifrost_nf"
+        ) + reload_calls("bifrost_nf")
+        assert pop1.loaded("bifrost_nf") == __version__
         assert "pop1 (canary): healthy" in again.stdout and "pop2: unchanged" in again.stdout
         assert {n: running(lab, n) for n in lab.hosts} == old
     finally:
         pop1.fail_dkms_build(False)
         lab.set_config("pop1")
         lab.set_config("pop2", modules=())
+
+
+def test_wrong_loaded_version_rolls_the_module_back(lab: FleetLab) -> None:
+    """pop1's rebuild succeeds but modprobe loads another version (an older .ko that
+    depmod prefers to DKMS's): the agent's check of /sys/module/bifrost_nf/version
+    fails, DKMS's previous install is put back and loaded again, pop1 keeps its
+    config and program, and pop2 is not touched."""
+    pop1 = on_old_module(lab)
+    pop1.shadow_module("bifrost_nf", OLD)
+    calls = {n: len(lab.hosts[n].dkms_calls()) for n in lab.hosts}
+    before = prog_id(lab, "pop1")
+    old = {n: running(lab, n) for n in lab.hosts}
+    lab.set_config("pop1", extra='ipv6 = "drop"')
+    lab.set_config("pop2", modules=(), extra='ipv6 = "drop"')
+    try:
+        done = lab.fleet("apply", "--canary", "pop1")
+        out = done.stdout
+        assert done.returncode == 1, out + done.stderr
+        assert (
+            "error: pop1: bifrost fleet agent: apply: kernel module rebuild failed, nothing "
+            f"changed: after the reload bifrost_nf is version {OLD}, not {__version__}; "
+            f"dkms: bifrost_nf {OLD} installed again for {KERNEL}; bifrost_nf: {OLD} -> {OLD}"
+        ) in out, out
+        assert "not changed: pop2" in out
+        assert changing_calls(lab, "pop1", since=calls["pop1"]) == [
+            *rebuild_calls("bifrost_nf"),
+            *reload_calls("bifrost_nf"),
+            ["install", f"bifrost_nf/{OLD}", "-k", KERNEL, "--force"],
+            *reload_calls("bifrost_nf"),
+        ]
+        assert ["bifrost_nf", OLD, KERNEL, "installed"] in pop1.dkms_state()
+        assert pop1.loaded("bifrost_nf") == OLD
+        assert {n: running(lab, n) for n in lab.hosts} == old
+        assert prog_id(lab, "pop1") == before
+        assert changing_calls(lab, "pop2", since=calls["pop2"]) == []
+        # The stale .ko gone, the same apply goes through and loads this release.
+        pop1.shadow_module("bifrost_nf", None)
+        again = lab.fleet("apply", "--canary", "pop1")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert f"pop1 (canary): bifrost_nf: {OLD} -> {__version__}" in again.stdout
+        assert pop1.loaded("bifrost_nf") == __version__
+    finally:
+        pop1.shadow_module("bifrost_nf", None)
+        lab.set_config("pop1")
+        lab.set_config("pop2", modules=())
+        restore = lab.fleet("apply")
+        assert restore.returncode == 0, restore.stdout + restore.stderr
+
+
+def test_host_without_dkms_that_needs_a_rebuild_stops_the_rollout(lab: FleetLab) -> None:
+    """gs1 has no dkms and runs an older fou_map: it cannot take this release, so apply
+    stops before any host changes (pop1's change included) and says why; pop2, whose
+    config uses no kernel module (no cached rule), needs no dkms: its plan is not blocked."""
+    gs1, pop2 = lab.hosts["gs1"], lab.hosts["pop2"]
+    gs1.set_loaded("fou_map", OLD)
+    calls = {n: len(lab.hosts[n].dkms_calls()) for n in lab.hosts}
+    old = {n: running(lab, n) for n in lab.hosts}
+    lab.set_config("pop1", extra='ipv6 = "drop"')
+    lab.set_config("gs1", extra="metrics_port = 0\n")
+    with gs1.without_dkms(), pop2.without_dkms():
+        try:
+            plan = lab.fleet("plan", "gs1")
+            why = f"no dkms on this host to build fou_map {__version__} ({OLD} is loaded)"
+            assert f"-- kernel module: CANNOT REBUILD fou_map: {why}" in plan.stdout, plan.stdout
+            done = lab.fleet("apply")
+            out = done.stdout
+            assert done.returncode == 1, out + done.stderr
+            assert f"error: gs1: cannot rebuild fou_map: {why}: apt-get install dkms" in out, out
+            assert "apply: stopped before changing any host" in out
+            assert {n: running(lab, n) for n in lab.hosts} == old
+            assert all(changing_calls(lab, n, since=calls[n]) == [] for n in lab.hosts)
+            assert gs1.loaded("fou_map") == OLD
+            # A POP whose config uses no kernel module (no cached rule) needs no dkms:
+            # nothing to rebuild, nothing that blocks. (Not applied: without the cache
+            # its lab clients' queries would go to a game server the lab does not have.)
+            pop2.set_loaded("bifrost_nf", None)
+            path = lab.host_config_path("pop2")
+            path.write_text(path.read_text().replace("cache = true", "cache = false"))
+            plan = lab.fleet("plan", "pop2")
+            assert plan.returncode == 0, plan.stdout + plan.stderr
+            assert "-- kernel module: bifrost_nf: not used by this config" in plan.stdout
+            assert "CANNOT" not in plan.stdout
+        finally:
+            gs1.set_loaded("fou_map", __version__)
+            pop2.set_loaded("bifrost_nf", __version__)
+            lab.set_config("pop1")
+            lab.set_config("gs1")
+            lab.set_config("pop2", modules=())
+    restore = lab.fleet("apply")
+    assert restore.returncode == 0, restore.stdout + restore.stderr
 
 
 def test_unreachable_host_changes_nothing(lab: FleetLab) -> None:

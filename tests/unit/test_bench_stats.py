@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bifrost.benchstats import Ratio, Report, alternate, median_interval
+from bifrost.benchstats import Ratio, Report, alternate, interleaved, median_interval, rounds_until
 
 pytestmark = pytest.mark.unit
 
@@ -78,3 +78,22 @@ def test_alternate_stops_at_once_when_told() -> None:
     calls: list[int] = []
     ratio, _ = alternate(lambda: calls.append(1) or 1.0, lambda: 1.0, 6, 30, stop=lambda: True)
     assert len(ratio.rounds) == 1 and calls == [1]
+
+
+def test_interleaved_rounds_alternate_slices_and_pool_each_path() -> None:
+    order: list[str] = []
+
+    def a() -> tuple[float, float]:
+        order.append("a")
+        return 30.0, 1.0
+
+    def b() -> tuple[float, float]:
+        order.append("b")
+        return 10.0, (0.5 if order.count("b") == 1 else 1.5)
+
+    ratio, why = rounds_until(interleaved(a, b, 2), 2, 2, label="x")
+    # Round 1: A B A B; round 2: B A B A.
+    assert order == ["a", "b", "a", "b", "b", "a", "b", "a"]
+    # A path's rate pools its slices: b did 20 in 0.5 + 1.5 s, then 20 in 3 s.
+    assert ratio.rounds == pytest.approx((30.0 / 10.0, 30.0 / (20.0 / 3.0)))
+    assert why == ""

@@ -99,21 +99,61 @@ def test_stage_is_idempotent_and_restages_changed_sources(staged) -> None:
     assert calls == [["dkms", "remove", f"fake/{__version__}", "--all"]] * 2
 
 
-def test_status_parses_dkms_output(monkeypatch: pytest.MonkeyPatch) -> None:
-    out = (
-        "fou_map/0.1.0, 6.1.0-56-amd64, x86_64: installed\n"
-        "fou_map/0.1.0, 6.12.117+deb12-amd64, x86_64: built\n"
-        "fou_map/0.1.0: added\n"
-    )
+# `dkms status` as DKMS 3.0.10 (Debian 12) prints it: an older release's build next to
+# this one, a second kernel, the notes it appends after a state, a version only added,
+# a weak install, another module, and a line that is not a status line at all.
+WARN_DIFF = " (WARNING! Diff between built and installed module!)"
+STATUS = f"""\
+fou_map/0.0.9, 6.1.0-56-amd64, x86_64: built
+fou_map/0.1.0, 6.1.0-56-amd64, x86_64: installed
+fou_map/0.1.0, 6.12.117+deb12-amd64, x86_64: installed{WARN_DIFF}
+fou_map/0.1.1, 6.1.0-56-amd64, x86_64: built (original_module exists)
+fou_map/0.1.2, 6.1.0-56-amd64, x86_64: installed (WARNING! Missing some built modules!)
+fou_map/0.2.0: added
+fou_map, 0.1.0, 6.12.110+deb12-amd64, x86_64: installed-weak from 6.12.117+deb12-amd64
+bifrost_nf/0.1.0, 6.1.0-56-amd64, x86_64: installed
+Deprecated feature: REMAKE_INITRD (/usr/src/fou_map-0.1.0/dkms.conf)
+"""
+
+
+def test_status_is_parsed_per_version_and_kernel() -> None:
+    assert dkms.parse_status(STATUS, "fou_map") == {
+        ("0.0.9", "6.1.0-56-amd64"): "built",
+        ("0.1.0", "6.1.0-56-amd64"): "installed",
+        ("0.1.0", "6.12.117+deb12-amd64"): "installed",
+        ("0.1.1", "6.1.0-56-amd64"): "built",
+        ("0.1.2", "6.1.0-56-amd64"): "installed",
+        ("0.2.0", None): "added",
+        ("0.1.0", "6.12.110+deb12-amd64"): "installed-weak",
+    }
+    assert dkms.parse_status(STATUS, "bifrost_nf") == {("0.1.0", "6.1.0-56-amd64"): "installed"}
+    # A module whose name another's starts with is not that one.
+    assert dkms.parse_status(STATUS, "fou") == {}
+    assert dkms.parse_status("readelf: Warning: x\nError! No module\n", "fou_map") == {}
+
+
+def test_status_is_this_release_per_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """status(): what status.py, testrun and the host tests read; another version's
+    build of the same kernel does not count as this release's."""
+    argvs = []
 
     class Done:
-        stdout = out
+        stdout = STATUS
 
-    monkeypatch.setattr(dkms, "_run", lambda argv, check=True: Done())
-    assert dkms.status("fou_map") == {
+    def run(argv: list[str], check: bool = True) -> Done:
+        argvs.append(argv)
+        return Done()
+
+    monkeypatch.setattr(dkms, "_run", run)
+    assert dkms.status("fou_map", "0.1.0") == {
         "6.1.0-56-amd64": "installed",
-        "6.12.117+deb12-amd64": "built",
+        "6.12.117+deb12-amd64": "installed",
+        "6.12.110+deb12-amd64": "installed-weak",
     }
+    assert dkms.status("fou_map", "0.0.9") == {"6.1.0-56-amd64": "built"}
+    assert dkms.status("fou_map", "0.2.0") == {}  # added, built for no kernel
+    assert dkms.status("fou_map", "9.9.9") == {}
+    assert argvs == [["dkms", "status", "fou_map"]] * 4
 
 
 def test_missing_headers_names_the_package() -> None:

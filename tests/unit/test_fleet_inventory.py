@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bifrost import __version__
 from bifrost.config_schema import ConfigError
 from bifrost.fleet import inventory, keys
 
@@ -133,10 +134,31 @@ def test_agent_rejects_a_bad_pushed_config_naming_it(tmp_path: Path) -> None:
     assert not (tmp_path / "state" / "staged.toml").exists()
 
 
-def test_agent_stage_apply_rollback_on_a_game_server(tmp_path: Path) -> None:
-    """A game server's config (no XDP program): staged, applied only under the id that
-    stage-config printed, kept as previous, rolled back."""
-    first, second = GS, GS + "idle_timeout = 60\n"
+def test_agent_refuses_a_game_server_it_cannot_give_its_module(tmp_path: Path) -> None:
+    """No dkms on PATH here and no fou_map loaded: a game server's config needs fou_map,
+    so plan says why and apply stops before installing anything."""
+    staged = agent(tmp_path, "stage-config", GS)
+    assert staged.returncode == 0, staged.stderr
+    plan = json.loads(agent(tmp_path, "plan", GS).stdout)["kmod"]
+    why = f"no dkms on this host to build fou_map {__version__} (it is not loaded)"
+    assert (plan["module"], plan["dkms"], plan["rebuild"], plan["why"]) == (
+        "fou_map",
+        False,
+        True,
+        why,
+    ), plan
+    done = agent(tmp_path, f"apply {staged.stdout.split()[-1]}")
+    assert done.returncode == 3
+    assert f"kernel module rebuild failed, nothing changed: {why}: apt-get install dkms" in (
+        done.stderr
+    )
+    assert not (tmp_path / "b.toml").exists()
+
+
+def test_agent_stage_apply_rollback(tmp_path: Path) -> None:
+    """A config without an XDP program and without a kernel module to run: staged,
+    applied only under the id that stage-config printed, kept as previous, rolled back."""
+    first, second = "[cache]\n", "[cache]\nrefresh_s = 60\n"
     staged = agent(tmp_path, "stage-config", first)
     assert staged.returncode == 0, staged.stderr
     sha = staged.stdout.split()[-1]
@@ -153,9 +175,9 @@ def test_agent_stage_apply_rollback_on_a_game_server(tmp_path: Path) -> None:
     again = agent(tmp_path, "rollback")
     assert again.returncode == 3 and "nothing to roll back to" in again.stderr
     plan = agent(tmp_path, "plan", second)
-    assert plan.returncode == 0 and "+idle_timeout = 60" in plan.stdout
-    # No dkms on PATH here: no DKMS module to rebuild, and plan and status say so.
+    assert plan.returncode == 0 and "+refresh_s = 60" in plan.stdout
+    # No dkms on PATH here, and none needed: nothing to rebuild, plan and status say so.
     km = json.loads(plan.stdout)["kmod"]
-    assert (km["module"], km["dkms"], km["rebuild"]) == ("fou_map", False, False), km
+    assert (km["dkms"], km["needed"], km["rebuild"]) == (False, False, False), km
     st = json.loads(agent(tmp_path, "status").stdout)
-    assert st["kernel_module"].startswith("fou_map: no dkms on this host"), st
+    assert "(not used by this config): no dkms on this host" in st["kernel_module"], st

@@ -55,9 +55,9 @@ def test_bpffs_goes_to_sys_fs_bpf_or_the_pin_dir(pin_dir: str, target: str) -> N
 
 
 def test_migrations_parse_and_name_what_is_wrong() -> None:
-    assert pins.parse_migrations(["rate_limit=reset", "srcds_clients=copy"]) == {
+    assert pins.parse_migrations(["rate_limit=reset", "game_clients_overflow=copy"]) == {
         "rate_limit": "reset",
-        "srcds_clients": "copy",
+        "game_clients_overflow": "copy",
     }
     assert pins.parse_migrations(None) == {}
     with pytest.raises(ValueError, match=r"--migrate 'rate_limit=keep': expected MAP=HOW"):

@@ -83,22 +83,65 @@ def alternate(
     label: str = "a / b",
     stop: Callable[[], bool] = lambda: False,
 ) -> tuple[Ratio, str]:
-    """Rounds of a and b side by side (A B, then B A, so neither always goes first)
-    until the ratio's 95% interval is within +-half_width, max_rounds or the time
-    budget is reached (never fewer than min_rounds), or at once when stop() says so
-    (e.g. a round could not prove what it measured). Returns the ratio and, when the
-    interval is still wider than asked, a sentence that says so."""
+    """Rounds of a and b side by side (A B, then B A, so neither always goes first);
+    see rounds_until() for when it stops and what it returns."""
+
+    def pair(i: int) -> tuple[float, float]:
+        if i % 2 == 0:
+            x = a()
+            return x, b()
+        y = b()
+        return a(), y
+
+    return rounds_until(pair, min_rounds, max_rounds, half_width, budget_s, label, stop)
+
+
+def interleaved(
+    a: Callable[[], tuple[float, float]],
+    b: Callable[[], tuple[float, float]],
+    slices: int,
+) -> Callable[[int], tuple[float, float]]:
+    """A round for rounds_until() made of `slices` short measurements of each path,
+    A B A B ... (B A B A ... in odd rounds): each call returns (events, seconds), and
+    the round's figures are each path's events / seconds over its slices together.
+    Noise of a shared machine that lasts longer than a slice then weighs on both
+    paths alike, where two long measurements one after the other catch it apart."""
+
+    def pair(i: int) -> tuple[float, float]:
+        tot = {"a": [0.0, 0.0], "b": [0.0, 0.0]}
+        order = (("a", a), ("b", b)) if i % 2 == 0 else (("b", b), ("a", a))
+        for _ in range(slices):
+            for name, measure in order:
+                events, seconds = measure()
+                tot[name][0] += events
+                tot[name][1] += seconds
+        return tot["a"][0] / tot["a"][1], tot["b"][0] / tot["b"][1]
+
+    return pair
+
+
+def rounds_until(
+    pair: Callable[[int], tuple[float, float]],
+    min_rounds: int,
+    max_rounds: int,
+    half_width: float = 0.0,
+    budget_s: float = math.inf,
+    label: str = "a / b",
+    stop: Callable[[], bool] = lambda: False,
+) -> tuple[Ratio, str]:
+    """Rounds of pair(round index) -> (a, b), until the ratio a / b has a 95% interval
+    within +-half_width, max_rounds or the time budget is reached (never fewer than
+    min_rounds), or at once when stop() says so (e.g. a round could not prove what it
+    measured). Returns the ratio and, when the interval is still wider than asked, a
+    sentence that says so."""
     xs: list[float] = []
     ys: list[float] = []
     start = time.monotonic()
     ratio = None
     for i in range(max_rounds):
-        if i % 2 == 0:
-            xs.append(a())
-            ys.append(b())
-        else:
-            ys.append(b())
-            xs.append(a())
+        x, y = pair(i)
+        xs.append(x)
+        ys.append(y)
         ratio = Ratio.of(xs, ys)
         print(f"{label} round {i + 1}: {xs[-1]:.0f} / {ys[-1]:.0f}: {ratio}", flush=True)
         if stop():
@@ -108,7 +151,7 @@ def alternate(
         ):
             break
     if ratio is None:
-        raise ValueError("alternate() needs at least one round")
+        raise ValueError("rounds_until() needs at least one round")
     why = ""
     if half_width and ratio.half_width > half_width:
         why = (

@@ -135,16 +135,37 @@ def stage(module: str) -> bool:
     return True
 
 
-def status(module: str) -> dict[str, str]:
-    """kernel -> state ("added", "built", "installed") of module as dkms reports it."""
-    out = _run(["dkms", "status", module], check=False).stdout
-    states: dict[str, str] = {}
-    for line in out.splitlines():
-        # "fou_map/0.1.0, 6.1.0-56-amd64, x86_64: installed"
-        m = re.match(r"[^,]+, ([^,]+), [^:]+: (\w+)", line)
-        if m:
-            states[m.group(1)] = m.group(2)
-    return states
+# `dkms status` of DKMS 3.0.x (Debian 12's 3.0.10), one line per module version:
+#   fou_map/0.1.0: added
+#   fou_map/0.1.0, 6.1.0-56-amd64, x86_64: installed
+#   fou_map/0.1.0, 6.1.0-56-amd64, x86_64: installed (WARNING! Diff between built and ...)
+#   fou_map, 0.1.0, 6.12.117+deb12-amd64, x86_64: installed-weak from 6.12.110+deb12-amd64
+# The parenthesised notes after a state (original_module exists, WARNING!...) are not
+# part of it; anything else on stdout (a deprecation warning) is not a status line.
+_STATUS_LINE = re.compile(
+    r"(?P<m>[^/,\s]+)(?:/|, )(?P<v>[^,:\s]+)(?:, (?P<k>[^,\s]+), [^:,\s]+)?: "
+    r"(?P<s>added|built|installed(?:-weak)?)(?: |$)"
+)
+
+
+def parse_status(text: str, module: str) -> dict[tuple[str, str | None], str]:
+    """(version, kernel; None for a version only added) -> state, from `dkms status`."""
+    out: dict[tuple[str, str | None], str] = {}
+    for line in text.splitlines():
+        m = _STATUS_LINE.match(line.strip())
+        if m and m["m"] == module and (m["k"] is None) == (m["s"] == "added"):
+            out[(m["v"], m["k"])] = m["s"]
+    return out
+
+
+def status_all(module: str) -> dict[tuple[str, str | None], str]:
+    """Every version of module DKMS knows: (version, kernel) -> state."""
+    return parse_status(_run(["dkms", "status", module], check=False).stdout, module)
+
+
+def status(module: str, version: str = __version__) -> dict[str, str]:
+    """kernel -> state ("built", "installed", ...) of this release's build of module."""
+    return {k: s for (v, k), s in status_all(module).items() if v == version and k}
 
 
 def build(kernels: list[str], install: bool = False, modules: tuple[str, ...] = MODULES) -> None:

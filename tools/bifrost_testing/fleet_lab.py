@@ -14,7 +14,8 @@ mount namespace the host's own directories are bound over /usr/src and
 /var/lib/dkms, and `dkms` is bifrost_testing.dkms_stub (real DKMS state is global
 to the machine, and its kernel has no headers for a lab host to build against):
 the agent's DKMS code runs unchanged and the test reads what it asked DKMS to do.
-A POP's client
+Loading is stood in for the same way: modprobe/rmmod are
+bifrost_testing.modprobe_stub, over a /sys/module of the host's own. A POP's client
 sends A2S queries to the POP's anycast service all along (what its health check
 sees served). sshd runs under `ip netns exec`, so whatever the agent mounts (the
 bpffs on the POP's pin directory) lives in that sshd's mount namespace and goes
@@ -24,6 +25,7 @@ with it. Everything is stopped and removed on exit.
 from __future__ import annotations
 
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,15 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bifrost.netns import Namespace, link
-from bifrost_testing import dkms_stub
+from bifrost_testing import dkms_stub, modprobe_stub
 
 SSHD = "/usr/sbin/sshd"
 DKMS = "/usr/sbin/dkms"  # what the stub is bound over (setup.sh installs dkms)
 # sshd's start in its mount namespace (`ip netns exec` made it one, slave to the
 # machine's): the host's own DKMS directories and the stub, then sshd itself.
+MODPROBE = "/usr/sbin/modprobe"  # a link to kmod's one binary: the bind covers rmmod too
 PRIVATE_DKMS = (
     'set -e; mount --bind "$1" /usr/src; mount --bind "$2" /var/lib/dkms; '
-    'mount --bind "$3" ' + DKMS + '; shift 3; exec "$@"'
+    'mount --bind "$3" ' + DKMS + '; mount --bind "$4" ' + MODPROBE + "; "
+    'mount --bind "$5" /sys/module; shift 5; exec "$@"'
 )
 ANYCAST, GAME_PORT = "198.51.100.10", 27015
 A2S_INFO = b"\xff\xff\xff\xffTSource Engine Query\x00"
@@ -142,6 +146,46 @@ class LabHost:
             flag.touch()
         else:
             flag.unlink(missing_ok=True)
+
+    @property
+    def sys_module(self) -> Path:
+        """The host's /sys/module (the modprobe stub's)."""
+        return self.dir / "sys-module"
+
+    def loaded(self, module: str) -> str | None:
+        """The version of module the host has loaded, None if it is not loaded."""
+        ver = self.sys_module / module / "version"
+        return ver.read_text().strip() if ver.exists() else None
+
+    def set_loaded(self, module: str, version: str | None) -> None:
+        shutil.rmtree(self.sys_module / module, ignore_errors=True)
+        if version is not None:
+            (self.sys_module / module).mkdir()
+            (self.sys_module / module / "version").write_text(version + "\n")
+
+    def shadow_module(self, module: str, version: str | None) -> None:
+        """modprobe loads this version of module whatever DKMS installed (None: stop)."""
+        flag = self.dkms_dir / f"shadow-{module}"
+        if version is None:
+            flag.unlink(missing_ok=True)
+        else:
+            flag.write_text(version)
+
+    @contextmanager
+    def without_dkms(self) -> Iterator[None]:
+        """The agent's PATH lacks dkms (every other /usr/sbin command is there)."""
+        bin_dir = self.dir / "no-dkms-bin"
+        bin_dir.mkdir(exist_ok=True)
+        for tool in Path("/usr/sbin").iterdir():
+            if tool.name != "dkms" and not (bin_dir / tool.name).is_symlink():
+                (bin_dir / tool.name).symlink_to(tool)
+        keys = self.dir / "authorized_keys"
+        line = keys.read_text()
+        keys.write_text(line.replace('command="', f'command="env PATH={bin_dir}:/usr/bin:/bin ', 1))
+        try:
+            yield
+        finally:
+            keys.write_text(line)
 
     def agent_command(self) -> str:
         bifrost = [sys.executable, "-m", "bifrost.cli.main", "-c", str(self.config)]
@@ -350,7 +394,13 @@ def fleet_lab(tmp: Path, pops: int = 2, gameservers: int = 1) -> Iterator[FleetL
             stub = h.dir / "dkms-stub"
             stub.write_text(f'#!/bin/sh\nexec {sys.executable} {dkms_stub.__file__} "$@"\n')
             stub.chmod(0o755)
-            mounts = [str(h.usr_src), str(h.dkms_dir), str(stub)]
+            modprobe = h.dir / "modprobe-stub"
+            modprobe.write_text(
+                f'#!/bin/sh\nexec {sys.executable} {modprobe_stub.__file__} "$0" "$@"\n'
+            )
+            modprobe.chmod(0o755)
+            h.sys_module.mkdir()
+            mounts = [str(h.usr_src), str(h.dkms_dir), str(stub), str(modprobe), str(h.sys_module)]
             sshd = [SSHD, "-D", "-e", "-f", str(h.dir / "sshd_config")]
             h.sshd = h.ns.popen(
                 ["sh", "-c", PRIVATE_DKMS, "sh", *mounts, *sshd],

@@ -39,7 +39,7 @@
 #define BFX_MAX_PREFIXES 16384	/* per block/allow list */
 #define BFX_MAX_RATE_SOURCES 131072	/* LRU: (source, rule) buckets */
 #define BFX_MAX_NEXTHOPS 65536	/* LRU: destination -> MACs cache */
-#define BFX_MAX_SRCDS_CLIENTS 131072	/* LRU: validated SRCDS clients */
+#define BFX_MAX_SRCDS_CLIENTS 131072	/* srcds_clients of older objects (upgrade migrates) */
 #define BFX_GAME_CLIENT_WAYS 4	/* validated clients per game_client_set */
 #define BFX_GAME_CLIENT_SETS 32768	/* game_clients sets (power of two) */
 #define BFX_MAX_GAME_CLIENTS_OVERFLOW 16384	/* LRU: a full set's clients */
@@ -170,7 +170,7 @@ struct bfx_nexthop {
 	__u64 expires_ns;	/* bfx_now() after which to look up again */
 };
 
-/* srcds_clients key: a client of one service */
+/* a client of one service: game_clients_overflow key (srcds_clients' before) */
 struct bfx_srcds_key {
 	__be32 client;
 	__be32 service;
@@ -178,7 +178,7 @@ struct bfx_srcds_key {
 	__u16 service_port;
 };
 
-/* srcds_clients value: a validated client, with its own rate bucket, out of the reach of unknown sources (only an authenticated server accept inserts) */
+/* a validated client, with its own rate bucket, out of the reach of unknown sources (only authenticated return traffic inserts): game_clients' ways, game_clients_overflow value */
 struct bfx_srcds_state {
 	__u64 expires_ns;
 	__u64 last_ns;	/* token bucket (as rate_state); 0: full */

@@ -6,8 +6,7 @@
  * whose route moved here (issue 13 deliver 2). An aggregate per rule and
  * CPU, not a bucket per source: a spoofed flood of such packets reaches the
  * game server at no more than BFX_GAME_HANDSHAKE_PPS per CPU and inserts no
- * per-source state. Its own header so that srcds.h takes the budget without
- * game_clients.h's tables (srcds has its own).
+ * per-source state. game_clients.h includes it for every module.
  */
 #ifndef BIFROST_XDP_MODULE_BUDGET_H
 #define BIFROST_XDP_MODULE_BUDGET_H

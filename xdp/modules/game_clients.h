@@ -1,13 +1,13 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * What the Rust, Steam-networking and Unreal modules share: the validated
- * clients, and the budget of packets from clients not validated yet (budget.h,
- * which srcds.h takes too).
+ * What every game module shares (SRCDS, Rust, Steam networking, Unreal): the
+ * validated clients, and the budget of packets from clients not validated
+ * yet (budget.h).
  *
  * A client (address and port, of one service) is validated only by the
  * return path, when the game server's reply that proves the client's
- * address (RakNet open connection reply 2, Steam networking ConnectOK,
- * Unreal's challenge ack) passes through this POP, or its session data,
+ * address (SRCDS's accept `B`, RakNet open connection reply 2, Steam
+ * networking ConnectOK, Unreal's challenge ack) passes through this POP, or its session data,
  * which a server sends only on a connection it made after such a proof:
  * bfx_modules_return() runs only after the return packet passed the
  * game-server and relay checks and the FOU authentication, so an off-path
@@ -32,7 +32,7 @@
 #include "budget.h"
 
 /*
- * Validated clients of every rule that enables rust, steam or ue3 (the key
+ * Validated clients of every rule that enables a game module (the key
  * names the service, so a validation holds for that service only), with
  * their expiry (xdp.srcds_ttl_s, sliding with traffic, like SRCDS's).
  *

@@ -13,15 +13,19 @@
  * move, and the server's netchannel replies, which it sends only on a
  * connection it accepted, validate the client here. A spoofed netchannel
  * flood gets no more than the budget through. Only authenticated FOU
- * validates (the return path checks the token first), and srcds_clients
- * holds nothing else, so a spoofed flood evicts no client.
+ * validates (the return path checks the token first), and the validated
+ * clients live in game_clients (game_clients.h), which the other modules
+ * share: an array of sets the verifier inlines, where the LRU hash SRCDS
+ * had (srcds_clients, which an upgrade migrates: loader.py) cost a helper
+ * call per forward packet. Nothing unauthenticated inserts there, so a
+ * spoofed flood evicts no client.
  */
 #ifndef BIFROST_XDP_MODULE_SRCDS_H
 #define BIFROST_XDP_MODULE_SRCDS_H
 
 #include "../maps.h"
 #include "../parsing.h"
-#include "budget.h"
+#include "game_clients.h"
 
 /* S2C_CONNECTION: the server accepted the client. */
 #define BFX_SRCDS_ACCEPT 'B'
@@ -35,81 +39,42 @@
 #define BFX_SRCDS_NETCHAN_MIN 12
 #define BFX_SRCDS_NETCHAN_MAX (1500 - 28 - 28)
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, BFX_MAX_SRCDS_CLIENTS);
-	__type(key, struct bfx_srcds_key);
-	__type(value, struct bfx_srcds_state);
-} srcds_clients SEC(".maps");
-
 /*
- * Forward path: 1 = let it through. A validated client's entry is returned in
+ * Forward path: 1 = let it through. A validated client's state is returned in
  * *own: its rate bucket lives there, where unknown sources cannot evict it.
  */
 static __always_inline int bfx_srcds_forward(const struct iphdr *ip, const struct bfx_l4 *l4,
 					     void *data_end, const struct bfx_settings *s,
 					     __u32 rule_id, struct bfx_srcds_state **own)
 {
-	struct bfx_srcds_key key = {};
-	struct bfx_srcds_state *st;
-	__u64 now;
-
-	if (bfx_is_connectionless(l4->payload, l4->payload_len, data_end))
+	if (bfx_is_connectionless(l4->payload, l4->payload_len, data_end) ||
+	    bfx_game_validated(ip, l4, s, own))
 		return 1;
-	key.client = ip->saddr;
-	key.service = ip->daddr;
-	key.client_port = bpf_ntohs(l4->sport);
-	key.service_port = bpf_ntohs(l4->dport);
-	st = bpf_map_lookup_elem(&srcds_clients, &key);
-	now = bfx_now(s);
-	if (!st || now >= st->expires_ns) {
-		/* Not validated here: a client whose route moved, within the budget. */
-		if (l4->payload_len < BFX_SRCDS_NETCHAN_MIN ||
-		    l4->payload_len > BFX_SRCDS_NETCHAN_MAX)
-			return 0;
-		return bfx_game_budget_ok(rule_id, s);
-	}
-	/* Slide the expiry with traffic, but write only once per half TTL. */
-	if (st->expires_ns - now < s->srcds_ttl_ns / 2)
-		st->expires_ns = now + s->srcds_ttl_ns;
-	*own = st;
-	return 1;
+	/* Not validated here: a client whose route moved, within the budget. */
+	if (l4->payload_len < BFX_SRCDS_NETCHAN_MIN || l4->payload_len > BFX_SRCDS_NETCHAN_MAX)
+		return 0;
+	return bfx_game_budget_ok(rule_id, s);
 }
 
 /*
  * Return path (inner packet service -> client): validate on the server's
  * accept, or on its netchannel data, which it sends only on a connection it
- * accepted (a client whose route moved here). Most replies find the client
- * live already: a lookup first, the update only when not.
+ * accepted (a client whose route moved here; bfx_game_session() looks
+ * before it locks, as most replies find the client live already).
  */
 static __always_inline void bfx_srcds_return(const struct bfx_inner *in, const struct bfx_l4 *l4,
 					     void *data_end, const struct bfx_settings *s)
 {
-	struct bfx_srcds_key key = {};
-	struct bfx_srcds_state st = {};	/* last_ns 0: the bucket starts full */
-	struct bfx_srcds_state *live;
 	void *p = l4->payload;
-	__u64 now;
 
 	if (in->proto != IPPROTO_UDP || l4->payload_len < 5 || p + 5 > data_end)
 		return;
-	key.client = in->daddr;
-	key.service = in->saddr;
-	key.client_port = bpf_ntohs(l4->dport);
-	key.service_port = bpf_ntohs(l4->sport);
-	now = bfx_now(s);
 	if (*(__u32 *)p == BFX_CONNECTIONLESS) {
-		if (*(__u8 *)(p + 4) != BFX_SRCDS_ACCEPT)
-			return;
-	} else {
-		if (l4->payload_len < BFX_SRCDS_NETCHAN_MIN)
-			return;
-		live = bpf_map_lookup_elem(&srcds_clients, &key);
-		if (live && now < live->expires_ns)
-			return;
+		if (*(__u8 *)(p + 4) == BFX_SRCDS_ACCEPT)
+			bfx_game_validate(in, l4, s);
+	} else if (l4->payload_len >= BFX_SRCDS_NETCHAN_MIN) {
+		bfx_game_session(in, l4, s);
 	}
-	st.expires_ns = now + s->srcds_ttl_ns;
-	bpf_map_update_elem(&srcds_clients, &key, &st, BPF_ANY);
 }
 
 #endif /* BIFROST_XDP_MODULE_SRCDS_H */

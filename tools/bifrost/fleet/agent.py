@@ -47,7 +47,7 @@ def status(hs: HostState, kernel_module: bool = True) -> dict[str, object]:
         "daemons": hs.units(want.role),
     }
     if kernel_module:  # `dkms status` takes seconds: the table shows it, health needs it not
-        km = hs.kernel_module(want.role)
+        km = hs.kernel_module(want.role, want.cfg)
         out["kernel_module"] = km.summary()
         out["kmod"] = km.as_json()
     if want.role == "pop":

@@ -12,7 +12,8 @@ State directory (one per host)::
 The config itself lives where the host's daemons read it (``-c``, default
 /etc/bifrost/bifrost.toml). An apply rebuilds the XDP object when the header or
 the release changed, and the role's kernel module through DKMS when DKMS has not
-installed this release's build for the running kernel (bifrost.fleet.kmod).
+installed this release's build for the running kernel, then reloads it
+(bifrost.fleet.kmod; the daemons around the reload: bifrost.fleet.holders).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from bifrost import __version__, codegen
 from bifrost import config as hostconfig
-from bifrost.fleet import kmod
+from bifrost.fleet import holders, kmod
 from bifrost.xdp import build
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,15 @@ UNITS = {
     "pop": ("bifrost-xdp.service", "bifrost-cached.service"),
     "gameserver": ("bifrost-foumapd.service",),
 }
+
+
+def uses_kmod(cfg: hostconfig.Config) -> bool:
+    """Whether the config runs its role's kernel module: a POP's bifrost_nf answers the
+    A2S queries its cached rules pass up ([cache] fills it); a game server's fou_map is
+    its [fou_map]."""
+    if cfg.xdp is not None:
+        return cfg.cache is not None or any(r.cache for r in cfg.xdp.rules)
+    return cfg.fou_map is not None
 
 
 class AgentError(RuntimeError):
@@ -132,7 +142,7 @@ class HostState:
 
     def plan(self, want: Desired) -> dict[str, object]:
         return {
-            "kmod": kmod.state(KMODS[want.role]).as_json(),
+            "kmod": self.kernel_module(want.role, want.cfg).as_json(),
             "config_diff": _diff(self.running_text(), want.text, "running", "pushed"),
             "module_config_diff": _diff(
                 self.running_header(), want.header or "", f"running/{HEADER_NAME}", HEADER_NAME
@@ -207,10 +217,11 @@ class HostState:
             if rebuild:
                 self._build(want, nxt)
                 done.append(f"built {OBJECT_NAME} with modules {want.modules or 'none'}")
-            module = kmod.state(KMODS[want.role])
+            module = self.kernel_module(want.role, want.cfg)
             if module.rebuild:
                 try:
                     done += kmod.rebuild(module)
+                    done += self._activate(module)
                 except kmod.KmodError as e:
                     shutil.rmtree(nxt, ignore_errors=True)
                     raise AgentError(
@@ -271,18 +282,48 @@ class HostState:
         return dict(json.loads(f.read_text())) if f.exists() else {}
 
     def _kmod_back(self, replaced: dict[str, object]) -> list[str]:
-        """After a rollback: DKMS's install of the version the apply replaced, if any
-        (the loaded module was never changed: the rebuild only installs)."""
+        """After a rollback: DKMS's install of the version the apply replaced, if any,
+        loaded again in place of the apply's."""
         if not replaced:
             return []
         module, kernel, old = replaced["module"], replaced["kernel"], replaced["installed"]
         if old is None or old == replaced["version"]:
             why = "none was installed" if old is None else "its source was replaced"
-            return [f"dkms: {module} {replaced['version']} stays installed ({why} before)"]
+            lines = [f"dkms: {module} {replaced['version']} stays installed ({why} before)"]
+            if replaced["loaded"] is None and kmod.loaded_version(str(module)) is not None:
+                try:  # it was not loaded before the apply
+                    lines += self.reload_module(str(module), None)
+                except kmod.KmodError as e:
+                    raise AgentError(str(e)) from None
+            return lines
         try:
-            return [kmod.reinstall(str(module), str(old), str(kernel))]
+            lines = [kmod.reinstall(str(module), str(old), str(kernel))]
+            want = str(old) if replaced["loaded"] is not None else None
+            return lines + self.reload_module(str(module), want)
         except kmod.KmodError as e:
             raise AgentError(str(e)) from None
+
+    def _activate(self, st: kmod.KmodState) -> list[str]:
+        """Load the build the rebuild installed in place of the running module, and check
+        the kernel runs the release's version; if not, DKMS's previous install is put
+        back and loaded again, and KmodError says what runs now."""
+        try:
+            return self.reload_module(st.module, st.version)
+        except kmod.KmodError as e:
+            try:
+                back = self._kmod_back(st.as_json())
+            except AgentError as e2:
+                raise kmod.KmodError(
+                    f"{e}; putting the previous module back failed: {e2}"
+                ) from None
+            raise kmod.KmodError(f"{e}; {'; '.join(back) or 'nothing to put back'}") from None
+
+    def reload_module(self, module: str, want: str | None) -> list[str]:
+        """The agent's reload step: module unloaded and loaded again (version want; None:
+        left unloaded) with the running config's daemons sequenced around it."""
+        text = self.running_text()
+        cfg = self.desired(text, str(self.config)).cfg if text else None
+        return kmod.reload(module, want, holders.for_module(module, cfg))
 
     def _restore(self) -> None:
         prev_cfg = self.previous / "bifrost.toml"
@@ -354,9 +395,11 @@ class HostState:
                 served += int(parts[-2])
         return {"served": served, "dropped": dropped}
 
-    def kernel_module(self, role: str) -> kmod.KmodState:
-        """The role's kernel module: DKMS's build for the running kernel, the loaded one."""
-        return kmod.state(KMODS[role])
+    def kernel_module(self, role: str, cfg: hostconfig.Config | None = None) -> kmod.KmodState:
+        """The role's kernel module: DKMS's build for the running kernel, the loaded one,
+        and whether the config (when given) uses it."""
+        needed = cfg is None or uses_kmod(cfg)
+        return kmod.state(KMODS[role], needed=needed)
 
     def units(self, role: str) -> dict[str, str]:
         if not Path("/run/systemd/system").is_dir():

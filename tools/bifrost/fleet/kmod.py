@@ -9,21 +9,25 @@ for the running kernel, or when the source it staged under that version
 (/usr/src/MODULE-VERSION) is not the release's. Everything goes through the `dkms`
 command and bifrost.dkms's staging, never around them.
 
-The rebuild installs the new build; the module that is loaded keeps running until it
-is reloaded (status shows both versions): unloading it under traffic is the
-operator's step, not the agent's. A host without dkms has no DKMS module to
-rebuild: status and plan say so, and the health check finds a missing module
-through its daemon.
+After the rebuild the agent reloads the module (reload(): rmmod, modprobe, with the
+host's daemons sequenced around it by bifrost.fleet.holders so that nothing they keep
+is lost) and checks that the kernel then runs the release's version
+(/sys/module/M/version); if not, DKMS's previous install is put back and loaded.
+
+A module the host's config does not use (a POP without cached rules) is not rebuilt.
+A host without dkms cannot rebuild: fine while the release's version is what is
+loaded, otherwise plan shows why and apply stops on that host before changing any.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shlex
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,8 +35,9 @@ from bifrost import __version__, dkms
 
 log = logging.getLogger(__name__)
 
-# "fou_map/0.1.0, 6.1.0-56-amd64, x86_64: installed" (dkms 3); "fou_map/0.1.0: added".
-_LINE = re.compile(r"(?P<m>[^/,\s]+)/(?P<v>[^,:\s]+)(?:, (?P<k>[^,]+), [^:]+)?: (?P<s>\w+)")
+
+SYS_MODULE = Path("/sys/module")
+UNLOAD_TIMEOUT_S = 10.0  # a daemon that opens the device per cycle lets go within one
 
 
 class KmodError(RuntimeError):
@@ -51,6 +56,7 @@ class KmodState:
     loaded: str | None  # the loaded module's version (/sys/module/M/version)
     why: str  # why a rebuild is needed; "" when none is
     dkms: bool = True  # False: no dkms on the host, nothing the agent can rebuild
+    needed: bool = True  # False: the host's config runs nothing that uses the module
 
     @property
     def rebuild(self) -> bool:
@@ -62,9 +68,11 @@ class KmodState:
     def summary(self) -> str:
         """One line for the status table."""
         what = f"{self.module} {self.installed} installed" if self.installed else self.module
+        if not self.needed:
+            what += " (not used by this config)"
         if not self.dkms:
             what += ": no dkms on this host"
-        elif not self.installed:
+        elif not self.installed and self.needed:
             what += f" {self.version} not installed"
         if self.loaded is None:
             what += ", not loaded"
@@ -73,16 +81,6 @@ class KmodState:
         else:
             what += ", loaded"
         return what + (f"; REBUILD: {self.why}" if self.why else "")
-
-
-def parse_status(text: str, module: str) -> dict[tuple[str, str | None], str]:
-    """(version, kernel or None for `added`) -> state, from `dkms status` output."""
-    out: dict[tuple[str, str | None], str] = {}
-    for line in text.splitlines():
-        m = _LINE.match(line.strip())
-        if m and m["m"] == module:
-            out[(m["v"], m["k"])] = m["s"]
-    return out
 
 
 def _dkms(*args: str) -> subprocess.CompletedProcess[str]:
@@ -97,7 +95,7 @@ def _dkms(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _status(module: str) -> dict[tuple[str, str | None], str]:
-    return parse_status(_dkms("status", module).stdout, module)
+    return dkms.parse_status(_dkms("status", module).stdout, module)
 
 
 def source_current(module: str) -> bool:
@@ -109,30 +107,42 @@ def source_current(module: str) -> bool:
 
 
 def loaded_version(module: str) -> str | None:
-    path = Path("/sys/module") / module
+    path = SYS_MODULE / module
     if not path.is_dir():
         return None
     ver = path / "version"
     return ver.read_text().strip() if ver.exists() else "unknown"
 
 
-def state(module: str) -> KmodState:
-    """The module's state for the running kernel; why == "" when it is this release's."""
+def state(module: str, needed: bool = True) -> KmodState:
+    """The module's state for the running kernel; why == "" when it is this release's or
+    the host's config does not use it (needed False)."""
     kernel = os.uname().release
     loaded = loaded_version(module)
     if shutil.which("dkms") is None:
-        return KmodState(module, kernel, __version__, None, False, loaded, "", dkms=False)
+        # Nothing can build the module here: fine while the release's own module runs
+        # (installed by other means) or the config uses none; else the host cannot take
+        # this release, and apply stops on it as on a failing build.
+        why = ""
+        if needed and loaded != __version__:
+            have = f"{loaded} is loaded" if loaded else "it is not loaded"
+            why = f"no dkms on this host to build {module} {__version__} ({have})"
+        return KmodState(
+            module, kernel, __version__, None, False, loaded, why, dkms=False, needed=needed
+        )
     states = _status(module)
     installed = next((v for (v, k), s in states.items() if k == kernel and s == "installed"), None)
     current = source_current(module)
-    if installed != __version__:
+    if not needed:
+        why = ""
+    elif installed != __version__:
         have = f"{installed} is installed" if installed else "none is installed"
         why = f"this host's bifrost is {__version__}, {have} for {kernel}"
     elif not current:
         why = f"the {__version__} source DKMS has is not this host's (changed under the version)"
     else:
         why = ""
-    return KmodState(module, kernel, __version__, installed, current, loaded, why)
+    return KmodState(module, kernel, __version__, installed, current, loaded, why, needed=needed)
 
 
 def rebuild(st: KmodState) -> list[str]:
@@ -141,6 +151,8 @@ def rebuild(st: KmodState) -> list[str]:
     added is removed again and KmodError says what is installed now (the previous
     build, unless the source changed under the same version: DKMS keeps one build
     per version)."""
+    if not st.dkms:
+        raise KmodError(f"{st.why}: apt-get install dkms")
     module, ver, kernel = st.module, st.version, st.kernel
     name = f"{module}/{ver}"
     known = any(v == ver for v, _ in _status(module))
@@ -155,10 +167,7 @@ def rebuild(st: KmodState) -> list[str]:
     steps.append(("install", name, "-k", kernel, "--force"))
     for args in steps:
         _step(st, known and not restaged, *args)
-    done = f"dkms: {module} {ver} built and installed for {kernel} (was {st.installed or 'none'})"
-    if st.loaded is not None and st.loaded != ver:
-        done += f"; the loaded {module} {st.loaded} runs until the module is reloaded"
-    return [done]
+    return [f"dkms: {module} {ver} built and installed for {kernel} (was {st.installed or 'none'})"]
 
 
 def _step(st: KmodState, keep: bool, *args: str) -> None:
@@ -193,3 +202,64 @@ def reinstall(module: str, version: str, kernel: str) -> str:
 
 def _tail(text: str, lines: int = 6) -> str:
     return " | ".join(text.strip().splitlines()[-lines:]) or "no output"
+
+
+@dataclass
+class Holders:
+    """What the host's daemons do around a reload (bifrost.fleet.hoststate knows which):
+    before_unload lets go of the device and saves what the module holds, after_load
+    waits until they have put it back; each returns lines for the apply's output."""
+
+    before_unload: Callable[[], list[str]] = lambda: []
+    after_load: Callable[[], list[str]] = lambda: []
+
+
+def reload(module: str, want: str | None, holders: Holders) -> list[str]:
+    """Make DKMS's installed build the running module: unload the loaded one (if any),
+    load it with modprobe, and check /sys/module/M/version is want (the release's);
+    want None: unload and leave it so (it was not loaded before a rollback)."""
+    was = loaded_version(module)
+    lines = holders.before_unload() if was is not None else []
+    try:
+        if was is not None:
+            _unload(module)
+        if want is not None:
+            _tool("modprobe", module)
+    finally:
+        if was is not None:
+            lines += holders.after_load()
+    now = loaded_version(module)
+    if now != want:
+        got = f"version {now}" if now else "not loaded"
+        raise KmodError(f"after the reload {module} is {got}, not {want or 'unloaded'}")
+    return [*lines, f"{module}: {was or 'not loaded'} -> {now or 'not loaded'}"]
+
+
+def _unload(module: str) -> None:
+    """rmmod, retried while something holds the module (a daemon's cycle has the device
+    open for a moment); KmodError with rmmod's reason when it stays busy."""
+    deadline = time.monotonic() + UNLOAD_TIMEOUT_S
+    while True:
+        done = _tool("rmmod", module, check=False)
+        if done.returncode == 0 or loaded_version(module) is None:
+            return
+        if time.monotonic() > deadline:
+            raise KmodError(
+                f"rmmod {module} kept failing for {UNLOAD_TIMEOUT_S:g} s (a process holds its "
+                f"device?): {_tail(done.stdout + done.stderr)}"
+            )
+        time.sleep(0.02)
+
+
+def _tool(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    log.info("$ %s", shlex.join(argv))
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    except FileNotFoundError:
+        raise KmodError(f"{argv[0]} is not installed: apt-get install kmod") from None
+    except subprocess.TimeoutExpired:
+        raise KmodError(f"{shlex.join(argv)}: no answer in 120 s") from None
+    if check and done.returncode != 0:
+        why = _tail(done.stdout + done.stderr)
+        raise KmodError(f"{shlex.join(argv)} failed (exit {done.returncode}): {why}")
+    return done

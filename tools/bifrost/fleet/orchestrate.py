@@ -2,7 +2,8 @@
 
 apply is all-or-nothing per host and stops at the first failure:
   1. every selected host is reached (host key, key, agent) and every change staged
-     before any host changes: an unreachable host or a wrong key changes nothing;
+     before any host changes: an unreachable host, a wrong key, or a host that needs
+     a kernel module rebuild and has no dkms changes nothing;
   2. the canary goes first: apply (the agent puts the previous config back itself
      when the build or the swap fails), then the health check; a failed check rolls
      the canary back and stops;
@@ -66,13 +67,17 @@ class Fleet:
             return
         self.out(f"== {host.name} ({where}): {'rebuild' if p['rebuild'] else 'no rebuild'}")
         km = _kmod(p)
-        if km["rebuild"]:
+        if _blocked(p):
+            self.out(f"-- kernel module: CANNOT REBUILD {km['module']}: {km['why']}")
+        elif km["rebuild"]:
             self.out(
                 f"-- kernel module: DKMS rebuild of {km['module']} {km['version']} for "
                 f"{km['kernel']}: {km['why']}"
             )
+        elif km.get("needed") is False:
+            self.out(f"-- kernel module: {km['module']}: not used by this config")
         elif km.get("dkms") is False:
-            self.out(f"-- kernel module: {km['module']}: no dkms on the host, not rebuilt")
+            self.out(f"-- kernel module: {km['module']} {km['loaded']} loaded (no dkms)")
         else:
             self.out(f"-- kernel module: {km.get('module', '')} {km.get('version', '')} unchanged")
         for title, key in (("config", "config_diff"), ("module_config.h", "module_config_diff")):
@@ -101,6 +106,12 @@ class Fleet:
                 plans[host.name] = self.plan_one(host)
             except HostError as e:
                 errors.append(str(e))
+                continue
+            if _blocked(plans[host.name]):  # as a failing build would, before any change
+                km = _kmod(plans[host.name])
+                errors.append(
+                    f"{host.name}: cannot rebuild {km['module']}: {km['why']}: apt-get install dkms"
+                )
         if errors:
             for e in errors:
                 self.out(f"error: {e}")
@@ -184,6 +195,12 @@ class Fleet:
 
 def _changes(p: dict[str, object]) -> bool:
     return bool(p["config_diff"] or p["module_config_diff"] or p["rebuild"] or _kmod(p)["rebuild"])
+
+
+def _blocked(p: dict[str, object]) -> bool:
+    """The host needs a module rebuild and has no dkms to do it."""
+    km = _kmod(p)
+    return bool(km["rebuild"]) and km.get("dkms") is False
 
 
 def _kmod(p: dict[str, object]) -> dict[str, object]:

@@ -263,7 +263,9 @@ def attach(
         with loaded.obj as bo:
             check_modules(cfg, compiled_modules(bo.prog_fd("bifrost_modules")), str(obj))
             ms = maps.MapSet.from_fds(bo.map_fds())
-            report = maps.apply(ms, cfg, maps.calibrate_clock(bo.prog_fd("bifrost_clock")))
+            npj = maps.calibrate_clock(bo.prog_fd("bifrost_clock"))
+            report = maps.apply(ms, cfg, npj)
+            carried = carry_srcds_clients(pdir, ms, npj, bo.prog_fd("bifrost_clock"))
             link_fd, used = _link(idx, bo.prog_fd("bifrost_xdp"), mode, iface)
             try:
                 pdir.mkdir(parents=True, exist_ok=True)
@@ -272,6 +274,8 @@ def attach(
             finally:
                 # Pinned, the link outlives this fd; not pinned, closing it detaches.
                 os.close(link_fd)
+            if carried is not None:
+                (pdir / maps.LEGACY_SRCDS_CLIENTS).unlink()
     log.info("attached bifrost_xdp on %s (%s, bpf_link), pinned in %s", iface, used, pdir)
     if loaded.reused:
         log.info("kept the pinned maps %s", ", ".join(loaded.reused))
@@ -299,10 +303,11 @@ class Upgraded:
         new = ", ".join(
             f"{n} (copied {self.copied[n]})" if n in self.copied else n for n in self.fresh
         )
+        carried = self.copied.get(maps.LEGACY_SRCDS_CLIENTS)
         return (
             f"{self.iface}: swapped prog id {self.old_prog_id} -> {self.new_prog_id} "
             f"atomically; maps kept: {kept}; new maps: {new or 'none'}"
-        )
+        ) + ("" if carried is None else f"; {carried} SRCDS client(s) carried into game_clients")
 
 
 def upgrade(
@@ -360,7 +365,9 @@ def _swap(
         if new_info.tag == libbpf.prog_info(old_fd).tag and not loaded.fresh:
             return Upgraded(iface, False, old_id, old_id, tuple(loaded.reused), (), {}, None)
         ms = maps.MapSet.from_fds(bo.map_fds())
-        report = maps.apply(ms, cfg, maps.calibrate_clock(bo.prog_fd("bifrost_clock")))
+        npj = maps.calibrate_clock(bo.prog_fd("bifrost_clock"))
+        report = maps.apply(ms, cfg, npj)
+        carried = carry_srcds_clients(pdir, ms, npj, bo.prog_fd("bifrost_clock"))
         # Every interface attached to the old program (attach_also) follows it.
         for other in _links_to(base, old_id):
             try:
@@ -369,6 +376,11 @@ def _swap(
                 os.close(other)
         libbpf.link_update(link, new_fd, old_fd)
         _pin_object(pdir, loaded)
+        if carried is not None:
+            # Again: the old program validated clients until the swap. Then the pin goes.
+            carried = carry_srcds_clients(pdir, ms, npj, bo.prog_fd("bifrost_clock"))
+            (pdir / maps.LEGACY_SRCDS_CLIENTS).unlink()
+            loaded.copied[maps.LEGACY_SRCDS_CLIENTS] = carried or 0
     log.info("%s: swapped prog id %d -> %d (bpf_link_update)", iface, old_id, new_info.id)
     return Upgraded(
         iface,
@@ -380,6 +392,38 @@ def _swap(
         loaded.copied,
         report,
     )
+
+
+def carry_srcds_clients(
+    pdir: Path, ms: maps.MapSet, ns_per_jiffy: int, clock_fd: int
+) -> int | None:
+    """A pinned srcds_clients (an object from before SRCDS kept its clients in
+    game_clients): copy its live clients into the new object's game_clients, so
+    validated players keep playing across the upgrade; how many, or None when there is
+    nothing to carry (no such pin, or the new object has no game module to take them:
+    the pin then waits, untouched, for one that has)."""
+    path = pdir / maps.LEGACY_SRCDS_CLIENTS
+    if "game_clients" not in ms or not path.exists():
+        return None
+    spec = maps.LEGACY_SRCDS_SPEC
+    fd = libbpf.get_pinned(str(path))
+    old = libbpf.Map(fd, spec.key_size, spec.value_size, False, owned=True)
+    try:
+        info = libbpf.map_info(fd)
+        if (info.type, info.key_size, info.value_size) != (
+            spec.type,
+            spec.key_size,
+            spec.value_size,
+        ):
+            raise pins.LayoutChanged(
+                f"{path}: not the srcds_clients this bifrost can carry over "
+                f"(type {info.type}, key {info.key_size}, value {info.value_size} bytes)"
+            )
+        n = maps.carry_srcds_clients(old, ms, maps.program_now(ns_per_jiffy, clock_fd))
+    finally:
+        old.close()
+    log.info("carried %d validated SRCDS client(s) from %s into game_clients", n, path)
+    return n
 
 
 def _links_to(base: Path, prog_id: int) -> Iterator[int]:

@@ -54,7 +54,6 @@ MAP_SPECS: dict[str, MapSpec] = {
     "rate_limit": MapSpec(LRU, S["rate_key"].size, S["rate_state"].size, D.MAX_RATE_SOURCES),
     "nexthops": MapSpec(LRU, 4, S["nexthop"].size, D.MAX_NEXTHOPS),
     "gs_nexthops": MapSpec(A, 4, S["nexthop"].size, D.MAX_GAMESERVERS),
-    "srcds_clients": MapSpec(LRU, S["srcds_key"].size, S["srcds_state"].size, D.MAX_SRCDS_CLIENTS),
     "game_clients": MapSpec(A, 4, S["game_client_set"].size, D.GAME_CLIENT_SETS),
     "game_clients_overflow": MapSpec(
         LRU, S["srcds_key"].size, S["srcds_state"].size, D.MAX_GAME_CLIENTS_OVERFLOW
@@ -72,6 +71,14 @@ MAP_SPECS: dict[str, MapSpec] = {
     ),
     "icmp_budget": MapSpec(libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["rate_state"].size, 2),
 }
+
+
+# Where SRCDS kept its validated clients before they moved into game_clients (an
+# LRU hash: a helper call on every forward packet). No object has it now; an
+# upgrade carries a pinned one over (carry_srcds_clients), and `xdp detach` removes
+# it with the rest of the pin dir.
+LEGACY_SRCDS_CLIENTS = "srcds_clients"
+LEGACY_SRCDS_SPEC = MapSpec(LRU, S["srcds_key"].size, S["srcds_state"].size, D.MAX_SRCDS_CLIENTS)
 
 
 class MapMismatch(ValueError):
@@ -675,3 +682,71 @@ def reset_counters(ms: MapSet) -> None:
     zero = bytes(m.value_size)
     for idx in range((maps_def.MAX_RULES + 1) * len(maps_def.REASONS)):
         m.update(_u32(idx), zero)
+
+
+def program_now(ns_per_jiffy: int, clock_prog_fd: int) -> int:
+    """bfx_now() as the program computes it (xdp/maps.h): jiffies times ns_per_jiffy
+    (bifrost_clock reads bpf_jiffies64()), else bpf_ktime_get_coarse_ns()."""
+    if ns_per_jiffy:
+        out = libbpf.test_run(clock_prog_fd, bytes(64)).data
+        return struct.unpack("=Q", out[:8])[0] * ns_per_jiffy
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC_COARSE)
+
+
+def game_client_put(game_clients: Map, key: bytes, state: bytes, now: int) -> bool:
+    """Insert a validated client (srcds_key, srcds_state) into game_clients as
+    bfx_game_validate() does: its own way, else the first free or expired one (a live
+    client is never replaced). False when its set is full of live clients: the
+    caller puts it in game_clients_overflow and marks the set.
+
+    A read-modify-write from here, not under the set's spin lock: an insert by the
+    program into the same set (of 32768) between the two calls is lost; that client's
+    next session reply validates it again, and its packets meanwhile pass on the
+    rule's budget (modules/budget.h)."""
+    client, service, cport, sport = struct.unpack("=4s4sHH", key)
+    idx = _u32(D.game_set_index(client, cport, service, sport))
+    codec = S["game_client_set"]
+    raw = game_clients.lookup(idx)
+    if raw is None:
+        raise ValueError(f"game_clients: no set at index {int.from_bytes(idx, 'little')}")
+    v = codec.unpack(raw)
+    want = (int.from_bytes(client, "little"), int.from_bytes(service, "little"))
+    ports = D.game_ports(cport, sport)
+    ways = range(D.GAME_CLIENT_WAYS)
+    mine = [w for w in ways if (v["client"][w], v["service"][w], v["ports"][w]) == (*want, ports)]
+    free = [w for w in ways if v["state"][3 * w] <= now]
+    if not mine and not free:
+        return False
+    way = (mine or free)[0]
+    exp, last, credit = struct.unpack("=QQQ", state)
+    if mine:  # keep the later expiry and the bucket the program holds
+        exp = max(exp, v["state"][3 * way])
+        last, credit = v["state"][3 * way + 1], v["state"][3 * way + 2]
+    fields = {k: list(v[k]) for k in ("client", "service", "ports", "state")}
+    fields["client"][way], fields["service"][way], fields["ports"][way] = (*want, ports)
+    fields["state"][3 * way : 3 * way + 3] = [exp, last, credit]
+    game_clients.update(idx, codec.pack(lock=0, flags=v["flags"], **fields))
+    return True
+
+
+def carry_srcds_clients(old: Map, ms: MapSet, now: int) -> int:
+    """Copy SRCDS's validated clients from a pinned srcds_clients (an object before
+    SRCDS moved into game_clients) into ms's game_clients (overflow: the LRU, the set
+    marked), live ones only; returns how many. Idempotent: a client copied before
+    keeps its way and its bucket."""
+    n = 0
+    over = ms["game_clients_overflow"]
+    for key, state in old.dump().items():
+        if struct.unpack_from("=Q", state)[0] <= now:
+            continue
+        if not game_client_put(ms["game_clients"], key, state, now):
+            client, service, cport, sport = struct.unpack("=4s4sHH", key)
+            idx = _u32(D.game_set_index(client, cport, service, sport))
+            codec = S["game_client_set"]
+            v = codec.unpack(ms["game_clients"].lookup(idx) or bytes(codec.size))
+            over.update(key, state)
+            ms["game_clients"].update(
+                idx, codec.pack(**{**v, "lock": 0, "flags": v["flags"] | D.GAME_SET_OVERFLOW})
+            )
+        n += 1
+    return n

@@ -188,7 +188,7 @@ MAX_PREFIXES = 16384  # per list; the firewall trie holds both
 MAX_RATE_SOURCES = 131072
 MAX_NEXTHOPS = 65536
 MAX_SRCDS_CLIENTS = 131072
-# Validated clients of the rust, steam and ue3 modules: GAME_CLIENT_SETS sets of
+# Validated clients of every game module: GAME_CLIENT_SETS sets of
 # GAME_CLIENT_WAYS (game_client_set), and an LRU for a set's overflow.
 GAME_CLIENT_WAYS = 4
 GAME_CLIENT_SETS = 32768
@@ -235,7 +235,7 @@ CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("MAX_PREFIXES", MAX_PREFIXES, "per block/allow list"),
     ("MAX_RATE_SOURCES", MAX_RATE_SOURCES, "LRU: (source, rule) buckets"),
     ("MAX_NEXTHOPS", MAX_NEXTHOPS, "LRU: destination -> MACs cache"),
-    ("MAX_SRCDS_CLIENTS", MAX_SRCDS_CLIENTS, "LRU: validated SRCDS clients"),
+    ("MAX_SRCDS_CLIENTS", MAX_SRCDS_CLIENTS, "srcds_clients of older objects (upgrade migrates)"),
     ("GAME_CLIENT_WAYS", GAME_CLIENT_WAYS, "validated clients per game_client_set"),
     ("GAME_CLIENT_SETS", GAME_CLIENT_SETS, "game_clients sets (power of two)"),
     ("MAX_GAME_CLIENTS_OVERFLOW", MAX_GAME_CLIENTS_OVERFLOW, "LRU: a full set's clients"),
@@ -333,7 +333,7 @@ STRUCTS: tuple[Struct, ...] = (
     ),
     Struct(
         "srcds_key",
-        "srcds_clients key: a client of one service",
+        "a client of one service: game_clients_overflow key (srcds_clients' before)",
         (
             F("client", "ipv4"),
             F("service", "ipv4"),
@@ -343,8 +343,9 @@ STRUCTS: tuple[Struct, ...] = (
     ),
     Struct(
         "srcds_state",
-        "srcds_clients value: a validated client, with its own rate bucket, out of the "
-        "reach of unknown sources (only an authenticated server accept inserts)",
+        "a validated client, with its own rate bucket, out of the reach of unknown "
+        "sources (only authenticated return traffic inserts): game_clients' ways, "
+        "game_clients_overflow value",
         (
             F("expires_ns", "u64"),
             F("last_ns", "u64", doc="token bucket (as rate_state); 0: full"),

@@ -81,7 +81,7 @@ class Loaded:
 
 
 def parse_migrations(items: list[str] | None) -> dict[str, str]:
-    """["srcds_clients=reset", ...] -> {name: how}; a clear error for anything else."""
+    """["game_clients=reset", ...] -> {name: how}; a clear error for anything else."""
     out = {}
     for item in items or []:
         name, _, how = item.partition("=")
