@@ -55,8 +55,17 @@
 enum bfx_nh_result {
 	BFX_NH_OK,
 	BFX_NH_NEIGH,		/* route known, neighbour not: let the stack resolve it */
-	BFX_NH_NO_ROUTE,
+	BFX_NH_NO_ROUTE,	/* no route, or forwarding off on the ingress device */
+	BFX_NH_UNREACHABLE,	/* a blackhole, unreachable or prohibit route */
 };
+
+/* The counter of a next hop that could not be resolved (anything but BFX_NH_OK/NEIGH). */
+static __always_inline __u32 bfx_nh_drop_reason(enum bfx_nh_result res)
+{
+	if (res == BFX_NH_UNREACHABLE)
+		return BFX_DROP_UNREACHABLE;
+	return BFX_DROP_NO_ROUTE;
+}
 
 static __always_inline void bfx_fib_init(struct bpf_fib_lookup *fib, struct xdp_md *ctx,
 					 __be32 src, __be32 dst)
@@ -84,6 +93,9 @@ bfx_fib_resolve(struct xdp_md *ctx, __be32 src, __be32 dst, __u64 expires,
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return BFX_NH_NEIGH;
+	if (rc == BPF_FIB_LKUP_RET_BLACKHOLE || rc == BPF_FIB_LKUP_RET_UNREACHABLE ||
+	    rc == BPF_FIB_LKUP_RET_PROHIBIT)
+		return BFX_NH_UNREACHABLE;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return BFX_NH_NO_ROUTE;
 	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
@@ -215,6 +227,7 @@ struct bfx_inner {
 	__be16 frag_off;
 	__u8 tos;
 	__u8 proto;
+	__be16 id;
 };
 
 /*
@@ -416,7 +429,7 @@ static __always_inline int bfx_fou_encap(struct xdp_md *ctx, const struct bfx_in
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 trailer = auth ? BFX_AUTH_KEY_BYTES : 0, len = in->tot_len;
-	__u16 ver_tos, tot_len, frag, ttl_proto;
+	__u16 ver_tos, tot_len, frag, ttl_proto, id, sport;
 	/* Token by moving the packet: the frame ends with it, and it is short. */
 	int move = auth && data_end - data == sizeof(*eth) + len && len <= BFX_MOVE_MAX;
 	int push = BFX_FOU_OVERHEAD + (move ? BFX_AUTH_KEY_BYTES : 0);
@@ -448,19 +461,32 @@ static __always_inline int bfx_fou_encap(struct xdp_md *ctx, const struct bfx_in
 	/* Whole 16-bit words: version/ihl and tos, ttl and protocol. */
 	ver_tos = bpf_htons(0x4500 | in->tos);
 	tot_len = bpf_htons(len + BFX_FOU_OVERHEAD + trailer);
-	/* Keep the client's DF choice so path MTU discovery still works end to end. */
+	/*
+	 * Keep the client's DF choice (RFC 2003 section 3.1, as the kernel's
+	 * ipip): with DF, path MTU discovery works end to end (a router's
+	 * frag-needed reaches the POP's kernel, whose route MTU the FIB lookup
+	 * then reports, and bfx_too_big() tells the client); without DF the
+	 * sender allowed fragmentation, so the outer may be fragmented too.
+	 * ID (RFC 6864): an atomic datagram's (DF) means nothing, so 0; a
+	 * fragmentable one needs an ID unique per (POP, game server, UDP) for
+	 * the reassembly time: the inner ID, which its sender keeps unique for
+	 * its own datagrams, xor the flow's source port, so clients whose IDs
+	 * run in step do not collide. Free: no counter shared between CPUs.
+	 */
 	frag = in->frag_off & bpf_htons(BFX_IP_DF);
+	sport = bpf_htons(bfx_flow_port(in->saddr, in->daddr, in->ports, in->proto));
+	id = frag ? 0 : in->id ^ sport;
 	ttl_proto = bpf_htons(BFX_OUTER_TTL << 8 | IPPROTO_UDP);
 	*(__u16 *)ip = ver_tos;
 	ip->tot_len = tot_len;
-	ip->id = 0;
+	ip->id = id;
 	ip->frag_off = frag;
 	*(__u16 *)&ip->ttl = ttl_proto;
-	ip->check = bfx_ipv4_csum(ver_tos, tot_len, 0, frag, ttl_proto, pop_addr, gs_addr);
+	ip->check = bfx_ipv4_csum(ver_tos, tot_len, id, frag, ttl_proto, pop_addr, gs_addr);
 	ip->saddr = pop_addr;
 	ip->daddr = gs_addr;
 
-	udp->source = bpf_htons(bfx_flow_port(in->saddr, in->daddr, in->ports, in->proto));
+	udp->source = sport;
 	udp->dest = bpf_htons(fou_port);
 	udp->len = bpf_htons(len + sizeof(*udp) + trailer);
 	udp->check = 0;

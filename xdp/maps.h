@@ -228,6 +228,14 @@ struct {
 	__type(value, struct bfx_nexthop);
 } gs_nexthops SEC(".maps");
 
+/* Per CPU, the budgets of ICMP replies sent and errors forwarded (xdp/icmp.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct bfx_rate_state);
+} icmp_budget SEC(".maps");
+
 /* Per-CPU packets/bytes, index rule_id * BFX_NR_REASONS + reason (rule 0: none). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

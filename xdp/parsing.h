@@ -6,7 +6,9 @@
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
+#include <linux/in6.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
@@ -97,6 +99,27 @@ static __always_inline int bfx_l4_parse(struct iphdr *ip, __u32 ihl, void *data_
 		return 1;
 	}
 	return 0;
+}
+
+/* Router solicitation .. redirect (RFC 4861 section 4). */
+#define BFX_ND_FIRST 133
+#define BFX_ND_LAST 137
+
+/*
+ * Neighbour discovery: ICMPv6 right after the fixed header (RFC 4861 sends
+ * these without extension headers), hop limit 255 (a receiver must drop any
+ * other: proof the sender is on the link, section 7.1.1), type 133..137.
+ * ipv6 = "drop" passes these so the host keeps its neighbours and routers.
+ */
+static __always_inline int bfx_is_ipv6_nd(void *l3, void *data_end)
+{
+	struct ipv6hdr *ip6 = l3;
+	__u8 *type = (void *)(ip6 + 1);
+
+	if ((void *)(type + 4) > data_end)
+		return 0;
+	return ip6->version == 6 && ip6->nexthdr == IPPROTO_ICMPV6 && ip6->hop_limit == 255 &&
+	       *type >= BFX_ND_FIRST && *type <= BFX_ND_LAST;
 }
 
 /* Every connectionless Source engine packet starts with FF FF FF FF. */

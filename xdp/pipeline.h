@@ -30,10 +30,13 @@
 
 #include "encap.h"
 #include "hash.h"
+#include "icmp.h"
 #include "maps.h"
 #include "modules/modules.h"
+#include "mss.h"
 #include "parsing.h"
 #include "rules.h"
+#include "vlan.h"
 
 /* The firewall's verdict for a source in generation gen: BFX_FW_ALLOW, BFX_FW_BLOCK or 0. */
 static __always_inline __u32 bfx_firewall(__u32 gen, __be32 addr)
@@ -157,6 +160,23 @@ static __always_inline enum bfx_rate bfx_rate_check(__be32 src, const struct bfx
 	return BFX_RATE_OK;
 }
 
+/*
+ * Transmit and count. What the program can observe of a failure is only
+ * bpf_redirect's return value, which is XDP_ABORTED for bad flags alone; a
+ * full TX ring, a down device or one without ndo_xdp_xmit fail after the
+ * program returned (tracepoints xdp:xdp_exception, xdp:xdp_redirect_err,
+ * and the driver's own counters), so those stay counted as transmitted.
+ */
+static __always_inline int bfx_send(struct xdp_md *ctx, const struct bfx_nexthop *nh, __u32 id,
+				    __u32 reason, __u32 bytes)
+{
+	int act = bfx_transmit(ctx, nh);
+
+	if (act != XDP_TX && act != XDP_REDIRECT)
+		return bfx_count(id, BFX_DROP_REDIRECT, bytes, XDP_DROP);
+	return bfx_count(id, reason, bytes, act);
+}
+
 static __always_inline void bfx_inner_from(struct bfx_inner *in, const struct iphdr *ip,
 					   const struct bfx_l4 *l4)
 {
@@ -167,6 +187,28 @@ static __always_inline void bfx_inner_from(struct bfx_inner *in, const struct ip
 	in->frag_off = ip->frag_off;
 	in->tos = ip->tos;
 	in->proto = ip->protocol;
+	in->id = ip->id;
+}
+
+/*
+ * The MSS that fits the tunnel to a rule's game server, for the return
+ * path's SYN-ACK: the path MTU the forward path last learned for it (its
+ * gs_nexthops slot) or tunnel_mtu, less FOU, the token and 40 (RFC 6691).
+ */
+static __always_inline __u16 bfx_tunnel_mss(const struct bfx_rule *rule,
+					    const struct bfx_settings *s)
+{
+	__u32 slot = rule->gs_slot, mtu = 0xffff;
+	struct bfx_nexthop *nh = bpf_map_lookup_elem(&gs_nexthops, &slot);
+
+	if (nh && nh->mtu)
+		mtu = nh->mtu;
+	if (s->tunnel_mtu < mtu)
+		mtu = s->tunnel_mtu;
+	mtu -= BFX_FOU_OVERHEAD + BFX_MSS_OVERHEAD;
+	if (s->flags & BFX_SET_AUTH)
+		mtu -= BFX_AUTH_KEY_BYTES;
+	return mtu;
 }
 
 /* FOU from a game-server machine to the POP's FOU port: decapsulate to the client. */
@@ -222,6 +264,8 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 	    bfx_addr_is(gen, inner->daddr, BFX_ADDR_GAMESERVER))
 		return bfx_count(rule->id, BFX_DROP_MARTIAN, bytes, XDP_DROP);
 
+	if (inner->protocol == IPPROTO_TCP && bfx_is_syn(l4.hdr, data_end))
+		bfx_clamp_mss(ctx, sizeof(*eth) + BFX_FOU_OVERHEAD + ihl, bfx_tunnel_mss(rule, s));
 	bfx_inner_from(&in, inner, &l4);
 	/* Modules validate clients only from authenticated traffic (issue 10). */
 	if (auth)
@@ -239,10 +283,28 @@ static __always_inline int bfx_return_path(struct xdp_md *ctx, struct ethhdr *et
 		return bfx_count(rule->id, BFX_PASS_RETURN_NEIGH, bytes, XDP_PASS);
 	}
 	if (!nh)
-		return bfx_count(rule->id, BFX_DROP_NO_ROUTE, bytes, XDP_DROP);
+		return bfx_count(rule->id, bfx_nh_drop_reason(res), bytes, XDP_DROP);
 	if (bfx_fou_decap(ctx, nh, inner_len))
 		return bfx_count(rule->id, BFX_DROP_ENCAP, bytes, XDP_DROP);
-	return bfx_count(rule->id, BFX_TX_RETURN, bytes, bfx_transmit(ctx, nh));
+	return bfx_send(ctx, nh, rule->id, BFX_TX_RETURN, bytes);
+}
+
+/*
+ * A forwarded packet that would exceed the path MTU once encapsulated. With
+ * DF set (the sender does path MTU discovery) and within the reply budget:
+ * ICMP fragmentation needed announcing inner_mtu, the largest inner packet
+ * that fits (xdp/icmp.h). Otherwise dropped: XDP cannot fragment.
+ */
+static __always_inline int bfx_too_big(struct xdp_md *ctx, const struct bfx_inner *in, __u32 ihl,
+				       __u32 inner_mtu, const struct bfx_settings *s, __u32 id,
+				       __u32 bytes)
+{
+	if (!(in->frag_off & bpf_htons(BFX_IP_DF)) || ihl != 5 || inner_mtu < 68 ||
+	    !bfx_icmp_budget(bfx_now(s), BFX_ICMP_BUDGET_REPLY))
+		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
+	if (bfx_icmp_too_big(ctx, inner_mtu))
+		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
+	return bfx_count(id, BFX_TX_ICMP_TOO_BIG, bytes, XDP_TX);
 }
 
 /* Traffic to an anycast service covered by a rule. */
@@ -256,7 +318,7 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 	struct bfx_nexthop *nh;
 	struct bfx_inner in;
 	__u32 id = rule->id;
-	__u32 bits, fw = 0, trailer = 0;
+	__u32 bits, fw = 0, trailer = 0, mtu, len;
 	enum bfx_rate rate;
 
 	/* A client is never martian, the POP itself or an anycast service. */
@@ -300,16 +362,88 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 	if (res == BFX_NH_NEIGH)
 		return bfx_count(id, BFX_DROP_NO_NEIGH, bytes, XDP_DROP);
 	if (!nh)
-		return bfx_count(id, BFX_DROP_NO_ROUTE, bytes, XDP_DROP);
-	if (in.tot_len + BFX_FOU_OVERHEAD + trailer > nh->mtu)
-		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
+		return bfx_count(id, bfx_nh_drop_reason(res), bytes, XDP_DROP);
+	/* Two compares, not a min(): the common packet is far below both. */
+	len = in.tot_len + BFX_FOU_OVERHEAD + trailer;
+	if (len > nh->mtu || len > s->tunnel_mtu) {
+		mtu = nh->mtu < s->tunnel_mtu ? nh->mtu : s->tunnel_mtu;
+		return bfx_too_big(ctx, &in, ip->ihl, mtu - BFX_FOU_OVERHEAD - trailer, s, id, bytes);
+	}
+	if (ip->protocol == IPPROTO_TCP && bfx_is_syn(l4->hdr, data_end)) {
+		mtu = nh->mtu < s->tunnel_mtu ? nh->mtu : s->tunnel_mtu;
+		bfx_clamp_mss(ctx, sizeof(*eth) + ip->ihl * 4,
+			      mtu - BFX_FOU_OVERHEAD - trailer - BFX_MSS_OVERHEAD);
+	}
 	if (bfx_fou_encap(ctx, &in, nh, s->pop_addr, rule->gs_addr, rule->fou_port,
 			  trailer, *(const __u64 *)s->auth_keys))
 		return bfx_count(id, BFX_DROP_ENCAP, bytes, XDP_DROP);
-	return bfx_count(id, BFX_TX_FORWARD, bytes, bfx_transmit(ctx, nh));
+	return bfx_send(ctx, nh, id, BFX_TX_FORWARD, bytes);
 }
 
-static __always_inline int bfx_process(struct xdp_md *ctx)
+/*
+ * An ICMP message to an anycast address (no rule covers ICMP). An error
+ * quoting a datagram a rule's service sent goes to that rule's game server,
+ * encapsulated like forwarded traffic, within a per-CPU budget (a spoofer
+ * can make these up: the budget bounds what reaches the game servers, and
+ * a blocked or martian source is refused as on the forward path). Other
+ * errors: drop_icmp_error; anything else ICMP: drop_no_rule, as before.
+ */
+static __always_inline int bfx_icmp_to_anycast(struct xdp_md *ctx, struct iphdr *ip, __u32 ihl,
+					       void *data_end, const struct bfx_settings *s,
+					       __u32 gen, __u32 bytes)
+{
+	__u8 *icmp = (void *)ip + (ihl & 0x3c), proto = 0;
+	struct bfx_nexthop *nh;
+	struct bfx_rule *rule;
+	enum bfx_nh_result res;
+	struct bfx_inner in = {};
+	__u32 trailer = 0, id;
+	__u16 port = 0;
+
+	if ((void *)(icmp + BFX_ICMP_HDR) > data_end)
+		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
+	if (icmp[0] != BFX_ICMP_DEST_UNREACH && icmp[0] != BFX_ICMP_TIME_EXCEEDED &&
+	    icmp[0] != BFX_ICMP_PARAMETERPROB)
+		return bfx_count(0, BFX_DROP_NO_RULE, bytes, XDP_DROP);
+	if (!bfx_icmp_error_flow(icmp, data_end, ip->daddr, &port, &proto))
+		return bfx_count(0, BFX_DROP_ICMP_ERROR, bytes, XDP_DROP);
+	rule = bfx_rule_lookup(gen, ip->daddr, port, proto);
+	if (!rule)
+		return bfx_count(0, BFX_DROP_ICMP_ERROR, bytes, XDP_DROP);
+	id = rule->id;
+	if (bfx_martian(ip->saddr) || ip->saddr == s->pop_addr ||
+	    bfx_addr_is(gen, ip->saddr, BFX_ADDR_ANYCAST))
+		return bfx_count(id, BFX_DROP_MARTIAN, bytes, XDP_DROP);
+	if ((s->flags & BFX_SET_HAVE_FIREWALL) && bfx_firewall(gen, ip->saddr) == BFX_FW_BLOCK)
+		return bfx_count(id, BFX_DROP_BLOCKED, bytes, XDP_DROP);
+	if (!bfx_icmp_budget(bfx_now(s), BFX_ICMP_BUDGET_FORWARD))
+		return bfx_count(id, BFX_DROP_ICMP_ERROR, bytes, XDP_DROP);
+
+	in.saddr = ip->saddr;
+	in.daddr = ip->daddr;
+	in.tot_len = bpf_ntohs(ip->tot_len);
+	in.frag_off = ip->frag_off;
+	in.tos = ip->tos;
+	in.proto = IPPROTO_ICMP;
+	in.id = ip->id;
+	if (s->flags & BFX_SET_AUTH)
+		trailer = BFX_AUTH_KEY_BYTES;
+	nh = bfx_gs_nexthop(ctx, rule->gs_slot, s->pop_addr, rule->gs_addr, s, &res);
+	if (res == BFX_NH_NEIGH)
+		return bfx_count(id, BFX_DROP_NO_NEIGH, bytes, XDP_DROP);
+	if (!nh)
+		return bfx_count(id, bfx_nh_drop_reason(res), bytes, XDP_DROP);
+	/* Never an ICMP error about an ICMP error (RFC 1122 3.2.2): just dropped. */
+	if (in.tot_len + BFX_FOU_OVERHEAD + trailer > nh->mtu ||
+	    in.tot_len + BFX_FOU_OVERHEAD + trailer > s->tunnel_mtu)
+		return bfx_count(id, BFX_DROP_TOO_BIG, bytes, XDP_DROP);
+	if (bfx_fou_encap(ctx, &in, nh, s->pop_addr, rule->gs_addr, rule->fou_port, trailer,
+			  *(const __u64 *)s->auth_keys))
+		return bfx_count(id, BFX_DROP_ENCAP, bytes, XDP_DROP);
+	return bfx_send(ctx, nh, id, BFX_TX_ICMP_FORWARD, bytes);
+}
+
+static __always_inline int bfx_process_untagged(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -330,8 +464,11 @@ static __always_inline int bfx_process(struct xdp_md *ctx)
 	if (!s)
 		return bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		if (s->ipv6_policy == BFX_IPV6_DROP)
+		if (s->ipv6_policy == BFX_IPV6_DROP) {
+			if (bfx_is_ipv6_nd(eth + 1, data_end))
+				return bfx_count(0, BFX_PASS_IPV6_ND, bytes, XDP_PASS);
 			return bfx_count(0, BFX_DROP_IPV6, bytes, XDP_DROP);
+		}
 		return bfx_count(0, BFX_PASS_IPV6, bytes, XDP_PASS);
 	}
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
@@ -369,7 +506,27 @@ static __always_inline int bfx_process(struct xdp_md *ctx)
 		return bfx_count(0, BFX_DROP_FRAGMENT, bytes, XDP_DROP);
 	if (ip->protocol == IPPROTO_UDP || ip->protocol == IPPROTO_TCP)
 		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
+	if (ip->protocol == IPPROTO_ICMP)
+		return bfx_icmp_to_anycast(ctx, ip, ihl, data_end, s, gen, bytes);
 	return bfx_count(0, BFX_DROP_NO_RULE, bytes, XDP_DROP);
+}
+
+/*
+ * The pipeline, for untagged and 802.1Q/QinQ-tagged frames alike: tags are
+ * taken out before and put back after (vlan.h), so a tagged frame is parsed
+ * and filtered as an untagged one and leaves (PASS, TX) on its VLAN.
+ */
+static __always_inline int bfx_process(struct xdp_md *ctx)
+{
+	__u32 bytes;
+	enum bfx_vlan_result vlan = bfx_vlan_strip(ctx, &bytes);
+
+	if (vlan == BFX_VLAN_MALFORMED)
+		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
+	if (vlan == BFX_VLAN_NO_META)
+		return bfx_count(0, BFX_PASS_VLAN_NO_META, bytes, XDP_PASS);
+	/* Not a branch on vlan: the metadata says whether there are tags to put back. */
+	return bfx_vlan_restore(ctx, bfx_process_untagged(ctx));
 }
 
 #endif /* BIFROST_XDP_PIPELINE_H */

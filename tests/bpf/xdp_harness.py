@@ -162,7 +162,8 @@ def need_root() -> str | None:
 def flow_port(inner: bytes) -> int:
     ihl = (inner[0] & 0xF) * 4
     saddr, daddr = (struct.unpack("<I", inner[o : o + 4])[0] for o in (12, 16))
-    ports = struct.unpack("<I", inner[ihl : ihl + 4])[0]
+    # Ports of UDP and TCP; an ICMP error forwarded to a game server hashes none.
+    ports = struct.unpack("<I", inner[ihl : ihl + 4])[0] if inner[9] in (6, 17) else 0
     h = saddr ^ ((daddr * 0x9E3779B1) & 0xFFFFFFFF) ^ ports ^ inner[9]
     h ^= h >> 16
     h = (h * 0x85EBCA6B) & 0xFFFFFFFF
@@ -170,6 +171,14 @@ def flow_port(inner: bytes) -> int:
     h = (h * 0xC2B2AE35) & 0xFFFFFFFF
     h ^= h >> 16
     return 0xC000 | (h & 0x3FFF)
+
+
+def outer_id(inner: bytes) -> int:
+    """The outer IPv4 ID (RFC 6864): 0 for an atomic (DF) datagram, else the inner
+    ID xor the flow's source port, unique per (POP, game server) as the inner's is."""
+    if inner[6] & 0x40:
+        return 0
+    return int.from_bytes(inner[4:6], "big") ^ flow_port(inner)
 
 
 def topology_frame(dport: int = 27015) -> bytes:
@@ -203,10 +212,11 @@ def expected_encap(
     token: the auth token after the inner packet, counted in the outer lengths."""
     inner = IP(inner_bytes)
     df = inner.flags & 0x2
+    sport = flow_port(inner_bytes)
     outer = (
         Ether(src=smac, dst=dmac)
-        / IP(src=POP, dst=gs, id=0, flags=df, ttl=64, tos=inner.tos, proto=17)
-        / UDP(sport=flow_port(inner_bytes), dport=FOU, chksum=0)
+        / IP(src=POP, dst=gs, id=outer_id(inner_bytes), flags=df, ttl=64, tos=inner.tos, proto=17)
+        / UDP(sport=sport, dport=FOU, chksum=0)
         / (inner_bytes + token)
     )
     return bytes(outer)

@@ -33,13 +33,14 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field, replace
 
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
-from xdp_harness import flow_port
+from xdp_harness import flow_port, outer_id
 
 from bifrost.xdp.config import Rule, XdpConfig
 
 ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
+VLAN_TPIDS = (0x8100, 0x88A8)  # 802.1Q, 802.1ad (QinQ's outer tag)
 PROTOS = {"udp": 17, "tcp": 6}
 FOU_OVERHEAD = 28
 AUTH_LEN = 8
@@ -88,6 +89,86 @@ class L4:
 def ethertype_of(frame: bytes) -> int:
     """Read directly: scapy's Ether turns a type below 0x600 into an 802.3 length."""
     return int.from_bytes(frame[12:14], "big")
+
+
+def is_ipv6_nd(frame: bytes) -> bool:
+    """Neighbour discovery as RFC 4861 sends it: ICMPv6 (58) right after the fixed
+    header, hop limit 255, type 133 (router solicitation) .. 137 (redirect); the
+    ICMPv6 header's 4 bytes present."""
+    ip6 = frame[14:]
+    return (
+        len(ip6) >= 44
+        and ip6[0] >> 4 == 6
+        and ip6[6] == 58
+        and ip6[7] == 255
+        and 133 <= ip6[40] <= 137
+    )
+
+
+NH_MTU = 1500  # the harness's next hops
+
+
+def too_big_reply(frame: bytes, inner_mtu: int) -> bytes:
+    """ICMP fragmentation needed (RFC 1191) for the IPv4 packet at frame[14:]: from
+    the address it was sent to, back to its sender's MAC, quoting its header and 8
+    bytes; tos 0xc0, DF and ID 0, TTL 64 (xdp/icmp.h)."""
+    eth, ip = Ether(frame[:14]), IP(frame[14:34])
+    return bytes(
+        Ether(src=eth.dst, dst=eth.src, type=ETH_IPV4)
+        / IP(src=ip.dst, dst=ip.src, tos=0xC0, id=0, flags="DF", ttl=64, proto=1)
+        / ICMP(type=3, code=4, nexthopmtu=inner_mtu)
+        / frame[14:42]
+    )
+
+
+def _swap16(v: int) -> int:
+    return ((v << 8) | (v >> 8)) & 0xFFFF
+
+
+def clamp_mss(frame: bytes, ip: Ipv4, mss: int) -> bytes:
+    """frame with the MSS option of the TCP SYN (not RST) at ip lowered to mss and its
+    checksum recomputed; unchanged if not such a segment, or its options are malformed
+    before the MSS (TCPMSS's contract, xdp/mss.h)."""
+    tcp_at = ip.start + ip.ihl
+    flags = frame[tcp_at + 13]
+    if not flags & 0x02 or flags & 0x04:
+        return frame
+    doff = (frame[tcp_at + 12] >> 4) * 4
+    off = 20
+    while off < doff:
+        kind = frame[tcp_at + off]
+        if kind == 0:
+            return frame
+        if kind == 1:
+            off += 1
+            continue
+        if off + 2 > doff or frame[tcp_at + off + 1] < 2:
+            return frame
+        length = frame[tcp_at + off + 1]
+        if kind != 2:
+            off += length
+            continue
+        if length != 4 or off + 4 > doff:
+            return frame
+        at = tcp_at + off + 2
+        if int.from_bytes(frame[at : at + 2], "big") <= mss:
+            return frame
+        # The checksum as RFC 1624 updates it (a wrong one stays as wrong); the
+        # field at an odd offset counts byte-swapped in the 16-bit words.
+        old = int.from_bytes(frame[at : at + 2], "big")
+        if off & 1:
+            old, new = _swap16(old), _swap16(mss)
+        else:
+            new = mss
+        ck = int.from_bytes(frame[tcp_at + 16 : tcp_at + 18], "big")
+        total = (~ck & 0xFFFF) + (~old & 0xFFFF) + new
+        total = (total & 0xFFFF) + (total >> 16)
+        total = (total & 0xFFFF) + (total >> 16)
+        out = bytearray(frame)
+        out[at : at + 2] = mss.to_bytes(2, "big")
+        out[tcp_at + 16 : tcp_at + 18] = (~total & 0xFFFF).to_bytes(2, "big")
+        return bytes(out)
+    return frame
 
 
 def parse_ipv4(frame: bytes, start: int, end: int) -> Ipv4 | None:
@@ -192,11 +273,38 @@ class Reference:
         return list(out) if isinstance(out, tuple) else [out]
 
     def _expect(self, frame: bytes) -> Outcome | tuple[Outcome, ...]:
+        if len(frame) >= 14 and ethertype_of(frame) in VLAN_TPIDS:
+            return self._tagged(frame)
+        return self._untagged(frame)
+
+    def _tagged(self, frame: bytes) -> Outcome | tuple[Outcome, ...]:
+        """802.1Q / QinQ: up to two tags, taken out, the frame judged untagged, and put
+        back on what is passed (unchanged) or transmitted (after the MACs)."""
+        n = 1
+        if len(frame) < 18:
+            return Outcome("DROP", 0, "drop_malformed")
+        if int.from_bytes(frame[16:18], "big") in VLAN_TPIDS:
+            n = 2
+            if len(frame) < 22 or int.from_bytes(frame[20:22], "big") in VLAN_TPIDS:
+                return Outcome("DROP", 0, "drop_malformed")
+        tags = frame[12 : 12 + 4 * n]
+        out = self._untagged(frame[:12] + frame[12 + 4 * n :])
+
+        def retag(o: Outcome) -> Outcome:
+            if o.output is None:
+                return o
+            return replace(o, output=o.output[:12] + tags + o.output[12:])
+
+        return tuple(retag(o) for o in out) if isinstance(out, tuple) else retag(out)
+
+    def _untagged(self, frame: bytes) -> Outcome | tuple[Outcome, ...]:
         if len(frame) < 14:
             return Outcome("DROP", 0, "drop_malformed")
         ethertype = ethertype_of(frame)
         if ethertype == ETH_IPV6:
             if self.cfg.ipv6 == "drop":
+                if is_ipv6_nd(frame):
+                    return Outcome("PASS", 0, "pass_ipv6_nd")
                 return Outcome("DROP", 0, "drop_ipv6")
             return Outcome("PASS", 0, "pass_ipv6")
         if ethertype != ETH_IPV4:
@@ -226,7 +334,40 @@ class Reference:
             return Outcome("DROP", 0, "drop_fragment")
         if ip.proto in (6, 17) and l4 is None:
             return Outcome("DROP", 0, "drop_malformed")
+        if ip.proto == 1:
+            return self._icmp_to_anycast(frame, ip)
         return Outcome("DROP", 0, "drop_no_rule")
+
+    def _icmp_to_anycast(self, frame: bytes, ip: Ipv4) -> Outcome:
+        """An ICMP error (3, 11, 12) quoting a datagram a rule's service sent from
+        this address goes to the rule's game server (within a per-CPU budget these
+        frames never exhaust); other errors drop_icmp_error, other ICMP drop_no_rule."""
+        body = frame[ip.start + ip.ihl : ip.end]
+        if len(body) < 8:
+            return Outcome("DROP", 0, "drop_malformed")
+        if body[0] not in (3, 11, 12):
+            return Outcome("DROP", 0, "drop_no_rule")
+        q = body[8:]
+        rule = None
+        if len(q) >= 20 and q[0] >> 4 == 4 and q[0] & 0xF >= 5 and q[9] in (6, 17):
+            qihl = (q[0] & 0xF) * 4
+            if str(ipaddress.IPv4Address(q[12:16])) == ip.dst and len(q) >= qihl + 4:
+                rule = self.rule_for(ip.dst, int.from_bytes(q[qihl : qihl + 2], "big"), q[9])
+        if rule is None:
+            return Outcome("DROP", 0, "drop_icmp_error")
+        if is_martian(ip.src) or ip.src == self.pop or ip.src in self.anycast:
+            return Outcome("DROP", rule.id, "drop_martian")
+        if not _in(ip.src, self.cfg.allow) and _in(ip.src, self.cfg.block):
+            return Outcome("DROP", rule.id, "drop_blocked")
+        gs = str(rule.game_server)
+        if gs not in self.nexthops:
+            return Outcome("DROP", rule.id, "drop_no_route")
+        outer_len = ip.tot_len + FOU_OVERHEAD + self.trailer
+        if outer_len > min(NH_MTU, self.cfg.tunnel_mtu or NH_MTU):
+            return Outcome("DROP", rule.id, "drop_too_big")
+        return replace(
+            self._encapsulated(frame, ip, rule), reason="tx_icmp_forward", dst_kind="game server"
+        )
 
     def _forward_path(
         self, frame: bytes, ip: Ipv4, l4: L4, rule: Rule
@@ -257,8 +398,22 @@ class Reference:
             return Outcome("DROP", rule.id, "drop_too_big")
         if gs not in self.nexthops:
             return Outcome("DROP", rule.id, "drop_no_route")
-        if outer_len > 1500:  # the harness's next hops: MTU 1500
+        mtu = min(NH_MTU, self.cfg.tunnel_mtu or NH_MTU)
+        if outer_len > mtu:
+            inner_mtu = mtu - FOU_OVERHEAD - self.trailer
+            if ip.df and ip.ihl == 20 and inner_mtu >= 68:
+                # ICMP fragmentation needed, back where it came from (within the
+                # per-CPU reply budget, which these frames never exhaust).
+                return Outcome("TX", rule.id, "tx_icmp_too_big", too_big_reply(frame, inner_mtu))
             return Outcome("DROP", rule.id, "drop_too_big")
+        if ip.proto == 6:
+            frame = clamp_mss(frame, ip, mtu - FOU_OVERHEAD - self.trailer - 40)
+        return self._encapsulated(frame, ip, rule)
+
+    def _encapsulated(self, frame: bytes, ip: Ipv4, rule: Rule) -> Outcome:
+        """The IPv4 packet at ip FOU-encapsulated to the rule's game server."""
+        gs = str(rule.game_server)
+        outer_len = ip.tot_len + FOU_OVERHEAD + self.trailer
         smac, dmac = self.nexthops[gs]
         # Ethernet padding stays behind the packet; with auth the token replaces it.
         inner = frame[14 : ip.end] + self.cfg.auth_keys[0] if self.auth else frame[14:]
@@ -268,7 +423,7 @@ class Reference:
                 src=self.pop,
                 dst=gs,
                 tos=ip.tos,
-                id=0,
+                id=outer_id(frame[14 : ip.end]),
                 flags="DF" if ip.df else 0,
                 ttl=OUTER_TTL,
                 proto=17,
@@ -323,6 +478,9 @@ class Reference:
         if inner.dst not in self.nexthops:
             return Outcome("DROP", rule.id, "drop_no_route")
         smac, dmac = self.nexthops[inner.dst]
+        if inner.proto == 6:
+            mtu = min(NH_MTU, self.cfg.tunnel_mtu or NH_MTU)
+            frame = clamp_mss(frame, inner, mtu - FOU_OVERHEAD - self.trailer - 40)
         rest = frame[start : inner.end] if self.auth else frame[start:]  # auth: token cut
         out = bytes(Ether(src=smac, dst=dmac, type=ETH_IPV4)) + rest
         return Outcome("TX", rule.id, "tx_return", out, "client")

@@ -9,7 +9,7 @@
 
 #include <linux/types.h>
 
-#define BFX_NR_REASONS 23	/* counters per rule */
+#define BFX_NR_REASONS 30	/* counters per rule */
 #define BFX_RULE_CACHE 1	/* rule flag: pass well-formed A2S queries up */
 #define BFX_MOD_SRCDS 1	/* rule_modules bit: srcds */
 #define BFX_MOD_RUST 2	/* rule_modules bit: rust */
@@ -46,6 +46,7 @@
 #define BFX_GAME_SET_OVERFLOW 1	/* game_client_set flag: look in the overflow */
 #define BFX_GAME_HANDSHAKE_PPS 1024	/* unvalidated handshakes per rule and CPU */
 #define BFX_RATE_FILTER_BITS 1048576	/* rate_known bits (power of two) */
+#define BFX_ICMP_REPLY_PPS 1000	/* ICMP fragmentation-needed replies per CPU */
 
 /* Why a packet ended where it did: one counter per (rule, reason). */
 enum bfx_reason {
@@ -72,6 +73,13 @@ enum bfx_reason {
 	BFX_DROP_AUTH,	/* auth on: FOU without the exact length or an accepted key (AUTH.md) */
 	BFX_DROP_MARTIAN,	/* martian client source, or a return-path destination that is martian, the POP or a game server */
 	BFX_DROP_FLOOD,	/* flood mode: an unknown source over the rule's aggregate budget */
+	BFX_PASS_IPV6_ND,	/* IPv6 with ipv6 = drop, but neighbour discovery (ICMPv6 133-137, hop limit 255, RFC 4861): the host's own */
+	BFX_DROP_UNREACHABLE,	/* the FIB lookup found a blackhole, unreachable or prohibit route */
+	BFX_DROP_REDIRECT,	/* bpf_redirect refused the redirect (counted, not transmitted) */
+	BFX_TX_ICMP_TOO_BIG,	/* DF packet over the path MTU once encapsulated: ICMP fragmentation needed sent back */
+	BFX_TX_ICMP_FORWARD,	/* ICMP error to an anycast address quoting a rule's flow: to its game server */
+	BFX_DROP_ICMP_ERROR,	/* ICMP error to an anycast address quoting no forwarded flow, or over the budget */
+	BFX_PASS_VLAN_NO_META,	/* 802.1Q/QinQ frame on a driver without XDP metadata: passed unfiltered */
 };
 
 /* rule_overflow key: anycast address, destination port (0 = any), protocol */
@@ -206,6 +214,8 @@ struct bfx_settings {
 	__u8 auth_keys[32];	/* AUTH_KEYS keys in wire order; [0] is sent; unused slots repeat [0] */
 	__u64 flood_cost_ns;	/* aggregate bucket of unknown sources per rule/CPU */
 	__u64 flood_burst_ns;
+	__u32 tunnel_mtu;	/* outer packets to game servers at most this long (NO_TUNNEL_MTU: none) */
+	__u32 reserved;
 };
 
 /* counters value (per CPU) */

@@ -16,6 +16,7 @@ Example::
     rate_limit_burst = 0           # default: one second's worth
     flood_new_sources_pps = 1000   # per CPU: above, flood mode (no new per-source state)
     flood_budget_pps = 1000        # flood mode: what all unknown sources of a rule share, per CPU
+    tunnel_mtu = 0                 # outer packets to game servers at most this long; 0: route MTU
 
     [[xdp.rule]]
     name = "cs2"                   # required, unique: the rule's identity (see below)
@@ -144,6 +145,10 @@ class XdpConfig:
     # share per rule and CPU.
     flood_new_sources_pps: int = 1000
     flood_budget_pps: int = 1000
+    # Outer packets to game servers at most this long (below the route MTU when a
+    # link on the way is smaller); 0: the route MTU only. A DF packet over it gets
+    # ICMP fragmentation needed (xdp/icmp.h).
+    tunnel_mtu: int = 0
 
     def all_game_servers(self) -> list[ipaddress.IPv4Address]:
         return sorted({*self.game_servers, *(r.game_server for r in self.rules)})
@@ -240,7 +245,15 @@ def parse(sec: Reader, auth: AuthConfig | None = None) -> XdpConfig:
         auth_keys=auth.keys if auth else (),
         flood_new_sources_pps=sec.integer("flood_new_sources_pps", default=1000, lo=1, hi=10**9),
         flood_budget_pps=sec.integer("flood_budget_pps", default=1000, lo=1, hi=10**9),
+        tunnel_mtu=sec.integer("tunnel_mtu", default=0, lo=0, hi=65535),
     )
+    if 0 < cfg.tunnel_mtu < maps_def.MIN_TUNNEL_MTU:
+        raise sec.fail(
+            "tunnel_mtu",
+            cfg.tunnel_mtu,
+            f"expected 0 (the route MTU) or {maps_def.MIN_TUNNEL_MTU}..65535: the smallest "
+            "IPv4 datagram (68) plus FOU's 28 bytes",
+        )
     if auth is None:
         for r in rules:
             if r.modules:

@@ -69,6 +69,7 @@ MAP_SPECS: dict[str, MapSpec] = {
     "flood_budget": MapSpec(
         libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["rate_state"].size, D.MAX_RULES + 1
     ),
+    "icmp_budget": MapSpec(libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, S["rate_state"].size, 2),
 }
 
 
@@ -268,6 +269,7 @@ def desired(
         auth_keys=auth_keys_field(cfg.auth_keys),
         flood_cost_ns=flood_cost,
         flood_burst_ns=flood_burst,
+        tunnel_mtu=cfg.tunnel_mtu or maps_def.NO_TUNNEL_MTU,
     )
     return out
 

@@ -95,6 +95,29 @@ REASONS: tuple[tuple[str, str], ...] = (
         "the POP or a game server",
     ),
     ("drop_flood", "flood mode: an unknown source over the rule's aggregate budget"),
+    (
+        "pass_ipv6_nd",
+        "IPv6 with ipv6 = drop, but neighbour discovery (ICMPv6 133-137, hop "
+        "limit 255, RFC 4861): the host's own",
+    ),
+    ("drop_unreachable", "the FIB lookup found a blackhole, unreachable or prohibit route"),
+    ("drop_redirect", "bpf_redirect refused the redirect (counted, not transmitted)"),
+    (
+        "tx_icmp_too_big",
+        "DF packet over the path MTU once encapsulated: ICMP fragmentation needed sent back",
+    ),
+    (
+        "tx_icmp_forward",
+        "ICMP error to an anycast address quoting a rule's flow: to its game server",
+    ),
+    (
+        "drop_icmp_error",
+        "ICMP error to an anycast address quoting no forwarded flow, or over the budget",
+    ),
+    (
+        "pass_vlan_no_meta",
+        "802.1Q/QinQ frame on a driver without XDP metadata: passed unfiltered",
+    ),
 )
 REASON_INDEX = {name: i for i, (name, _) in enumerate(REASONS)}
 
@@ -174,6 +197,14 @@ GAME_SET_OVERFLOW = 1  # game_client_set.flags: a client of this set is in the o
 # Handshake packets from clients not yet validated, per rule and CPU, a second's worth
 # of burst (rust, steam, ue3): what a spoofed-handshake flood gets to the game server.
 GAME_HANDSHAKE_PPS = 1024
+# ICMP fragmentation-needed replies per CPU and second (xdp/icmp.h), as the kernel's
+# icmp_msgs_per_sec: over it, a too-big packet is only dropped (drop_too_big). The
+# same again for ICMP errors forwarded to game servers (drop_icmp_error over it).
+ICMP_REPLY_PPS = 1000
+# The smallest tunnel_mtu: the minimal IPv4 datagram (68, RFC 791) plus FOU's 28 bytes.
+# settings.tunnel_mtu without one (xdp.tunnel_mtu = 0): no packet is longer.
+NO_TUNNEL_MTU = 0xFFFF
+MIN_TUNNEL_MTU = 96
 RATE_FILTER_BITS = 1 << 20  # rate_known: a bit per (source, rule) hash given a bucket
 
 CONSTANTS: tuple[tuple[str, int, str], ...] = (
@@ -211,6 +242,7 @@ CONSTANTS: tuple[tuple[str, int, str], ...] = (
     ("GAME_SET_OVERFLOW", GAME_SET_OVERFLOW, "game_client_set flag: look in the overflow"),
     ("GAME_HANDSHAKE_PPS", GAME_HANDSHAKE_PPS, "unvalidated handshakes per rule and CPU"),
     ("RATE_FILTER_BITS", RATE_FILTER_BITS, "rate_known bits (power of two)"),
+    ("ICMP_REPLY_PPS", ICMP_REPLY_PPS, "ICMP fragmentation-needed replies per CPU"),
 )
 
 F = Field
@@ -361,6 +393,12 @@ STRUCTS: tuple[Struct, ...] = (
             ),
             F("flood_cost_ns", "u64", doc="aggregate bucket of unknown sources per rule/CPU"),
             F("flood_burst_ns", "u64"),
+            F(
+                "tunnel_mtu",
+                "u32",
+                doc="outer packets to game servers at most this long (NO_TUNNEL_MTU: none)",
+            ),
+            F("reserved", "u32"),
         ),
     ),
     Struct("counter", "counters value (per CPU)", (F("packets", "u64"), F("bytes", "u64"))),

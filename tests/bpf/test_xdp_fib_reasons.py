@@ -1,0 +1,105 @@
+"""A next hop the FIB refuses is counted under the reason the FIB gives, not as no route.
+
+What the program can observe of a failed transmit is what bpf_fib_lookup
+answers before it: a blackhole/unreachable/prohibit route (BLACKHOLE,
+UNREACHABLE, PROHIBIT: drop_unreachable), no route or forwarding off on the
+ingress device (NOT_FWDED, FWD_DISABLED: drop_no_route, as before). Each
+path (forward to a game server, return to a client) is driven through
+BPF_PROG_TEST_RUN inside a netns whose FIB says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from xdp_harness import (
+    CLIENT,
+    GS,
+    KEY,
+    VIP,
+    Xdp,
+    auth_config,
+    client_frame,
+    fou_frame,
+    make_config,
+)
+
+from bifrost.netns import Namespace
+from bifrost.xdp import maps_def
+
+pytestmark = pytest.mark.bpf
+
+
+@pytest.fixture
+def fib_ns() -> Iterator[tuple[Namespace, int]]:
+    """A netns with f0 10.0.0.1/24 (GS on it, neighbour known), forwarding on."""
+    with Namespace("bfx-fibr") as ns:
+        with ns.ipr() as ipr:
+            ipr.link("add", ifname="f0", kind="veth", peer="f1")
+            f1 = ipr.link_lookup(ifname="f1")[0]
+            ipr.link("set", index=f1, state="up")
+        ns.address("f0", "10.0.0.1/24")
+        ns.sysctl("net.ipv4.conf.all.forwarding", "1")
+        ns.sysctl("net.ipv4.conf.f0.forwarding", "1")
+        ns.run(["ip", "neigh", "replace", GS, "lladdr", "02:00:00:00:00:42", "dev", "f0"])
+        with ns.ipr() as ipr:
+            f0 = ipr.link_lookup(ifname="f0")[0]
+        yield ns, f0
+
+
+def _forget_nexthops(xdp: Xdp) -> None:
+    """Expire the fixture's next hops so the program asks the FIB."""
+    st = maps_def.BY_NAME["nexthop"]
+    xdp.ms["gs_nexthops"].update(bytes(4), st.pack(dst=GS, expires_ns=0))
+    xdp.ms["nexthops"].delete(bytes(map(int, CLIENT.split("."))))
+
+
+def _run(xdp: Xdp, ns: Namespace, f0: int, frame: bytes, rule: int, reason: str) -> None:
+    before = xdp.counts()
+    with ns.entered():
+        res = xdp.run(frame, ingress_ifindex=f0)
+    after = xdp.counts()
+    assert res.verdict == "DROP" if reason != "tx_forward" else res.verdict == "TX"
+    diff = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert diff == {(rule, reason): 1}
+
+
+FORWARD = client_frame(IP(src=CLIENT, dst=VIP) / UDP(sport=40000, dport=27015) / b"hi")
+
+
+def test_forward_path_fib_reasons(xdp: Xdp, fib_ns: tuple[Namespace, int]) -> None:
+    ns, f0 = fib_ns
+    _forget_nexthops(xdp)
+    _run(xdp, ns, f0, FORWARD, 1, "tx_forward")  # positive control: the FIB resolves GS
+    for kind in ("blackhole", "unreachable", "prohibit"):
+        ns.run(["ip", "route", "replace", kind, f"{GS}/32"])
+        _forget_nexthops(xdp)
+        _run(xdp, ns, f0, FORWARD, 1, "drop_unreachable")
+    ns.run(["ip", "route", "del", f"{GS}/32"])
+    ns.sysctl("net.ipv4.conf.f0.forwarding", "0")
+    _forget_nexthops(xdp)
+    _run(xdp, ns, f0, FORWARD, 1, "drop_no_route")
+    ns.sysctl("net.ipv4.conf.f0.forwarding", "1")
+    _forget_nexthops(xdp)
+    _run(xdp, ns, f0, FORWARD, 1, "tx_forward")
+
+
+def test_return_path_fib_reasons(xdp: Xdp, fib_ns: tuple[Namespace, int]) -> None:
+    ns, f0 = fib_ns
+    xdp.apply(auth_config())
+    reply = IP(src=VIP, dst=CLIENT) / UDP(sport=27015, dport=40000) / b"re"
+    frame = fou_frame(GS, reply, token=KEY)
+    ns.run(["ip", "route", "replace", "blackhole", f"{CLIENT}/32"])
+    _forget_nexthops(xdp)
+    _run(xdp, ns, f0, frame, 1, "drop_unreachable")
+    ns.run(["ip", "route", "del", f"{CLIENT}/32"])
+    ns.sysctl("net.ipv4.conf.f0.forwarding", "0")
+    _forget_nexthops(xdp)
+    _run(xdp, ns, f0, frame, 1, "drop_no_route")
+    # Control: no route at all stays drop_no_route.
+    ns.sysctl("net.ipv4.conf.f0.forwarding", "1")
+    _forget_nexthops(xdp)
+    _run(xdp, ns, f0, frame, 1, "drop_no_route")
+    xdp.apply(make_config())
