@@ -32,14 +32,14 @@ That NAPI is threaded (its own kthread, as `threaded` in sysfs sets it) at
 SCHED_FIFO priority NAPI_RT_PRIORITY: a NIC's NAPI is polled in softirq right
 after its interrupt, ahead of every task, and the ring holds under a second
 of a three-player stream (300 frames a second: the POP sends both directions
-by XDP_TX), so the kthread must not wait behind the guest's tasks. In the TCG guest on 6.12 it did: polled from
-softirq, the ring went unpolled for 5 to 26 s (net_rx_action out of time, the
-rest left to ksoftirqd); threaded at normal priority, the kthread's run delay
-(schedstat, sampled every 0.3 s over three POP-move runs) grew by 0.9 to 1.1 s
-at a time, ten times, and one run lost 17 s of replies with 393 and 944
-xdp_tx_errors on the POPs' links and pop1's neighbour entry of its router
-INCOMPLETE (the POP's ARP went into the full ring too). At SCHED_FIFO the
-longest such step was 0.29 s.
+by XDP_TX), so the kthread must not wait behind the guest's tasks. In the TCG
+guest on 6.12 it did: polled from softirq, the ring went unpolled for 5 to 26 s
+(net_rx_action out of time, the rest left to ksoftirqd); threaded at normal
+priority, the kthread's run delay (schedstat, sampled every 0.3 s over three
+POP-move runs) grew by 0.9 to 1.1 s at a time, ten times, and one run lost 17 s
+of replies with 393 and 944 xdp_tx_errors on the POPs' links and pop1's
+neighbour entry of its router INCOMPLETE (the POP's ARP went into the full ring
+too). At SCHED_FIFO the longest such step was 0.29 s.
 """
 
 from __future__ import annotations
