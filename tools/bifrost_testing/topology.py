@@ -39,7 +39,10 @@ priority, the kthread's run delay (schedstat, sampled every 0.3 s over three
 POP-move runs) grew by 0.9 to 1.1 s at a time, ten times, and one run lost 17 s
 of replies with 393 and 944 xdp_tx_errors on the POPs' links and pop1's
 neighbour entry of its router INCOMPLETE (the POP's ARP went into the full ring
-too). At SCHED_FIFO the longest such step was 0.29 s.
+too). At SCHED_FIFO the longest such step was 0.29 s. Not fixed by it: in one
+6.12 run pop1's router-end kthread (SCHED_FIFO, 5 ms of run delay in all) slept
+for over 60 s while its ring stayed full (481 xdp_tx_errors, 481 rx_dropped): a
+NAPI never scheduled again, which no priority helps.
 """
 
 from __future__ import annotations
