@@ -205,8 +205,16 @@ def _wire(
     nw.links.append((a, a_if, a_cidr, b, b_if, b_cidr))
 
 
-def build(pops: int = 2, clients: int = 1, container: bool = False, prefix: str = "bf") -> Network:
-    """Create and wire the namespaces; on failure remove what was made."""
+def build(
+    pops: int = 2,
+    clients: int = 1,
+    container: bool = False,
+    prefix: str = "bf",
+    pop_napi: bool = True,
+) -> Network:
+    """Create and wire the namespaces; on failure remove what was made.
+    pop_napi=False: the router's end of each POP link has no NAPI (module docstring),
+    for POPs whose XDP runs in generic mode, whose XDP_TX goes through the stack."""
     made: list[Namespace] = []
 
     def ns(role: str) -> Namespace:
@@ -239,7 +247,7 @@ def build(pops: int = 2, clients: int = 1, container: bool = False, prefix: str 
         for n in range(1, pops + 1):
             pop_cidr, net_cidr = f"{pop_ip(n)}/24", f"{net_pop_ip(n)}/24"
             # The POP's XDP program sends XDP_TX frames to the router's end: NAPI there.
-            _wire(nw, f"pop{n}", "eth0", pop_cidr, "net", f"p{n}", net_cidr, napi=True)
+            _wire(nw, f"pop{n}", "eth0", pop_cidr, "net", f"p{n}", net_cidr, napi=pop_napi)
             nw.pop(n).route("default", gateway=net_pop_ip(n))
         _wire(nw, "gs", "eth0", f"{GS_IP}/24", "net", "g0", f"{NET_GS_IP}/24")
         nw.gs.route("default", gateway=NET_GS_IP)
