@@ -71,9 +71,12 @@ game_server = "{GS_LOCAL}"
 """
 
 
-def pop_toml(n: int, pin_base: Path, auth_keys: tuple[str, ...] = ()) -> str:
+def pop_toml(
+    n: int, pin_base: Path, auth_keys: tuple[str, ...] = (), xdp_mode: str = "native"
+) -> str:
     """auth_keys: [auth] keys (16 hex digits each) for authenticated FOU; none: auth
-    off, and then the rule has no game module (config validation refuses one)."""
+    off, and then the rule has no game module (config validation refuses one).
+    xdp_mode: the [xdp] mode (native, or generic as on a NIC without an XDP driver)."""
     auth = f"[auth]\nkeys = {json.dumps(list(auth_keys))}\n\n" if auth_keys else ""
     on = bool(auth_keys)
     rules = _rule_toml("game", GAME_PORT, "srcds", on, cache=True) + "".join(
@@ -84,7 +87,7 @@ def pop_toml(n: int, pin_base: Path, auth_keys: tuple[str, ...] = ()) -> str:
 {auth}[xdp]
 modules = {json.dumps(list(GAME_MODULES))}
 interface = "eth0"
-mode = "native"
+mode = "{xdp_mode}"
 pop_address = "{topology.pop_ip(n)}"
 fou_port = {FOU_PORT}
 pin_dir = "{pin_base}"
@@ -215,21 +218,28 @@ def delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -
 
 @contextlib.contextmanager
 def running(
-    work: Path, obj: Path = OBJECT, prefix: str = "bfe", auth_keys: tuple[str, ...] = AUTH_KEYS
+    work: Path,
+    obj: Path = OBJECT,
+    prefix: str = "bfe",
+    auth_keys: tuple[str, ...] = AUTH_KEYS,
+    xdp_mode: str = "native",
 ) -> Iterator[System]:
     """Bring the whole system up on a fresh network; tear all of it down on exit.
-    auth_keys: the POPs' [auth] keys (see pop_toml); none: FOU is not authenticated."""
+    auth_keys: the POPs' [auth] keys (see pop_toml); none: FOU is not authenticated.
+    xdp_mode: the POPs' XDP mode; generic takes NAPI off the router's POP-link ends
+    (topology.build's pop_napi): generic XDP_TX goes through the stack, not a ring."""
     if not obj.exists():
         raise FileNotFoundError(f"{obj}: not built (invoke build)")
     work.mkdir(parents=True, exist_ok=True)
     load_modules()
     # No bpffs mount here: `bifrost xdp run` mounts it where the pins go when missing.
-    with topology.network(pops=2, container=True, prefix=prefix) as nw:
+    napi = xdp_mode != "generic"
+    with topology.network(pops=2, container=True, prefix=prefix, pop_napi=napi) as nw:
         assert nw.service is not None
         pin_bases = {n: BPFFS / f"{prefix}-{os.getpid()}-pop{n}" for n in (1, 2)}
         system = System(nw, work, pin_bases, work / "game.sock")
         try:
-            _start(system, obj, auth_keys)
+            _start(system, obj, auth_keys, xdp_mode)
             yield system
         finally:
             # Stopping bifrost-xdp detaches and unpins; removing the namespaces takes
@@ -249,7 +259,9 @@ def running(
                     base.rmdir()
 
 
-def _start(system: System, obj: Path, auth_keys: tuple[str, ...] = ()) -> None:
+def _start(
+    system: System, obj: Path, auth_keys: tuple[str, ...] = (), xdp_mode: str = "native"
+) -> None:
     """Every host's services, started together (each Python start is slow in a TCG
     guest), then waited for as systemd would: READY=1 from each."""
     nw, work = system.nw, system.work
@@ -269,7 +281,7 @@ def _start(system: System, obj: Path, auth_keys: tuple[str, ...] = ()) -> None:
     start("bifrost-foumapd", nw.service, [BIN / "bifrost-foumapd", "-c", gs_conf])
     for n, pin_base in system.pin_bases.items():
         conf = work / f"pop{n}.toml"
-        conf.write_text(pop_toml(n, pin_base, auth_keys))
+        conf.write_text(pop_toml(n, pin_base, auth_keys, xdp_mode))
         start(
             f"pop{n}-bifrost-xdp",
             nw.pop(n),

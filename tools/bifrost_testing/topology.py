@@ -24,29 +24,36 @@ routing.
 Two things a NIC does that a veth does not. TX checksums are computed in
 software on every end (tx checksum offload off: a veth leaves them to an
 "offload" that native XDP frames lose, and the receiver drops the packet). And
-the router's end of each POP link has GRO on, which gives a veth NAPI: veth
-hands XDP_TX/REDIRECT frames only to a peer with NAPI. Only there: a NAPI veth
-queues in a 256-packet ring instead of the backlog, and drops a burst.
+the router's end of each POP link has GRO on, which gives a veth NAPI: veth hands
+XDP_TX/REDIRECT frames only to a peer with NAPI. Only there: a NAPI veth queues
+in a 256-packet ring instead of the backlog, and drops what overflows it.
 
-That NAPI is threaded (its own kthread, as `threaded` in sysfs sets it), where
-a NIC's would be serviced by its interrupt. Polled from softirq, it went unpolled
-for 5 to 26 s at a time on 6.12 in the TCG guest (net_rx_action out of time,
-the rest left to ksoftirqd): the ring filled, and the POP lost everything it
-sent that way, its XDP_TX frames (xdp_tx_errors) and its own packets (TX drops),
-ARP with them, so its router's neighbour entry went INCOMPLETE and the forward
-path counted drop_no_neigh. A sustained three-player POP move lost 5 to 26 s
-of replies in each of four such runs (6.1 at most 0.34 s). With threaded NAPI two
-runs lost nothing, but a third still lost 2 s at the old POP before the move, with
-40 xdp_tx_errors on its link: the kthread too can go unpolled that long here.
+That NAPI is threaded (its own kthread, as `threaded` in sysfs sets it) at
+SCHED_FIFO priority NAPI_RT_PRIORITY: a NIC's NAPI is polled in softirq right
+after its interrupt, ahead of every task, and the ring holds under a second
+of a three-player stream (300 frames a second: the POP sends both directions
+by XDP_TX), so the kthread must not wait behind the guest's tasks. In the TCG
+guest on 6.12 it did: polled from softirq, the ring went unpolled for 5 to 26 s
+(net_rx_action out of time, the rest left to ksoftirqd); threaded at normal
+priority, the kthread's run delay (schedstat, sampled every 0.3 s over three
+POP-move runs) grew by 0.9 to 1.1 s at a time, ten times, and one run lost 17 s
+of replies with 393 and 944 xdp_tx_errors on the POPs' links and pop1's
+neighbour entry of its router INCOMPLETE (the POP's ARP went into the full ring
+too). At SCHED_FIFO the longest such step was 0.29 s. Not fixed by it: in one
+6.12 run pop1's router-end kthread (SCHED_FIFO, 5 ms of run delay in all) slept
+for over 60 s while its ring stayed full (481 xdp_tx_errors, 481 rx_dropped): a
+NAPI never scheduled again, which no priority helps.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bifrost.netns import Namespace, link
 
@@ -58,6 +65,7 @@ CLIENT_LINK_IP, NET_CLIENT_IP = "10.98.0.2", "10.98.0.1"
 GS_IP, NET_GS_IP = "10.42.0.1", "10.42.0.254"  # the game-server machine's uplink
 GS_LOCAL = "10.200.0.1"  # the FOU endpoint: where POPs send, outer source of replies
 GS_HOST_SVC_IP = "10.200.0.254"  # the machine's end of the container link
+NAPI_RT_PRIORITY = 50  # SCHED_FIFO, as PREEMPT_RT runs threaded interrupt handlers
 
 
 def client_ip(i: int = 0) -> str:
@@ -172,6 +180,25 @@ class Network:
             ns.close()
 
 
+def napi_threads(ifname: str) -> list[int]:
+    """The pids of the NAPI kthreads of every device named ifname (`napi/<ifname>-<id>`)."""
+    pids = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if comm.read_text().strip().startswith(f"napi/{ifname}-"):
+                pids.append(int(comm.parent.name))
+    return pids
+
+
+def napi_realtime(ifname: str) -> None:
+    """Run ifname's threaded NAPI at SCHED_FIFO priority NAPI_RT_PRIORITY."""
+    pids = napi_threads(ifname)
+    if not pids:
+        raise RuntimeError(f"{ifname}: no NAPI kthread (threaded NAPI did not take)")
+    for pid in pids:
+        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(NAPI_RT_PRIORITY))
+
+
 def _wire(
     nw: Network,
     a: str,
@@ -183,8 +210,8 @@ def _wire(
     napi: bool = False,
     nic: bool = True,
 ) -> None:
-    """A link a:a_if <-> b:b_if; napi: the b end gets NAPI (GRO on); nic False: a
-    plain veth (no feature changed, no NAPI)."""
+    """A link a:a_if <-> b:b_if; napi: the b end gets NAPI (GRO on), threaded,
+    real-time; nic False: a plain veth (no feature changed, no NAPI)."""
     ns_a, ns_b = nw.namespaces[a], nw.namespaces[b]
     link(ns_a, a_if, a_cidr, ns_b, b_if, b_cidr)
     nw.links.append((a, a_if, a_cidr, b, b_if, b_cidr))
@@ -193,8 +220,9 @@ def _wire(
     set_nic_features(ns_a, a_if)
     set_nic_features(ns_b, b_if, napi=napi)
     if napi:
-        # Threaded NAPI (a kthread polls the ring): see the module docstring.
+        # See the module docstring.
         ns_b.run(["sh", "-c", f"echo 1 > /sys/class/net/{b_if}/threaded"])
+        napi_realtime(b_if)
 
 
 def build(
@@ -203,6 +231,7 @@ def build(
     container: bool = False,
     prefix: str = "bf",
     xdp: bool = True,
+    pop_napi: bool = True,
 ) -> Network:
     """Create and wire the namespaces; on failure remove what was made.
 
@@ -210,7 +239,10 @@ def build(
     alone), so the links stay plain veths: no NAPI at the router's POP ends (the
     receive work is the backlog, which RPS can steer to a chosen CPU) and TX
     checksum offload left on (a veth hands such packets over as checked, as a NIC
-    checks RX checksums in hardware): both settings are there for XDP only."""
+    checks RX checksums in hardware): both settings are there for XDP only.
+
+    pop_napi=False: the router's end of each POP link has no NAPI (module docstring),
+    for POPs whose XDP runs in generic mode, whose XDP_TX goes through the stack."""
     made: list[Namespace] = []
 
     def ns(role: str) -> Namespace:
@@ -244,7 +276,8 @@ def build(
         for n in range(1, pops + 1):
             pop_cidr, net_cidr = f"{pop_ip(n)}/24", f"{net_pop_ip(n)}/24"
             # The POP's XDP program sends XDP_TX frames to the router's end: NAPI there.
-            _wire(nw, f"pop{n}", "eth0", pop_cidr, "net", f"p{n}", net_cidr, napi=True, nic=xdp)
+            napi = pop_napi and xdp
+            _wire(nw, f"pop{n}", "eth0", pop_cidr, "net", f"p{n}", net_cidr, napi=napi, nic=xdp)
             nw.pop(n).route("default", gateway=net_pop_ip(n))
         _wire(nw, "gs", "eth0", f"{GS_IP}/24", "net", "g0", f"{NET_GS_IP}/24", nic=xdp)
         nw.gs.route("default", gateway=NET_GS_IP)
