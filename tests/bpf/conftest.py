@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 from xdp_harness import Xdp, loaded
 
+from bifrost.netns import Namespace
+
 
 @pytest.fixture
 def xdp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xdp]:
@@ -16,3 +18,26 @@ def xdp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xdp]:
         pytest.fail("the bpf tier needs root")
     with loaded(tmp_path_factory.mktemp("xdp")) as x:
         yield x
+
+
+@pytest.fixture
+def fib_ns() -> Iterator[tuple[Namespace, int, str]]:
+    """A netns where GS is on a connected veth, f0 10.0.0.1/24, forwarding on; no
+    neighbour entry (each test sets what it needs).
+
+    BPF_PROG_TEST_RUN from inside it makes bpf_fib_lookup ask this netns's FIB,
+    not the host's: (namespace, ifindex of f0, f0's MAC).
+    """
+    with Namespace("bfx-fib") as ns:
+        with ns.ipr() as ipr:
+            ipr.link("add", ifname="f0", kind="veth", peer="f1")
+            f1 = ipr.link_lookup(ifname="f1")[0]
+            ipr.link("set", index=f1, state="up")
+        ns.address("f0", "10.0.0.1/24")
+        # bpf_fib_lookup refuses to resolve for a device that does not forward.
+        ns.sysctl("net.ipv4.conf.all.forwarding", "1")
+        ns.sysctl("net.ipv4.conf.f0.forwarding", "1")
+        with ns.ipr() as ipr:
+            f0 = ipr.link_lookup(ifname="f0")[0]
+            mac = ipr.get_links(f0)[0].get_attr("IFLA_ADDRESS")
+        yield ns, f0, mac

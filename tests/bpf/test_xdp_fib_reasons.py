@@ -10,8 +10,6 @@ BPF_PROG_TEST_RUN inside a netns whose FIB says so.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from scapy.layers.inet import IP, UDP
 from xdp_harness import (
@@ -33,20 +31,11 @@ pytestmark = pytest.mark.bpf
 
 
 @pytest.fixture
-def fib_ns() -> Iterator[tuple[Namespace, int]]:
-    """A netns with f0 10.0.0.1/24 (GS on it, neighbour known), forwarding on."""
-    with Namespace("bfx-fibr") as ns:
-        with ns.ipr() as ipr:
-            ipr.link("add", ifname="f0", kind="veth", peer="f1")
-            f1 = ipr.link_lookup(ifname="f1")[0]
-            ipr.link("set", index=f1, state="up")
-        ns.address("f0", "10.0.0.1/24")
-        ns.sysctl("net.ipv4.conf.all.forwarding", "1")
-        ns.sysctl("net.ipv4.conf.f0.forwarding", "1")
-        ns.run(["ip", "neigh", "replace", GS, "lladdr", "02:00:00:00:00:42", "dev", "f0"])
-        with ns.ipr() as ipr:
-            f0 = ipr.link_lookup(ifname="f0")[0]
-        yield ns, f0
+def gs_known(fib_ns: tuple[Namespace, int, str]) -> tuple[Namespace, int]:
+    """conftest's fib_ns (f0 10.0.0.1/24, forwarding on) with GS's neighbour known."""
+    ns, f0, _ = fib_ns
+    ns.run(["ip", "neigh", "replace", GS, "lladdr", "02:00:00:00:00:42", "dev", "f0"])
+    return ns, f0
 
 
 def _forget_nexthops(xdp: Xdp) -> None:
@@ -69,8 +58,8 @@ def _run(xdp: Xdp, ns: Namespace, f0: int, frame: bytes, rule: int, reason: str)
 FORWARD = client_frame(IP(src=CLIENT, dst=VIP) / UDP(sport=40000, dport=27015) / b"hi")
 
 
-def test_forward_path_fib_reasons(xdp: Xdp, fib_ns: tuple[Namespace, int]) -> None:
-    ns, f0 = fib_ns
+def test_forward_path_fib_reasons(xdp: Xdp, gs_known: tuple[Namespace, int]) -> None:
+    ns, f0 = gs_known
     _forget_nexthops(xdp)
     _run(xdp, ns, f0, FORWARD, 1, "tx_forward")  # positive control: the FIB resolves GS
     for kind in ("blackhole", "unreachable", "prohibit"):
@@ -86,8 +75,8 @@ def test_forward_path_fib_reasons(xdp: Xdp, fib_ns: tuple[Namespace, int]) -> No
     _run(xdp, ns, f0, FORWARD, 1, "tx_forward")
 
 
-def test_return_path_fib_reasons(xdp: Xdp, fib_ns: tuple[Namespace, int]) -> None:
-    ns, f0 = fib_ns
+def test_return_path_fib_reasons(xdp: Xdp, gs_known: tuple[Namespace, int]) -> None:
+    ns, f0 = gs_known
     xdp.apply(auth_config())
     reply = IP(src=VIP, dst=CLIENT) / UDP(sport=27015, dport=40000) / b"re"
     frame = fou_frame(GS, reply, token=KEY)

@@ -7,7 +7,6 @@ unchanged) and the (rule id, reason) counter that must count it.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import pytest
@@ -363,28 +362,6 @@ def test_module_not_compiled_in(tmp_path_factory: pytest.TempPathFactory) -> Non
             (2).to_bytes(4, "little"), maps_def.BY_NAME["rule_modules"].pack(bits=1)
         )
         assert x.run(netchan).verdict == "TX"
-
-
-@pytest.fixture
-def fib_ns() -> Iterator[tuple[Namespace, int, str]]:
-    """A netns where GS is on a connected veth with a known neighbour MAC.
-
-    BPF_PROG_TEST_RUN from inside it makes bpf_fib_lookup ask this netns's FIB,
-    not the host's: (namespace, ifindex of f0, f0's MAC).
-    """
-    with Namespace("bfx-fib") as ns:
-        with ns.ipr() as ipr:
-            ipr.link("add", ifname="f0", kind="veth", peer="f1")
-            f1 = ipr.link_lookup(ifname="f1")[0]
-            ipr.link("set", index=f1, state="up")
-        ns.address("f0", "10.0.0.1/24")
-        # bpf_fib_lookup refuses to resolve for a device that does not forward.
-        ns.sysctl("net.ipv4.conf.all.forwarding", "1")
-        ns.sysctl("net.ipv4.conf.f0.forwarding", "1")
-        with ns.ipr() as ipr:
-            f0 = ipr.link_lookup(ifname="f0")[0]
-            mac = ipr.get_links(f0)[0].get_attr("IFLA_ADDRESS")
-        yield ns, f0, mac
 
 
 FIB_DMAC = "02:00:00:00:00:42"
