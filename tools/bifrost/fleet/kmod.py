@@ -176,7 +176,16 @@ def state(module: str, needed: bool = True) -> KmodState:
             have = f"{loaded} is loaded" if loaded else "it is not loaded"
             why = f"no dkms on this host to build {module} {__version__} ({have})"
         return KmodState(
-            module, kernel, __version__, None, False, loaded, why, False, needed, on_disk
+            module,
+            kernel,
+            __version__,
+            None,
+            False,
+            loaded,
+            why,
+            dkms=False,
+            needed=needed,
+            on_disk=on_disk,
         )
     states = _status(module)
     installed = next((v for (v, k), s in states.items() if k == kernel and s == "installed"), None)
