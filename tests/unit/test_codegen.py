@@ -171,27 +171,27 @@ def test_module_config_header_compiles(tmp_path: Path) -> None:
 
 
 def test_record_class_fields_must_be_its_definitions() -> None:
-    from dataclasses import dataclass
-
     from bifrost.abi.common import ANY_IPV4
     from bifrost.abi.defs import fou_map as defs
     from bifrost.abi.runtime import AbiError, Record
 
     with pytest.raises(AbiError, match=r"Del: fields \['client'\] are not del's"):
 
-        @dataclass
-        class Del(Record):  # the definition also has "reserved"
-            SPEC = defs.DEL
+        class Del(Record, spec=defs.DEL):  # the definition also has "reserved"
             client: ipaddress.IPv4Address = ANY_IPV4
 
-    @dataclass
-    class Flush(Record):
-        SPEC = defs.FLUSH
+    with pytest.raises(TypeError, match="Stray: a record class needs spec="):
+
+        class Stray(Record):
+            scope: int = 0
+
+    class Flush(Record, spec=defs.FLUSH):
         scope: int = 0
         reserved: int = 0
 
     assert (Flush.TYPE, Flush.SIZE, Flush.OFFSETS) == (12, 24, {"scope": 16, "reserved": 20})
     assert Flush.FIELDS == (("scope", "u32", 1), ("reserved", "u32", 1))
+    assert Flush(scope=1) == Flush(1, 0) != Flush()  # a dataclass without @dataclass
 
 
 def test_codec_binds_only_the_devices_own_records() -> None:

@@ -1,12 +1,11 @@
 """GENERATED codec for /dev/bifrost_nf (ABI version 1), from
 tools/bifrost/abi/defs/bifrost_nf.py by ``invoke generate``: do not edit.
 
-Each class names its definition (SPEC); runtime.Record derives its layout from it."""
+Each class names its definition (spec=); runtime.Record derives its layout from it."""
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 
 from bifrost.abi import common, runtime
 from bifrost.abi.common import ANY_IPV4
@@ -39,33 +38,27 @@ class InfoReply(common.InfoReply):
     """common.InfoReply of /dev/bifrost_nf."""
 
 
-@dataclass
-class ServiceSet(Record):
+class ServiceSet(Record, spec=defs.SERVICE_SET):
     """Add or update a cached service (address:port) of the opener's netns."""
 
-    SPEC = defs.SERVICE_SET
     addr: ipaddress.IPv4Address = ANY_IPV4
     port: int = 0
     svc_flags: int = 0
 
 
-@dataclass
-class ServiceDel(Record):
+class ServiceDel(Record, spec=defs.SERVICE_DEL):
     """Delete a service and its cached entries."""
 
-    SPEC = defs.SERVICE_DEL
     addr: ipaddress.IPv4Address = ANY_IPV4
     port: int = 0
     reserved: int = 0
 
 
-@dataclass
-class EntrySet(Record):
+class EntrySet(Record, spec=defs.ENTRY_SET):
     """One packet of a cached answer. Packets of one answer are written in order, index 0..count-1;
     the answer replaces the old one when the last arrives.
     """
 
-    SPEC = defs.ENTRY_SET
     addr: ipaddress.IPv4Address = ANY_IPV4
     port: int = 0
     qtype: int = 0
@@ -79,54 +72,39 @@ class EntrySet(Record):
     payload: bytes = b""
 
 
-@dataclass
-class EntryDel(Record):
+class EntryDel(Record, spec=defs.ENTRY_DEL):
     """Delete one cached answer (qtype) or all of a service's answers (qtype 0)."""
 
-    SPEC = defs.ENTRY_DEL
     addr: ipaddress.IPv4Address = ANY_IPV4
     port: int = 0
     qtype: int = 0
     reserved: int = 0
 
 
-@dataclass
-class Flush(Record):
+class Flush(Record, spec=defs.FLUSH):
     """Delete every cached answer of the netns (services stay)."""
 
-    SPEC = defs.FLUSH
 
-
-@dataclass
-class Rotate(Record):
+class Rotate(Record, spec=defs.ROTATE):
     """Rotate the challenge secret now (the previous one stays valid)."""
 
-    SPEC = defs.ROTATE
 
-
-@dataclass
-class ConfigSet(Record):
+class ConfigSet(Record, spec=defs.CONFIG_SET):
     """Per-netns settings."""
 
-    SPEC = defs.CONFIG_SET
     rate_pps: int = 0
     rate_burst: int = 0
     rotate_s: int = 0
     reserved: int = 0
 
 
-@dataclass
-class DumpReq(Record):
+class DumpReq(Record, spec=defs.DUMP_REQ):
     """List services and entries: SERVICE_INFO records, DUMP_END."""
 
-    SPEC = defs.DUMP_REQ
 
-
-@dataclass
-class ServiceInfo(Record):
+class ServiceInfo(Record, spec=defs.SERVICE_INFO):
     """One service and its cached answers; arrays are indexed by qtype - 1."""
 
-    SPEC = defs.SERVICE_INFO
     addr: ipaddress.IPv4Address = ANY_IPV4
     port: int = 0
     svc_flags: int = 0
@@ -138,20 +116,16 @@ class ServiceInfo(Record):
     reserved: int = 0
 
 
-@dataclass
-class DumpEnd(Record):
+class DumpEnd(Record, spec=defs.DUMP_END):
     """Ends a dump."""
 
-    SPEC = defs.DUMP_END
     n_services: int = 0
     reserved: int = 0
 
 
-@dataclass
-class Event(Record):
+class Event(Record, spec=defs.EVENT):
     """Refresh request: read() returns these when no reply is queued; poll() says when."""
 
-    SPEC = defs.EVENT
     addr: ipaddress.IPv4Address = ANY_IPV4
     port: int = 0
     qtype: int = 0

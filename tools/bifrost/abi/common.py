@@ -5,13 +5,12 @@ Every record is a fixed-size little-endian struct that starts with the header
 (magic, version, type, length, flags). The records here (INFO) are unbound: each
 device's codec (bifrost.abi.bifrost_nf, bifrost.abi.fou_map) subclasses them and
 binds its magic and ABI version to its subclasses. Each class names its definition
-(SPEC); runtime.Record derives its layout from it.
+(spec=); runtime.Record derives its layout from it.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 
 from bifrost.abi.defs import common as defs
 from bifrost.abi.runtime import Record
@@ -20,18 +19,13 @@ from bifrost.abi.runtime import Record
 ANY_IPV4 = ipaddress.IPv4Address("0.0.0.0")
 
 
-@dataclass
-class InfoReq(Record):
+class InfoReq(Record, spec=defs.INFO_REQUEST):
     """Ask for INFO; the reply is read() back."""
 
-    SPEC = defs.INFO_REQUEST
 
-
-@dataclass
-class InfoReply(Record):
+class InfoReply(Record, spec=defs.INFO_REPLY):
     """ABI and module version, the opener's netns and every counter of that netns."""
 
-    SPEC = defs.INFO_REPLY
     abi_version: int = 0
     n_counters: int = 0
     netns_inum: int = 0

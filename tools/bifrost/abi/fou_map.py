@@ -1,12 +1,11 @@
 """GENERATED codec for /dev/fou_map (ABI version 2), from
 tools/bifrost/abi/defs/fou_map.py by ``invoke generate``: do not edit.
 
-Each class names its definition (SPEC); runtime.Record derives its layout from it."""
+Each class names its definition (spec=); runtime.Record derives its layout from it."""
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 
 from bifrost.abi import common, runtime
 from bifrost.abi.common import ANY_IPV4
@@ -42,11 +41,9 @@ class InfoReply(common.InfoReply):
     """common.InfoReply of /dev/fou_map."""
 
 
-@dataclass
-class Config(Record):
+class Config(Record, spec=defs.CONFIG):
     """Set the netns's config (write), or the reply to CONFIG_GET. Entries are kept."""
 
-    SPEC = defs.CONFIG
     n_ports: int = 0
     idle_timeout_ms: int = 0
     max_entries: int = 0
@@ -58,25 +55,17 @@ class Config(Record):
     pop_lens: bytes = b""
 
 
-@dataclass
-class ConfigGet(Record):
+class ConfigGet(Record, spec=defs.CONFIG_GET):
     """Ask for the current CONFIG; it is read() back."""
 
-    SPEC = defs.CONFIG_GET
 
-
-@dataclass
-class StatsReq(Record):
+class StatsReq(Record, spec=defs.STATS_REQ):
     """Ask for STATS_REPLY (table gauges)."""
 
-    SPEC = defs.STATS_REQ
 
-
-@dataclass
-class StatsReply(Record):
+class StatsReply(Record, spec=defs.STATS_REPLY):
     """Table gauges of the opener's netns."""
 
-    SPEC = defs.STATS_REPLY
     entries: int = 0
     static_entries: int = 0
     max_entries: int = 0
@@ -87,18 +76,13 @@ class StatsReply(Record):
     table_bytes: int = 0
 
 
-@dataclass
-class DumpReq(Record):
+class DumpReq(Record, spec=defs.DUMP_REQ):
     """Start a dump: the next read()s return ENTRY records, then one DUMP_END, then 0."""
 
-    SPEC = defs.DUMP_REQ
 
-
-@dataclass
-class Entry(Record):
+class Entry(Record, spec=defs.ENTRY):
     """One table entry (dump output)."""
 
-    SPEC = defs.ENTRY
     client: ipaddress.IPv4Address = ANY_IPV4
     pop: ipaddress.IPv4Address = ANY_IPV4
     age_ms: int = 0
@@ -106,65 +90,52 @@ class Entry(Record):
     packets: int = 0
 
 
-@dataclass
-class DumpEnd(Record):
+class DumpEnd(Record, spec=defs.DUMP_END):
     """Ends a dump. A dump returns, once each, every client present from DUMP_REQ until its record
     is read; clients learned after DUMP_REQ may be missing.
     """
 
-    SPEC = defs.DUMP_END
     count: int = 0
 
 
-@dataclass
-class Add(Record):
+class Add(Record, spec=defs.ADD):
     """Add or replace an entry: FM_ENTRY_STATIC never expires nor moves; without it the entry is
     learned-like (used to restore snapshots) and may expire.
     """
 
-    SPEC = defs.ADD
     client: ipaddress.IPv4Address = ANY_IPV4
     pop: ipaddress.IPv4Address = ANY_IPV4
     entry_flags: int = 0
     age_ms: int = 0
 
 
-@dataclass
-class Del(Record):
+class Del(Record, spec=defs.DEL):
     """Delete the client's entry (ENOENT when there is none)."""
 
-    SPEC = defs.DEL
     client: ipaddress.IPv4Address = ANY_IPV4
     reserved: int = 0
 
 
-@dataclass
-class Flush(Record):
+class Flush(Record, spec=defs.FLUSH):
     """Delete every learned entry; with FM_FLUSH_STATIC static ones too."""
 
-    SPEC = defs.FLUSH
     scope: int = 0
     reserved: int = 0
 
 
-@dataclass
-class Auth(Record):
+class Auth(Record, spec=defs.AUTH):
     """Set the netns's FOU authentication keys (write, swapped whole), or the reply to AUTH_GET.
     keys[0] is appended to every FOU packet sent; each of the n_keys is accepted. n_keys 0: auth
     off (nothing appended, no token required).
     """
 
-    SPEC = defs.AUTH
     n_keys: int = 0
     reserved: int = 0
     keys: bytes = b""
 
 
-@dataclass
-class AuthGet(Record):
+class AuthGet(Record, spec=defs.AUTH_GET):
     """Ask for the current AUTH; it is read() back."""
-
-    SPEC = defs.AUTH_GET
 
 
 RECORDS: dict[int, type[Record]] = {

@@ -3,30 +3,32 @@ and a device's decoders."""
 
 from __future__ import annotations
 
-import inspect
 import struct
 from collections.abc import Callable
-from dataclasses import fields
-from typing import Any, ClassVar, Self
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Self, dataclass_transform
 
-from bifrost.abi import spec
 from bifrost.abi.packing import AbiError as AbiError  # the codecs' error, for their users
 from bifrost.abi.packing import FieldSpec, flatten, unflatten
+from bifrost.abi.spec import HEADER_FIELDS, Device, wire, wire_format
+from bifrost.abi.spec import Record as RecordDef
 
 # Every record's header (spec.HEADER_FIELDS): every device uses it (``codec`` checks).
-HEADER_FORMAT = spec.wire_format(spec.HEADER_FIELDS)
+HEADER_FORMAT = wire_format(HEADER_FIELDS)
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
 
 
+@dataclass_transform()
 class Record:
     """A fixed-size record; subclasses are generated per device (see codec.py.j2).
 
-    A generated class holds its typed fields and names its definition in ``SPEC``;
-    the layout below is derived from that, once, when the class is made. A device's
-    subclass of a common record (no SPEC of its own) inherits it.
+    A generated class is ``class X(Record, spec=defs.X)`` with its typed fields:
+    every subclass is a dataclass, and its layout below is derived from its
+    definition (``spec.wire``), once, when the class is made. A device's subclass
+    of a common record inherits the common record's.
     """
 
-    SPEC: ClassVar[spec.Record]
+    SPEC: ClassVar[RecordDef]
     TYPE: ClassVar[int]
     FORMAT: ClassVar[str]
     SIZE: ClassVar[int]
@@ -38,28 +40,25 @@ class Record:
     MAGIC: ClassVar[int]
     ABI_VERSION: ClassVar[int]
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, spec: RecordDef | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        rec = cls.__dict__.get("SPEC")
-        if rec is None:
+        dataclass(cls)
+        if spec is None:
+            if not hasattr(cls, "SPEC"):
+                raise TypeError(f"{cls.__name__}: a record class needs spec=<its definition>")
             return
-        wire = spec.wire(rec)
-        cls.TYPE = rec.type_id
+        lay = wire(spec)
+        cls.SPEC, cls.TYPE = spec, spec.type_id
         cls.FORMAT, cls.SIZE, cls.OFFSETS, cls.FIELDS = (
-            wire.format,
-            wire.size,
-            wire.offsets,
-            wire.fields,
+            lay.format,
+            lay.size,
+            lay.offsets,
+            lay.fields,
         )
-        # The typed fields (the dataclass's, annotated in the class body) must be the
-        # definition's: pack() reads them by name.
-        typed = [
-            name
-            for name, ann in inspect.get_annotations(cls).items()
-            if not str(ann).startswith("ClassVar")
-        ]
-        if typed != [name for name, _t, _n in wire.fields]:
-            raise AbiError(f"{cls.__name__}: fields {typed} are not {rec.name}'s {wire.fields}")
+        # pack() reads the typed fields by name: they must be the definition's.
+        typed = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        if typed != [name for name, _t, _n in lay.fields]:
+            raise AbiError(f"{cls.__name__}: fields {typed} are not {spec.name}'s {lay.fields}")
 
     def pack(self, flags: int = 0) -> bytes:
         header = [self.MAGIC, self.ABI_VERSION, self.TYPE, self.SIZE, flags]
@@ -111,12 +110,12 @@ def split(buf: bytes, decode_one: Callable[[bytes], Record]) -> list[Record]:
 
 
 def codec(
-    device: spec.Device, records: dict[int, type[Record]]
+    device: Device, records: dict[int, type[Record]]
 ) -> tuple[Callable[[bytes], Record], Callable[[bytes], list[Record]]]:
     """A device's decode (one record of any type, magic, version and length checked) and
     decode_all (a read() that returned several whole records back to back); binds the
     device's magic and version to its record classes, which must be its records."""
-    if device.header != spec.HEADER_FIELDS:
+    if device.header != HEADER_FIELDS:
         raise AbiError(f"{device.name}: the codecs lay records out after spec.HEADER_FIELDS")
     if [cls.SPEC for cls in records.values()] != list(device.records) or any(
         rtype != cls.TYPE for rtype, cls in records.items()
