@@ -13,12 +13,11 @@
 #define BFNF_MAX_RECORD sizeof(struct bfnf_entry_set)
 #define BFNF_EVENTS_PER_READ 32
 
-BFC_ASSERT_LAYOUT(struct bfnf_hdr, struct bfnf_info_reply);
+BFC_ASSERT_COUNTERS(BFNF_CNT_MAX);
 
 static const struct bfc_abi bfnf_abi = {
 	.magic = BFNF_MAGIC,
 	.version = BFNF_ABI_VERSION,
-	.info_reply_type = BFNF_MSG_INFO_REPLY,
 	.too_small_err = -EINVAL,
 	.max_replies = BFNF_MAX_REPLIES,
 };
@@ -160,7 +159,7 @@ static int bfnf_record_size(u16 type)
 {
 	switch (type) {
 	case BFNF_MSG_INFO_REQ:
-		return sizeof(struct bfnf_info_req);
+		return sizeof(struct bifrost_info_req);
 	case BFNF_MSG_SERVICE_SET:
 		return sizeof(struct bfnf_service_set);
 	case BFNF_MSG_SERVICE_DEL:
@@ -185,7 +184,7 @@ static int bfnf_record_size(u16 type)
 
 static int bfnf_dispatch(struct bfnf_file *f, const void *buf, size_t len)
 {
-	const struct bfnf_hdr *hdr = buf;
+	const struct bifrost_hdr *hdr = buf;
 	struct bfnf_net *bn = f->bn;
 	int size, err;
 
@@ -265,7 +264,7 @@ static ssize_t bfnf_write(struct file *file, const char __user *ubuf, size_t cou
 	void *buf;
 	int err;
 
-	if (count < sizeof(struct bfnf_hdr)) {
+	if (count < sizeof(struct bifrost_hdr)) {
 		err = -EINVAL;
 		goto err_count;
 	}

@@ -29,34 +29,13 @@
 #include <linux/wait.h>
 #include <net/net_namespace.h>
 
+#include "bifrost_uapi.h"
 #include "bifrost_version.h"
-
-/* The record header of both ABIs (struct bfnf_hdr, struct fm_hdr). */
-struct bfc_hdr {
-	u32 magic;
-	u16 version;
-	u16 type;
-	u32 length;
-	u32 flags;
-};
-
-/* The INFO reply of both ABIs (struct bfnf_info_reply, struct fm_info_reply). */
-#define BFC_MAX_COUNTERS 64
-struct bfc_info_reply {
-	struct bfc_hdr hdr;
-	u32 abi_version;
-	u32 n_counters;
-	u32 netns_inum;
-	u32 reserved;
-	u8 module_version[32];
-	u64 counters[BFC_MAX_COUNTERS];
-};
 
 /* What differs between the two devices. */
 struct bfc_abi {
 	u32 magic;
 	u16 version;
-	u16 info_reply_type;
 	/* errno of a read() whose buffer cannot hold the next reply */
 	int too_small_err;
 	/* unread replies a file may hold: a writer that never reads gets ENOBUFS */
@@ -83,7 +62,7 @@ struct bfc_reply {
 
 static inline void bfc_hdr_fill(const struct bfc_abi *abi, void *rec, u16 type, u32 len)
 {
-	struct bfc_hdr *hdr = rec;
+	struct bifrost_hdr *hdr = rec;
 
 	hdr->magic = abi->magic;
 	hdr->version = abi->version;
@@ -214,10 +193,10 @@ static inline void bfc_counters_sum(const u64 __percpu *base, unsigned int n, u6
 static inline int bfc_queue_info(struct bfc_file *f, const u64 __percpu *counters,
 				 unsigned int n_counters)
 {
-	struct bfc_info_reply *rep;
+	struct bifrost_info_reply *rep;
 	LIST_HEAD(batch);
 
-	rep = bfc_reply_alloc(f, &batch, f->abi->info_reply_type, sizeof(*rep));
+	rep = bfc_reply_alloc(f, &batch, BIFROST_MSG_INFO_REPLY, sizeof(*rep));
 	if (!rep)
 		return -ENOMEM;
 	rep->abi_version = f->abi->version;
@@ -240,15 +219,10 @@ static inline __poll_t bfc_poll(struct bfc_file *f, struct file *file, poll_tabl
 	return mask;
 }
 
-/*
- * Check at build time that a device's uapi header and the shared layout
- * agree; use once per module with its own record structs.
- */
-#define BFC_ASSERT_LAYOUT(hdr_t, info_t)						\
-	static_assert(sizeof(hdr_t) == sizeof(struct bfc_hdr) &&			\
-		      sizeof(info_t) == sizeof(struct bfc_info_reply) &&		\
-		      offsetof(info_t, counters) ==					\
-		      offsetof(struct bfc_info_reply, counters))
+/* A device's counters must fit the INFO reply; use once per module. */
+#define BFC_ASSERT_COUNTERS(n_counters)						\
+	static_assert((n_counters) <=						\
+		      ARRAY_SIZE(((struct bifrost_info_reply *)0)->counters))
 
 /*
  * The misc device, root-only node, and its init/exit, for a device whose

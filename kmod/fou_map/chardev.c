@@ -18,14 +18,13 @@
 /* Unread replies a file may hold: a writer that never reads gets ENOBUFS. */
 #define FM_MAX_PENDING 16
 /* The largest record anyone may write (and the largest reply). */
-#define FM_MAX_RECORD sizeof(struct fm_info_reply)
+#define FM_MAX_RECORD sizeof(struct bifrost_info_reply)
 
-BFC_ASSERT_LAYOUT(struct fm_hdr, struct fm_info_reply);
+BFC_ASSERT_COUNTERS(FM_CNT_MAX);
 
 static const struct bfc_abi fm_abi = {
 	.magic = FM_MAGIC,
 	.version = FM_ABI_VERSION,
-	.info_reply_type = FM_MSG_INFO_REPLY,
 	.too_small_err = -EMSGSIZE,
 	.max_replies = FM_MAX_PENDING,
 };
@@ -270,7 +269,7 @@ static size_t fm_record_size(u16 type)
 {
 	switch (type) {
 	case FM_MSG_INFO_REQ:
-		return sizeof(struct fm_info_req);
+		return sizeof(struct bifrost_info_req);
 	case FM_MSG_CONFIG:
 		return sizeof(struct fm_config);
 	case FM_MSG_CONFIG_GET:
@@ -297,7 +296,7 @@ static size_t fm_record_size(u16 type)
 
 static int fm_handle(struct fm_file *ff, size_t len)
 {
-	const struct fm_hdr *hdr = (const struct fm_hdr *)ff->wbuf;
+	const struct bifrost_hdr *hdr = (const struct bifrost_hdr *)ff->wbuf;
 	struct fm_net *fn = fm_pernet(ff->base.net);
 	size_t want;
 
