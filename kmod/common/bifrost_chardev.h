@@ -40,9 +40,46 @@ struct bfc_abi {
 	int too_small_err;
 	/* unread replies a file may hold: a writer that never reads gets ENOBUFS */
 	unsigned int max_replies;
+	/* size of the request of that type; 0 for a type that is never written */
+	size_t (*request_size)(u16 type);
 };
 
-/* The per-open state both devices keep; each embeds it. */
+/*
+ * A device's struct bfc_abi, from its uapi header's P_MAGIC and P_ABI_VERSION;
+ * its P_CNT_MAX counters must fit the INFO reply.
+ */
+#define BFC_DEFINE_ABI(name, P, too_small, max, request_size_fn)		\
+	static_assert(P##_CNT_MAX <=						\
+		      ARRAY_SIZE(((struct bifrost_info_reply *)0)->counters));	\
+	static const struct bfc_abi name = {					\
+		.magic = P##_MAGIC,						\
+		.version = P##_ABI_VERSION,					\
+		.too_small_err = (too_small),					\
+		.max_replies = (max),						\
+		.request_size = (request_size_fn),				\
+	}
+
+/*
+ * Check a written record's header: -EPROTO for another ABI version, -EINVAL
+ * for a wrong magic, a type that is never written, a length that is not the
+ * type's size or the write's, or flags set. Every write gets this first.
+ */
+static inline int bfc_check_request(const struct bfc_abi *abi, const void *buf, size_t len)
+{
+	const struct bifrost_hdr *hdr = buf;
+	size_t want;
+
+	if (len < sizeof(*hdr) || hdr->magic != abi->magic)
+		return -EINVAL;
+	if (hdr->version != abi->version)
+		return -EPROTO;
+	want = abi->request_size(hdr->type);
+	if (!want || hdr->length != len || len != want || hdr->flags)
+		return -EINVAL;
+	return 0;
+}
+
+/* The per-open state both devices keep; each embeds it as its first member, base. */
 struct bfc_file {
 	const struct bfc_abi *abi;
 	struct net *net;
@@ -109,6 +146,13 @@ static inline void bfc_replies_free(struct list_head *list)
 		kfree(r);
 	}
 }
+
+/* bfc_file_open() for a device's per-open type, checking that base comes first. */
+#define bfc_file_open_as(type, inode, file, abi)				\
+	({									\
+		static_assert(offsetof(type, base) == 0);			\
+		(type *)bfc_file_open(inode, file, sizeof(type), abi);		\
+	})
 
 /* Frees what bfc_file_open() made; the device frees its own parts first. */
 static inline void bfc_file_release(struct bfc_file *f)
@@ -218,11 +262,6 @@ static inline __poll_t bfc_poll(struct bfc_file *f, struct file *file, poll_tabl
 		mask |= EPOLLIN | EPOLLRDNORM;
 	return mask;
 }
-
-/* A device's counters must fit the INFO reply; use once per module. */
-#define BFC_ASSERT_COUNTERS(n_counters)						\
-	static_assert((n_counters) <=						\
-		      ARRAY_SIZE(((struct bifrost_info_reply *)0)->counters))
 
 /*
  * The misc device, root-only node, and its init/exit, for a device whose
