@@ -245,7 +245,7 @@ def rate(measurement: tuple[int, float]) -> float:
 def echo_with_without(report: Report) -> None:
     """fou_map configured in the game server's netns vs not (no hooks there), in
     interleaved slices, until the interval is narrow."""
-    with tb.topology(echo=False) as t:
+    with tb.build(echo=False) as t:
         echo = echo_process(t)
         try:
             t.use_pop(2)
@@ -336,7 +336,7 @@ def auth_on_off(report: Report) -> None:
     """The token's cost on the game server: [auth] on vs off in interleaved slices."""
     if not tb.loaded():
         tb.load()
-    with tb.topology(echo=False) as t:
+    with tb.build(echo=False) as t:
         echo = echo_process(t)  # proven with the client's own echo, before auth is on
         pop2 = tb.RawSender(t.pops[1])
         # What the client itself sends (ICMP errors for stragglers to a closed socket)
@@ -364,7 +364,7 @@ def auth_on_off(report: Report) -> None:
 
 def table_sizes(report: Report) -> None:
     """1,000,000 vs 10 entries (two game-server netns, one table each), and memory."""
-    with tb.topology(echo=False) as small, tb.topology(echo=False) as big:
+    with tb.build(echo=False) as small, tb.build(echo=False) as big:
         echos = [echo_process(small), echo_process(big)]
         try:
             for t in (small, big):

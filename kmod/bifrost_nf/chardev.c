@@ -13,18 +13,37 @@
 #define BFNF_MAX_RECORD sizeof(struct bfnf_entry_set)
 #define BFNF_EVENTS_PER_READ 32
 
-BFC_ASSERT_LAYOUT(struct bfnf_hdr, struct bfnf_info_reply);
+static size_t bfnf_record_size(u16 type)
+{
+	switch (type) {
+	case BFNF_MSG_INFO_REQ:
+		return sizeof(struct bifrost_info_req);
+	case BFNF_MSG_SERVICE_SET:
+		return sizeof(struct bfnf_service_set);
+	case BFNF_MSG_SERVICE_DEL:
+		return sizeof(struct bfnf_service_del);
+	case BFNF_MSG_ENTRY_SET:
+		return sizeof(struct bfnf_entry_set);
+	case BFNF_MSG_ENTRY_DEL:
+		return sizeof(struct bfnf_entry_del);
+	case BFNF_MSG_FLUSH:
+		return sizeof(struct bfnf_flush);
+	case BFNF_MSG_ROTATE:
+		return sizeof(struct bfnf_rotate);
+	case BFNF_MSG_CONFIG_SET:
+		return sizeof(struct bfnf_config_set);
+	case BFNF_MSG_DUMP_REQ:
+		return sizeof(struct bfnf_dump_req);
+	default:
+		/* replies and events are never written */
+		return 0;
+	}
+}
 
-static const struct bfc_abi bfnf_abi = {
-	.magic = BFNF_MAGIC,
-	.version = BFNF_ABI_VERSION,
-	.info_reply_type = BFNF_MSG_INFO_REPLY,
-	.too_small_err = -EINVAL,
-	.max_replies = BFNF_MAX_REPLIES,
-};
+BFC_DEFINE_ABI(bfnf_abi, BFNF, -EINVAL, BFNF_MAX_REPLIES, bfnf_record_size);
 
 struct bfnf_file {
-	/* first: bfc_file_open() allocates the whole; base.lock also guards asm_* */
+	/* first: bfc_file_open_as() allocates the whole; base.lock also guards asm_* */
 	struct bfc_file base;
 	struct bfnf_net *bn;
 	/* a multi-packet answer being written, published on its last packet */
@@ -34,7 +53,6 @@ struct bfnf_file {
 	u8 asm_qtype;
 	u8 asm_next;
 };
-static_assert(offsetof(struct bfnf_file, base) == 0);
 
 static int bfnf_do_dump(struct bfnf_file *f)
 {
@@ -156,46 +174,15 @@ static int bfnf_do_entry_set(struct bfnf_file *f, const struct bfnf_entry_set *r
 	return 0;
 }
 
-static int bfnf_record_size(u16 type)
-{
-	switch (type) {
-	case BFNF_MSG_INFO_REQ:
-		return sizeof(struct bfnf_info_req);
-	case BFNF_MSG_SERVICE_SET:
-		return sizeof(struct bfnf_service_set);
-	case BFNF_MSG_SERVICE_DEL:
-		return sizeof(struct bfnf_service_del);
-	case BFNF_MSG_ENTRY_SET:
-		return sizeof(struct bfnf_entry_set);
-	case BFNF_MSG_ENTRY_DEL:
-		return sizeof(struct bfnf_entry_del);
-	case BFNF_MSG_FLUSH:
-		return sizeof(struct bfnf_flush);
-	case BFNF_MSG_ROTATE:
-		return sizeof(struct bfnf_rotate);
-	case BFNF_MSG_CONFIG_SET:
-		return sizeof(struct bfnf_config_set);
-	case BFNF_MSG_DUMP_REQ:
-		return sizeof(struct bfnf_dump_req);
-	default:
-		/* replies and events are never written */
-		return -1;
-	}
-}
-
 static int bfnf_dispatch(struct bfnf_file *f, const void *buf, size_t len)
 {
-	const struct bfnf_hdr *hdr = buf;
+	const struct bifrost_hdr *hdr = buf;
 	struct bfnf_net *bn = f->bn;
-	int size, err;
+	int err;
 
-	if (hdr->magic != BFNF_MAGIC)
-		return -EINVAL;
-	if (hdr->version != BFNF_ABI_VERSION)
-		return -EPROTO;
-	size = bfnf_record_size(hdr->type);
-	if (size < 0 || hdr->length != len || len != size || hdr->flags)
-		return -EINVAL;
+	err = bfc_check_request(&bfnf_abi, buf, len);
+	if (err)
+		return err;
 
 	switch (hdr->type) {
 	case BFNF_MSG_INFO_REQ:
@@ -265,7 +252,7 @@ static ssize_t bfnf_write(struct file *file, const char __user *ubuf, size_t cou
 	void *buf;
 	int err;
 
-	if (count < sizeof(struct bfnf_hdr)) {
+	if (count < sizeof(struct bifrost_hdr)) {
 		err = -EINVAL;
 		goto err_count;
 	}
@@ -332,7 +319,7 @@ static __poll_t bfnf_poll(struct file *file, poll_table *wait)
 
 static int bfnf_open(struct inode *inode, struct file *file)
 {
-	struct bfnf_file *f = bfc_file_open(inode, file, sizeof(*f), &bfnf_abi);
+	struct bfnf_file *f = bfc_file_open_as(struct bfnf_file, inode, file, &bfnf_abi);
 
 	if (IS_ERR(f))
 		return PTR_ERR(f);

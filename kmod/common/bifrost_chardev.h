@@ -29,41 +29,57 @@
 #include <linux/wait.h>
 #include <net/net_namespace.h>
 
+#include "bifrost_uapi.h"
 #include "bifrost_version.h"
-
-/* The record header of both ABIs (struct bfnf_hdr, struct fm_hdr). */
-struct bfc_hdr {
-	u32 magic;
-	u16 version;
-	u16 type;
-	u32 length;
-	u32 flags;
-};
-
-/* The INFO reply of both ABIs (struct bfnf_info_reply, struct fm_info_reply). */
-#define BFC_MAX_COUNTERS 64
-struct bfc_info_reply {
-	struct bfc_hdr hdr;
-	u32 abi_version;
-	u32 n_counters;
-	u32 netns_inum;
-	u32 reserved;
-	u8 module_version[32];
-	u64 counters[BFC_MAX_COUNTERS];
-};
 
 /* What differs between the two devices. */
 struct bfc_abi {
 	u32 magic;
 	u16 version;
-	u16 info_reply_type;
 	/* errno of a read() whose buffer cannot hold the next reply */
 	int too_small_err;
 	/* unread replies a file may hold: a writer that never reads gets ENOBUFS */
 	unsigned int max_replies;
+	/* size of the request of that type; 0 for a type that is never written */
+	size_t (*request_size)(u16 type);
 };
 
-/* The per-open state both devices keep; each embeds it. */
+/*
+ * A device's struct bfc_abi, from its uapi header's P_MAGIC and P_ABI_VERSION;
+ * its P_CNT_MAX counters must fit the INFO reply.
+ */
+#define BFC_DEFINE_ABI(name, P, too_small, max, request_size_fn)		\
+	static_assert(P##_CNT_MAX <=						\
+		      ARRAY_SIZE(((struct bifrost_info_reply *)0)->counters));	\
+	static const struct bfc_abi name = {					\
+		.magic = P##_MAGIC,						\
+		.version = P##_ABI_VERSION,					\
+		.too_small_err = (too_small),					\
+		.max_replies = (max),						\
+		.request_size = (request_size_fn),				\
+	}
+
+/*
+ * Check a written record's header: -EPROTO for another ABI version, -EINVAL
+ * for a wrong magic, a type that is never written, a length that is not the
+ * type's size or the write's, or flags set. Every write gets this first.
+ */
+static inline int bfc_check_request(const struct bfc_abi *abi, const void *buf, size_t len)
+{
+	const struct bifrost_hdr *hdr = buf;
+	size_t want;
+
+	if (len < sizeof(*hdr) || hdr->magic != abi->magic)
+		return -EINVAL;
+	if (hdr->version != abi->version)
+		return -EPROTO;
+	want = abi->request_size(hdr->type);
+	if (!want || hdr->length != len || len != want || hdr->flags)
+		return -EINVAL;
+	return 0;
+}
+
+/* The per-open state both devices keep; each embeds it as its first member, base. */
 struct bfc_file {
 	const struct bfc_abi *abi;
 	struct net *net;
@@ -83,7 +99,7 @@ struct bfc_reply {
 
 static inline void bfc_hdr_fill(const struct bfc_abi *abi, void *rec, u16 type, u32 len)
 {
-	struct bfc_hdr *hdr = rec;
+	struct bifrost_hdr *hdr = rec;
 
 	hdr->magic = abi->magic;
 	hdr->version = abi->version;
@@ -130,6 +146,13 @@ static inline void bfc_replies_free(struct list_head *list)
 		kfree(r);
 	}
 }
+
+/* bfc_file_open() for a device's per-open type, checking that base comes first. */
+#define bfc_file_open_as(type, inode, file, abi)				\
+	({									\
+		static_assert(offsetof(type, base) == 0);			\
+		(type *)bfc_file_open(inode, file, sizeof(type), abi);		\
+	})
 
 /* Frees what bfc_file_open() made; the device frees its own parts first. */
 static inline void bfc_file_release(struct bfc_file *f)
@@ -214,10 +237,10 @@ static inline void bfc_counters_sum(const u64 __percpu *base, unsigned int n, u6
 static inline int bfc_queue_info(struct bfc_file *f, const u64 __percpu *counters,
 				 unsigned int n_counters)
 {
-	struct bfc_info_reply *rep;
+	struct bifrost_info_reply *rep;
 	LIST_HEAD(batch);
 
-	rep = bfc_reply_alloc(f, &batch, f->abi->info_reply_type, sizeof(*rep));
+	rep = bfc_reply_alloc(f, &batch, BIFROST_MSG_INFO_REPLY, sizeof(*rep));
 	if (!rep)
 		return -ENOMEM;
 	rep->abi_version = f->abi->version;
@@ -239,16 +262,6 @@ static inline __poll_t bfc_poll(struct bfc_file *f, struct file *file, poll_tabl
 		mask |= EPOLLIN | EPOLLRDNORM;
 	return mask;
 }
-
-/*
- * Check at build time that a device's uapi header and the shared layout
- * agree; use once per module with its own record structs.
- */
-#define BFC_ASSERT_LAYOUT(hdr_t, info_t)						\
-	static_assert(sizeof(hdr_t) == sizeof(struct bfc_hdr) &&			\
-		      sizeof(info_t) == sizeof(struct bfc_info_reply) &&		\
-		      offsetof(info_t, counters) ==					\
-		      offsetof(struct bfc_info_reply, counters))
 
 /*
  * The misc device, root-only node, and its init/exit, for a device whose

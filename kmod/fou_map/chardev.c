@@ -18,17 +18,38 @@
 /* Unread replies a file may hold: a writer that never reads gets ENOBUFS. */
 #define FM_MAX_PENDING 16
 /* The largest record anyone may write (and the largest reply). */
-#define FM_MAX_RECORD sizeof(struct fm_info_reply)
+#define FM_MAX_RECORD sizeof(struct bifrost_info_reply)
 
-BFC_ASSERT_LAYOUT(struct fm_hdr, struct fm_info_reply);
+static size_t fm_record_size(u16 type)
+{
+	switch (type) {
+	case FM_MSG_INFO_REQ:
+		return sizeof(struct bifrost_info_req);
+	case FM_MSG_CONFIG:
+		return sizeof(struct fm_config);
+	case FM_MSG_CONFIG_GET:
+		return sizeof(struct fm_config_get);
+	case FM_MSG_STATS_REQ:
+		return sizeof(struct fm_stats_req);
+	case FM_MSG_DUMP_REQ:
+		return sizeof(struct fm_dump_req);
+	case FM_MSG_ADD:
+		return sizeof(struct fm_add);
+	case FM_MSG_DEL:
+		return sizeof(struct fm_del);
+	case FM_MSG_FLUSH:
+		return sizeof(struct fm_flush);
+	case FM_MSG_AUTH:
+		return sizeof(struct fm_auth);
+	case FM_MSG_AUTH_GET:
+		return sizeof(struct fm_auth_get);
+	default:
+		/* replies and unknown types are never written */
+		return 0;
+	}
+}
 
-static const struct bfc_abi fm_abi = {
-	.magic = FM_MAGIC,
-	.version = FM_ABI_VERSION,
-	.info_reply_type = FM_MSG_INFO_REPLY,
-	.too_small_err = -EMSGSIZE,
-	.max_replies = FM_MAX_PENDING,
-};
+BFC_DEFINE_ABI(fm_abi, FM, -EMSGSIZE, FM_MAX_PENDING, fm_record_size);
 
 /*
  * A dump is a snapshot of the clients (keys) present at DUMP_REQ; each read()
@@ -38,7 +59,7 @@ static const struct bfc_abi fm_abi = {
  * as a hash-table walk resumed across reads can.
  */
 struct fm_file {
-	/* first: bfc_file_open() allocates the whole; base.lock also guards the rest */
+	/* first: bfc_file_open_as() allocates the whole; base.lock also guards the rest */
 	struct bfc_file base;
 	__be32 *dump_keys;	/* kvmalloc'ed; NULL when no dump is under way */
 	u32 dump_n;
@@ -46,7 +67,6 @@ struct fm_file {
 	u64 dumped;
 	u8 wbuf[FM_MAX_RECORD];
 };
-static_assert(offsetof(struct fm_file, base) == 0);
 
 /* A zeroed reply of len bytes in batch; the caller fills it, then queues the batch. */
 static void *fm_reply(struct fm_file *ff, struct list_head *batch, u16 type, size_t len)
@@ -266,48 +286,15 @@ static int fm_do_add(struct fm_net *fn, const struct fm_add *rec)
 	return fm_add(fn, rec->client, rec->pop, rec->entry_flags, rec->age_ms);
 }
 
-static size_t fm_record_size(u16 type)
-{
-	switch (type) {
-	case FM_MSG_INFO_REQ:
-		return sizeof(struct fm_info_req);
-	case FM_MSG_CONFIG:
-		return sizeof(struct fm_config);
-	case FM_MSG_CONFIG_GET:
-		return sizeof(struct fm_config_get);
-	case FM_MSG_STATS_REQ:
-		return sizeof(struct fm_stats_req);
-	case FM_MSG_DUMP_REQ:
-		return sizeof(struct fm_dump_req);
-	case FM_MSG_ADD:
-		return sizeof(struct fm_add);
-	case FM_MSG_DEL:
-		return sizeof(struct fm_del);
-	case FM_MSG_FLUSH:
-		return sizeof(struct fm_flush);
-	case FM_MSG_AUTH:
-		return sizeof(struct fm_auth);
-	case FM_MSG_AUTH_GET:
-		return sizeof(struct fm_auth_get);
-	default:
-		/* Replies and unknown types are not requests. */
-		return 0;
-	}
-}
-
 static int fm_handle(struct fm_file *ff, size_t len)
 {
-	const struct fm_hdr *hdr = (const struct fm_hdr *)ff->wbuf;
+	const struct bifrost_hdr *hdr = (const struct bifrost_hdr *)ff->wbuf;
 	struct fm_net *fn = fm_pernet(ff->base.net);
-	size_t want;
+	int err;
 
-	if (len < sizeof(*hdr) || hdr->magic != FM_MAGIC)
-		return -EINVAL;
-	if (hdr->version != FM_ABI_VERSION)
-		return -EPROTO;
-	want = fm_record_size(hdr->type);
-	if (!want || hdr->length != len || len != want || hdr->flags)
-		return -EINVAL;
+	err = bfc_check_request(&fm_abi, hdr, len);
+	if (err)
+		return err;
 
 	switch (hdr->type) {
 	case FM_MSG_INFO_REQ:
@@ -466,7 +453,7 @@ static __poll_t fm_poll(struct file *file, poll_table *wait)
 
 static int fm_open(struct inode *inode, struct file *file)
 {
-	struct fm_file *ff = bfc_file_open(inode, file, sizeof(*ff), &fm_abi);
+	struct fm_file *ff = bfc_file_open_as(struct fm_file, inode, file, &fm_abi);
 
 	return PTR_ERR_OR_ZERO(ff);
 }

@@ -38,7 +38,7 @@ def module():
 
 @pytest.fixture(scope="module")
 def shared():
-    with topo.topology() as t:
+    with topo.build() as t:
         yield t
 
 

@@ -89,7 +89,7 @@ pop = "{topo.pop_ip(2)}"
 
 @pytest.fixture(scope="module")
 def shared():
-    with topo.topology() as t:
+    with topo.build() as t:
         yield t
 
 

@@ -22,7 +22,7 @@ def module():
 
 @pytest.fixture(scope="module")
 def shared():
-    with topo.topology(cfg=topo.table_config()) as t:
+    with topo.build(cfg=topo.table_config()) as t:
         yield t
 
 
@@ -159,7 +159,7 @@ def test_miss_policy_pass_and_drop(net):
 
 def test_netns_isolation(net):
     a = net
-    with topo.topology() as b:
+    with topo.build() as b:
         with b.fou_map() as fm:
             fm.configure(topo.table_config(max_entries=77))
         assert a.echo_once(a.client_socket(0))

@@ -166,7 +166,7 @@ def test_lowering_max_entries_under_learning():
     entry in softirq under the table lock (a million removals in one packet). Now a
     packet evicts at most two and CONFIG shrinks in batches in process context: no
     soft lockup or RCU stall (checked over dmesg by the module fixture)."""
-    with topo.topology(cfg=topo.table_config(max_entries=FULL), echo=False) as t:
+    with topo.build(cfg=topo.table_config(max_entries=FULL), echo=False) as t:
         fill(t.gs, FULL)
         with t.fou_map() as fm:
             assert fm.stats().entries == FULL
@@ -187,7 +187,7 @@ def test_pinning_a_client_while_its_traffic_flows():
     flags without READ_ONCE, so a client moving between POPs could overwrite a pin.
     Two POPs send the same client's FOU packets while it is pinned and unpinned 300
     times; after each pin the table must say static, pinned POP."""
-    with topo.topology(cfg=topo.table_config(), echo=False) as t:
+    with topo.build(cfg=topo.table_config(), echo=False) as t:
         procs = [learner(t, n, "10.99.0.77", 40000, step=0) for n in (1, 2)]
         wrong = []
         with t.fou_map() as fm:
@@ -280,7 +280,7 @@ def test_encap_csum_replies_keep_a_valid_outer_checksum():
     """Defect 3: with encap-csum, the egress rewrite updated an outer checksum that
     udp_set_csum() had already completed as if it were a pseudo-header seed, so POPs
     running the kernel's fou dropped the rewritten replies (UDP InCsumErrors)."""
-    with topo.topology(cfg=topo.table_config(), encap_csum=True) as t:
+    with topo.build(cfg=topo.table_config(), encap_csum=True) as t:
         checksum_offload_off(t.gs, "eth0")  # the machine's one uplink to both POPs
         errs = [in_csum_errors(p) for p in t.pops]
         s = t.client_socket(0)
@@ -298,7 +298,7 @@ def test_packets_counted_exactly_from_two_cpus():
     """Defect 10: the per-entry packet count was a read-modify-write on every packet;
     two CPUs learning the same client lost increments. Two senders pinned to two CPUs
     send 20,000 packets each for one client."""
-    with topo.topology(cfg=topo.table_config(), echo=False) as t:
+    with topo.build(cfg=topo.table_config(), echo=False) as t:
         n = 20000
         with t.fou_map() as fm:
             rx0 = fm.counters()["rx_fou"]

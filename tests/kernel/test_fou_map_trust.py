@@ -53,7 +53,7 @@ def module():
 
 @pytest.fixture(scope="module")
 def shared() -> Iterator[topo.Topology]:
-    with topo.topology(cfg=topo.table_config(), encap_csum=True) as t:
+    with topo.build(cfg=topo.table_config(), encap_csum=True) as t:
         yield t
 
 

@@ -239,7 +239,7 @@ def traffic(tmp_path: Path) -> Iterator[tuple[cache_env.Topo, topo.Topology]]:
     everything and unloads the modules (the namespaces are deleted after)."""
     tmp_path.mkdir()
     with cache_env.topo(f"ul{os.getpid() % 10000}") as a2s, \
-            topo.topology(cfg=None) as fou:  # fmt: skip
+            topo.build(cfg=None) as fou:  # fmt: skip
         cache_env.load()
         topo.load()
         refill(a2s.pop)

@@ -77,7 +77,7 @@ def lab() -> Iterator[Lab]:
     if not OBJECT.exists():
         pytest.fail(f"{OBJECT} missing: build it on the host first (invoke build)")
     subprocess.run(["modprobe", "-a", "veth", "fou", "ipip"], check=True)
-    with topology.network(pops=1, prefix="bfx-ki") as nw, libbpf.BpfObject(OBJECT) as obj:
+    with topology.build(pops=1, prefix="bfx-ki") as nw, libbpf.BpfObject(OBJECT) as obj:
         ms = maps.MapSet.from_fds(obj.map_fds())
         maps.apply(ms, config())
         # The game server's side is the kernel's own: fou receive port, ipip/fou tunnel back.

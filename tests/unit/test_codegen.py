@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bifrost import codegen
-from bifrost.abi.defs import DEVICES
+from bifrost.abi.defs import DEVICES, common
 from bifrost.abi.spec import SCALARS, Device, layout, record_size
 from bifrost.xdp import maps_def
 
@@ -31,12 +31,13 @@ def _c_layout(dev: Device, tmp_path: Path) -> dict[str, int]:
         "#include <stddef.h>",
         f'#include "{dev.name}.h"',
         "int main(void) {",
-        f'\tprintf("hdr.sizeof %zu\\n", sizeof(struct {p}_hdr));',
+        '\tprintf("hdr.sizeof %zu\\n", sizeof(struct bifrost_hdr));',
     ]
     for f in dev.header:
-        lines.append(f'\tprintf("hdr.{f.name} %zu\\n", offsetof(struct {p}_hdr, {f.name}));')
+        lines.append(f'\tprintf("hdr.{f.name} %zu\\n", offsetof(struct bifrost_hdr, {f.name}));')
     for r in dev.records:
-        s = f"struct {p}_{r.name}"
+        # The records every device shares are bifrost_uapi.h's, named bifrost_<name>.
+        s = f"struct {'bifrost' if r in common.RECORDS else p}_{r.name}"
         lines.append(f'\tprintf("{r.name}.sizeof %zu\\n", sizeof({s}));')
         lines.append(f'\tprintf("{r.name}.type %d\\n", (int){p.upper()}_MSG_{r.name.upper()});')
         for f in r.fields:
@@ -52,7 +53,8 @@ def _c_layout(dev: Device, tmp_path: Path) -> dict[str, int]:
     subprocess.run(
         [
             "gcc", "-std=c11", "-Wall", "-Wextra", "-Wpadded", "-Werror",
-            "-I", str(codegen.uapi_path(dev).parent), "-o", str(exe), str(src),
+            "-I", str(codegen.uapi_path(dev).parent),
+            "-I", str(codegen.COMMON_UAPI_PATH.parent), "-o", str(exe), str(src),
         ],
         check=True,
         capture_output=True,

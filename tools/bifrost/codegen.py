@@ -21,7 +21,7 @@ from types import ModuleType
 import jinja2
 
 from bifrost import __version__
-from bifrost.abi.spec import SCALARS, Device, Field, Record
+from bifrost.abi.spec import HEADER_FIELDS, SCALARS, Device, Field, Record
 from bifrost.paths import BUILD_DIR, KMOD_DIR, MODULES, PACKAGE_DIR, SOURCE_ROOT, TEMPLATES_DIR
 from bifrost.xdp import maps_def
 
@@ -72,7 +72,24 @@ def render(template: str, **context: object) -> str:
 
 
 def render_uapi(dev: Device) -> str:
-    return render("uapi.h.j2", dev=dev, p=dev.prefix, P=dev.prefix.upper())
+    """A device's uapi header: its own records; the shared ones are in bifrost_uapi.h."""
+    from bifrost.abi.defs import common
+
+    if dev.header != HEADER_FIELDS:
+        raise ValueError(f"{dev.name}: its record header is not the shared struct bifrost_hdr")
+    if len(dev.counters) > common.MAX_COUNTERS:
+        raise ValueError(
+            f"{dev.name}: {len(dev.counters)} counters, INFO has room for {common.MAX_COUNTERS}"
+        )
+    shared = [r for r in dev.records if r in common.RECORDS]
+    return render("uapi.h.j2", dev=dev, p=dev.prefix, P=dev.prefix.upper(), shared=shared)
+
+
+def render_common_uapi() -> str:
+    """kmod/common/bifrost_uapi.h: the header and records every device shares, once."""
+    from bifrost.abi.defs import common
+
+    return render("uapi_common.h.j2", header=HEADER_FIELDS, records=common.RECORDS)
 
 
 def _spec_names(module: ModuleType) -> dict[str, str]:
@@ -95,14 +112,11 @@ def render_codec(dev: Device) -> str:
     return _ruff_format(text)
 
 
-def render_common_codec(devices: tuple[Device, ...]) -> str:
-    """abi/common.py: the records every device shares, rendered once. Their layout
-    holds for every device only while the devices' headers are the same."""
+def render_common_codec() -> str:
+    """abi/common.py: the records every device shares, rendered once (laid out after
+    spec.HEADER_FIELDS, which render_uapi and runtime.codec require of every device)."""
     from bifrost.abi.defs import common
 
-    headers = {dev.header for dev in devices}
-    if len(headers) != 1:
-        raise ValueError("the devices' record headers differ: common records cannot be shared")
     text = render("abi_common.py.j2", records=common.RECORDS, spec_names=_spec_names(common))
     return _ruff_format(text)
 
@@ -153,6 +167,7 @@ def codec_path(dev: Device) -> Path:
 
 
 COMMON_CODEC_PATH = PACKAGE_DIR / "abi" / "common.py"
+COMMON_UAPI_PATH = KMOD_DIR / "common" / "bifrost_uapi.h"
 
 
 @dataclass(frozen=True)
@@ -165,7 +180,10 @@ def abi_outputs() -> list[Generated]:
     """The chardev uapi headers and codecs."""
     from bifrost.abi.defs import DEVICES
 
-    out = [Generated(COMMON_CODEC_PATH, render_common_codec(DEVICES))]
+    out = [
+        Generated(COMMON_UAPI_PATH, render_common_uapi()),
+        Generated(COMMON_CODEC_PATH, render_common_codec()),
+    ]
     for dev in DEVICES:
         out.append(Generated(uapi_path(dev), render_uapi(dev)))
         out.append(Generated(codec_path(dev), render_codec(dev)))

@@ -55,7 +55,7 @@ __all__ = [
     "DEV", "FOU_PORT", "GAME_PORT", "GS_LOCAL", "MODULE", "POPS", "POP_NET", "SERVICE_IP",
     "Capture", "EchoServer", "RawSender", "Topology", "build", "client_ip", "dmesg", "fou_packet",
     "gs_endpoint", "inner_udp", "kernel_trouble", "load", "loaded", "module_for_tests", "open_in",
-    "pop_ip", "table_config", "topology", "unload", "wait_for",
+    "pop_ip", "table_config", "unload", "wait_for",
 ]  # fmt: skip
 
 # [fou_map] pops of the testbed: every POP of the one IP plan.
@@ -244,6 +244,13 @@ class Topology:
             self.echo.close()
         self.nw.close()
 
+    # `with build(...) as t:` removes the testbed on leaving the block.
+    def __enter__(self) -> Topology:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def use_pop(self, n: int) -> None:
         """The anycast route moves: the client's traffic reaches the service by POP n."""
         self.nw.use_pop(n)
@@ -314,12 +321,3 @@ def build(
         topo.close()
         raise
     return topo
-
-
-@contextlib.contextmanager
-def topology(**kw: object) -> Iterator[Topology]:
-    topo = build(**kw)  # type: ignore[arg-type]
-    try:
-        yield topo
-    finally:
-        topo.close()

@@ -234,7 +234,7 @@ def running(
     load_modules()
     # No bpffs mount here: `bifrost xdp run` mounts it where the pins go when missing.
     napi = xdp_mode != "generic"
-    with topology.network(pops=2, container=True, prefix=prefix, pop_napi=napi) as nw:
+    with topology.build(pops=2, container=True, prefix=prefix, pop_napi=napi) as nw:
         assert nw.service is not None
         pin_bases = {n: BPFFS / f"{prefix}-{os.getpid()}-pop{n}" for n in (1, 2)}
         system = System(nw, work, pin_bases, work / "game.sock")

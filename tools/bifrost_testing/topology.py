@@ -51,7 +51,7 @@ import contextlib
 import ipaddress
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,6 +179,13 @@ class Network:
         for ns in reversed(list(self.namespaces.values())):
             ns.close()
 
+    # `with build(...) as nw:` removes the network on leaving the block.
+    def __enter__(self) -> Network:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def napi_threads(ifname: str) -> list[int]:
     """The pids of the NAPI kthreads of every device named ifname (`napi/<ifname>-<id>`)."""
@@ -294,15 +301,6 @@ def build(
         for each in reversed(made):
             each.close()
         raise
-
-
-@contextlib.contextmanager
-def network(**kw: object) -> Iterator[Network]:
-    nw = build(**kw)  # type: ignore[arg-type]
-    try:
-        yield nw
-    finally:
-        nw.close()
 
 
 def wait_for(pred: Callable[[], object], timeout: float = 5.0, step: float = 0.05) -> bool:

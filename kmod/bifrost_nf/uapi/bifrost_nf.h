@@ -22,14 +22,17 @@
  * nothing. poll() reports POLLIN for either, and wakes for replies queued by
  * another thread's write().
  *
- * Every record starts with struct bfnf_hdr: magic 0x42464e46, version
- * 1, the record type and the record's exact length. All fields are
- * little-endian except __be32 IPv4 addresses, which are in network byte order.
+ * Every record starts with struct bifrost_hdr (bifrost_uapi.h): magic
+ * 0x42464e46, version 1, the record type and the record's exact
+ * length. All fields are little-endian except __be32 IPv4 addresses, which
+ * are in network byte order.
  */
 #ifndef _UAPI_BFNF_H
 #define _UAPI_BFNF_H
 
 #include <linux/types.h>
+
+#include "bifrost_uapi.h"
 
 #define BFNF_MAGIC 0x42464e46U
 #define BFNF_ABI_VERSION 1
@@ -103,33 +106,14 @@ enum bfnf_counter {
 	BFNF_CNT_MAX,
 };
 
-struct bfnf_hdr {
-	__u32 magic;	/* the device's magic number */
-	__u16 version;	/* ABI version the writer was built for */
-	__u16 type;	/* record type */
-	__u32 length;	/* size of the whole record in bytes */
-	__u32 flags;	/* per-record flags; 0 unless the record says otherwise */
-};
-
-/* Ask for INFO; the reply is read() back. */
-struct bfnf_info_req {
-	struct bfnf_hdr hdr;
-};
-
-/* ABI and module version, the opener's netns and every counter of that netns. */
-struct bfnf_info_reply {
-	struct bfnf_hdr hdr;
-	__u32 abi_version;
-	__u32 n_counters;	/* how many entries of counters[] are used */
-	__u32 netns_inum;	/* inode number of the netns the file is bound to */
-	__u32 reserved;
-	__u8 module_version[32];	/* NUL-terminated */
-	__u64 counters[64];	/* indexed by the counter enum */
-};
+/*
+ * The records every device shares are in bifrost_uapi.h:
+ * struct bifrost_info_req, struct bifrost_info_reply.
+ */
 
 /* Add or update a cached service (address:port) of the opener's netns. */
 struct bfnf_service_set {
-	struct bfnf_hdr hdr;
+	struct bifrost_hdr hdr;
 	__be32 addr;	/* service address (the clients' destination) */
 	__u16 port;	/* service UDP port, host byte order */
 	__u16 svc_flags;	/* BFNF_SVC_F_* bits */
@@ -137,7 +121,7 @@ struct bfnf_service_set {
 
 /* Delete a service and its cached entries. */
 struct bfnf_service_del {
-	struct bfnf_hdr hdr;
+	struct bifrost_hdr hdr;
 	__be32 addr;
 	__u16 port;
 	__u16 reserved;
@@ -145,7 +129,7 @@ struct bfnf_service_del {
 
 /* One packet of a cached answer. Packets of one answer are written in order, index 0..count-1; the answer replaces the old one when the last arrives. */
 struct bfnf_entry_set {
-	struct bfnf_hdr hdr;
+	struct bifrost_hdr hdr;
 	__be32 addr;
 	__u16 port;
 	__u8 qtype;	/* BFNF_QT_INFO, _PLAYER or _RULES */
@@ -161,7 +145,7 @@ struct bfnf_entry_set {
 
 /* Delete one cached answer (qtype) or all of a service's answers (qtype 0). */
 struct bfnf_entry_del {
-	struct bfnf_hdr hdr;
+	struct bifrost_hdr hdr;
 	__be32 addr;
 	__u16 port;
 	__u8 qtype;
@@ -170,17 +154,17 @@ struct bfnf_entry_del {
 
 /* Delete every cached answer of the netns (services stay). */
 struct bfnf_flush {
-	struct bfnf_hdr hdr;
+	struct bifrost_hdr hdr;
 };
 
 /* Rotate the challenge secret now (the previous one stays valid). */
 struct bfnf_rotate {
-	struct bfnf_hdr hdr;
+	struct bifrost_hdr hdr;
 };
 
 /* Per-netns settings. */
 struct bfnf_config_set {
-	struct bfnf_hdr hdr;
+	struct bifrost_hdr hdr;
 	__u32 rate_pps;	/* queries per second per source; 0 = no limit */
 	__u32 rate_burst;	/* queries a source may send at once */
 	__u32 rotate_s;	/* challenge secret lifetime in seconds (>= 1) */
@@ -189,12 +173,12 @@ struct bfnf_config_set {
 
 /* List services and entries: SERVICE_INFO records, DUMP_END. */
 struct bfnf_dump_req {
-	struct bfnf_hdr hdr;
+	struct bifrost_hdr hdr;
 };
 
 /* One service and its cached answers; arrays are indexed by qtype - 1. */
 struct bfnf_service_info {
-	struct bfnf_hdr hdr;
+	struct bifrost_hdr hdr;
 	__be32 addr;
 	__u16 port;
 	__u16 svc_flags;
@@ -208,14 +192,14 @@ struct bfnf_service_info {
 
 /* Ends a dump. */
 struct bfnf_dump_end {
-	struct bfnf_hdr hdr;
+	struct bifrost_hdr hdr;
 	__u32 n_services;
 	__u32 reserved;
 };
 
 /* Refresh request: read() returns these when no reply is queued; poll() says when. */
 struct bfnf_event {
-	struct bfnf_hdr hdr;
+	struct bifrost_hdr hdr;
 	__be32 addr;
 	__u16 port;
 	__u8 qtype;

@@ -23,14 +23,17 @@
  * continues over several read()s. poll() reports POLLIN while a reply or dump
  * records are pending.
  *
- * Every record starts with struct fm_hdr: magic 0x464f554d, version
- * 2, the record type and the record's exact length. All fields are
- * little-endian except __be32 IPv4 addresses, which are in network byte order.
+ * Every record starts with struct bifrost_hdr (bifrost_uapi.h): magic
+ * 0x464f554d, version 2, the record type and the record's exact
+ * length. All fields are little-endian except __be32 IPv4 addresses, which
+ * are in network byte order.
  */
 #ifndef _UAPI_FM_H
 #define _UAPI_FM_H
 
 #include <linux/types.h>
+
+#include "bifrost_uapi.h"
 
 #define FM_MAGIC 0x464f554dU
 #define FM_ABI_VERSION 2
@@ -113,33 +116,14 @@ enum fm_counter {
 	FM_CNT_MAX,
 };
 
-struct fm_hdr {
-	__u32 magic;	/* the device's magic number */
-	__u16 version;	/* ABI version the writer was built for */
-	__u16 type;	/* record type */
-	__u32 length;	/* size of the whole record in bytes */
-	__u32 flags;	/* per-record flags; 0 unless the record says otherwise */
-};
-
-/* Ask for INFO; the reply is read() back. */
-struct fm_info_req {
-	struct fm_hdr hdr;
-};
-
-/* ABI and module version, the opener's netns and every counter of that netns. */
-struct fm_info_reply {
-	struct fm_hdr hdr;
-	__u32 abi_version;
-	__u32 n_counters;	/* how many entries of counters[] are used */
-	__u32 netns_inum;	/* inode number of the netns the file is bound to */
-	__u32 reserved;
-	__u8 module_version[32];	/* NUL-terminated */
-	__u64 counters[64];	/* indexed by the counter enum */
-};
+/*
+ * The records every device shares are in bifrost_uapi.h:
+ * struct bifrost_info_req, struct bifrost_info_reply.
+ */
 
 /* Set the netns's config (write), or the reply to CONFIG_GET. Entries are kept. */
 struct fm_config {
-	struct fm_hdr hdr;
+	struct bifrost_hdr hdr;
 	__u32 n_ports;	/* how many entries of ports[] are used (0..8) */
 	__u32 idle_timeout_ms;	/* a learned entry expires after this idle time */
 	__u32 max_entries;	/* table size bound (1..MAX_ENTRIES_LIMIT) */
@@ -153,17 +137,17 @@ struct fm_config {
 
 /* Ask for the current CONFIG; it is read() back. */
 struct fm_config_get {
-	struct fm_hdr hdr;
+	struct bifrost_hdr hdr;
 };
 
 /* Ask for STATS_REPLY (table gauges). */
 struct fm_stats_req {
-	struct fm_hdr hdr;
+	struct bifrost_hdr hdr;
 };
 
 /* Table gauges of the opener's netns. */
 struct fm_stats_reply {
-	struct fm_hdr hdr;
+	struct bifrost_hdr hdr;
 	__u32 entries;	/* all entries, static included */
 	__u32 static_entries;
 	__u32 max_entries;
@@ -176,12 +160,12 @@ struct fm_stats_reply {
 
 /* Start a dump: the next read()s return ENTRY records, then one DUMP_END, then 0. */
 struct fm_dump_req {
-	struct fm_hdr hdr;
+	struct bifrost_hdr hdr;
 };
 
 /* One table entry (dump output). */
 struct fm_entry {
-	struct fm_hdr hdr;
+	struct bifrost_hdr hdr;
 	__be32 client;	/* inner source address of the client */
 	__be32 pop;	/* outer source address of the POP it came through */
 	__u32 age_ms;	/* time since the last packet (or since added) */
@@ -191,13 +175,13 @@ struct fm_entry {
 
 /* Ends a dump. A dump returns, once each, every client present from DUMP_REQ until its record is read; clients learned after DUMP_REQ may be missing. */
 struct fm_dump_end {
-	struct fm_hdr hdr;
+	struct bifrost_hdr hdr;
 	__u64 count;	/* ENTRY records returned by this dump */
 };
 
 /* Add or replace an entry: FM_ENTRY_STATIC never expires nor moves; without it the entry is learned-like (used to restore snapshots) and may expire. */
 struct fm_add {
-	struct fm_hdr hdr;
+	struct bifrost_hdr hdr;
 	__be32 client;
 	__be32 pop;
 	__u32 entry_flags;	/* FM_ENTRY_STATIC or 0 */
@@ -206,21 +190,21 @@ struct fm_add {
 
 /* Delete the client's entry (ENOENT when there is none). */
 struct fm_del {
-	struct fm_hdr hdr;
+	struct bifrost_hdr hdr;
 	__be32 client;
 	__u32 reserved;
 };
 
 /* Delete every learned entry; with FM_FLUSH_STATIC static ones too. */
 struct fm_flush {
-	struct fm_hdr hdr;
+	struct bifrost_hdr hdr;
 	__u32 scope;	/* 0 or FM_FLUSH_STATIC */
 	__u32 reserved;
 };
 
 /* Set the netns's FOU authentication keys (write, swapped whole), or the reply to AUTH_GET. keys[0] is appended to every FOU packet sent; each of the n_keys is accepted. n_keys 0: auth off (nothing appended, no token required). */
 struct fm_auth {
-	struct fm_hdr hdr;
+	struct bifrost_hdr hdr;
 	__u32 n_keys;	/* 0 (off) or 1..MAX_KEYS; unused keys must be zero */
 	__u32 reserved;
 	__u8 keys[32];	/* 8 bytes each, as on the wire; not all zero */
@@ -228,7 +212,7 @@ struct fm_auth {
 
 /* Ask for the current AUTH; it is read() back. */
 struct fm_auth_get {
-	struct fm_hdr hdr;
+	struct bifrost_hdr hdr;
 };
 
 #endif /* _UAPI_FM_H */
