@@ -171,9 +171,14 @@ def record_size(dev: Device, rec: Record) -> int:
     return wire(rec, dev.header).size
 
 
-def wire_format(fields: Sequence[Field]) -> str:
-    """The struct format of fields laid out in order, little-endian as chardev records are."""
-    return "<" + "".join(field_format(f) for f in fields)
+def wire_format(fields: Sequence[Field], order: str = "<") -> str:
+    """The struct format of fields laid out in order; chardev records are little-endian."""
+    return order + "".join(field_format(f) for f in fields)
+
+
+def field_specs(fields: Sequence[Field]) -> tuple[FieldSpec, ...]:
+    """What the packers (``packing.flatten``/``unflatten``) need of each field, in order."""
+    return tuple((f.name, f.type, f.count) for f in fields)
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,7 +199,7 @@ def wire(rec: Record, header: tuple[Field, ...] = HEADER_FIELDS) -> Wire:
         format=wire_format([f for f, _ in lay]),
         size=end + last.size,
         offsets={f.name: off for f, off in lay[len(header) :]},
-        fields=tuple((f.name, f.type, f.count) for f in rec.fields),
+        fields=field_specs(rec.fields),
     )
 
 
@@ -221,11 +226,11 @@ class Struct:
 
     @property
     def format(self) -> str:
-        return "=" + "".join(field_format(f) for f in self.fields)
+        return wire_format(self.fields, "=")
 
     @property
     def specs(self) -> tuple[FieldSpec, ...]:
-        return tuple((f.name, f.type, f.count) for f in self.fields)
+        return field_specs(self.fields)
 
     def offsets(self) -> dict[str, int]:
         return {f.name: off for f, off in self.layout()}
