@@ -56,7 +56,7 @@ class Record:
             lay.fields,
         )
         # pack() reads the typed fields by name: they must be the definition's.
-        typed = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        typed = cls.field_names()
         if typed != [name for name, _t, _n in lay.fields]:
             raise AbiError(f"{cls.__name__}: fields {typed} are not {spec.name}'s {lay.fields}")
 
