@@ -201,7 +201,7 @@ bfx_gs_nexthop(struct xdp_md *ctx, __u32 slot, __be32 src, __be32 dst,
 		*res = BFX_NH_NO_ROUTE;
 		return NULL;
 	}
-	if (nh->dst == dst && now < nh->expires_ns) {
+	if (bfx_likely(nh->dst == dst && now < nh->expires_ns)) {
 		*res = BFX_NH_OK;
 		return nh;
 	}
@@ -316,7 +316,7 @@ static __always_inline void bfx_write_eth(struct ethhdr *eth, const struct bfx_n
 	d[3] = smac[0];
 	d[4] = smac[1];
 	d[5] = smac[2];
-	eth->h_proto = bpf_htons(ETH_P_IP);
+	d[6] = bpf_htons(ETH_P_IP);
 }
 
 /*
@@ -435,7 +435,7 @@ static __always_inline int bfx_fou_encap(struct xdp_md *ctx, const struct bfx_in
 	int push = BFX_FOU_OVERHEAD + (move ? BFX_AUTH_KEY_BYTES : 0);
 	__u64 *tok;
 
-	if (bpf_xdp_adjust_head(ctx, -push))
+	if (bfx_unlikely(bpf_xdp_adjust_head(ctx, -push)))
 		return -1;
 	BFX_HEAD_MOVED(-push);
 	data = (void *)(long)ctx->data;

@@ -256,6 +256,13 @@ static __always_inline __u64 bfx_now(const struct bfx_settings *s)
 	return bpf_ktime_get_coarse_ns();
 }
 
+/*
+ * A branch the common packet does not take (a tag, IPv6, an MTU or a SYN to
+ * handle): clang lays its block out of the straight line the common packet runs.
+ */
+#define bfx_unlikely(x) __builtin_expect(!!(x), 0)
+#define bfx_likely(x) __builtin_expect(!!(x), 1)
+
 /* The generation in force: read once per packet (see config_gen). */
 static __always_inline __u32 bfx_generation(void)
 {
@@ -275,7 +282,7 @@ static __always_inline int bfx_count(__u32 rule_id, __u32 reason, __u32 bytes, i
 	__u32 idx = rule_id * BFX_NR_REASONS + reason;
 	struct bfx_counter *c = bpf_map_lookup_elem(&counters, &idx);
 
-	if (c) {
+	if (bfx_likely(c)) {
 		c->packets++;
 		c->bytes += bytes;
 	}

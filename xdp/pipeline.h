@@ -172,7 +172,7 @@ static __always_inline int bfx_send(struct xdp_md *ctx, const struct bfx_nexthop
 {
 	int act = bfx_transmit(ctx, nh);
 
-	if (act != XDP_TX && act != XDP_REDIRECT)
+	if (bfx_unlikely(act != XDP_TX && act != XDP_REDIRECT))
 		return bfx_count(id, BFX_DROP_REDIRECT, bytes, XDP_DROP);
 	return bfx_count(id, reason, bytes, act);
 }
@@ -322,12 +322,12 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 	enum bfx_rate rate;
 
 	/* A client is never martian, the POP itself or an anycast service. */
-	if (bfx_martian(ip->saddr) || ip->saddr == s->pop_addr ||
-	    bfx_addr_is(gen, ip->saddr, BFX_ADDR_ANYCAST))
+	if (bfx_unlikely(bfx_martian(ip->saddr) || ip->saddr == s->pop_addr ||
+			 bfx_addr_is(gen, ip->saddr, BFX_ADDR_ANYCAST)))
 		return bfx_count(id, BFX_DROP_MARTIAN, bytes, XDP_DROP);
 	if (s->flags & BFX_SET_HAVE_FIREWALL)
 		fw = bfx_firewall(gen, ip->saddr);
-	if (fw == BFX_FW_BLOCK)
+	if (bfx_unlikely(fw == BFX_FW_BLOCK))
 		return bfx_count(id, BFX_DROP_BLOCKED, bytes, XDP_DROP);
 
 	/* Modules before the rate limit: what they drop inserts no per-source state. */
@@ -359,17 +359,17 @@ static __always_inline int bfx_forward_path(struct xdp_md *ctx, struct ethhdr *e
 	 * game servers' neighbour entries managed instead, which the kernel keeps
 	 * resolved (loader.manage_neighbours).
 	 */
-	if (res == BFX_NH_NEIGH)
+	if (bfx_unlikely(res == BFX_NH_NEIGH))
 		return bfx_count(id, BFX_DROP_NO_NEIGH, bytes, XDP_DROP);
-	if (!nh)
+	if (bfx_unlikely(!nh))
 		return bfx_count(id, bfx_nh_drop_reason(res), bytes, XDP_DROP);
 	/* Two compares, not a min(): the common packet is far below both. */
 	len = in.tot_len + BFX_FOU_OVERHEAD + trailer;
-	if (len > nh->mtu || len > s->tunnel_mtu) {
+	if (bfx_unlikely(len > nh->mtu || len > s->tunnel_mtu)) {
 		mtu = nh->mtu < s->tunnel_mtu ? nh->mtu : s->tunnel_mtu;
 		return bfx_too_big(ctx, &in, ip->ihl, mtu - BFX_FOU_OVERHEAD - trailer, s, id, bytes);
 	}
-	if (ip->protocol == IPPROTO_TCP && bfx_is_syn(l4->hdr, data_end)) {
+	if (bfx_unlikely(in.proto == IPPROTO_TCP) && bfx_is_syn(l4->hdr, data_end)) {
 		mtu = nh->mtu < s->tunnel_mtu ? nh->mtu : s->tunnel_mtu;
 		bfx_clamp_mss(ctx, sizeof(*eth) + ip->ihl * 4,
 			      mtu - BFX_FOU_OVERHEAD - trailer - BFX_MSS_OVERHEAD);
@@ -463,7 +463,7 @@ static __always_inline int bfx_process_untagged(struct xdp_md *ctx)
 	s = bpf_map_lookup_elem(&settings, &gen);
 	if (!s)
 		return bfx_count(0, BFX_PASS_HOST, bytes, XDP_PASS);
-	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+	if (bfx_unlikely(eth->h_proto == bpf_htons(ETH_P_IPV6))) {
 		if (s->ipv6_policy == BFX_IPV6_DROP) {
 			if (bfx_is_ipv6_nd(eth + 1, data_end))
 				return bfx_count(0, BFX_PASS_IPV6_ND, bytes, XDP_PASS);
@@ -521,9 +521,9 @@ static __always_inline int bfx_process(struct xdp_md *ctx)
 	__u32 bytes;
 	enum bfx_vlan_result vlan = bfx_vlan_strip(ctx, &bytes);
 
-	if (vlan == BFX_VLAN_MALFORMED)
+	if (bfx_unlikely(vlan == BFX_VLAN_MALFORMED))
 		return bfx_count(0, BFX_DROP_MALFORMED, bytes, XDP_DROP);
-	if (vlan == BFX_VLAN_NO_META)
+	if (bfx_unlikely(vlan == BFX_VLAN_NO_META))
 		return bfx_count(0, BFX_PASS_VLAN_NO_META, bytes, XDP_PASS);
 	/* Not a branch on vlan: the metadata says whether there are tags to put back. */
 	return bfx_vlan_restore(ctx, bfx_process_untagged(ctx));

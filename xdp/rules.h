@@ -36,7 +36,7 @@ static __always_inline struct bfx_rule *bfx_rule_find(__u32 gen, __be32 addr, __
 
 	if (!slot)
 		return NULL;
-	if (slot->addr == addr && slot->port == port && slot->proto == proto) {
+	if (bfx_likely(slot->addr == addr && slot->port == port && slot->proto == proto)) {
 		id = slot->rule_id;
 	} else if (slot->flags & BFX_SLOT_OVERFLOW) {
 		struct bfx_rule_key key = { .addr = addr, .port = port, .proto = proto, .gen = gen };
@@ -82,7 +82,7 @@ static __always_inline struct bfx_rule *bfx_rule_lookup(__u32 gen, __be32 addr, 
 {
 	struct bfx_rule *rule = bfx_rule_find(gen, addr, port, proto);
 
-	if (rule)
+	if (bfx_likely(rule))
 		return rule;
 	/* A whole-address rule is stored with port 0. */
 	return bfx_rule_find(gen, addr, 0, proto);

@@ -67,7 +67,7 @@ static __always_inline enum bfx_vlan_result bfx_vlan_strip(struct xdp_md *ctx, _
 
 	*bytes = data_end - data;
 	/* One 16-bit load: ethhdr is packed, so eth->h_proto would be two byte loads. */
-	if ((void *)(eth + 1) > data_end || !bfx_is_vlan(*(__be16 *)(data + BFX_MACS)))
+	if (bfx_likely((void *)(eth + 1) > data_end || !bfx_is_vlan(*(__be16 *)(data + BFX_MACS))))
 		return BFX_VLAN_NONE;
 	if (data + BFX_MACS + BFX_VLAN_TAG + 2 > data_end)
 		return BFX_VLAN_MALFORMED;
@@ -135,7 +135,7 @@ static __always_inline int bfx_vlan_restore(struct xdp_md *ctx, int act)
 	void *data = (void *)(long)ctx->data;
 	__u32 t0, t1;
 
-	if ((void *)(meta + 2) > data)
+	if (bfx_likely((void *)(meta + 2) > data))
 		return act;
 	if (act == XDP_DROP || act == XDP_ABORTED)
 		return act;
