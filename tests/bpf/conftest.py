@@ -7,17 +7,24 @@ from collections.abc import Iterator
 
 import pytest
 from xdp_harness import Xdp, loaded
+from xdp_modules_harness import games_loaded
 
 from bifrost.netns import Namespace
 
 
 @pytest.fixture
-def xdp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xdp]:
-    """A freshly loaded program (own maps) with the test config applied."""
+def xdp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xdp]:
+    """A freshly loaded program (own maps) with the test config applied; in a test file
+    that sets XDP_GAMES = True, every game module compiled in and games_config() applied
+    (xdp_modules_harness.games_loaded)."""
     if os.geteuid() != 0:
         pytest.fail("the bpf tier needs root")
-    with loaded(tmp_path_factory.mktemp("xdp")) as x:
-        yield x
+    if getattr(request.module, "XDP_GAMES", False):
+        with games_loaded(tmp_path_factory.mktemp("games")) as x:
+            yield x
+    else:
+        with loaded(tmp_path_factory.mktemp("xdp")) as x:
+            yield x
 
 
 @pytest.fixture
