@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import struct
 import subprocess
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from bifrost import codegen
 from bifrost.abi.defs import DEVICES, common
-from bifrost.abi.spec import Device, layout, record_size
+from bifrost.abi.spec import SCALARS, Device, layout, record_size
 from bifrost.xdp import maps_def
 
 pytestmark = pytest.mark.unit
@@ -74,9 +75,13 @@ def test_c_header_matches_python_codec(dev: Device, tmp_path: Path) -> None:
     classes = {cls.TYPE: cls for cls in codec.RECORDS.values()}
     assert set(classes) == {r.type_id for r in dev.records}
     for r in dev.records:
+        # The class's layout is derived from its definition at import (runtime.Record):
+        # what gcc makes of the header rendered from the same definition must equal it.
         cls = classes[r.type_id]
+        assert r == cls.SPEC, r.name
         assert c[f"{r.name}.type"] == r.type_id
         assert c[f"{r.name}.sizeof"] == cls.SIZE == record_size(dev, r), r.name
+        assert struct.calcsize(cls.FORMAT) == cls.SIZE, r.name
         assert set(cls.OFFSETS) == {f.name for f in r.fields}, r.name
         for f in r.fields:
             assert c[f"{r.name}.{f.name}"] == cls.OFFSETS[f.name], f"{r.name}.{f.name}"
@@ -106,6 +111,18 @@ def test_every_record_round_trips(dev: Device) -> None:
         assert codec.decode_all(raw + raw) == [rec, rec]
         for name, _t, _n in cls.FIELDS:
             assert getattr(codec.decode(raw), name) == kwargs[name], f"{cls.__name__}.{name}"
+        # Each value lies at its OFFSETS entry (the offsets the C header is checked against).
+        for name, ftype, count in cls.FIELDS:
+            at = raw[cls.OFFSETS[name] :]
+            if ftype == "ipv4":
+                assert at[:4] == kwargs[name].packed, f"{cls.__name__}.{name}"
+            elif ftype == "u8" and count > 1:
+                assert at[:count] == kwargs[name], f"{cls.__name__}.{name}"
+            else:
+                got = struct.unpack_from(f"<{count}{SCALARS[ftype][1]}", at)
+                assert got == (kwargs[name] if count > 1 else (kwargs[name],)), (
+                    f"{cls.__name__}.{name}"
+                )
 
 
 @pytest.mark.parametrize("dev", DEVICES, ids=lambda d: d.name)
@@ -153,3 +170,40 @@ def test_module_config_header_compiles(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
+
+
+def test_record_class_fields_must_be_its_definitions() -> None:
+    from bifrost.abi.common import ANY_IPV4
+    from bifrost.abi.defs import fou_map as defs
+    from bifrost.abi.runtime import AbiError, Record
+
+    with pytest.raises(AbiError, match=r"Del: fields \['client'\] are not del's"):
+
+        class Del(Record, spec=defs.DEL):  # the definition also has "reserved"
+            client: ipaddress.IPv4Address = ANY_IPV4
+
+    with pytest.raises(TypeError, match="Stray: a record class needs spec="):
+
+        class Stray(Record):
+            scope: int = 0
+
+    class Flush(Record, spec=defs.FLUSH):
+        scope: int = 0
+        reserved: int = 0
+
+    assert (Flush.TYPE, Flush.SIZE, Flush.OFFSETS) == (12, 24, {"scope": 16, "reserved": 20})
+    assert Flush.FIELDS == (("scope", "u32", 1), ("reserved", "u32", 1))
+    assert Flush(scope=1) == Flush(1, 0) != Flush()  # a dataclass without @dataclass
+
+
+def test_codec_binds_only_the_devices_own_records() -> None:
+    from bifrost.abi import bifrost_nf, fou_map, runtime
+    from bifrost.abi.defs import fou_map as defs
+
+    swapped = dict(fou_map.RECORDS)
+    swapped[fou_map.Flush.TYPE] = bifrost_nf.Flush
+    with pytest.raises(runtime.AbiError, match="fou_map: the codec's records are not the device's"):
+        runtime.codec(defs.DEVICE, swapped)
+    missing = {t: cls for t, cls in fou_map.RECORDS.items() if cls is not fou_map.AuthGet}
+    with pytest.raises(runtime.AbiError, match="not the device's"):
+        runtime.codec(defs.DEVICE, missing)

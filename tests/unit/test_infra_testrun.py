@@ -79,6 +79,10 @@ def test_summary_lists_every_tier() -> None:
     assert "unit" in text
     assert "kernel 6.12.117+deb12-amd64" in text
     assert "rc=1" in text
+    # A name longer than the others' does not push its figures out of their columns.
+    rs.append(testrun.TierResult("kernel 6.12.117+deb12-amd64 (slab tracked)", Path("s"), passed=1))
+    rows = [ln for ln in testrun.render_summary(rs).splitlines() if not ln.startswith("    ")]
+    assert len({len(ln) for ln in rows}) == 1, rows
 
 
 def test_bench_where_is_read_without_import(tmp_path: Path) -> None:

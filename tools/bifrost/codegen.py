@@ -8,6 +8,7 @@ layouts (``bifrost.xdp.maps_def``) and the per-host files under build/.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import subprocess
@@ -15,20 +16,12 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import jinja2
 
 from bifrost import __version__
-from bifrost.abi.spec import (
-    HEADER_FIELDS,
-    SCALARS,
-    Device,
-    Field,
-    Record,
-    field_format,
-    layout,
-    record_size,
-)
+from bifrost.abi.spec import HEADER_FIELDS, SCALARS, Device, Field, Record
 from bifrost.paths import BUILD_DIR, KMOD_DIR, MODULES, PACKAGE_DIR, SOURCE_ROOT, TEMPLATES_DIR
 from bifrost.xdp import maps_def
 
@@ -39,20 +32,13 @@ def _ctype(f: Field) -> str:
     return SCALARS[f.type][0]
 
 
-def _pytype(f: Field) -> str:
+def _pyfield(f: Field) -> str:
+    """A codec dataclass field: name, the Python type it decodes to, its default."""
     if f.type == "ipv4":
-        return "ipaddress.IPv4Address"
+        return f"{f.name}: ipaddress.IPv4Address = ANY_IPV4"
     if f.is_bytes:
-        return "bytes"
-    return "tuple[int, ...]" if f.count > 1 else "int"
-
-
-def _pydefault(f: Field) -> str:
-    if f.type == "ipv4":
-        return "ANY_IPV4"
-    if f.is_bytes:
-        return 'b""'
-    return "()" if f.count > 1 else "0"
+        return f'{f.name}: bytes = b""'
+    return f"{f.name}: tuple[int, ...] = ()" if f.count > 1 else f"{f.name}: int = 0"
 
 
 def _pydoc(text: str, indent: int = 4) -> str:
@@ -77,9 +63,7 @@ def _env() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.globals.update(
-        ctype=_ctype, classname=_classname, pytype=_pytype, pydefault=_pydefault, pydoc=_pydoc
-    )
+    env.globals.update(ctype=_ctype, classname=_classname, pyfield=_pyfield, pydoc=_pydoc)
     return env
 
 
@@ -108,21 +92,14 @@ def render_common_uapi() -> str:
     return render("uapi_common.h.j2", header=HEADER_FIELDS, records=common.RECORDS)
 
 
-def _record_tables(dev: Device, records: tuple[Record, ...]) -> dict[str, dict[str, object]]:
-    """What record.py.j2 renders a record class from: struct format, size, body
-    offsets and field specs, by record name."""
-    formats, sizes, offsets, specs = {}, {}, {}, {}
-    for r in records:
-        lay = layout(dev, r)
-        formats[r.name] = "".join(field_format(f) for f, _ in lay)
-        sizes[r.name] = record_size(dev, r)
-        offsets[r.name] = {f.name: off for f, off in lay[len(dev.header) :]}
-        specs[r.name] = tuple((f.name, f.type, f.count) for f in r.fields)
-    return {"formats": formats, "sizes": sizes, "offsets": offsets, "fieldspecs": specs}
+def _spec_names(module: ModuleType) -> dict[str, str]:
+    """Record name -> the name its definition has in its defs module (a codec class's SPEC)."""
+    return {v.name: k for k, v in vars(module).items() if isinstance(v, Record)}
 
 
 def render_codec(dev: Device) -> str:
-    """A device's codec: its own records, subclasses of the common ones (abi/common.py)."""
+    """A device's codec: its own records, subclasses of the common ones (abi/common.py).
+    Classes name their definition; runtime.Record derives the layout from it."""
     from bifrost.abi.defs import common
 
     text = render(
@@ -130,25 +107,17 @@ def render_codec(dev: Device) -> str:
         dev=dev,
         ipv4=any(f.type == "ipv4" for r in dev.records for f in r.fields),
         shared=[r for r in dev.records if r in common.RECORDS],
-        **_record_tables(dev, dev.records),
+        spec_names=_spec_names(importlib.import_module(f"bifrost.abi.defs.{dev.name}")),
     )
     return _ruff_format(text)
 
 
-def render_common_codec(devices: tuple[Device, ...]) -> str:
-    """abi/common.py: the records every device shares, rendered once. Their layout
-    holds for every device only while the devices' headers are the same."""
+def render_common_codec() -> str:
+    """abi/common.py: the records every device shares, rendered once (laid out after
+    spec.HEADER_FIELDS, which render_uapi and runtime.codec require of every device)."""
     from bifrost.abi.defs import common
 
-    headers = {dev.header for dev in devices}
-    if len(headers) != 1:
-        raise ValueError("the devices' record headers differ: common records cannot be shared")
-    text = render(
-        "abi_common.py.j2",
-        records=common.RECORDS,
-        header_format="".join(field_format(f) for f in devices[0].header),
-        **_record_tables(devices[0], common.RECORDS),
-    )
+    text = render("abi_common.py.j2", records=common.RECORDS, spec_names=_spec_names(common))
     return _ruff_format(text)
 
 
@@ -213,7 +182,7 @@ def abi_outputs() -> list[Generated]:
 
     out = [
         Generated(COMMON_UAPI_PATH, render_common_uapi()),
-        Generated(COMMON_CODEC_PATH, render_common_codec(DEVICES)),
+        Generated(COMMON_CODEC_PATH, render_common_codec()),
     ]
     for dev in DEVICES:
         out.append(Generated(uapi_path(dev), render_uapi(dev)))

@@ -286,12 +286,14 @@ def run_upgrade_tier() -> TierResult:
 
 
 def render_summary(results: list[TierResult]) -> str:
+    # The name column is as wide as the longest name, so the figures line up.
+    w = max([len("tier"), *(len(r.name) for r in results)])
     lines = [
-        f"{'tier':<32} {'passed':>6} {'failed':>6} {'errors':>6} {'skipped':>7} {'secs':>6}",
+        f"{'tier':<{w}} {'passed':>6} {'failed':>6} {'errors':>6} {'skipped':>7} {'secs':>6}",
     ]
     for r in results:
         lines.append(
-            f"{r.name:<32} {r.passed:>6} {r.failed:>6} {r.errors:>6} {r.skipped:>7} "
+            f"{r.name:<{w}} {r.passed:>6} {r.failed:>6} {r.errors:>6} {r.skipped:>7} "
             f"{r.seconds:>6.0f}"
         )
         lines.extend(f"    {n}" for n in r.notes if n)

@@ -1,79 +1,64 @@
-"""Packing shared by the generated record codecs and the XDP map structs."""
+"""The base of the generated record codecs: layout derived from the definitions, packing,
+and a device's decoders."""
 
 from __future__ import annotations
 
-import ipaddress
 import struct
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import fields
-from typing import Any, ClassVar, Self
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Self, dataclass_transform
+
+from bifrost.abi.packing import AbiError as AbiError  # the codecs' error, for their users
+from bifrost.abi.packing import FieldSpec, flatten, unflatten
+from bifrost.abi.spec import HEADER_FIELDS, Device, wire, wire_format
+from bifrost.abi.spec import Record as RecordDef
+
+# Every record's header (spec.HEADER_FIELDS): every device uses it (``codec`` checks).
+HEADER_FORMAT = wire_format(HEADER_FIELDS)
+HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
 
 
-class AbiError(ValueError):
-    """A record read from or written to a device does not match the ABI."""
-
-
-# (name, type, count) of one field: what the packers need of a spec.Field.
-FieldSpec = tuple[str, str, int]
-
-
-def flatten(specs: Iterable[FieldSpec], get: Callable[[str], Any]) -> list[Any]:
-    """Python field values -> struct.pack arguments; a value of None packs as zero.
-
-    ipv4 takes str, IPv4Address or 4 bytes; u8 arrays take bytes; other arrays
-    are padded with zeros to their count.
-    """
-    out: list[Any] = []
-    for name, ftype, count in specs:
-        v = get(name)
-        if ftype == "ipv4":
-            out.append(b"\0\0\0\0" if v is None else ipaddress.IPv4Address(v).packed)
-        elif ftype == "u8" and count > 1:
-            out.append(bytes(v or b""))
-        elif count > 1:
-            seq = list(v or ())
-            if len(seq) > count:
-                raise AbiError(f"{name}: {len(seq)} values, room for {count}")
-            out.extend(seq + [0] * (count - len(seq)))
-        else:
-            out.append(int(v or 0))
-    return out
-
-
-def unflatten(
-    specs: Iterable[FieldSpec], raw: Sequence[Any], ipv4_as_address: bool = True
-) -> dict[str, Any]:
-    """struct.unpack results -> field values by name (the inverse of ``flatten``)."""
-    out: dict[str, Any] = {}
-    pos = 0
-    for name, ftype, count in specs:
-        if ftype == "ipv4":
-            out[name] = ipaddress.IPv4Address(raw[pos]) if ipv4_as_address else raw[pos]
-            pos += 1
-        elif ftype == "u8" and count > 1:
-            out[name] = raw[pos]
-            pos += 1
-        elif count > 1:
-            out[name] = tuple(raw[pos : pos + count])
-            pos += count
-        else:
-            out[name] = raw[pos]
-            pos += 1
-    return out
-
-
+@dataclass_transform()
 class Record:
-    """A fixed-size record; subclasses are generated per device (see codec.py.j2)."""
+    """A fixed-size record; subclasses are generated per device (see codec.py.j2).
 
+    A generated class is ``class X(Record, spec=defs.X)`` with its typed fields:
+    every subclass is a dataclass, and its layout below is derived from its
+    definition (``spec.wire``), once, when the class is made. A device's subclass
+    of a common record inherits the common record's.
+    """
+
+    SPEC: ClassVar[RecordDef]
     TYPE: ClassVar[int]
     FORMAT: ClassVar[str]
     SIZE: ClassVar[int]
+    # Offsets of the body fields from the start of the record.
     OFFSETS: ClassVar[dict[str, int]]
     # (name, type, count) of the body fields, in order.
     FIELDS: ClassVar[tuple[FieldSpec, ...]]
+    # Bound per device by ``codec``.
     MAGIC: ClassVar[int]
     ABI_VERSION: ClassVar[int]
-    HEADER_FORMAT: ClassVar[str]
+
+    def __init_subclass__(cls, spec: RecordDef | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclass(cls)
+        if spec is None:
+            if not hasattr(cls, "SPEC"):
+                raise TypeError(f"{cls.__name__}: a record class needs spec=<its definition>")
+            return
+        lay = wire(spec)
+        cls.SPEC, cls.TYPE = spec, spec.type_id
+        cls.FORMAT, cls.SIZE, cls.OFFSETS, cls.FIELDS = (
+            lay.format,
+            lay.size,
+            lay.offsets,
+            lay.fields,
+        )
+        # pack() reads the typed fields by name: they must be the definition's.
+        typed = cls.field_names()
+        if typed != [name for name, _t, _n in lay.fields]:
+            raise AbiError(f"{cls.__name__}: fields {typed} are not {spec.name}'s {lay.fields}")
 
     def pack(self, flags: int = 0) -> bytes:
         header = [self.MAGIC, self.ABI_VERSION, self.TYPE, self.SIZE, flags]
@@ -97,14 +82,11 @@ class Record:
         return [f.name for f in fields(cls)]  # type: ignore[arg-type]
 
 
-def decode(
-    buf: bytes, records: dict[int, type[Record]], magic: int, version: int, header_format: str
-) -> Record:
+def decode(buf: bytes, records: dict[int, type[Record]], magic: int, version: int) -> Record:
     """Decode one record of a device's `records`, checking magic, version and length."""
-    header_size = struct.calcsize(header_format)
-    if len(buf) < header_size:
+    if len(buf) < HEADER_SIZE:
         raise AbiError(f"record of {len(buf)} bytes is shorter than the header")
-    got_magic, got_version, rtype, length, _flags = struct.unpack_from(header_format, buf)
+    got_magic, got_version, rtype, length, _flags = struct.unpack_from(HEADER_FORMAT, buf)
     if got_magic != magic or got_version != version:
         raise AbiError(f"bad magic/version {got_magic:#x}/{got_version}")
     cls = records.get(rtype)
@@ -113,15 +95,14 @@ def decode(
     return cls.unpack(buf[:length])
 
 
-def split(buf: bytes, header_format: str, decode_one: Callable[[bytes], Record]) -> list[Record]:
+def split(buf: bytes, decode_one: Callable[[bytes], Record]) -> list[Record]:
     """Decode a read() that returned several whole records back to back."""
-    header_size = struct.calcsize(header_format)
     out = []
     while buf:
-        if len(buf) < header_size:
+        if len(buf) < HEADER_SIZE:
             raise AbiError(f"{len(buf)} trailing bytes")
-        length = struct.unpack_from(header_format, buf)[3]
-        if length < header_size or length > len(buf):
+        length = struct.unpack_from(HEADER_FORMAT, buf)[3]
+        if length < HEADER_SIZE or length > len(buf):
             raise AbiError(f"bad record length {length}")
         out.append(decode_one(buf[:length]))
         buf = buf[length:]
@@ -129,18 +110,25 @@ def split(buf: bytes, header_format: str, decode_one: Callable[[bytes], Record])
 
 
 def codec(
-    records: dict[int, type[Record]], magic: int, version: int, header_format: str
+    device: Device, records: dict[int, type[Record]]
 ) -> tuple[Callable[[bytes], Record], Callable[[bytes], list[Record]]]:
     """A device's decode (one record of any type, magic, version and length checked) and
     decode_all (a read() that returned several whole records back to back); binds the
-    device's magic, version and header to its record classes."""
+    device's magic and version to its record classes, which must be its records."""
+    if device.header != HEADER_FIELDS:
+        raise AbiError(f"{device.name}: the codecs lay records out after spec.HEADER_FIELDS")
+    if [cls.SPEC for cls in records.values()] != list(device.records) or any(
+        rtype != cls.TYPE for rtype, cls in records.items()
+    ):
+        raise AbiError(f"{device.name}: the codec's records are not the device's")
     for cls in records.values():
-        cls.MAGIC, cls.ABI_VERSION, cls.HEADER_FORMAT = magic, version, header_format
+        cls.MAGIC, cls.ABI_VERSION = device.magic, device.abi_version
+    magic, version = device.magic, device.abi_version
 
     def decode_one(buf: bytes) -> Record:
-        return decode(buf, records, magic, version, header_format)
+        return decode(buf, records, magic, version)
 
     def decode_many(buf: bytes) -> list[Record]:
-        return split(buf, header_format, decode_one)
+        return split(buf, decode_one)
 
     return decode_one, decode_many

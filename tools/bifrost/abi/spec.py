@@ -2,8 +2,11 @@
 
 A device's definition (see ``defs/``) is the single source of truth for its
 records. ``bifrost.codegen`` renders it into the C uapi header the module
-includes and into the Python codec the daemons use; ``tests/unit`` compiles the
-header and compares every size and offset with the Python side.
+includes and into the Python codec the daemons use. The codec's classes carry
+only their typed fields and name their definition; ``runtime.Record`` derives
+their wire layout from it here (``wire``), with the same ``field_layout`` that
+checks the header's. ``tests/unit`` compiles the header and compares every size
+and offset with the derived layout.
 
 The XDP program's map keys and values (``bifrost.xdp.maps_def``) are
 ``Struct``s made of the same fields under the same padding rules; the same
@@ -22,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bifrost.abi.runtime import FieldSpec, flatten, unflatten
+from bifrost.abi.packing import FieldSpec, flatten, unflatten
 
 # name -> (C type, struct format char, size); "ipv4" is an IPv4 address in
 # network byte order, the way the kernel keeps it in iphdr.
@@ -152,14 +155,52 @@ def field_layout(where: str, fields: Sequence[Field], multiple: int = 1) -> list
     return out
 
 
+def record_layout(
+    rec: Record, header: tuple[Field, ...] = HEADER_FIELDS, where: str = ""
+) -> list[tuple[Field, int]]:
+    """Field offsets of a record, header first; raise on implicit padding."""
+    return field_layout(f"{where}{rec.name}", (*header, *rec.fields), multiple=8)
+
+
 def layout(dev: Device, rec: Record) -> list[tuple[Field, int]]:
-    """Field offsets of a record (header included); raise on implicit padding."""
-    return field_layout(f"{dev.name}.{rec.name}", (*dev.header, *rec.fields), multiple=8)
+    """Field offsets of one of a device's records (header included)."""
+    return record_layout(rec, dev.header, f"{dev.name}.")
 
 
 def record_size(dev: Device, rec: Record) -> int:
-    f, off = layout(dev, rec)[-1]
-    return off + f.size
+    return wire(rec, dev.header).size
+
+
+def wire_format(fields: Sequence[Field], order: str = "<") -> str:
+    """The struct format of fields laid out in order; chardev records are little-endian."""
+    return order + "".join(field_format(f) for f in fields)
+
+
+def field_specs(fields: Sequence[Field]) -> tuple[FieldSpec, ...]:
+    """What the packers (``packing.flatten``/``unflatten``) need of each field, in order."""
+    return tuple((f.name, f.type, f.count) for f in fields)
+
+
+@dataclass(frozen=True, eq=False)
+class Wire:
+    """A record as its codec packs it (``runtime.Record``), derived by ``wire``."""
+
+    format: str  # struct format of the whole record, header first
+    size: int
+    offsets: dict[str, int]  # of the body fields, from the start of the record
+    fields: tuple[FieldSpec, ...]  # (name, type, count) of the body fields, in order
+
+
+def wire(rec: Record, header: tuple[Field, ...] = HEADER_FIELDS) -> Wire:
+    """A record's wire layout from its definition: what its codec class packs with."""
+    lay = record_layout(rec, header)
+    last, end = lay[-1]
+    return Wire(
+        format=wire_format([f for f, _ in lay]),
+        size=end + last.size,
+        offsets={f.name: off for f, off in lay[len(header) :]},
+        fields=field_specs(rec.fields),
+    )
 
 
 @dataclass(frozen=True)
@@ -185,11 +226,11 @@ class Struct:
 
     @property
     def format(self) -> str:
-        return "=" + "".join(field_format(f) for f in self.fields)
+        return wire_format(self.fields, "=")
 
     @property
     def specs(self) -> tuple[FieldSpec, ...]:
-        return tuple((f.name, f.type, f.count) for f in self.fields)
+        return field_specs(self.fields)
 
     def offsets(self) -> dict[str, int]:
         return {f.name: off for f, off in self.layout()}

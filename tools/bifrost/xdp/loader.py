@@ -159,6 +159,24 @@ def _pin_base(cfg: XdpConfig | None, pin_base: str | Path | None) -> Path:
     return Path(cfg.pin_dir)
 
 
+def _where(
+    cfg: XdpConfig, iface: str | None, pin_base: str | Path | None
+) -> tuple[str, Path, Path]:
+    """(interface, pin base, its pin directory) of a call: the arguments, else cfg's."""
+    iface = iface or cfg.interface
+    if not iface:
+        raise ValueError("no interface: set xdp.interface or pass one")
+    base = _pin_base(cfg, pin_base)
+    return iface, base, pin_dir_for(base, iface)
+
+
+def _loadable(obj: Path, base: Path) -> None:
+    """What loading obj needs: the object built and bpffs mounted under base."""
+    if not obj.exists():
+        raise FileNotFoundError(f"{obj}: not built (invoke build)")
+    bpffs.ensure(base)
+
+
 def _attached_ids(idx: int) -> tuple[int, int]:
     """(native, generic) ids of the programs attached to ifindex idx (0: none)."""
     return libbpf.xdp_query_id(idx, XDP_FLAGS_DRV_MODE), libbpf.xdp_query_id(
@@ -239,16 +257,10 @@ def attach(
 
     Refused when iface already has our program (`upgrade` swaps it) or anyone else's.
     """
-    iface = iface or cfg.interface
-    if not iface:
-        raise ValueError("no interface: set xdp.interface or pass one")
+    iface, base, pdir = _where(cfg, iface, pin_base)
     mode = mode or cfg.mode
     idx = ifindex(iface)
-    base = _pin_base(cfg, pin_base)
-    pdir = pin_dir_for(base, iface)
-    if not obj.exists():
-        raise FileNotFoundError(f"{obj}: not built (invoke build)")
-    bpffs.ensure(base)
+    _loadable(obj, base)
     with pins.locked(base):
         link = our_link(pdir, idx)
         if link is not None:
@@ -322,15 +334,9 @@ def upgrade(
     program starts with the config and the state of the old one. Refused, with the
     old program left running, when a state map's layout changed and migrate does not
     say how to carry it over (pins.load_reusing)."""
-    iface = iface or cfg.interface
-    if not iface:
-        raise ValueError("no interface: set xdp.interface or pass one")
+    iface, base, pdir = _where(cfg, iface, pin_base)
     idx = ifindex(iface)
-    base = _pin_base(cfg, pin_base)
-    pdir = pin_dir_for(base, iface)
-    if not obj.exists():
-        raise FileNotFoundError(f"{obj}: not built (invoke build)")
-    bpffs.ensure(base)
+    _loadable(obj, base)
     with pins.locked(base):
         link = our_link(pdir, idx)
         if link is None:
@@ -455,11 +461,7 @@ class Applied:
 def apply(cfg: XdpConfig, iface: str | None = None, pin_base: str | Path | None = None) -> Applied:
     """Re-apply cfg to the pinned maps of a running program (no reload) and bring the
     managed neighbours in line with its game servers (re-creating any the kernel flushed)."""
-    iface = iface or cfg.interface
-    if not iface:
-        raise ValueError("no interface: set xdp.interface or pass one")
-    base = _pin_base(cfg, pin_base)
-    pdir = pin_dir_for(base, iface)
+    iface, base, pdir = _where(cfg, iface, pin_base)
     if not pdir.is_dir():
         raise FileNotFoundError(f"{pdir}: no pinned maps (is the program attached?)")
     with pins.locked(base):
