@@ -3,21 +3,43 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from xdp_harness import Xdp, loaded
+from xdp_modules_harness import games_loaded
 
 from bifrost.netns import Namespace
+from bifrost.xdp import bpffs
 
 
 @pytest.fixture
-def xdp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xdp]:
-    """A freshly loaded program (own maps) with the test config applied."""
+def xdp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xdp]:
+    """A freshly loaded program (own maps) with the test config applied; in a test file
+    that sets XDP_GAMES = True, every game module compiled in and games_config() applied
+    (xdp_modules_harness.games_loaded)."""
     if os.geteuid() != 0:
         pytest.fail("the bpf tier needs root")
-    with loaded(tmp_path_factory.mktemp("xdp")) as x:
-        yield x
+    if getattr(request.module, "XDP_GAMES", False):
+        with games_loaded(tmp_path_factory.mktemp("games")) as x:
+            yield x
+    else:
+        with loaded(tmp_path_factory.mktemp("xdp")) as x:
+            yield x
+
+
+@pytest.fixture
+def pin_base(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A pin base under /sys/fs/bpf named for the test file and this process (not made:
+    the loader makes it); whatever is pinned there is removed after the test."""
+    name = request.module.__name__.removeprefix("test_xdp_")
+    base = bpffs.ROOT / f"bfx-test-{name}-{os.getpid()}"
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

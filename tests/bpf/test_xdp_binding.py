@@ -9,15 +9,14 @@ the kernel, no fd leak over 1,000 applies, no one else's program replaced or rem
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from xdp_harness import compile_object, make_config
+from xdp_harness import compile_object, make_config, x0_link
 
-from bifrost.netns import Namespace, link
+from bifrost.netns import Namespace
 from bifrost.xdp import libbpf, loader, maps, maps_def, pins
 from bifrost.xdp.libbpf import XDP_FLAGS_DRV_MODE, BpfObject
 
@@ -37,17 +36,10 @@ class Net:
 
 
 @pytest.fixture
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+def net(tmp_path_factory: pytest.TempPathFactory, pin_base: Path) -> Iterator[Net]:
     obj = compile_object(tmp_path_factory.mktemp("binding"))
-    base = Path(f"/sys/fs/bpf/bfx-test-binding-{os.getpid()}")
-    a, b = Namespace("bfx-bind-a"), Namespace("bfx-bind-b")
-    try:
-        link(a, "x0", "10.8.0.1/24", b, "y0", "10.8.0.2/24")
-        yield Net(a, b, obj, base)
-    finally:
-        a.close()
-        b.close()
-        shutil.rmtree(base, ignore_errors=True)
+    with x0_link("bfx-bind") as (a, b):
+        yield Net(a, b, obj, pin_base)
 
 
 def test_loads_libbpf_so_1_and_checks_its_version() -> None:

@@ -22,28 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from xdp_harness import compile_object
+from xdp_harness import compile_object, x0_link, xdp_toml
 
-from bifrost.netns import Namespace, link
+from bifrost.netns import Namespace
 from bifrost.xdp import bpffs, libbpf
 
 pytestmark = pytest.mark.bpf
 
 BIFROST = Path(sys.executable).parent / "bifrost"
-
-CONFIG = """
-[xdp]
-modules = ["srcds"]
-interface = "x0"
-pin_dir = "{pins}"
-pop_address = "10.8.0.1"
-
-[[xdp.rule]]
-name = "cs2"
-anycast = "198.51.100.10"
-ports = [27015]
-game_server = "10.8.0.2"
-"""
 
 # Take every bpffs off /sys/fs/bpf in this (private) mount namespace, and prove it.
 UNMOUNT = (
@@ -63,13 +49,8 @@ def without_bpffs(script: str) -> list[str]:
 
 @pytest.fixture
 def pop() -> Iterator[tuple[Namespace, Namespace]]:
-    a, b = Namespace("bfx-bpffs-a"), Namespace("bfx-bpffs-b")
-    try:
-        link(a, "x0", "10.8.0.1/24", b, "y0", "10.8.0.2/24")
-        yield a, b
-    finally:
-        a.close()
-        b.close()
+    with x0_link("bfx-bpffs") as net:
+        yield net
 
 
 def prog_id(ns: Namespace) -> int:
@@ -83,7 +64,7 @@ def test_attach_apply_status_detach_mount_bpffs_at_sys_fs_bpf(
     obj = compile_object(tmp_path_factory.mktemp("bpffs"))
     pins = bpffs.ROOT / f"bfx-test-bpffs-{os.getpid()}"
     cfg = tmp_path / "bifrost.toml"
-    cfg.write_text(CONFIG.format(pins=pins))
+    cfg.write_text(xdp_toml(pins))
     before = host_bpffs()
     cli = f"nsenter --net=/run/netns/{pop[0].name} {BIFROST} -c {cfg} xdp"
     script = (
@@ -113,7 +94,7 @@ def test_run_mounts_bpffs_on_a_pin_dir_outside_sys_fs_bpf(
     obj = compile_object(tmp_path_factory.mktemp("bpffs"))
     pins = tmp_path / "pins"
     cfg = tmp_path / "bifrost.toml"
-    cfg.write_text(CONFIG.format(pins=pins))
+    cfg.write_text(xdp_toml(pins))
     notify_path = tmp_path / "notify"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))

@@ -2,83 +2,56 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
-from xdp_harness import compile_object
+from xdp_harness import compile_object, x0_link, xdp_toml
 
 from bifrost.cli.main import main
-from bifrost.netns import Namespace, link
+from bifrost.netns import Namespace
 from bifrost.xdp import libbpf, maps, maps_def
 
 pytestmark = pytest.mark.bpf
 
-CONFIG = """
-[xdp]
-modules = ["srcds"]
-interface = "x0"
-mode = "{mode}"
-pin_dir = "{pins}"
-pop_address = "10.8.0.1"
-ipv6 = "{ipv6}"
 
-[[xdp.rule]]
-name = "cs2"
-anycast = "198.51.100.10"
-ports = [27015]
-game_server = "10.8.0.2"
-"""
-
-
-def test_cli_lifecycle(tmp_path_factory: pytest.TempPathFactory, capsys) -> None:
+def test_cli_lifecycle(tmp_path_factory: pytest.TempPathFactory, capsys, pin_base: Path) -> None:
     tmp = tmp_path_factory.mktemp("cli")
     obj = compile_object(tmp)
-    pins = Path(f"/sys/fs/bpf/bfx-test-{os.getpid()}")
+    pins = pin_base
     cfg = tmp / "bifrost.toml"
-    cfg.write_text(CONFIG.format(mode="auto", pins=pins, ipv6="pass"))
-    a, b = Namespace("bfx-cli-a"), Namespace("bfx-cli-b")
-    try:
-        link(a, "x0", "10.8.0.1/24", b, "y0", "10.8.0.2/24")
-        with a.entered():
-            assert main(["-c", str(cfg), "xdp", "attach", "--obj", str(obj)]) == 0
-            assert "attached (native)" in capsys.readouterr().out
-            assert main(["-c", str(cfg), "xdp", "status"]) == 0
-            out = capsys.readouterr().out
-            assert "native, prog id" in out and "auth: off (auth off: FOU packets" in out
-            assert (pins / "x0" / "rule_slots").exists()
-            # A second attach refuses instead of stacking programs.
-            assert main(["-c", str(cfg), "xdp", "attach", "--obj", str(obj)]) == 1
-            # Re-apply a change without reloading: the settings map follows the file.
-            cfg.write_text(CONFIG.format(mode="auto", pins=pins, ipv6="drop"))
-            assert main(["-c", str(cfg), "xdp", "apply"]) == 0
-            with maps.MapSet.from_pins(pins / "x0") as ms:
-                (settings,) = maps.in_force(ms, "settings").values()
-            assert (
-                maps_def.BY_NAME["settings"].unpack(settings)["ipv6_policy"] == maps_def.IPV6_DROP
-            )
-            assert "generation 1; settings: +1" in capsys.readouterr().out
-            # [auth] goes in with the config generation; status says what is in force.
-            auth = '[auth]\nkeys = ["0123456789abcdef", "fedcba9876543210"]\n'
-            cfg.write_text(auth + CONFIG.format(mode="auto", pins=pins, ipv6="drop"))
-            assert main(["-c", str(cfg), "xdp", "apply"]) == 0
-            assert main(["-c", str(cfg), "xdp", "status"]) == 0
-            assert "auth: on, 2 key(s) accepted" in capsys.readouterr().out
-            # Traffic through the attached program shows up in stats.
-            b.run(["ping", "-c", "1", "-W", "1", "10.8.0.1"], check=False)
-            capsys.readouterr()
-            assert main(["-c", str(cfg), "xdp", "stats"]) == 0
-            out = capsys.readouterr().out
-            assert "pass_non_ip" in out or "pass_host" in out, out
-            assert main(["-c", str(cfg), "xdp", "detach"]) == 0
-            assert not (pins / "x0").exists()
-            assert main(["-c", str(cfg), "xdp", "status"]) == 3
-            assert libbpf.xdp_query_id(libbpf_ifindex("x0")) == 0
-    finally:
-        a.close()
-        b.close()
-        shutil.rmtree(pins, ignore_errors=True)
+    cfg.write_text(xdp_toml(pins, mode="auto", ipv6="pass"))
+    with x0_link("bfx-cli") as (a, b), a.entered():
+        assert main(["-c", str(cfg), "xdp", "attach", "--obj", str(obj)]) == 0
+        assert "attached (native)" in capsys.readouterr().out
+        assert main(["-c", str(cfg), "xdp", "status"]) == 0
+        out = capsys.readouterr().out
+        assert "native, prog id" in out and "auth: off (auth off: FOU packets" in out
+        assert (pins / "x0" / "rule_slots").exists()
+        # A second attach refuses instead of stacking programs.
+        assert main(["-c", str(cfg), "xdp", "attach", "--obj", str(obj)]) == 1
+        # Re-apply a change without reloading: the settings map follows the file.
+        cfg.write_text(xdp_toml(pins, mode="auto", ipv6="drop"))
+        assert main(["-c", str(cfg), "xdp", "apply"]) == 0
+        with maps.MapSet.from_pins(pins / "x0") as ms:
+            (settings,) = maps.in_force(ms, "settings").values()
+        assert maps_def.BY_NAME["settings"].unpack(settings)["ipv6_policy"] == maps_def.IPV6_DROP
+        assert "generation 1; settings: +1" in capsys.readouterr().out
+        # [auth] goes in with the config generation; status says what is in force.
+        auth = '[auth]\nkeys = ["0123456789abcdef", "fedcba9876543210"]\n'
+        cfg.write_text(auth + xdp_toml(pins, mode="auto", ipv6="drop"))
+        assert main(["-c", str(cfg), "xdp", "apply"]) == 0
+        assert main(["-c", str(cfg), "xdp", "status"]) == 0
+        assert "auth: on, 2 key(s) accepted" in capsys.readouterr().out
+        # Traffic through the attached program shows up in stats.
+        b.run(["ping", "-c", "1", "-W", "1", "10.8.0.1"], check=False)
+        capsys.readouterr()
+        assert main(["-c", str(cfg), "xdp", "stats"]) == 0
+        out = capsys.readouterr().out
+        assert "pass_non_ip" in out or "pass_host" in out, out
+        assert main(["-c", str(cfg), "xdp", "detach"]) == 0
+        assert not (pins / "x0").exists()
+        assert main(["-c", str(cfg), "xdp", "status"]) == 3
+        assert libbpf.xdp_query_id(libbpf_ifindex("x0")) == 0
 
 
 def libbpf_ifindex(name: str) -> int:
@@ -88,7 +61,7 @@ def libbpf_ifindex(name: str) -> int:
 
 
 def test_auto_mode_falls_back_to_generic_with_a_warning(
-    tmp_path_factory: pytest.TempPathFactory, caplog
+    tmp_path_factory: pytest.TempPathFactory, caplog, pin_base: Path
 ) -> None:
     """A bridge has no native XDP: `auto` attaches generic and says so; detach cleans up."""
     from xdp_harness import make_config
@@ -96,9 +69,8 @@ def test_auto_mode_falls_back_to_generic_with_a_warning(
     from bifrost.xdp import loader
 
     obj = compile_object(tmp_path_factory.mktemp("generic"))
-    pins = Path(f"/sys/fs/bpf/bfx-test-gen-{os.getpid()}")
-    ns = Namespace("bfx-gen")
-    try:
+    pins = pin_base
+    with Namespace("bfx-gen") as ns:
         ns.run(["ip", "link", "add", "br0", "type", "bridge"])
         ns.run(["ip", "link", "set", "br0", "up"])
         with ns.entered():
@@ -117,6 +89,3 @@ def test_auto_mode_falls_back_to_generic_with_a_warning(
             loader.detach("br0", pins)
             assert not loader.status("br0", pins).attached
             assert not (pins / "br0").exists()
-    finally:
-        ns.close()
-        shutil.rmtree(pins, ignore_errors=True)

@@ -46,6 +46,8 @@ def _forget_nexthops(xdp: Xdp) -> None:
 
 
 def _run(xdp: Xdp, ns: Namespace, f0: int, frame: bytes, rule: int, reason: str) -> None:
+    """Run frame with the next hops forgotten: the FIB decides, and one counter moves."""
+    _forget_nexthops(xdp)
     before = xdp.counts()
     with ns.entered():
         res = xdp.run(frame, ingress_ifindex=f0)
@@ -55,23 +57,27 @@ def _run(xdp: Xdp, ns: Namespace, f0: int, frame: bytes, rule: int, reason: str)
     assert diff == {(rule, reason): 1}
 
 
+def _refused(
+    xdp: Xdp, ns: Namespace, f0: int, frame: bytes, dst: str, kinds: tuple[str, ...]
+) -> None:
+    """Each kind of route to dst that refuses is drop_unreachable; with the route gone
+    and forwarding off on f0, drop_no_route. Leaves forwarding on again, no route to dst."""
+    for kind in kinds:
+        ns.run(["ip", "route", "replace", kind, f"{dst}/32"])
+        _run(xdp, ns, f0, frame, 1, "drop_unreachable")
+    ns.run(["ip", "route", "del", f"{dst}/32"])
+    ns.sysctl("net.ipv4.conf.f0.forwarding", "0")
+    _run(xdp, ns, f0, frame, 1, "drop_no_route")
+    ns.sysctl("net.ipv4.conf.f0.forwarding", "1")
+
+
 FORWARD = client_frame(IP(src=CLIENT, dst=VIP) / UDP(sport=40000, dport=27015) / b"hi")
 
 
 def test_forward_path_fib_reasons(xdp: Xdp, gs_known: tuple[Namespace, int]) -> None:
     ns, f0 = gs_known
-    _forget_nexthops(xdp)
     _run(xdp, ns, f0, FORWARD, 1, "tx_forward")  # positive control: the FIB resolves GS
-    for kind in ("blackhole", "unreachable", "prohibit"):
-        ns.run(["ip", "route", "replace", kind, f"{GS}/32"])
-        _forget_nexthops(xdp)
-        _run(xdp, ns, f0, FORWARD, 1, "drop_unreachable")
-    ns.run(["ip", "route", "del", f"{GS}/32"])
-    ns.sysctl("net.ipv4.conf.f0.forwarding", "0")
-    _forget_nexthops(xdp)
-    _run(xdp, ns, f0, FORWARD, 1, "drop_no_route")
-    ns.sysctl("net.ipv4.conf.f0.forwarding", "1")
-    _forget_nexthops(xdp)
+    _refused(xdp, ns, f0, FORWARD, GS, ("blackhole", "unreachable", "prohibit"))
     _run(xdp, ns, f0, FORWARD, 1, "tx_forward")
 
 
@@ -80,15 +86,7 @@ def test_return_path_fib_reasons(xdp: Xdp, gs_known: tuple[Namespace, int]) -> N
     xdp.apply(auth_config())
     reply = IP(src=VIP, dst=CLIENT) / UDP(sport=27015, dport=40000) / b"re"
     frame = fou_frame(GS, reply, token=KEY)
-    ns.run(["ip", "route", "replace", "blackhole", f"{CLIENT}/32"])
-    _forget_nexthops(xdp)
-    _run(xdp, ns, f0, frame, 1, "drop_unreachable")
-    ns.run(["ip", "route", "del", f"{CLIENT}/32"])
-    ns.sysctl("net.ipv4.conf.f0.forwarding", "0")
-    _forget_nexthops(xdp)
-    _run(xdp, ns, f0, frame, 1, "drop_no_route")
+    _refused(xdp, ns, f0, frame, CLIENT, ("blackhole",))
     # Control: no route at all stays drop_no_route.
-    ns.sysctl("net.ipv4.conf.f0.forwarding", "1")
-    _forget_nexthops(xdp)
     _run(xdp, ns, f0, frame, 1, "drop_no_route")
     xdp.apply(make_config())

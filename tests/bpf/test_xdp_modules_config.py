@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from xdp_modules_harness import (
     game_clients,
     game_set_index,
     games_config,
-    games_loaded,
     rule_id,
     send_forward,
     send_return,
@@ -40,12 +38,7 @@ from bifrost.config_schema import ConfigError
 from bifrost.xdp import libbpf, maps, maps_def
 
 pytestmark = pytest.mark.bpf
-
-
-@pytest.fixture
-def xdp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xdp]:
-    with games_loaded(tmp_path_factory.mktemp("games")) as x:
-        yield x
+XDP_GAMES = True  # conftest's xdp: xdp_modules_harness.games_loaded()
 
 
 def test_rules_enable_modules_through_the_config(xdp: Xdp, tmp_path: Path) -> None:

@@ -9,8 +9,6 @@ and client port only; one from elsewhere or for another rule validates nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import game_fixtures as gf
 import pytest
 from xdp_harness import CLIENT, GS, KEY_OLD, VIP, VIP2, Xdp
@@ -23,7 +21,6 @@ from xdp_modules_harness import (
     Game,
     from_service,
     game_clients,
-    games_loaded,
     rule_id,
     send_forward,
     send_return,
@@ -32,12 +29,7 @@ from xdp_modules_harness import (
 )
 
 pytestmark = pytest.mark.bpf
-
-
-@pytest.fixture
-def xdp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xdp]:
-    with games_loaded(tmp_path_factory.mktemp("games")) as x:
-        yield x
+XDP_GAMES = True  # conftest's xdp: xdp_modules_harness.games_loaded()
 
 
 @pytest.fixture(params=sorted(GAMES))

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
-from xdp_harness import VIP, compile_object, topology_frame, wait_for
+from xdp_harness import compile_object, topology_frame, wait_for, xdp_toml
 
 from bifrost import install
 from bifrost.config import load
@@ -45,20 +45,6 @@ BIFROST = Path(sys.executable).parent / "bifrost"
 # Well under both the service's 30 s re-check and the kernel's 5 s managed-entry
 # interval, so a recovery this fast can only be the service reacting to the events.
 EVENT_RECOVERY_S = 4.0
-
-CONFIG = """
-[xdp]
-modules = ["srcds"]
-interface = "p0"
-pin_dir = "{pins}"
-pop_address = "{pop}"
-
-[[xdp.rule]]
-name = "game"
-anycast = "{vip}"
-ports = [{ports}]
-game_server = "{gs}"
-"""
 
 
 def neigh(ns: Namespace, address: str, dev: str = "p1") -> tuple[int, bool, int | None] | None:
@@ -83,9 +69,9 @@ class Pop:
     toml: Path
     tmp: Path
 
-    def write_config(self, ports: str = "27015") -> None:
+    def write_config(self, ports: tuple[int | str, ...] = (27015,)) -> None:
         self.toml.write_text(
-            CONFIG.format(pins=self.pins, pop=POP_G_IP, vip=VIP, ports=ports, gs=GS_IP)
+            xdp_toml(self.pins, interface="p0", pop=POP_G_IP, rule="game", ports=ports, gs=GS_IP)
         )
 
     def xdp_prog_id(self) -> int:
@@ -238,7 +224,7 @@ def test_sighup_applies_the_changed_config_and_keeps_it_on_a_bad_file(
     assert wait_for(lambda: neigh(pop.hosts.pop, GS_IP) == OURS_REACHABLE, 3), svc.text()
     assert pop.verdict(27016) == "DROP"  # an anycast address without a rule for the port
 
-    pop.write_config(ports='"27015-27016"')
+    pop.write_config(ports=("27015-27016",))
     svc.signal(signal.SIGHUP)
     assert wait_for(lambda: pop.verdict(27016) == "REDIRECT", 5), svc.text()
     # Logged after the maps are written, so possibly after the verdict changed.

@@ -10,7 +10,6 @@ module the object lacks refused, concurrent commands serialized by the pin-dir l
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,9 +18,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from xdp_harness import compile_object, make_config
+from xdp_harness import compile_object, make_config, x0_link, xdp_toml
 
-from bifrost.netns import Namespace, link
+from bifrost.netns import Namespace
 from bifrost.xdp import libbpf, loader, maps, maps_def, pins
 
 pytestmark = pytest.mark.bpf
@@ -54,18 +53,11 @@ class Pop:
 
 
 @pytest.fixture
-def pop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pop]:
+def pop(tmp_path_factory: pytest.TempPathFactory, pin_base: Path) -> Iterator[Pop]:
     with_srcds = compile_object(tmp_path_factory.mktemp("srcds"), ("srcds",))
     without = compile_object(tmp_path_factory.mktemp("none"), ())
-    base = Path(f"/sys/fs/bpf/bfx-test-upgrade-{os.getpid()}")
-    a, b = Namespace("bfx-upg-a"), Namespace("bfx-upg-b")
-    try:
-        link(a, "x0", "10.8.0.1/24", b, "y0", "10.8.0.2/24")
-        yield Pop(a, with_srcds, without, base)
-    finally:
-        a.close()
-        b.close()
-        shutil.rmtree(base, ignore_errors=True)
+    with x0_link("bfx-upg") as (a, _):
+        yield Pop(a, with_srcds, without, pin_base)
 
 
 def plain_config():
@@ -206,26 +198,11 @@ def test_a_config_needing_a_module_the_object_lacks_is_refused(pop: Pop) -> None
         loader.detach("x0", pop.base)
 
 
-CONFIG = """
-[xdp]
-modules = []
-interface = "x0"
-pin_dir = "{pins}"
-pop_address = "10.8.0.1"
-
-[[xdp.rule]]
-name = "cs2"
-anycast = "198.51.100.10"
-ports = [27015]
-game_server = "10.8.0.2"
-"""
-
-
 def test_concurrent_commands_wait_for_the_pin_dir_lock(pop: Pop, tmp_path: Path) -> None:
     """A manual `bifrost xdp apply` while another command (here: the test, as a SIGHUP
     reload would) holds the lock waits, then applies."""
     toml = tmp_path / "bifrost.toml"
-    toml.write_text(CONFIG.format(pins=pop.base))
+    toml.write_text(xdp_toml(pop.base, modules=()))
     with pop.ns.entered():
         loader.attach(plain_config(), "x0", obj=pop.without, pin_base=pop.base)
     argv = ["nsenter", f"--net=/run/netns/{pop.ns.name}", str(BIFROST), "-c", str(toml)]

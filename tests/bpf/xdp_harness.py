@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import struct
 import time
@@ -15,6 +16,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from bifrost.codegen import render_module_config
+from bifrost.netns import Namespace, link
 from bifrost.xdp import build, libbpf, maps, maps_def
 from bifrost.xdp.config import Rule, XdpConfig
 from bifrost.xdp.libbpf import BpfObject, TestRun
@@ -93,6 +95,48 @@ def make_config(**overrides) -> XdpConfig:
 def auth_config(**overrides) -> XdpConfig:
     """make_config() with authenticated FOU: KEY sent, KEY and KEY_OLD accepted."""
     return make_config(**{"auth_keys": (KEY, KEY_OLD), **overrides})
+
+
+# For the tests that go through the loader or the CLI on a veth:
+#     [pop] x0 10.8.0.1 ---- 10.8.0.2 y0 [peer]
+X0_POP, X0_PEER = "10.8.0.1", "10.8.0.2"
+
+
+def xdp_toml(
+    pins: Path,
+    modules: tuple[str, ...] = ("srcds",),
+    interface: str = "x0",
+    pop: str = X0_POP,
+    rule: str = "cs2",
+    anycast: str = VIP,
+    ports: tuple[int | str, ...] = (27015,),
+    gs: str = X0_PEER,
+    **more: str,
+) -> str:
+    """A bifrost.toml: [xdp] with one rule; by default for x0_link()'s POP, the rule's
+    game server its peer. more: further [xdp] keys with string values (mode, ipv6)."""
+    xdp = {
+        "modules": list(modules),
+        "interface": interface,
+        "pin_dir": str(pins),
+        "pop_address": pop,
+        **more,
+    }
+    first = {"name": rule, "anycast": anycast, "ports": list(ports), "game_server": gs}
+    return _toml_table("[xdp]", xdp) + "\n" + _toml_table("[[xdp.rule]]", first)
+
+
+def _toml_table(header: str, keys: dict[str, object]) -> str:
+    # JSON's strings, integers and arrays of them are written as TOML writes them.
+    return header + "\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items())
+
+
+@contextmanager
+def x0_link(prefix: str) -> Iterator[tuple[Namespace, Namespace]]:
+    """The POP (x0) and its peer (y0), namespaces prefix-a and prefix-b; removed on exit."""
+    with Namespace(f"{prefix}-a") as pop, Namespace(f"{prefix}-b") as peer:
+        link(pop, "x0", f"{X0_POP}/24", peer, "y0", f"{X0_PEER}/24")
+        yield pop, peer
 
 
 _compiled: dict[tuple[str, ...], Path] = {}

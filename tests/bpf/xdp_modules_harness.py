@@ -191,6 +191,25 @@ UE_MALFORMED = {
     "empty": b"",
 }
 
+
+def _steam(
+    module: str, rule: str, port: int, malformed: dict[str, bytes], not_proof: dict[str, bytes]
+) -> Game:
+    """A module speaking Steam's handshake: validated by the server's connect ok."""
+    return Game(
+        module,
+        rule,
+        port,
+        STEAM_HANDSHAKES,
+        malformed,
+        not_proof,
+        lambda addr, port: gf.steam_connect_ok(),
+        gf.steam_data(),
+        gf.steam_data(1300),
+        gf.steam_data(to=gf.CLIENT_CONNECTION_ID),
+    )
+
+
 GAMES: dict[str, Game] = {
     "rust-raknet": Game(
         "rust",
@@ -212,23 +231,13 @@ GAMES: dict[str, Game] = {
         gf.raknet_datagram(1464),
         gf.raknet_datagram(),
     ),
-    "rust-steam": Game(
-        "rust",
-        RULE_RUST,
-        RUST_PORT,
-        STEAM_HANDSHAKES,
-        {},
-        {"challenge reply": gf.steam_challenge_reply()},
-        lambda addr, port: gf.steam_connect_ok(),
-        gf.steam_data(),
-        gf.steam_data(1300),
-        gf.steam_data(to=gf.CLIENT_CONNECTION_ID),
+    "rust-steam": _steam(
+        "rust", RULE_RUST, RUST_PORT, {}, {"challenge reply": gf.steam_challenge_reply()}
     ),
-    "steam": Game(
+    "steam": _steam(
         "steam",
         RULE_STEAM,
         CS2_PORT,
-        STEAM_HANDSHAKES,
         {**STEAM_MALFORMED, "raknet request 2": _raknet_request2()},
         {
             "challenge reply": gf.steam_challenge_reply(),
@@ -240,10 +249,6 @@ GAMES: dict[str, Game] = {
             "connection closed": gf.steam_connection_closed(),
             "source connectionless": b"\xff\xff\xff\xffA" + bytes(4),
         },
-        lambda addr, port: gf.steam_connect_ok(),
-        gf.steam_data(),
-        gf.steam_data(1300),
-        gf.steam_data(to=gf.CLIENT_CONNECTION_ID),
     ),
     "ue": Game(
         "ue3",

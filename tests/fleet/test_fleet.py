@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+from typing import NamedTuple
 
 import pytest
 
@@ -87,6 +88,36 @@ def prog_id(lab: FleetLab, name: str) -> int:
     m = re.search(r"prog id (\d+)", st.stdout)
     assert m, st.stdout
     return int(m.group(1))
+
+
+def all_running(lab: FleetLab) -> dict[str, str]:
+    """The config each host runs."""
+    return {n: running(lab, n) for n in lab.hosts}
+
+
+def call_counts(lab: FleetLab) -> dict[str, int]:
+    """How many dkms/modprobe/rmmod commands each host's agent has run so far."""
+    return {n: len(lab.hosts[n].dkms_calls()) for n in lab.hosts}
+
+
+class Before(NamedTuple):
+    calls: dict[str, int]  # call_counts()
+    prog: int  # pop1's program id
+    running: dict[str, str]  # all_running()
+
+
+def change_pops(lab: FleetLab) -> Before:
+    """The lab as it is now, then a config change for pop1 and pop2 (ipv6 = "drop")."""
+    before = Before(call_counts(lab), prog_id(lab, "pop1"), all_running(lab))
+    lab.set_config("pop1", extra='ipv6 = "drop"')
+    lab.set_config("pop2", modules=(), extra='ipv6 = "drop"')
+    return before
+
+
+def pops_back(lab: FleetLab) -> None:
+    """pop1 and pop2 on their usual configs again (pop2 without game modules)."""
+    lab.set_config("pop1")
+    lab.set_config("pop2", modules=())
 
 
 def test_keygen_line_restricts_the_key(lab: FleetLab) -> None:
@@ -238,8 +269,8 @@ def test_canary_failure_rolls_back_and_stops(lab: FleetLab) -> None:
         [["bifrost_nf", OLD, KERNEL, "installed"], ["bifrost_nf", __version__, KERNEL, "built"]]
     )
     pop1.set_loaded("bifrost_nf", OLD)
-    calls = {n: len(lab.hosts[n].dkms_calls()) for n in lab.hosts}
-    old = {n: running(lab, n) for n in lab.hosts}
+    calls = call_counts(lab)
+    old = all_running(lab)
     lab.set_config("pop1", extra=f'block = ["{client_ip(0)}/32"]')  # pop1's client
     lab.set_config("pop2", modules=(), extra='ipv6 = "drop"')
     done = lab.fleet("apply", "--canary", "pop1", "--health-window", "3")
@@ -250,7 +281,7 @@ def test_canary_failure_rolls_back_and_stops(lab: FleetLab) -> None:
     assert "pop1 (canary): rollback: restored config" in out
     assert "not changed: pop2" in out
     assert "pop2: installed" not in out
-    assert {n: running(lab, n) for n in lab.hosts} == old
+    assert all_running(lab) == old
     # DKMS had this release built: the apply only installed and loaded it, the rollback
     # put the older module back and loaded it again.
     name = f"bifrost_nf/{__version__}"
@@ -268,8 +299,7 @@ def test_canary_failure_rolls_back_and_stops(lab: FleetLab) -> None:
     assert changing_calls(lab, "pop2", since=calls["pop2"]) == []
     # pop1 serves again on its old config; its health names the older module it runs.
     assert_serves_on_old_module(lab, "pop1")
-    lab.set_config("pop1")
-    lab.set_config("pop2", modules=())
+    pops_back(lab)
 
 
 def test_failing_kmod_rebuild_stops_the_rollout(lab: FleetLab) -> None:
@@ -278,11 +308,7 @@ def test_failing_kmod_rebuild_stops_the_rollout(lab: FleetLab) -> None:
     removed from DKMS again); pop2, next in line, is not touched."""
     pop1 = on_old_module(lab)
     pop1.fail_dkms_build(True)
-    calls = {n: len(lab.hosts[n].dkms_calls()) for n in lab.hosts}
-    before = prog_id(lab, "pop1")
-    old = {n: running(lab, n) for n in lab.hosts}
-    lab.set_config("pop1", extra='ipv6 = "drop"')
-    lab.set_config("pop2", modules=(), extra='ipv6 = "drop"')
+    calls, before, old = change_pops(lab)
     try:
         done = lab.fleet("apply", "--canary", "pop1")
         out = done.stdout
@@ -295,7 +321,7 @@ def test_failing_kmod_rebuild_stops_the_rollout(lab: FleetLab) -> None:
         ) in out, out
         assert "Bad return status for module build" in out
         assert "not changed: pop2" in out and "pop2: installed" not in out
-        assert {n: running(lab, n) for n in lab.hosts} == old
+        assert all_running(lab) == old
         assert changing_calls(lab, "pop1", since=calls["pop1"]) == [
             ["add", name],
             ["build", name, "-k", KERNEL],
@@ -309,8 +335,7 @@ def test_failing_kmod_rebuild_stops_the_rollout(lab: FleetLab) -> None:
         assert_serves_on_old_module(lab, "pop1")
         # The build fixed and the configs back: pop1's module alone is rebuilt.
         pop1.fail_dkms_build(False)
-        lab.set_config("pop1")
-        lab.set_config("pop2", modules=())
+        pops_back(lab)
         calls["pop1"] = len(pop1.dkms_calls())
         again = lab.fleet("apply", "--canary", "pop1")
         assert again.returncode == 0, again.stdout + again.stderr
@@ -319,11 +344,10 @@ def test_failing_kmod_rebuild_stops_the_rollout(lab: FleetLab) -> None:
         ) + reload_calls("bifrost_nf")
         assert pop1.loaded("bifrost_nf") == __version__
         assert "pop1 (canary): healthy" in again.stdout and "pop2: unchanged" in again.stdout
-        assert {n: running(lab, n) for n in lab.hosts} == old
+        assert all_running(lab) == old
     finally:
         pop1.fail_dkms_build(False)
-        lab.set_config("pop1")
-        lab.set_config("pop2", modules=())
+        pops_back(lab)
 
 
 def test_wrong_loaded_version_rolls_the_module_back(lab: FleetLab) -> None:
@@ -333,11 +357,7 @@ def test_wrong_loaded_version_rolls_the_module_back(lab: FleetLab) -> None:
     config and program, and pop2 is not touched."""
     pop1 = on_old_module(lab)
     pop1.shadow_module("bifrost_nf", OLD)
-    calls = {n: len(lab.hosts[n].dkms_calls()) for n in lab.hosts}
-    before = prog_id(lab, "pop1")
-    old = {n: running(lab, n) for n in lab.hosts}
-    lab.set_config("pop1", extra='ipv6 = "drop"')
-    lab.set_config("pop2", modules=(), extra='ipv6 = "drop"')
+    calls, before, old = change_pops(lab)
     try:
         done = lab.fleet("apply", "--canary", "pop1")
         out = done.stdout
@@ -356,7 +376,7 @@ def test_wrong_loaded_version_rolls_the_module_back(lab: FleetLab) -> None:
         ]
         assert ["bifrost_nf", OLD, KERNEL, "installed"] in pop1.dkms_state()
         assert pop1.loaded("bifrost_nf") == OLD
-        assert {n: running(lab, n) for n in lab.hosts} == old
+        assert all_running(lab) == old
         assert prog_id(lab, "pop1") == before
         assert changing_calls(lab, "pop2", since=calls["pop2"]) == []
         # The stale .ko gone, the same apply goes through and loads this release.
@@ -367,8 +387,7 @@ def test_wrong_loaded_version_rolls_the_module_back(lab: FleetLab) -> None:
         assert pop1.loaded("bifrost_nf") == __version__
     finally:
         pop1.shadow_module("bifrost_nf", None)
-        lab.set_config("pop1")
-        lab.set_config("pop2", modules=())
+        pops_back(lab)
         restore = lab.fleet("apply")
         assert restore.returncode == 0, restore.stdout + restore.stderr
 
@@ -381,8 +400,8 @@ def test_host_without_dkms_that_needs_a_rebuild_stops_the_rollout(lab: FleetLab)
     dkms_was = gs1.dkms_state()
     gs1.set_dkms_state([["fou_map", OLD, KERNEL, "installed"]])  # what modprobe would load
     gs1.set_loaded("fou_map", OLD)
-    calls = {n: len(lab.hosts[n].dkms_calls()) for n in lab.hosts}
-    old = {n: running(lab, n) for n in lab.hosts}
+    calls = call_counts(lab)
+    old = all_running(lab)
     lab.set_config("pop1", extra='ipv6 = "drop"')
     lab.set_config("gs1", extra="metrics_port = 0\n")
     with gs1.without_dkms(), pop2.without_dkms():
@@ -395,7 +414,7 @@ def test_host_without_dkms_that_needs_a_rebuild_stops_the_rollout(lab: FleetLab)
             assert done.returncode == 1, out + done.stderr
             assert f"error: gs1: cannot rebuild fou_map: {why}: apt-get install dkms" in out, out
             assert "apply: stopped before changing any host" in out
-            assert {n: running(lab, n) for n in lab.hosts} == old
+            assert all_running(lab) == old
             assert all(changing_calls(lab, n, since=calls[n]) == [] for n in lab.hosts)
             assert gs1.loaded("fou_map") == OLD
             # With this release's fou_map on disk (installed by other means), a reload
@@ -457,7 +476,7 @@ def test_unreachable_host_changes_nothing(lab: FleetLab) -> None:
 
 def test_wrong_host_key_is_refused(lab: FleetLab) -> None:
     """pop2 answers with a key the inventory does not have: no host changes."""
-    old = {n: running(lab, n) for n in lab.hosts}
+    old = all_running(lab)
     lab.set_config("pop1", extra='ipv6 = "drop"')
     real = lab.hosts["pop2"].host_key
     lab.hosts["pop2"].host_key = other_host_key(lab.dir)
@@ -467,7 +486,7 @@ def test_wrong_host_key_is_refused(lab: FleetLab) -> None:
         assert done.returncode == 1
         assert "error: pop2: WRONG HOST KEY at " in done.stdout, done.stdout
         assert "apply: stopped before changing any host" in done.stdout
-        assert {n: running(lab, n) for n in lab.hosts} == old
+        assert all_running(lab) == old
     finally:
         lab.hosts["pop2"].host_key = real
         lab.write_inventory()
@@ -477,7 +496,7 @@ def test_wrong_host_key_is_refused(lab: FleetLab) -> None:
 def test_failing_build_changes_nothing(lab: FleetLab) -> None:
     """pop2 has no compiler (its agent's PATH lacks clang): its rebuild fails, pop2 keeps
     running its config, and gs1, next in line, is not touched."""
-    old = {n: running(lab, n) for n in lab.hosts}
+    old = all_running(lab)
     keys = lab.hosts["pop2"].dir / "authorized_keys"
     line = keys.read_text()
     keys.write_text(line.replace('command="', 'command="env PATH=/nonexistent ', 1))
@@ -490,7 +509,7 @@ def test_failing_build_changes_nothing(lab: FleetLab) -> None:
         assert "error: pop2: bifrost fleet agent: apply: build failed, nothing changed: " in out
         assert "clang not found: apt-get install clang" in out, out
         assert "not changed: gs1" in out
-        assert {n: running(lab, n) for n in lab.hosts} == old
+        assert all_running(lab) == old
     finally:
         keys.write_text(line)
         lab.set_config("pop2", modules=())

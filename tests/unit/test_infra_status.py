@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,13 @@ def _paths(monkeypatch: pytest.MonkeyPatch, present: set[str]) -> None:
     monkeypatch.setattr(status, "Path", FakePath)
 
 
+def _probed(probe: Callable[[status.Status], None]) -> status.Status:
+    """What one probe of `invoke status` finds."""
+    st = status.Status()
+    probe(st)
+    return st
+
+
 def _kmod(monkeypatch: pytest.MonkeyPatch, loaded: list[str] | Exception) -> None:
     def kmod_loaded() -> list[types.SimpleNamespace]:
         if isinstance(loaded, Exception):
@@ -45,47 +53,56 @@ def _kmod(monkeypatch: pytest.MonkeyPatch, loaded: list[str] | Exception) -> Non
     monkeypatch.setitem(sys.modules, "kmod", fake)
 
 
-def test_loaded_modules_without_proc_modules(monkeypatch: pytest.MonkeyPatch) -> None:
-    _paths(monkeypatch, set())
-    st = status.Status()
-    status.loaded_modules(st)
-    assert st.loaded_note == "no loadable modules on this kernel (no /proc/modules)"
+@pytest.mark.parametrize(
+    "present,kmod_answer,note",
+    [
+        (set(), None, "no loadable modules on this kernel (no /proc/modules)"),
+        (
+            {"/proc/modules"},
+            OSError("libkmod: no context"),
+            "cannot list loaded modules: libkmod: no context",
+        ),
+    ],
+    ids=["without proc modules", "kmod error"],
+)
+def test_loaded_modules_unknown_is_a_note(
+    monkeypatch: pytest.MonkeyPatch, present: set[str], kmod_answer: Exception | None, note: str
+) -> None:
+    _paths(monkeypatch, present)
+    if kmod_answer is not None:
+        _kmod(monkeypatch, kmod_answer)
+    st = _probed(status.loaded_modules)
+    assert st.loaded_note == note
     assert st.loaded == {}
 
 
 def test_loaded_modules_names_each_module(monkeypatch: pytest.MonkeyPatch) -> None:
     _paths(monkeypatch, {"/proc/modules"})
     _kmod(monkeypatch, ["veth", "fou_map"])
-    st = status.Status()
-    status.loaded_modules(st)
+    st = _probed(status.loaded_modules)
     assert st.loaded_note == ""
     assert st.loaded == {"bifrost_nf": "not loaded", "fou_map": "loaded"}
     assert set(st.loaded) == set(MODULES)
 
 
-def test_loaded_modules_kmod_error_is_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
-    _paths(monkeypatch, {"/proc/modules"})
-    _kmod(monkeypatch, OSError("libkmod: no context"))
-    st = status.Status()
-    status.loaded_modules(st)
-    assert st.loaded_note == "cannot list loaded modules: libkmod: no context"
-    assert st.loaded == {}
-
-
-def test_daemon_states_without_systemctl(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(status.shutil, "which", lambda name: None)
-    st = status.Status()
-    status.daemon_states(st)
-    assert st.daemons_note == "systemctl not found (no systemd)"
-    assert st.daemons == {}
-
-
-def test_daemon_states_systemd_not_booted(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(status.shutil, "which", lambda name: f"/usr/bin/{name}")
-    _paths(monkeypatch, set())
-    st = status.Status()
-    status.daemon_states(st)
-    assert st.daemons_note == "systemd is not running on this machine (not booted with it)"
+@pytest.mark.parametrize(
+    "systemctl,present,note",
+    [
+        # Booted with systemd but no systemctl on PATH: still "not found".
+        (False, {"/run/systemd/system"}, "systemctl not found (no systemd)"),
+        (True, set(), "systemd is not running on this machine (not booted with it)"),
+    ],
+    ids=["without systemctl", "systemd not booted"],
+)
+def test_daemon_states_unknown_is_a_note(
+    monkeypatch: pytest.MonkeyPatch, systemctl: bool, present: set[str], note: str
+) -> None:
+    monkeypatch.setattr(
+        status.shutil, "which", lambda name: f"/usr/bin/{name}" if systemctl else None
+    )
+    _paths(monkeypatch, present)
+    st = _probed(status.daemon_states)
+    assert st.daemons_note == note
     assert st.daemons == {}
 
 
@@ -100,8 +117,7 @@ def test_daemon_states_ask_systemctl_per_unit(monkeypatch: pytest.MonkeyPatch) -
         return subprocess.CompletedProcess(argv, 3, state, "" if state else "inactive\n")
 
     monkeypatch.setattr(status.subprocess, "run", systemctl)
-    st = status.Status()
-    status.daemon_states(st)
+    st = _probed(status.daemon_states)
     assert st.daemons_note == ""
     assert asked == [["systemctl", "is-active", u] for u in UNITS]
     assert st.daemons["bifrost-cached.service"] == "active"
@@ -116,8 +132,7 @@ def test_device_nodes_absent_without_modules(monkeypatch: pytest.MonkeyPatch) ->
         raise pyudev.DeviceNotFoundByNameError(subsystem, name)
 
     monkeypatch.setattr(pyudev.Devices, "from_name", from_name)
-    st = status.Status()
-    status.device_nodes(st)
+    st = _probed(status.device_nodes)
     assert st.devices_note == ""
     assert st.devices == {f"/dev/{m}": "absent (module not loaded)" for m in MODULES}
 
@@ -134,8 +149,7 @@ def test_device_nodes_present_and_registered_without_node(
         return types.SimpleNamespace(device_node=path, sys_path=f"/sys/class/misc/{name}")
 
     monkeypatch.setattr(pyudev.Devices, "from_name", from_name)
-    st = status.Status()
-    status.device_nodes(st)
+    st = _probed(status.device_nodes)
     assert st.devices_note == ""
     assert st.devices == {
         "/dev/bifrost_nf": "registered (/sys/class/misc/bifrost_nf) but no node in /dev",
