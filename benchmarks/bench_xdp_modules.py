@@ -3,14 +3,15 @@
 The harness is bench_xdp's (imported): its bench wrapper object (xdp/bench/), which
 restores the packet after every repeat, its counters and next hops, one CPU, and each
 path run right after the baseline; the ratio is the median of the per-pair ratios
-(bifrost.benchstats). Here the object has every game module compiled in and one rule
-per module, and each module row sends a validated client's game datagram (the
-client is in the module's validated-clients map), which is what a module costs on
-the forward path of every packet of a game in progress. Goal: each module row <= 2x
-the baseline; a miss, or a run that did not move its path's counter by exactly the
-repeats, is a failing exit status. FOU is authenticated (every forwarded packet
-carries the token), as a rule with a module requires. The unvalidated rows (a handshake over the
-budget, a malformed packet) are for reference: what a spoofed flood costs.
+pooled over several fresh loads of the object (bifrost.benchstats). Here the object
+has every game module compiled in and one rule per module, and each module row
+sends a validated client's game datagram (the client is in the module's
+validated-clients map), which is what a module costs on the forward path of every
+packet of a game in progress. Goal: each module row <= 2x the baseline; a miss, or
+a run that did not move its path's counter by exactly the repeats, is a failing
+exit status. FOU is authenticated (every forwarded packet carries the token), as a
+rule with a module requires. The unvalidated rows (a handshake over the budget, a
+malformed packet) are for reference: what a spoofed flood costs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bench_xdp import (
     BASE,
     CLIENT,
     GS,
+    LOADS,
     POP,
     REPEAT,
     ROUNDS,
@@ -34,11 +36,12 @@ from bench_xdp import (
     _counted,
     _packed,
     against_baseline,
+    over_loads,
 )
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from bifrost.benchstats import BenchPath, Ratio, Report
+from bifrost.benchstats import BenchPath, Pairs, Ratio, Report
 from bifrost.codegen import render_module_config
 from bifrost.xdp import build, libbpf, maps, maps_def
 from bifrost.xdp.config import Rule, XdpConfig
@@ -103,24 +106,13 @@ def _validate(ms: maps.MapSet, name: str, port: int) -> None:
     ms["game_clients"].update(struct.pack("=I", idx), value)
 
 
-def main() -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-xdp-modules-"))
-    hdr = tmp / "module_config.h"
-    hdr.write_text(render_module_config(list(MODULES), "bench"))
-    obj = libbpf.BpfObject(build.compile_bench(hdr, tmp))
-    ms = maps.MapSet.from_fds(obj.map_fds())
-    maps.apply(ms, _config(), maps.calibrate_clock(obj.prog_fd("bifrost_clock")))
-    nh = maps_def.BY_NAME["nexthop"]
-    for m, key, dst in (("gs_nexthops", bytes(4), GS), ("nexthops", _packed(CLIENT), CLIENT)):
-        value = nh.pack(
-            smac=b"\x02" * 6, dmac=b"\x04" * 6, ifindex=1, mtu=1500, dst=dst, expires_ns=2**63
-        )
-        ms[m].update(key, value)
-    # path -> (frame, verdict, counters that together move by the repeats, goal?)
-    rows: dict[str, tuple[bytes, str, tuple[tuple[int, str], ...], bool]] = {}
+# (frame, verdict, counters that together move by the repeats, goal?) of a path.
+Row = tuple[bytes, str, tuple[tuple[int, str], ...], bool]
+
+
+def _rows() -> dict[str, Row]:
+    rows: dict[str, Row] = {}
     for name, (rid, port, _) in RULES.items():
-        if name != "none":
-            _validate(ms, name, port)
         label = "no module" if name == "none" else f"{name}, validated client"
         rows[label] = (_frame(port, DATA[name]), "TX", ((rid, "tx_forward"),), name != "none")
     # Reference rows: a Steam ChallengeRequest over the budget (spent before the
@@ -141,13 +133,25 @@ def main() -> int:
         ((rust_rid, "drop_module"),),
         False,
     )
-    # One CPU (as bench_xdp), and the Steam rule's handshake budget spent on it.
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    libbpf.test_run(obj.prog_fd("bench_pipeline"), rows["steam handshake over budget"][0], 4096)
+    return rows
 
+
+def _measure(report: Report, obj: libbpf.BpfObject, rows: dict[str, Row]) -> Pairs | None:
+    """One load: config, next hops and validated clients set up, the Steam rule's
+    handshake budget spent, then ROUNDS of every row."""
+    ms = maps.MapSet.from_fds(obj.map_fds())
+    maps.apply(ms, _config(), maps.calibrate_clock(obj.prog_fd("bifrost_clock")))
+    nh = maps_def.BY_NAME["nexthop"]
+    for m, key, dst in (("gs_nexthops", bytes(4), GS), ("nexthops", _packed(CLIENT), CLIENT)):
+        value = nh.pack(
+            smac=b"\x02" * 6, dmac=b"\x04" * 6, ifindex=1, mtu=1500, dst=dst, expires_ns=2**63
+        )
+        ms[m].update(key, value)
+    for name, (_, port, _) in RULES.items():
+        if name != "none":
+            _validate(ms, name, port)
     base_fd, pipe_fd = obj.prog_fd("bench_baseline"), obj.prog_fd("bench_pipeline")
-    base_frame = rows["no module"][0]
-    report = Report("bench_xdp_modules")
+    libbpf.test_run(pipe_fd, rows["steam handshake over budget"][0], 4096)
 
     def path(frame: bytes, verdict: str, counted: tuple[tuple[int, str], ...]) -> BenchPath:
         return BenchPath(
@@ -156,15 +160,26 @@ def main() -> int:
             counted=lambda: sum(_counted(ms, *c) for c in counted),
         )
 
-    pairs = against_baseline(
-        report, base_fd, base_frame, {n: path(*r[:3]) for n, r in rows.items()}
+    return against_baseline(
+        report, base_fd, rows["no module"][0], {n: path(*r[:3]) for n, r in rows.items()}
     )
+
+
+def main() -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-xdp-modules-"))
+    hdr = tmp / "module_config.h"
+    hdr.write_text(render_module_config(list(MODULES), "bench"))
+    obj_path = build.compile_bench(hdr, tmp)
+    rows = _rows()
+    # One CPU, as bench_xdp.
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    report = Report("bench_xdp_modules")
+    pairs = over_loads(report, obj_path, lambda obj: _measure(report, obj, rows))
     if pairs is None:
-        obj.close()
         return report.finish()
     print(
-        f"XDP game modules, BPF_PROG_TEST_RUN, {ROUNDS} rounds x {REPEAT} repeats, each "
-        "path right after the baseline; medians of ns and of the per-pair ratios"
+        f"XDP game modules, BPF_PROG_TEST_RUN, {LOADS} loads x {ROUNDS} rounds x {REPEAT} "
+        "repeats, each path right after the baseline; medians of ns and of the per-pair ratios"
     )
     print(f"{'path':<30} {'ns/pkt':>8}  x baseline (95% interval of the median); x no module")
     print(f"{BASE:<30} {statistics.median(pairs.all_base()):>8.1f}  1")
@@ -175,7 +190,6 @@ def main() -> int:
         print(f"{name:<30} {statistics.median(pairs.path[name]):>8.1f}  {ratio}; {own:.3f}")
         if goal:
             report.goal(f"{name} / baseline", ratio.median, "<=", GOAL_MODULE, str(ratio))
-    obj.close()
     return report.finish()
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from bifrost.benchstats import BenchPath, Report, paired_rounds
+from bifrost.benchstats import BenchPath, Pairs, Report, paired_rounds
 
 pytestmark = pytest.mark.unit
 
@@ -80,3 +80,12 @@ def test_a_run_that_proves_nothing_ends_the_rounds(verdict: str, moved: int, why
     assert pairs is None and runs["n"] == 1
     assert len(report.not_exercised) == 1 and why in report.not_exercised[0]
     assert report.exit_code() == 2
+
+
+def test_pairs_extend_pools_another_loads_rounds_of_the_same_paths() -> None:
+    a = Pairs({"fwd": [2.0]}, {"fwd": [1.0]})
+    a.extend(Pairs({"fwd": [3.0, 4.0]}, {"fwd": [1.0, 2.0]}))
+    assert a.path == {"fwd": [2.0, 3.0, 4.0]} and a.base == {"fwd": [1.0, 1.0, 2.0]}
+    assert a.ratio("fwd").median == 2.0
+    with pytest.raises(ValueError, match="paths differ"):
+        a.extend(Pairs({"ret": [1.0]}, {"ret": [1.0]}))

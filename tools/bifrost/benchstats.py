@@ -200,6 +200,14 @@ class Pairs:
     def all_base(self) -> list[float]:
         return [ns for runs in self.base.values() for ns in runs]
 
+    def extend(self, other: Pairs) -> None:
+        """Add other's rounds (of the same paths) to these, e.g. another load's."""
+        if other.path.keys() != self.path.keys():
+            raise ValueError(f"paths differ: {list(other.path)} vs {list(self.path)}")
+        for name in self.path:
+            self.path[name].extend(other.path[name])
+            self.base[name].extend(other.base[name])
+
 
 def paired_rounds(
     report: Report,
