@@ -35,6 +35,8 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 work "$R$WORK"; t
 	echo "bifrost-vm: work share mount failed"
 	poweroff -f
 fi
+# The host's boot watchdog (runner.BOOT_TIMEOUT) waits for this file.
+: >"$R$SCRIPT.started"
 echo "=== BIFROST GUEST START $(cut -d' ' -f1 /proc/uptime) ==="
 chroot $R /bin/sh -c "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp; cd '$WORK' && sh '$SCRIPT'"
 rc=$?

@@ -106,6 +106,70 @@ def kernel_cmdline(script_path: Path, append: Sequence[str] = ()) -> str:
     )
 
 
+# init.sh creates <script>.started once the work tree is mounted; a guest that has not
+# by BOOT_TIMEOUT is stuck before init (the kernel boots in seconds here, under load
+# in under a minute).
+BOOT_TIMEOUT = 300.0
+
+
+@dataclass
+class _Console:
+    lines: list[str]
+    bad: list[str]  # lines of kernel trouble (kernlog.TROUBLE)
+    booted: bool  # init started: the started file appeared
+    timed_out: bool
+    seconds: float
+
+
+def _console(argv: list[str], timeout: float, echo: bool, started: Path) -> _Console:
+    """Run qemu (argv) until it exits, timeout passes, or it has not booted (made the
+    file started) by BOOT_TIMEOUT; collect and echo its console."""
+    start = time.monotonic()
+    con = _Console([], [], False, False, 0.0)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    buf = b""
+    try:
+        while True:
+            elapsed = time.monotonic() - start
+            con.booted = con.booted or started.exists()
+            if elapsed >= timeout:
+                con.timed_out = True
+                break
+            if not con.booted and elapsed >= BOOT_TIMEOUT:
+                break
+            if not sel.select(timeout=min(timeout - elapsed, 1.0)):
+                if proc.poll() is not None:
+                    break
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+            *complete, buf = buf.split(b"\n")
+            for raw in complete:
+                line = raw.decode(errors="replace").rstrip("\r")
+                con.lines.append(line)
+                if kernlog.TROUBLE.search(line):
+                    con.bad.append(line)
+                if echo:
+                    print(line, file=sys.stdout, flush=True)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        sel.close()
+    if buf:
+        con.lines.append(buf.decode(errors="replace"))
+    con.seconds = time.monotonic() - start
+    con.booted = con.booted or started.exists()
+    return con
+
+
 def run(
     kver: str,
     script: str,
@@ -127,6 +191,7 @@ def run(
     run_dir.mkdir(parents=True, exist_ok=True)
     script_path.write_text("set -u\n" + script + "\n")
     rc_path = Path(f"{script_path}.rc")
+    started = Path(f"{script_path}.started")
     argv = [
         "qemu-system-x86_64",
         *accel_args(),
@@ -150,55 +215,28 @@ def run(
         "-virtfs",
         f"local,path={SOURCE_ROOT},mount_tag=work,security_model=none,multidevs=remap",
     ]
-    log.info("vm: %s", shlex.join(argv))
-    start = time.monotonic()
-    lines: list[str] = []
-    bad: list[str] = []
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    buf = b""
-    timed_out = False
-    try:
-        while True:
-            left = timeout - (time.monotonic() - start)
-            if left <= 0:
-                timed_out = True
-                break
-            if not sel.select(timeout=min(left, 1.0)):
-                if proc.poll() is not None:
-                    break
-                continue
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            buf += chunk
-            *complete, buf = buf.split(b"\n")
-            for raw in complete:
-                line = raw.decode(errors="replace").rstrip("\r")
-                lines.append(line)
-                if kernlog.TROUBLE.search(line):
-                    bad.append(line)
-                if echo:
-                    print(line, file=sys.stdout, flush=True)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        sel.close()
-    if buf:
-        lines.append(buf.decode(errors="replace"))
-    console = "\n".join(lines)
-    seconds = time.monotonic() - start
+    for attempt in (1, 2):
+        log.info("vm: %s", shlex.join(argv))
+        started.unlink(missing_ok=True)
+        con = _console(argv, timeout, echo, started)
+        if con.booted or con.bad or attempt == 2:
+            break
+        # A boot that never reached init (TCG has stalled in early boot on a loaded
+        # host, spinning for the whole timeout) ran nothing: boot once more.
+        log.warning("vm: %s did not reach init in %.0fs: booting again", kver, BOOT_TIMEOUT)
+    console, bad, seconds = "\n".join(con.lines), con.bad, con.seconds
+    timed_out = con.timed_out or not con.booted
     rc = int(rc_path.read_text().strip()) if rc_path.exists() else 255
-    for p in (script_path, rc_path):
+    for p in (script_path, rc_path, started):
         p.unlink(missing_ok=True)
     result = VmResult(kver, rc, console, seconds, bad)
     if timed_out or bad:
-        why = f"timed out after {timeout:.0f}s" if timed_out else f"kernel trouble: {bad[:3]}"
+        if bad:
+            why = f"kernel trouble: {bad[:3]}"
+        elif not con.booted:
+            why = f"never reached init, twice (boot limit {BOOT_TIMEOUT:.0f}s)"
+        else:
+            why = f"timed out after {timeout:.0f}s"
         if not echo:
             print(console, file=sys.stderr)
         raise GuestFailure(f"guest {kver}: {why}", console)
