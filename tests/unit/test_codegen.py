@@ -11,7 +11,7 @@ import pytest
 
 from bifrost import codegen
 from bifrost.abi.defs import DEVICES, common
-from bifrost.abi.spec import SCALARS, Device, layout, record_size
+from bifrost.abi.spec import HEADER_FIELDS, SCALARS, Device, layout, record_size
 from bifrost.xdp import maps_def
 
 pytestmark = pytest.mark.unit
@@ -33,7 +33,7 @@ def _c_layout(dev: Device, tmp_path: Path) -> dict[str, int]:
         "int main(void) {",
         '\tprintf("hdr.sizeof %zu\\n", sizeof(struct bifrost_hdr));',
     ]
-    for f in dev.header:
+    for f in HEADER_FIELDS:
         lines.append(f'\tprintf("hdr.{f.name} %zu\\n", offsetof(struct bifrost_hdr, {f.name}));')
     for r in dev.records:
         # The records every device shares are bifrost_uapi.h's, named bifrost_<name>.
@@ -70,7 +70,7 @@ def test_c_header_matches_python_codec(dev: Device, tmp_path: Path) -> None:
     codec = _codec(dev)
     assert c["magic"] == codec.MAGIC == dev.magic
     assert c["hdr.sizeof"] == codec.HEADER_SIZE
-    for f, off in layout(dev, dev.records[0])[: len(dev.header)]:
+    for f, off in layout(dev, dev.records[0])[: len(HEADER_FIELDS)]:
         assert c[f"hdr.{f.name}"] == off, f.name
     classes = {cls.TYPE: cls for cls in codec.RECORDS.values()}
     assert set(classes) == {r.type_id for r in dev.records}

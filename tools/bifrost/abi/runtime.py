@@ -13,7 +13,7 @@ from bifrost.abi.packing import FieldSpec, flatten, unflatten
 from bifrost.abi.spec import HEADER_FIELDS, Device, wire, wire_format
 from bifrost.abi.spec import Record as RecordDef
 
-# Every record's header (spec.HEADER_FIELDS): every device uses it (``codec`` checks).
+# Every record's header (spec.HEADER_FIELDS), the same on every device.
 HEADER_FORMAT = wire_format(HEADER_FIELDS)
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
 
@@ -115,8 +115,6 @@ def codec(
     """A device's decode (one record of any type, magic, version and length checked) and
     decode_all (a read() that returned several whole records back to back); binds the
     device's magic and version to its record classes, which must be its records."""
-    if device.header != HEADER_FIELDS:
-        raise AbiError(f"{device.name}: the codecs lay records out after spec.HEADER_FIELDS")
     if [cls.SPEC for cls in records.values()] != list(device.records) or any(
         rtype != cls.TYPE for rtype, cls in records.items()
     ):

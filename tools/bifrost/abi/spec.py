@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from bifrost.abi.packing import FieldSpec, flatten, unflatten
@@ -65,7 +65,7 @@ class Field:
 
 @dataclass(frozen=True)
 class Record:
-    """One message type. Every record starts with the device's header."""
+    """One message type. Every record starts with HEADER_FIELDS (struct bifrost_hdr)."""
 
     name: str
     type_id: int
@@ -91,11 +91,8 @@ class Device:
     constants: tuple[Constant, ...] = ()
     # Counter names, in order: the C enum and the Python names come from here.
     counters: tuple[str, ...] = ()
-    header: tuple[Field, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if not self.header:
-            object.__setattr__(self, "header", HEADER_FIELDS)
         ids = [r.type_id for r in self.records]
         if len(set(ids)) != len(ids):
             raise SpecError(f"{self.name}: duplicate record type ids {ids}")
@@ -155,20 +152,19 @@ def field_layout(where: str, fields: Sequence[Field], multiple: int = 1) -> list
     return out
 
 
-def record_layout(
-    rec: Record, header: tuple[Field, ...] = HEADER_FIELDS, where: str = ""
-) -> list[tuple[Field, int]]:
-    """Field offsets of a record, header first; raise on implicit padding."""
-    return field_layout(f"{where}{rec.name}", (*header, *rec.fields), multiple=8)
+def record_layout(rec: Record, where: str = "") -> list[tuple[Field, int]]:
+    """Field offsets of a record, HEADER_FIELDS first (every device's records start with
+    them: one struct bifrost_hdr); raise on implicit padding."""
+    return field_layout(f"{where}{rec.name}", (*HEADER_FIELDS, *rec.fields), multiple=8)
 
 
 def layout(dev: Device, rec: Record) -> list[tuple[Field, int]]:
     """Field offsets of one of a device's records (header included)."""
-    return record_layout(rec, dev.header, f"{dev.name}.")
+    return record_layout(rec, f"{dev.name}.")
 
 
 def record_size(dev: Device, rec: Record) -> int:
-    return wire(rec, dev.header).size
+    return wire(rec).size
 
 
 def wire_format(fields: Sequence[Field], order: str = "<") -> str:
@@ -191,14 +187,14 @@ class Wire:
     fields: tuple[FieldSpec, ...]  # (name, type, count) of the body fields, in order
 
 
-def wire(rec: Record, header: tuple[Field, ...] = HEADER_FIELDS) -> Wire:
+def wire(rec: Record) -> Wire:
     """A record's wire layout from its definition: what its codec class packs with."""
-    lay = record_layout(rec, header)
+    lay = record_layout(rec)
     last, end = lay[-1]
     return Wire(
         format=wire_format([f for f, _ in lay]),
         size=end + last.size,
-        offsets={f.name: off for f, off in lay[len(header) :]},
+        offsets={f.name: off for f, off in lay[len(HEADER_FIELDS) :]},
         fields=field_specs(rec.fields),
     )
 
